@@ -1,0 +1,96 @@
+"""The envelope every tokenquota event carries, and the field types events share."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Literal
+
+import uuid6
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
+
+__all__ = [
+    "BIGINT_MAX",
+    "ID_MAX_LENGTH",
+    "Component",
+    "EventBase",
+    "Identifier",
+    "Source",
+    "TokenCount",
+    "UtcDatetime",
+    "new_event_id",
+    "utc_now",
+]
+
+#: Tokens are stored as PostgreSQL BIGINT; anything larger is rejected at the edge.
+BIGINT_MAX = 2**63 - 1
+#: Session, task and similar identifiers are stored as VARCHAR(255).
+ID_MAX_LENGTH = 255
+
+Component = Literal["mcp", "orchestrator", "memory", "external_api", "cli"]
+
+
+def _no_control_characters(value: str) -> str:
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+        raise ValueError("must not contain control characters")
+    return value
+
+
+def _to_utc(value: datetime) -> datetime:
+    return value.astimezone(UTC)
+
+
+def _is_uuid7(value: uuid.UUID) -> uuid.UUID:
+    if value.version != 7:
+        raise ValueError(f"must be a UUIDv7, got a version {value.version} UUID")
+    return value
+
+
+#: A non-empty, bounded identifier without control characters.
+Identifier = Annotated[
+    str,
+    Field(min_length=1, max_length=ID_MAX_LENGTH),
+    AfterValidator(_no_control_characters),
+]
+#: A timezone-aware timestamp, normalised to UTC. Naive datetimes are rejected.
+UtcDatetime = Annotated[AwareDatetime, AfterValidator(_to_utc)]
+#: A token count that fits a PostgreSQL BIGINT.
+TokenCount = Annotated[int, Field(ge=0, le=BIGINT_MAX)]
+
+
+def new_event_id() -> uuid.UUID:
+    """A fresh UUIDv7: time-ordered, so ledger inserts stay index-friendly."""
+    return uuid.UUID(int=uuid6.uuid7().int)
+
+
+def utc_now() -> datetime:
+    """The current time in UTC (what a producer stamps on a new event)."""
+    return datetime.now(UTC)
+
+
+class Source(BaseModel):
+    """Which integration emitted an event."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    component: Component
+    name: Annotated[str, Field(min_length=1, max_length=100), AfterValidator(_no_control_characters)]
+
+
+class EventBase(BaseModel):
+    """Fields common to every event. Subclasses add `event_type` and their body."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    event_id: Annotated[uuid.UUID, AfterValidator(_is_uuid7)] = Field(
+        default_factory=new_event_id,
+        description="UUIDv7; the idempotency key: an event_id is counted at most once.",
+    )
+    schema_version: Literal[1] = 1
+    occurred_at: UtcDatetime = Field(
+        default_factory=utc_now,
+        description="When it happened, in UTC. Budget windows are computed from this.",
+    )
+    session_id: Identifier = Field(description="The budget owner; also the Kafka partition key.")
+    task_id: Identifier | None = None
+    source: Source

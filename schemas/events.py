@@ -1,0 +1,151 @@
+"""The four event types of the usage log, and the union that decodes any of them."""
+
+from __future__ import annotations
+
+import uuid
+from decimal import Decimal
+from typing import Annotated, Any, Literal, Self
+
+from pydantic import BeforeValidator, Field, model_validator
+
+from .envelope import BIGINT_MAX, EventBase, Identifier, TokenCount, UtcDatetime
+
+__all__ = [
+    "ApiCost",
+    "BudgetSet",
+    "CountedBy",
+    "Event",
+    "EventType",
+    "Priority",
+    "Threshold",
+    "TokenReserved",
+    "TokenUsed",
+    "check_limits",
+]
+
+Priority = Literal["low", "normal", "high", "critical"]
+CountedBy = Literal["provider", "tiktoken", "estimate"]
+EventType = Literal["BudgetSet", "TokenReserved", "TokenUsed", "ApiCost"]
+
+#: A utilisation ratio in (0, 1], kept as Decimal so threshold checks replay exactly.
+Threshold = Annotated[Decimal, Field(gt=0, le=1, max_digits=5, decimal_places=4)]
+_Label = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+def _reject_float(value: Any) -> Any:
+    if isinstance(value, float):
+        raise ValueError(
+            'must be a decimal string such as "0.0125", not a JSON number: '
+            "binary floats cannot hold money exactly"
+        )
+    return value
+
+
+#: US dollars, exact, non-negative; encoded as a JSON string.
+Money = Annotated[
+    Decimal,
+    BeforeValidator(_reject_float),
+    Field(ge=0, max_digits=20, decimal_places=10),
+]
+
+
+def check_limits(
+    daily_limit: int,
+    monthly_limit: int,
+    hard_limit: int,
+    warning_threshold: Decimal,
+    critical_threshold: Decimal,
+) -> None:
+    """Raise ValueError unless daily <= monthly <= hard and warning < critical."""
+    if not daily_limit <= monthly_limit <= hard_limit:
+        raise ValueError(
+            "limits must satisfy daily_limit <= monthly_limit <= hard_limit, got "
+            f"{daily_limit} / {monthly_limit} / {hard_limit}"
+        )
+    if not warning_threshold < critical_threshold:
+        raise ValueError(
+            "warning_threshold must be below critical_threshold, got "
+            f"{warning_threshold} and {critical_threshold}"
+        )
+
+
+class BudgetSet(EventBase):
+    """Limits for a session, in force from this event on in the log."""
+
+    event_type: Literal["BudgetSet"] = "BudgetSet"
+    daily_limit: TokenCount
+    monthly_limit: TokenCount
+    hard_limit: TokenCount
+    warning_threshold: Threshold
+    critical_threshold: Threshold
+
+    @model_validator(mode="after")
+    def _limits_are_ordered(self) -> Self:
+        check_limits(
+            self.daily_limit,
+            self.monthly_limit,
+            self.hard_limit,
+            self.warning_threshold,
+            self.critical_threshold,
+        )
+        return self
+
+
+class TokenReserved(EventBase):
+    """A request to hold tokens; the processor accepts or rejects it in log order."""
+
+    event_type: Literal["TokenReserved"] = "TokenReserved"
+    reservation_id: uuid.UUID
+    tokens: Annotated[int, Field(gt=0, le=BIGINT_MAX)]
+    priority: Priority = "normal"
+    expires_at: UtcDatetime
+
+    @model_validator(mode="after")
+    def _expires_after_it_occurs(self) -> Self:
+        if self.expires_at <= self.occurred_at:
+            raise ValueError(
+                f"expires_at ({self.expires_at.isoformat()}) must be after "
+                f"occurred_at ({self.occurred_at.isoformat()})"
+            )
+        return self
+
+
+class TokenUsed(EventBase):
+    """Tokens actually consumed; with a reservation_id it settles that reservation."""
+
+    event_type: Literal["TokenUsed"] = "TokenUsed"
+    reservation_id: uuid.UUID | None = None
+    model: _Label
+    input_tokens: TokenCount
+    output_tokens: TokenCount
+    operation: Annotated[str, Field(min_length=1, max_length=100)]
+    counted_by: CountedBy
+
+    @property
+    def total_tokens(self) -> int:
+        """Input plus output tokens."""
+        return self.input_tokens + self.output_tokens
+
+
+class ApiCost(EventBase):
+    """What one external API call cost, with the provider's rate-limit state."""
+
+    event_type: Literal["ApiCost"] = "ApiCost"
+    api: Annotated[str, Field(min_length=1, max_length=100)]
+    model: _Label
+    input_tokens: TokenCount
+    output_tokens: TokenCount
+    cache_read_tokens: TokenCount = 0
+    cache_write_tokens: TokenCount = 0
+    cost_usd: Money
+    price_source: _Label
+    request_id: Identifier | None = None
+    rate_limit_remaining: TokenCount | None = None
+    rate_limit_reset: UtcDatetime | None = None
+
+
+#: Any event of the usage log, told apart by `event_type`.
+Event = Annotated[
+    BudgetSet | TokenReserved | TokenUsed | ApiCost,
+    Field(discriminator="event_type"),
+]

