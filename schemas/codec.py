@@ -12,7 +12,7 @@ from .events import Event
 if TYPE_CHECKING:
     from pydantic_core import ErrorDetails
 
-__all__ = ["EVENT_ADAPTER", "EventDecodeError", "FieldError", "decode", "encode"]
+__all__ = ["EVENT_ADAPTER", "WIRE_REQUIRED", "EventDecodeError", "FieldError", "decode", "encode"]
 
 #: Built once at import: validating through it is the hot path of every consumer.
 EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
@@ -60,9 +60,24 @@ def encode(event: Event) -> bytes:
     return event.__pydantic_serializer__.to_json(event)
 
 
+#: Fields a producer gives a default to, but which a message on the wire must carry:
+#: a default filled in at decode time would differ on every redelivery and replay.
+WIRE_REQUIRED = ("event_id", "occurred_at")
+
+
 def decode(data: bytes | bytearray | str) -> Event:
     """Parse and validate one event; raise EventDecodeError on anything invalid."""
     try:
-        return EVENT_ADAPTER.validate_json(data)
+        event = EVENT_ADAPTER.validate_json(data)
     except ValidationError as exc:
         raise EventDecodeError.from_validation_error(exc) from None
+    if len(event.model_fields_set) < len(type(event).model_fields):
+        missing = [name for name in WIRE_REQUIRED if name not in event.model_fields_set]
+        if missing:
+            raise EventDecodeError(
+                tuple(
+                    FieldError(name, "Field required: the producer must set it on every event")
+                    for name in missing
+                )
+            )
+    return event

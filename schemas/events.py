@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any, Literal, Self
 
 from pydantic import BeforeValidator, Field, model_validator
@@ -32,19 +32,28 @@ Threshold = Annotated[Decimal, Field(gt=0, le=1, max_digits=5, decimal_places=4)
 _Label = Annotated[str, Field(min_length=1, max_length=200)]
 
 
-def _reject_float(value: Any) -> Any:
+def _parse_money(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError("must be a decimal string such as \"0.0125\", not a boolean")
     if isinstance(value, float):
         raise ValueError(
             'must be a decimal string such as "0.0125", not a JSON number: '
             "binary floats cannot hold money exactly"
         )
+    if isinstance(value, str | int):
+        try:
+            value = Decimal(value)
+        except InvalidOperation:
+            raise ValueError(f"{value!r} is not a decimal number") from None
+    if isinstance(value, Decimal) and not value.is_finite():
+        raise ValueError("must be a finite amount")
     return value
 
 
 #: US dollars, exact, non-negative; encoded as a JSON string.
 Money = Annotated[
     Decimal,
-    BeforeValidator(_reject_float),
+    BeforeValidator(_parse_money),
     Field(ge=0, max_digits=20, decimal_places=10),
 ]
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from .codec import EVENT_ADAPTER
+from .codec import EVENT_ADAPTER, WIRE_REQUIRED
 from .events import ApiCost, BudgetSet, TokenReserved, TokenUsed
 
 __all__ = ["SCHEMA_DIR", "render_schema_files", "stale_schema_files", "write_schema_files"]
@@ -22,16 +22,25 @@ def _dump(schema: dict[str, Any]) -> str:
     return json.dumps(schema, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
 
+def _wire_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """Mark the fields decode() insists on as required (Python callers get defaults)."""
+    schema["required"] = sorted({*schema.get("required", ()), *WIRE_REQUIRED})
+    return schema
+
+
 def render_schema_files() -> dict[str, str]:
     """File name -> content, for each event type plus `Event` (the union of all)."""
     files = {
         f"{model.__name__}.schema.json": _dump(
             {"$schema": "https://json-schema.org/draft/2020-12/schema"}
-            | model.model_json_schema(mode="validation")
+            | _wire_schema(model.model_json_schema(mode="validation"))
         )
         for model in _EVENT_MODELS
     }
     union = EVENT_ADAPTER.json_schema(mode="validation")
+    for definition in union["$defs"].values():
+        if "event_type" in definition.get("properties", {}):
+            _wire_schema(definition)
     union = {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "Event"} | union
     files["Event.schema.json"] = _dump(union)
     return files
