@@ -1,0 +1,64 @@
+"""The installed layout and the public surface of each package."""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).parents[1]
+
+PUBLIC = {
+    "tokenquota": {
+        "ConfigError", "DevStackError", "IntegrationError", "Settings", "__version__",
+        "load_settings",
+    },
+    "tokenquota.schemas": {
+        "BIGINT_MAX", "ID_MAX_LENGTH", "ApiCost", "BudgetSet", "Component", "CountedBy", "Event",
+        "EventDecodeError", "EventType", "FieldError", "Priority", "Source", "TokenReserved",
+        "TokenUsed", "check_limits", "decode", "encode", "new_event_id", "utc_now",
+    },
+    "tokenquota.projections": {
+        "EXPECTED_COLUMNS", "Migration", "MigrationError", "apply_migrations", "connect",
+        "load_migrations", "quote_schema", "schema_drift",
+    },
+    "tokenquota.producers": set(),
+    "tokenquota.processors": set(),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("package", sorted(PUBLIC))
+def test_public_surface_is_what_we_export(package: str) -> None:
+    module = importlib.import_module(package)
+    assert set(module.__all__) == PUBLIC[package]
+    assert all(hasattr(module, name) for name in module.__all__)
+
+
+@pytest.mark.parametrize(
+    ("package", "folder"),
+    [
+        ("tokenquota.schemas", "schemas"),
+        ("tokenquota.producers", "producers"),
+        ("tokenquota.processors", "processors"),
+        ("tokenquota.projections", "projections"),
+    ],
+)
+def test_top_level_folders_are_the_subpackages(package: str, folder: str) -> None:
+    module = importlib.import_module(package)
+    assert module.__file__ is not None
+    assert Path(module.__file__).parent == REPO / folder
+
+
+def test_no_top_level_schemas_or_producers_package_is_installed(tmp_path: Path) -> None:
+    probe = (
+        "import importlib.util, json; "
+        "print(json.dumps([n for n in ('schemas', 'producers', 'processors', 'projections') "
+        "if importlib.util.find_spec(n) is not None]))"
+    )
+    found = subprocess.run(
+        [sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, check=True
+    )
+    assert found.stdout.strip() == "[]"

@@ -1,0 +1,203 @@
+"""Settings from defaults, a JSON file and environment variables (pure: no servers)."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tokenquota.config import ConfigError, DatabaseSettings, env_var_names, load_settings
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No setting leaks in from the machine running the tests."""
+    for variables in env_var_names().values():
+        for variable in variables:
+            monkeypatch.delenv(variable, raising=False)
+    monkeypatch.delenv("TOKENQUOTA_CONFIG", raising=False)
+
+
+def _file(tmp_path: Path, content: Any) -> Path:
+    path = tmp_path / "tokenquota.json"
+    path.write_text(content if isinstance(content, str) else json.dumps(content))
+    return path
+
+
+def test_defaults_are_those_of_the_original_design() -> None:
+    settings = load_settings()
+    assert settings.mcp.model_dump() == {
+        "host": "localhost",
+        "port": 8000,
+        "timeout": 30,
+        "max_retries": 3,
+        "token_budget_per_request": 4000,
+    }
+    assert settings.orchestrator.max_concurrent_tasks == 10
+    assert settings.orchestrator.session_timeout == 3600
+    assert settings.external_apis.rate_limit == 60
+    assert settings.external_apis.fallback_enabled is True
+    limits = settings.token_limits
+    assert (limits.daily_limit, limits.monthly_limit, limits.hard_limit) == (
+        10_000,
+        300_000,
+        1_000_000,
+    )
+    assert (limits.warning_threshold, limits.critical_threshold) == (
+        Decimal("0.8"),
+        Decimal("0.95"),
+    )
+    assert settings.performance.cache_size == 1000
+    assert settings.kafka.partitions == 12
+    assert settings.kafka.usage_topic == "tokenquota.usage"
+    assert settings.kafka.dlq_topic == "tokenquota.usage.dlq"
+    assert settings.kafka.bootstrap_servers is None
+    assert not settings.database.is_configured
+    assert settings.log_level == "INFO"
+
+
+def test_the_seed_configuration_file_loads_with_kilocode_as_the_orchestrator(
+    tmp_path: Path,
+) -> None:
+    path = _file(
+        tmp_path,
+        {
+            "mcp": {"host": "mcp.internal", "port": 9000, "token_budget_per_request": 2000},
+            "kilocode": {"port": 8181, "max_concurrent_tasks": 4},
+            "token_limits": {"daily_limit": 5000, "warning_threshold": 0.7},
+            "performance": {"enable_caching": False},
+            "kafka": {"bootstrap_servers": "k1:9092,k2:9092", "partitions": 24},
+            "database": {"url": "postgresql://u:p@db:5432/tq", "schema": "quota"},
+            "log_level": "debug",
+        },
+    )
+    settings = load_settings(path)
+    assert settings.mcp.host == "mcp.internal" and settings.mcp.port == 9000
+    assert settings.mcp.timeout == 30  # unspecified fields keep their defaults
+    assert settings.orchestrator.port == 8181
+    assert settings.orchestrator.max_concurrent_tasks == 4
+    assert settings.token_limits.daily_limit == 5000
+    assert settings.token_limits.warning_threshold == Decimal("0.7")
+    assert settings.performance.enable_caching is False
+    assert settings.kafka.bootstrap_servers == "k1:9092,k2:9092"
+    assert settings.kafka.partitions == 24
+    assert settings.database.dsn() == "postgresql://u:p@db:5432/tq"
+    assert settings.database.schema_name == "quota"
+    assert settings.log_level == "DEBUG"
+
+
+def test_environment_variables_override_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = _file(tmp_path, {"mcp": {"port": 9000, "host": "from-file"}, "kafka": {"partitions": 6}})
+    monkeypatch.setenv("TOKENQUOTA_CONFIG", str(path))
+    monkeypatch.setenv("MCP_PORT", "9100")
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:19092")
+    monkeypatch.setenv("KILOCODE_TIMEOUT", "90")
+    monkeypatch.setenv("TOKEN_LIMITS_HARD_LIMIT", "2000000")
+    monkeypatch.setenv("PERFORMANCE_ASYNC_OPERATIONS", "false")
+    monkeypatch.setenv("LOG_FILE", "logs/token_integration.log")
+    settings = load_settings()
+    assert settings.mcp.port == 9100
+    assert settings.mcp.host == "from-file"
+    assert settings.kafka.partitions == 6
+    assert settings.kafka.bootstrap_servers == "127.0.0.1:19092"
+    assert settings.orchestrator.timeout == 90
+    assert settings.token_limits.hard_limit == 2_000_000
+    assert settings.performance.async_operations is False
+    assert settings.log_file == Path("logs/token_integration.log")
+
+
+def test_orchestrator_variables_win_over_their_kilocode_aliases(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("KILOCODE_PORT", "1111")
+    monkeypatch.setenv("ORCHESTRATOR_PORT", "2222")
+    assert load_settings().orchestrator.port == 2222
+
+
+def test_database_from_parts_quotes_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABASE_HOST", "db.internal")
+    monkeypatch.setenv("DATABASE_PORT", "6543")
+    monkeypatch.setenv("DATABASE_USER", "quota admin")
+    monkeypatch.setenv("DATABASE_PASSWORD", "p@ss/w:rd")
+    database = load_settings().database
+    assert database.is_configured
+    assert database.dsn() == "postgresql://quota%20admin:p%40ss%2Fw%3Ard@db.internal:6543/token_management"
+
+
+def test_an_unconfigured_database_says_how_to_configure_one() -> None:
+    with pytest.raises(ConfigError, match="set DATABASE_URL"):
+        DatabaseSettings().dsn()
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"MCP_PORT": "70000"}, "mcp.port = '70000' (from environment variable MCP_PORT): "
+         "Input should be less than or equal to 65535"),
+        ({"MCP_TIMEOUT": "soon"}, "mcp.timeout = 'soon' (from environment variable MCP_TIMEOUT)"),
+        ({"KAFKA_PARTITIONS": "0"}, "kafka.partitions = '0' (from environment variable "
+         "KAFKA_PARTITIONS): Input should be greater than or equal to 1"),
+        ({"KAFKA_BOOTSTRAP_SERVERS": "localhost"}, "expected comma-separated host:port pairs"),
+        ({"KAFKA_USAGE_TOPIC": "bad topic"}, "a Kafka topic name is 1-249 characters"),
+        ({"LOG_LEVEL": "LOUD"}, "log_level = 'LOUD' (from environment variable LOG_LEVEL): "
+         "Input should be 'DEBUG', 'INFO', 'WARNING', 'ERROR' or 'CRITICAL'"),
+        ({"DATABASE_URL": "mysql://x"}, "database.url = '***' (from environment variable "
+         "DATABASE_URL): must be a postgresql:// or postgres:// URL"),
+        ({"DATABASE_SCHEMA": "Drop Table"}, "database.schema = 'Drop Table'"),
+        ({"TOKEN_LIMITS_DAILY_LIMIT": "-5"}, "token_limits.daily_limit = '-5'"),
+        ({"TOKEN_LIMITS_DAILY_LIMIT": "500000"}, "daily_limit <= monthly_limit <= hard_limit"),
+        ({"TOKEN_LIMITS_CRITICAL_THRESHOLD": "1.5"}, "token_limits.critical_threshold = '1.5'"),
+    ],
+)
+def test_invalid_values_name_the_field_the_value_and_what_is_allowed(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], expected: str
+) -> None:
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert expected in str(caught.value)
+
+
+def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
+    path = _file(tmp_path, {"mcp": {"port": 0, "prot": 1}, "token_limits": {"warning_threshold": 2}})
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+    problems = caught.value.problems
+    assert len(problems) == 3
+    assert any(p.startswith(f"mcp.port = 0 (from {path})") for p in problems)
+    assert any(p.startswith("mcp.prot = 1") and "unknown setting" in p for p in problems)
+    assert any(p.startswith("token_limits.warning_threshold = 2") for p in problems)
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ("{not json", "is not valid JSON: Expecting property name enclosed in double quotes "
+         "(line 1, column 2)"),
+        ("[1, 2]", "must hold a JSON object at the top level"),
+        ('{"kilocode": {}, "orchestrator": {}}', "either `orchestrator` or its old name"),
+    ],
+)
+def test_a_bad_file_is_reported_with_its_path(tmp_path: Path, content: str, expected: str) -> None:
+    path = _file(tmp_path, content)
+    with pytest.raises(ConfigError, match="configuration file|either") as caught:
+        load_settings(path)
+    assert expected in str(caught.value)
+
+
+def test_a_missing_file_is_an_error_not_silently_ignored(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"configuration file .*nope\.json does not exist"):
+        load_settings(tmp_path / "nope.json")
+
+
+def test_secrets_are_masked_when_dumped(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABASE_URL", "postgresql://u:hunter2@db/x")
+    monkeypatch.setenv("DATABASE_PASSWORD", "hunter2")
+    dumped = json.dumps(load_settings().model_dump(mode="json"))
+    assert "hunter2" not in dumped
