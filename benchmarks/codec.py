@@ -73,7 +73,8 @@ def main() -> None:
         ("encode", _best_rate(args.events, args.rounds, lambda: [encode(e) for e in events]),
          _best_rate(args.events, args.rounds,
                     lambda: [json.dumps(d, separators=(",", ":")).encode() for d in dicts])),
-        ("decode + validate", _best_rate(args.events, args.rounds, lambda: [decode(w) for w in wire]),
+        ("decode + validate",
+         _best_rate(args.events, args.rounds, lambda: [decode(w) for w in wire]),
          _best_rate(args.events, args.rounds, lambda: [json.loads(w) for w in wire])),
     ]  # fmt: skip
 

@@ -25,6 +25,4 @@ def quote_schema(schema: str) -> str:
 async def connect(dsn: str, schema: str = "public", *, timeout: float = 10.0) -> asyncpg.Connection:
     """Open a connection whose search_path is `schema`, so unqualified names land there."""
     quote_schema(schema)
-    return await asyncpg.connect(
-        dsn, timeout=timeout, server_settings={"search_path": schema}
-    )
+    return await asyncpg.connect(dsn, timeout=timeout, server_settings={"search_path": schema})

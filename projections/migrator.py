@@ -76,20 +76,21 @@ async def apply_migrations(
     failure leaves the database at the previous version. A second run applies nothing.
     """
     todo = load_migrations() if migrations is None else migrations
+    # The schema is a validated identifier (quote_schema); values always go as parameters.
+    history = f"{quote_schema(schema)}.{MIGRATIONS_TABLE}"
+    record = f"INSERT INTO {history} (version, name, checksum) VALUES ($1, $2, $3)"  # noqa: S608
     await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_schema(schema)}")
     await conn.execute("SELECT pg_advisory_lock($1)", _ADVISORY_LOCK_KEY)
     try:
         await conn.execute(
-            f"""CREATE TABLE IF NOT EXISTS {quote_schema(schema)}.{MIGRATIONS_TABLE} (
+            f"""CREATE TABLE IF NOT EXISTS {history} (
                     version    INTEGER     PRIMARY KEY,
                     name       TEXT        NOT NULL,
                     checksum   TEXT        NOT NULL,
                     applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
                 )"""
         )
-        rows = await conn.fetch(
-            f"SELECT version, name, checksum FROM {quote_schema(schema)}.{MIGRATIONS_TABLE}"
-        )
+        rows = await conn.fetch(f"SELECT version, name, checksum FROM {history}")  # noqa: S608
         applied = {row["version"]: row for row in rows}
         known = {m.version: m for m in todo}
         for version, row in sorted(applied.items()):
@@ -110,13 +111,7 @@ async def apply_migrations(
             async with conn.transaction():
                 await conn.execute(f"SET LOCAL search_path TO {quote_schema(schema)}")
                 await conn.execute(migration.sql)
-                await conn.execute(
-                    f"INSERT INTO {quote_schema(schema)}.{MIGRATIONS_TABLE} "
-                    "(version, name, checksum) VALUES ($1, $2, $3)",
-                    migration.version,
-                    migration.name,
-                    migration.checksum,
-                )
+                await conn.execute(record, migration.version, migration.name, migration.checksum)
             done.append(migration)
         return done
     finally:

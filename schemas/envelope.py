@@ -74,7 +74,9 @@ class Source(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
     component: Component
-    name: Annotated[str, Field(min_length=1, max_length=100), AfterValidator(_no_control_characters)]
+    name: Annotated[
+        str, Field(min_length=1, max_length=100), AfterValidator(_no_control_characters)
+    ]
 
 
 class EventBase(BaseModel):

@@ -34,7 +34,7 @@ _Label = Annotated[str, Field(min_length=1, max_length=200)]
 
 def _parse_money(value: Any) -> Any:
     if isinstance(value, bool):
-        raise ValueError("must be a decimal string such as \"0.0125\", not a boolean")
+        raise ValueError('must be a decimal string such as "0.0125", not a boolean')
     if isinstance(value, float):
         raise ValueError(
             'must be a decimal string such as "0.0125", not a JSON number: '

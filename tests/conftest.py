@@ -45,7 +45,8 @@ def _testcontainers(stack: ExitStack) -> Servers:
         from testcontainers.postgres import PostgresContainer
     except ImportError:
         pytest.exit(
-            "TOKENQUOTA_TEST_BACKEND=testcontainers needs: pip install 'tokenquota[testcontainers]'",
+            "TOKENQUOTA_TEST_BACKEND=testcontainers needs: "
+            "pip install 'tokenquota[testcontainers]'",
             returncode=4,
         )
     try:

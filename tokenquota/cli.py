@@ -147,8 +147,10 @@ def schemas(
     if check:
         stale = stale_schema_files()
         if stale:
-            _fail(f"stale JSON Schema files in {SCHEMA_DIR}: {', '.join(stale)}; "
-                  "run `tokenquota schemas`")
+            _fail(
+                f"stale JSON Schema files in {SCHEMA_DIR}: {', '.join(stale)}; "
+                "run `tokenquota schemas`"
+            )
         out.print(f"JSON Schema files in {SCHEMA_DIR} are up to date")
         return
     changed = write_schema_files()

@@ -63,8 +63,10 @@ class ConfigError(Exception):
 
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
-        heading = "invalid configuration" if len(problems) == 1 else (
-            f"invalid configuration ({len(problems)} problems)"
+        heading = (
+            "invalid configuration"
+            if len(problems) == 1
+            else (f"invalid configuration ({len(problems)} problems)")
         )
         super().__init__(heading + ":\n" + "\n".join(f"  - {p}" for p in problems))
 
@@ -283,7 +285,11 @@ _SECTION_PREFIXES: dict[str, tuple[str, ...]] = {
     "kafka": ("KAFKA_",),
     "database": ("DATABASE_",),
 }
-_TOP_LEVEL_ENV = {"log_level": "LOG_LEVEL", "log_file": "LOG_FILE", "data_dir": "TOKENQUOTA_DATA_DIR"}
+_TOP_LEVEL_ENV = {
+    "log_level": "LOG_LEVEL",
+    "log_file": "LOG_FILE",
+    "data_dir": "TOKENQUOTA_DATA_DIR",
+}
 
 
 def _field_key(name: str, info: FieldInfo) -> str:
@@ -364,8 +370,10 @@ def _read_json_file(path: Path) -> dict[str, Any]:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ConfigError(
-            [f"configuration file {path} is not valid JSON: {exc.msg} "
-             f"(line {exc.lineno}, column {exc.colno})"]
+            [
+                f"configuration file {path} is not valid JSON: {exc.msg} "
+                f"(line {exc.lineno}, column {exc.colno})"
+            ]
         ) from None
     if not isinstance(data, dict):
         raise ConfigError([f"configuration file {path} must hold a JSON object at the top level"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -78,10 +79,8 @@ async def run_dev(
             crash = stack.crashed()
             if crash is not None:
                 return crash
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=0.5)
-            except TimeoutError:
-                pass
         return None
     finally:
         for sig in stop_signals:

@@ -86,14 +86,15 @@ class _ChildProcess:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # a terminal's Ctrl-C reaches us, and we stop it in order
-            preexec_fn=_die_with_parent(self._stop_signal),  # noqa: PLW1509
+            preexec_fn=_die_with_parent(self._stop_signal),
             user=user,
         )
 
     def _fail(self, what: str) -> DevStackError:
         self.stop()
-        return DevStackError(f"{self.name} {what}; last lines of {self.log_path}:\n"
-                             f"{_tail(self.log_path)}")
+        return DevStackError(
+            f"{self.name} {what}; last lines of {self.log_path}:\n{_tail(self.log_path)}"
+        )
 
     def stop(self, timeout: float = 15.0) -> None:
         """Stop the server we started (by PID): polite signal, then SIGKILL after `timeout`."""
@@ -159,8 +160,9 @@ class EmbeddedBroker(_ChildProcess):
         while time.monotonic() < deadline:
             if self.exit_code() is not None:
                 raise self._fail(f"exited with code {self.exit_code()} on start")
-            with contextlib.suppress(OSError), socket.create_connection(
-                ("127.0.0.1", self.port), timeout=0.5
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5),
             ):
                 return self.bootstrap_servers
             time.sleep(0.05)
@@ -267,6 +269,8 @@ class EmbeddedPostgres(_ChildProcess):
         if os.geteuid() != 0:
             return bin_dir, None
         entry = ensure_user_exists(_PG_SYSTEM_USER)
+        if entry is None:
+            raise DevStackError(f"could not create the system user {_PG_SYSTEM_USER!r}")
         readable = stat.S_IRGRP | stat.S_IROTH
         ensure_prefix_permissions(self.data_dir)
         ensure_prefix_permissions(bin_dir)

@@ -56,10 +56,7 @@ async def ensure_topics(kafka: KafkaSettings, timeout: float = 30.0) -> list[Top
                 missing = [name for name in wanted if name not in existing]
                 if missing:
                     response = await admin.create_topics(
-                        [
-                            NewTopic(name, wanted[name], kafka.replication_factor)
-                            for name in missing
-                        ]
+                        [NewTopic(name, wanted[name], kafka.replication_factor) for name in missing]
                     )
                     for name, code, message in response.topic_errors:
                         if code not in (0, _TOPIC_ALREADY_EXISTS):

@@ -37,7 +37,7 @@ async def test_migrating_twice_applies_everything_once_and_yields_the_expected_s
             )
         }
         assert tables == set(EXPECTED_COLUMNS)
-        history = await conn.fetch(f'SELECT version, checksum FROM "{schema}".tokenquota_schema_migrations')
+        history = await conn.fetch("SELECT version, checksum FROM tokenquota_schema_migrations")
         assert {(r["version"], r["checksum"]) for r in history} == {
             (m.version, m.checksum) for m in load_migrations()
         }
@@ -91,7 +91,9 @@ async def test_an_edited_migration_is_refused(migrated_database: DatabaseSetting
         await conn.close()
 
 
-async def test_a_database_newer_than_the_code_is_refused(migrated_database: DatabaseSettings) -> None:
+async def test_a_database_newer_than_the_code_is_refused(
+    migrated_database: DatabaseSettings,
+) -> None:
     schema = migrated_database.schema_name
     conn = await connect(migrated_database.dsn(), schema)
     try:
@@ -120,7 +122,7 @@ async def test_a_failing_migration_leaves_the_previous_version(
 @pytest.mark.parametrize("name", ["1_short.sql", "0002-dash.sql", "0003_Upper.sql"])
 def test_badly_named_migration_files_are_refused(tmp_path: Path, name: str) -> None:
     (tmp_path / name).write_text("SELECT 1;")
-    with pytest.raises(MigrationError, match="must be named NNNN_lower_case_name.sql"):
+    with pytest.raises(MigrationError, match=r"must be named NNNN_lower_case_name\.sql"):
         load_migrations(tmp_path)
 
 

@@ -24,7 +24,7 @@ def test_committed_schema_files_are_fresh() -> None:
 
 
 def test_the_files_ship_in_the_installed_package() -> None:
-    assert SCHEMA_DIR == Path(__file__).parents[2] / "schemas" / "json"
+    assert Path(__file__).parents[2] / "schemas" / "json" == SCHEMA_DIR
     assert sorted(p.name for p in SCHEMA_DIR.glob("*.json")) == sorted(render_schema_files())
 
 

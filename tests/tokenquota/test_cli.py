@@ -137,7 +137,9 @@ async def test_unreachable_servers_are_reported_without_a_traceback(
     assert run.code == 1
     assert "error: Kafka at 127.0.0.1:" in run.stderr and "Traceback" not in run.stderr
 
-    run = await _run("migrate", env=_environment(DATABASE_URL=f"postgresql://x@127.0.0.1:{free_port()}/x"))
+    run = await _run(
+        "migrate", env=_environment(DATABASE_URL=f"postgresql://x@127.0.0.1:{free_port()}/x")
+    )
     assert run.code == 1
     assert "cannot connect to PostgreSQL" in run.stderr and "Traceback" not in run.stderr
 

@@ -126,7 +126,10 @@ def test_database_from_parts_quotes_credentials(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("DATABASE_PASSWORD", "p@ss/w:rd")
     database = load_settings().database
     assert database.is_configured
-    assert database.dsn() == "postgresql://quota%20admin:p%40ss%2Fw%3Ard@db.internal:6543/token_management"
+    assert (
+        database.dsn()
+        == "postgresql://quota%20admin:p%40ss%2Fw%3Ard@db.internal:6543/token_management"
+    )
 
 
 def test_an_unconfigured_database_says_how_to_configure_one() -> None:
@@ -137,17 +140,29 @@ def test_an_unconfigured_database_says_how_to_configure_one() -> None:
 @pytest.mark.parametrize(
     ("env", "expected"),
     [
-        ({"MCP_PORT": "70000"}, "mcp.port = '70000' (from environment variable MCP_PORT): "
-         "Input should be less than or equal to 65535"),
+        (
+            {"MCP_PORT": "70000"},
+            "mcp.port = '70000' (from environment variable MCP_PORT): "
+            "Input should be less than or equal to 65535",
+        ),
         ({"MCP_TIMEOUT": "soon"}, "mcp.timeout = 'soon' (from environment variable MCP_TIMEOUT)"),
-        ({"KAFKA_PARTITIONS": "0"}, "kafka.partitions = '0' (from environment variable "
-         "KAFKA_PARTITIONS): Input should be greater than or equal to 1"),
+        (
+            {"KAFKA_PARTITIONS": "0"},
+            "kafka.partitions = '0' (from environment variable "
+            "KAFKA_PARTITIONS): Input should be greater than or equal to 1",
+        ),
         ({"KAFKA_BOOTSTRAP_SERVERS": "localhost"}, "expected comma-separated host:port pairs"),
         ({"KAFKA_USAGE_TOPIC": "bad topic"}, "a Kafka topic name is 1-249 characters"),
-        ({"LOG_LEVEL": "LOUD"}, "log_level = 'LOUD' (from environment variable LOG_LEVEL): "
-         "Input should be 'DEBUG', 'INFO', 'WARNING', 'ERROR' or 'CRITICAL'"),
-        ({"DATABASE_URL": "mysql://x"}, "database.url = '***' (from environment variable "
-         "DATABASE_URL): must be a postgresql:// or postgres:// URL"),
+        (
+            {"LOG_LEVEL": "LOUD"},
+            "log_level = 'LOUD' (from environment variable LOG_LEVEL): "
+            "Input should be 'DEBUG', 'INFO', 'WARNING', 'ERROR' or 'CRITICAL'",
+        ),
+        (
+            {"DATABASE_URL": "mysql://x"},
+            "database.url = '***' (from environment variable "
+            "DATABASE_URL): must be a postgresql:// or postgres:// URL",
+        ),
         ({"DATABASE_SCHEMA": "Drop Table"}, "database.schema = 'Drop Table'"),
         ({"TOKEN_LIMITS_DAILY_LIMIT": "-5"}, "token_limits.daily_limit = '-5'"),
         ({"TOKEN_LIMITS_DAILY_LIMIT": "500000"}, "daily_limit <= monthly_limit <= hard_limit"),
@@ -165,7 +180,9 @@ def test_invalid_values_name_the_field_the_value_and_what_is_allowed(
 
 
 def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
-    path = _file(tmp_path, {"mcp": {"port": 0, "prot": 1}, "token_limits": {"warning_threshold": 2}})
+    path = _file(
+        tmp_path, {"mcp": {"port": 0, "prot": 1}, "token_limits": {"warning_threshold": 2}}
+    )
     with pytest.raises(ConfigError) as caught:
         load_settings(path)
     problems = caught.value.problems
@@ -178,15 +195,18 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("content", "expected"),
     [
-        ("{not json", "is not valid JSON: Expecting property name enclosed in double quotes "
-         "(line 1, column 2)"),
+        (
+            "{not json",
+            "is not valid JSON: Expecting property name enclosed in double quotes "
+            "(line 1, column 2)",
+        ),
         ("[1, 2]", "must hold a JSON object at the top level"),
         ('{"kilocode": {}, "orchestrator": {}}', "either `orchestrator` or its old name"),
     ],
 )
 def test_a_bad_file_is_reported_with_its_path(tmp_path: Path, content: str, expected: str) -> None:
     path = _file(tmp_path, content)
-    with pytest.raises(ConfigError, match="configuration file|either") as caught:
+    with pytest.raises(ConfigError, match=r"configuration file|either") as caught:
         load_settings(path)
     assert expected in str(caught.value)
 
