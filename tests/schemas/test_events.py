@@ -153,17 +153,21 @@ def test_encoding_is_stable_byte_for_byte() -> None:
     )
 
 
-def test_money_is_encoded_as_an_exact_decimal_string() -> None:
-    cost = ApiCost(
+def _cost(cost_usd: str) -> ApiCost:
+    return ApiCost(
         session_id="s",
         source=Source(component="external_api", name="openai"),
         api="openai",
         model="gpt-4o",
         input_tokens=1,
         output_tokens=1,
-        cost_usd=Decimal("0.0000012345"),
+        cost_usd=Decimal(cost_usd),
         price_source="genai-prices",
     )
+
+
+def test_money_is_encoded_as_an_exact_decimal_string() -> None:
+    cost = _cost("0.0000012345")
     assert b'"cost_usd":"0.0000012345"' in encode(cost)
     assert decode(encode(cost)).cost_usd == Decimal("0.0000012345")  # type: ignore[union-attr]
 
@@ -251,17 +255,7 @@ def test_malformed_bytes_raise_the_same_typed_error(data: bytes) -> None:
 
 
 def test_money_as_a_json_number_is_rejected() -> None:
-    cost = ApiCost(
-        session_id="s",
-        source=Source(component="external_api", name="openai"),
-        api="openai",
-        model="m",
-        input_tokens=0,
-        output_tokens=0,
-        cost_usd=Decimal("0.5"),
-        price_source="genai-prices",
-    )
-    body = json.loads(encode(cost)) | {"cost_usd": 0.1}
+    body = json.loads(encode(_cost("0.5"))) | {"cost_usd": 0.1}
     with pytest.raises(EventDecodeError, match=r"cost_usd: .*decimal string"):
         decode(json.dumps(body))
     body["cost_usd"] = "-0.01"
