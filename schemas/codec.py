@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import TypeAdapter, ValidationError
 
-from .events import Event
+from .events import EVENT_CLASSES, Event
 
 if TYPE_CHECKING:
     from pydantic_core import ErrorDetails
@@ -16,6 +16,7 @@ __all__ = ["EVENT_ADAPTER", "WIRE_REQUIRED", "EventDecodeError", "FieldError", "
 
 #: Built once at import: validating through it is the hot path of every consumer.
 EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
+_TAGS = frozenset(cls.__name__ for cls in EVENT_CLASSES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +47,7 @@ class EventDecodeError(ValueError):
 def _field_error(detail: ErrorDetails) -> FieldError:
     # Discriminated unions put the tag (e.g. "TokenUsed") into the location; drop it.
     loc = [str(part) for part in detail["loc"]]
-    if loc and loc[0] in ("BudgetSet", "TokenReserved", "TokenUsed", "ApiCost"):
+    if loc and loc[0] in _TAGS:
         loc = loc[1:]
     path = ".".join(loc) or "<event>"
     reason = detail["msg"]

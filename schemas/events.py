@@ -11,6 +11,7 @@ from pydantic import BeforeValidator, Field, model_validator
 from .envelope import BIGINT_MAX, EventBase, Identifier, TokenCount, UtcDatetime
 
 __all__ = [
+    "EVENT_CLASSES",
     "ApiCost",
     "BudgetSet",
     "CountedBy",
@@ -152,6 +153,9 @@ class ApiCost(EventBase):
     rate_limit_remaining: TokenCount | None = None
     rate_limit_reset: UtcDatetime | None = None
 
+
+#: Every event class, in the order of the union below.
+EVENT_CLASSES: tuple[type[EventBase], ...] = (BudgetSet, TokenReserved, TokenUsed, ApiCost)
 
 #: Any event of the usage log, told apart by `event_type`.
 Event = Annotated[

@@ -6,16 +6,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
-
 from .codec import EVENT_ADAPTER, WIRE_REQUIRED
-from .events import ApiCost, BudgetSet, TokenReserved, TokenUsed
+from .events import EVENT_CLASSES
 
 __all__ = ["SCHEMA_DIR", "render_schema_files", "stale_schema_files", "write_schema_files"]
 
 #: Where the generated files live (inside the installed package, and in the repo's schemas/json).
 SCHEMA_DIR = Path(__file__).parent / "json"
-_EVENT_MODELS: tuple[type[BaseModel], ...] = (BudgetSet, TokenReserved, TokenUsed, ApiCost)
 
 
 def _dump(schema: dict[str, Any]) -> str:
@@ -35,7 +32,7 @@ def render_schema_files() -> dict[str, str]:
             {"$schema": "https://json-schema.org/draft/2020-12/schema"}
             | _wire_schema(model.model_json_schema(mode="validation"))
         )
-        for model in _EVENT_MODELS
+        for model in EVENT_CLASSES
     }
     union = EVENT_ADAPTER.json_schema(mode="validation")
     for definition in union["$defs"].values():

@@ -419,6 +419,6 @@ def _origin(
     set_vars = [v for v in env_names.get(loc, ()) if os.environ.get(v)]
     if set_vars:
         return f" (from environment variable {set_vars[0]})"
-    if path is not None and loc and loc[0] not in ("<settings>",):
+    if path is not None and loc:
         return f" (from {path})"
     return ""

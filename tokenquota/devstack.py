@@ -22,8 +22,6 @@ class DevStack:
     """The servers `tokenquota dev` started itself (none for those given by configuration)."""
 
     settings: Settings
-    broker: EmbeddedBroker | None = None
-    postgres: EmbeddedPostgres | None = None
     _started: list[EmbeddedBroker | EmbeddedPostgres] = field(default_factory=list)
 
     def start(self) -> Settings:
@@ -32,15 +30,15 @@ class DevStack:
         kafka, database = self.settings.kafka, self.settings.database
         try:
             if kafka.bootstrap_servers is None:
-                self.broker = EmbeddedBroker(log_path=data_dir / "logs" / "broker.log")
-                self._started.append(self.broker)
-                kafka = kafka.model_copy(update={"bootstrap_servers": self.broker.start()})
+                broker = EmbeddedBroker(log_path=data_dir / "logs" / "broker.log")
+                self._started.append(broker)
+                kafka = kafka.model_copy(update={"bootstrap_servers": broker.start()})
             if not database.is_configured:
-                self.postgres = EmbeddedPostgres(
+                postgres = EmbeddedPostgres(
                     data_dir=data_dir / "postgres", log_path=data_dir / "logs" / "postgres.log"
                 )
-                self._started.append(self.postgres)
-                database = database.model_copy(update={"url": SecretStr(self.postgres.start())})
+                self._started.append(postgres)
+                database = database.model_copy(update={"url": SecretStr(postgres.start())})
         except BaseException:
             self.stop()
             raise
