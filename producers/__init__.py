@@ -1,5 +1,10 @@
-"""Integration hooks that emit usage events (emitter, token counting, MCP, orchestrator,
-memory, external APIs). The emitter and the hooks arrive with the pipeline-core and
-integration-hooks issues; nothing is exported yet."""
+"""Producers: the emitter with its durable spool, and the reservation API.
 
-__all__: list[str] = []
+Integration hooks (MCP, orchestrator, memory, external APIs) arrive with their issue.
+"""
+
+from .emitter import Delivery, Emitter
+from .reservations import Reservation, reserve
+from .spool import SpoolFullError
+
+__all__ = ["Delivery", "Emitter", "Reservation", "SpoolFullError", "reserve"]

@@ -27,7 +27,7 @@ BIGINT_MAX = 2**63 - 1
 #: Session, task and similar identifiers are stored as VARCHAR(255).
 ID_MAX_LENGTH = 255
 
-Component = Literal["mcp", "orchestrator", "memory", "external_api", "cli"]
+Component = Literal["mcp", "orchestrator", "memory", "external_api", "cli", "sdk"]
 
 
 def _no_control_characters(value: str) -> str:

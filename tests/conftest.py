@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,10 +24,19 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from pydantic import SecretStr
 
-from tokenquota.config import DatabaseSettings, KafkaSettings, Settings
-from tokenquota.embedded import EmbeddedBroker, EmbeddedPostgres
+from tokenquota.config import (
+    DatabaseSettings,
+    EmitterSettings,
+    KafkaSettings,
+    Settings,
+    WorkerSettings,
+)
+from tokenquota.embedded import EmbeddedBroker, EmbeddedPostgres, WorkerProcess
 from tokenquota.projections import apply_migrations, connect
 from tokenquota.topics import ensure_topics
+
+
+WorkerStarter = Callable[..., WorkerProcess]
 
 
 @dataclass(frozen=True)
@@ -142,3 +151,49 @@ async def migrated_database(database_settings: DatabaseSettings) -> DatabaseSett
 def settings(kafka_settings: KafkaSettings, database_settings: DatabaseSettings) -> Settings:
     """Settings pointing at this test's topics and schema; everything else default."""
     return Settings(kafka=kafka_settings, database=database_settings)
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """Environment variables that make a `tokenquota` process use `settings`' servers."""
+    kafka, database = settings.kafka, settings.database
+    return {
+        "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers or "",
+        "KAFKA_USAGE_TOPIC": kafka.usage_topic,
+        "KAFKA_DLQ_TOPIC": kafka.dlq_topic,
+        "KAFKA_PARTITIONS": str(kafka.partitions),
+        "DATABASE_URL": database.dsn(),
+        "DATABASE_SCHEMA": database.schema_name,
+        "WORKER_GROUP_ID": settings.worker.group_id,
+        "WORKER_BATCH_WITHIN": str(settings.worker.batch_within),
+        "LOG_LEVEL": "INFO",
+    }
+
+
+@pytest.fixture
+def pipeline_settings(
+    kafka_settings: KafkaSettings, migrated_database: DatabaseSettings, tmp_path: Path
+) -> Settings:
+    """Settings for a whole pipeline of this test's own: topics, schema, group, spool."""
+    return Settings(
+        kafka=kafka_settings,
+        database=migrated_database,
+        worker=WorkerSettings(group_id=f"{kafka_settings.usage_topic}.workers", batch_within=0.05),
+        emitter=EmitterSettings(spool_dir=tmp_path / "spool", retry_interval=0.2, send_timeout=5),
+        data_dir=tmp_path / "data",
+    )
+
+
+@pytest.fixture
+def start_worker(pipeline_settings: Settings, tmp_path: Path) -> Iterator[WorkerStarter]:
+    """Start `tokenquota worker` processes on the pipeline's settings; all stopped at the end."""
+    started: list[WorkerProcess] = []
+
+    def start(name: str = "worker") -> WorkerProcess:
+        worker = WorkerProcess(log_path=tmp_path / f"{name}-{len(started)}.log")
+        started.append(worker)
+        worker.start(settings_env(pipeline_settings))
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()

@@ -8,11 +8,14 @@ import sys
 from pathlib import Path
 from typing import Annotated, NoReturn
 
+import asyncpg
 import typer
+from aiokafka.errors import KafkaError
 from rich.console import Console
 
 from .config import ConfigError, Settings, load_settings
 from .devstack import run_dev
+from .embedded import WorkerProcess
 from .errors import DevStackError, IntegrationError
 from .logs import configure_logging
 from .projections import MigrationError
@@ -96,15 +99,17 @@ def dev(
     if data_dir is not None:
         settings = settings.model_copy(update={"data_dir": data_dir})
 
-    def ready(effective: Settings, report: ProvisionReport) -> None:
+    def ready(effective: Settings, report: ProvisionReport, worker: WorkerProcess) -> None:
         out.print("[bold green]tokenquota dev stack is up[/]")
         out.print(f"  KAFKA_BOOTSTRAP_SERVERS={effective.kafka.bootstrap_servers}")
         out.print(f"  DATABASE_URL={effective.database.dsn()}")
         _print_report(effective, report)
+        out.print(f"  worker   pid {worker.pid}, log {worker.log_path}")
         out.print("Press Ctrl-C to stop.", highlight=False)
 
+    worker_env = {"TOKENQUOTA_CONFIG": str(ctx.obj)} if ctx.obj else {}
     try:
-        crash = asyncio.run(run_dev(settings, ready))
+        crash = asyncio.run(run_dev(settings, ready, worker_env=worker_env))
     except (DevStackError, IntegrationError, MigrationError) as exc:
         _fail(str(exc))
     if crash is not None:
@@ -156,6 +161,92 @@ def schemas(
         return
     changed = write_schema_files()
     out.print(f"{len(changed)} file(s) written in {SCHEMA_DIR}")
+
+
+@app.command()
+def worker(ctx: typer.Context) -> None:
+    """Run the projection worker: consume the usage topic, apply it to PostgreSQL.
+
+    Creates missing topics and applies pending migrations first. Run several with the
+    same worker.group_id to share the partitions.
+    """
+    settings = _settings(ctx)
+    try:
+        asyncio.run(provision(settings))
+    except (IntegrationError, MigrationError, ConfigError) as exc:
+        _fail(str(exc))
+    from .processors import run_worker
+
+    run_worker(settings)
+
+
+@app.command()
+def replay(
+    ctx: typer.Context,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Rebuild even when the topic holds less than the projections have applied.",
+        ),
+    ] = False,
+) -> None:
+    """Rebuild every projection from the start of the usage topic and swap it in atomically.
+
+    The replaced tables are kept in the schema <schema>__previous until the next replay.
+    A running worker may keep running: its batches wait for the swap.
+    """
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    from .config import fold_config
+    from .projections.replay import ReplayError, replay_into
+
+    settings = _settings(ctx)
+    if settings.kafka.bootstrap_servers is None:
+        _fail("kafka.bootstrap_servers is not set (KAFKA_BOOTSTRAP_SERVERS)", code=2)
+    columns = (
+        TextColumn("replaying"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("events"),
+        TextColumn("{task.fields[rate]} events/s"),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=err, transient=False) as bar:
+        task = bar.add_task("replay", total=None, rate="-")
+
+        def on_progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+            speed = bar.tasks[task].speed
+            bar.update(task, rate=f"{speed:,.0f}" if speed else "-")
+
+        try:
+            report = asyncio.run(
+                replay_into(
+                    settings.kafka.bootstrap_servers,
+                    settings.kafka.usage_topic,
+                    settings.database.dsn(),
+                    settings.database.schema_name,
+                    fold_config(settings),
+                    force=force,
+                    on_progress=on_progress,
+                )
+            )
+        except (ReplayError, ConfigError, MigrationError) as exc:
+            _fail(str(exc))
+        except (OSError, asyncpg.PostgresError, KafkaError) as exc:
+            _fail(f"replay failed, live projections unchanged: {exc}")
+    out.print(
+        f"[bold green]replayed[/] {report.events} messages: {report.applied} events applied, "
+        f"{report.skipped} invalid skipped; projections swapped in"
+    )
 
 
 @app.command("config")

@@ -19,6 +19,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 from urllib.parse import quote
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
     BaseModel,
@@ -33,19 +34,25 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from tokenquota.projections.database import SCHEMA_NAME_PATTERN
+from tokenquota.projections.fold import FoldConfig
+from tokenquota.projections.state import Limits
 from tokenquota.schemas import check_limits
 
 __all__ = [
     "ConfigError",
     "DatabaseSettings",
+    "EmitterSettings",
     "ExternalApiSettings",
     "KafkaSettings",
     "McpSettings",
     "OrchestratorSettings",
     "PerformanceSettings",
+    "ReservationSettings",
     "Settings",
     "TokenLimits",
+    "WorkerSettings",
     "env_var_names",
+    "fold_config",
     "load_settings",
 ]
 
@@ -112,6 +119,19 @@ class TokenLimits(_Section):
     hard_limit: Annotated[int, Field(ge=0)] = 1_000_000
     warning_threshold: Ratio = Decimal("0.8")
     critical_threshold: Ratio = Decimal("0.95")
+    timezone: str = Field(
+        default="UTC",
+        description="IANA zone whose midnights start the daily and monthly windows",
+    )
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown IANA time zone {value!r} (try 'UTC')") from None
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -132,6 +152,43 @@ class PerformanceSettings(_Section):
     cache_size: Annotated[int, Field(ge=0)] = 1000
     batch_size: Annotated[int, Field(gt=0)] = 10
     async_operations: bool = True
+
+
+class EmitterSettings(_Section):
+    """How producers send events, and where they keep them while the broker is away."""
+
+    spool_dir: Path | None = Field(
+        default=None, description="Durable spool folder; default: <data_dir>/spool"
+    )
+    spool_max_bytes: Annotated[int, Field(gt=0)] = 256 * 1024 * 1024
+    linger_ms: Annotated[int, Field(ge=0)] = 20
+    max_batch_bytes: Annotated[int, Field(gt=0)] = 1024 * 1024
+    enable_idempotence: bool = False
+    send_timeout: Seconds = 10
+    retry_interval: Seconds = 1
+
+
+class WorkerSettings(_Section):
+    """The projection worker (`tokenquota worker`)."""
+
+    group_id: Annotated[str, Field(min_length=1, max_length=200)] = "tokenquota-projector"
+    batch_size: Annotated[int, Field(gt=0, le=100_000)] = 2000
+    batch_within: Seconds = 0.1
+    session_timeout: Seconds = 10
+    commit_interval: Seconds = 1
+    retry_backoff_max: Seconds = 30
+
+
+class ReservationSettings(_Section):
+    """Defaults of `reserve()`."""
+
+    mode: Literal["strict", "optimistic"] = "strict"
+    ttl: Seconds = 300
+    decision_timeout: Seconds = 10
+    fail_open: bool = Field(
+        default=False,
+        description="When Kafka or PostgreSQL is unreachable: grant (true) or refuse (false)",
+    )
 
 
 class KafkaSettings(_Section):
@@ -251,12 +308,20 @@ class Settings(BaseSettings):
     performance: PerformanceSettings = PerformanceSettings()
     kafka: KafkaSettings = KafkaSettings()
     database: DatabaseSettings = DatabaseSettings()
+    emitter: EmitterSettings = EmitterSettings()
+    worker: WorkerSettings = WorkerSettings()
+    reservations: ReservationSettings = ReservationSettings()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     log_file: Path | None = None
     data_dir: Path = Field(
         default=Path(".tokenquota"),
         description="Where the embedded dev stack keeps PostgreSQL's data and its logs",
     )
+
+    @property
+    def spool_dir(self) -> Path:
+        """Where emitters spool events the broker has not acknowledged."""
+        return self.emitter.spool_dir or self.data_dir / "spool"
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -284,6 +349,9 @@ _SECTION_PREFIXES: dict[str, tuple[str, ...]] = {
     "performance": ("PERFORMANCE_",),
     "kafka": ("KAFKA_",),
     "database": ("DATABASE_",),
+    "emitter": ("EMITTER_",),
+    "worker": ("WORKER_",),
+    "reservations": ("RESERVATIONS_",),
 }
 _TOP_LEVEL_ENV = {
     "log_level": "LOG_LEVEL",
@@ -422,3 +490,12 @@ def _origin(
     if path is not None and loc:
         return f" (from {path})"
     return ""
+
+
+def fold_config(settings: Settings) -> FoldConfig:
+    """Default limits and the windows' time zone, as the fold and the read side use them."""
+    t = settings.token_limits
+    limits = Limits(
+        t.daily_limit, t.monthly_limit, t.hard_limit, t.warning_threshold, t.critical_threshold
+    )
+    return FoldConfig(limits, ZoneInfo(t.timezone))

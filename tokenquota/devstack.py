@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pydantic import SecretStr
 
 from .config import Settings
-from .embedded import EmbeddedBroker, EmbeddedPostgres
+from .embedded import EmbeddedBroker, EmbeddedPostgres, WorkerProcess
 from .provision import ProvisionReport, provision
 
 __all__ = ["DevStack", "run_dev"]
@@ -22,7 +22,7 @@ class DevStack:
     """The servers `tokenquota dev` started itself (none for those given by configuration)."""
 
     settings: Settings
-    _started: list[EmbeddedBroker | EmbeddedPostgres] = field(default_factory=list)
+    _started: list[EmbeddedBroker | EmbeddedPostgres | WorkerProcess] = field(default_factory=list)
 
     def start(self) -> Settings:
         """Start what is missing; return the settings pointing at the servers in use."""
@@ -44,6 +44,20 @@ class DevStack:
             raise
         return self.settings.model_copy(update={"kafka": kafka, "database": database})
 
+    def start_worker(self, effective: Settings, env: dict[str, str]) -> WorkerProcess:
+        """Start `tokenquota worker` against the servers in use."""
+        worker = WorkerProcess(log_path=effective.data_dir.resolve() / "logs" / "worker.log")
+        self._started.append(worker)
+        worker.start(
+            {
+                **env,
+                "KAFKA_BOOTSTRAP_SERVERS": effective.kafka.bootstrap_servers or "",
+                "DATABASE_URL": effective.database.dsn(),
+                "DATABASE_SCHEMA": effective.database.schema_name,
+            }
+        )
+        return worker
+
     def crashed(self) -> str | None:
         """A description of a started server that has exited on its own, if any."""
         for server in self._started:
@@ -60,8 +74,9 @@ class DevStack:
 
 async def run_dev(
     settings: Settings,
-    on_ready: Callable[[Settings, ProvisionReport], None],
+    on_ready: Callable[[Settings, ProvisionReport, WorkerProcess], None],
     stop_signals: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGTERM),
+    worker_env: dict[str, str] | None = None,
 ) -> str | None:
     """Run the dev stack until a stop signal; return why it stopped early, if it did."""
     stack = DevStack(settings)
@@ -72,7 +87,8 @@ async def run_dev(
     try:
         effective = stack.start()
         report = await provision(effective)
-        on_ready(effective, report)
+        worker = stack.start_worker(effective, worker_env or {})
+        on_ready(effective, report, worker)
         while not stop.is_set():
             crash = stack.crashed()
             if crash is not None:

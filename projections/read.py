@@ -1,0 +1,155 @@
+"""The read side: what a reservation check, a dashboard or a caller asks of the projections.
+
+Each function is one indexed query. Reservations past `expires_at` no longer hold tokens
+at read time, and a window whose day or month has passed reads as empty.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import asyncpg
+
+from .budget import Headroom, headroom, local_day, month_of
+from .fold import FoldConfig
+from .state import AlertLevel, Limits, ReservationRecord
+from .store import reservation_from_row
+
+__all__ = ["SessionMetrics", "available_tokens", "reservation", "session_metrics"]
+
+
+@dataclass(frozen=True, slots=True)
+class SessionMetrics:
+    """A session's budget as of `as_of`: limits, usage per window, held and available tokens."""
+
+    session_id: str
+    known: bool
+    limits: Limits
+    tokens_used_today: int
+    tokens_used_month: int
+    tokens_used_total: int
+    tokens_held: int
+    available_tokens: int
+    binding_limit: str
+    utilization: Decimal
+    daily_alert: AlertLevel
+    monthly_alert: AlertLevel
+    total_alert: AlertLevel
+    reservations_accepted: int
+    reservations_rejected: int
+    overage_tokens: int
+    updated_at: datetime | None
+    as_of: datetime
+
+    def headroom(self, priority: str = "normal") -> Headroom:
+        """Tokens a reservation of `priority` could take now."""
+        return headroom(
+            self.limits,
+            self.tokens_used_today,
+            self.tokens_used_month,
+            self.tokens_used_total,
+            self.tokens_held,
+            priority,
+        )
+
+
+_METRICS = """
+    SELECT q.session_id, b.*,
+           (SELECT COALESCE(sum(r.tokens), 0)::bigint FROM reservations r
+             WHERE r.session_id = q.session_id AND r.status = 'accepted'
+               AND r.expires_at > $2) AS tokens_held
+      FROM (SELECT $1::varchar AS session_id) q
+      LEFT JOIN session_token_budgets b ON b.session_id = q.session_id
+"""
+
+
+async def session_metrics(
+    conn: asyncpg.Connection,
+    session_id: str,
+    config: FoldConfig,
+    *,
+    now: datetime | None = None,
+) -> SessionMetrics:
+    """The session's metrics; a session with no events reads as unused, on default limits."""
+    now = now or datetime.now(UTC)
+    row = await conn.fetchrow(_METRICS, session_id, now)
+    assert row is not None
+    known = row["daily_limit"] is not None
+    day = local_day(now, config.zone)
+    if known:
+        limits = Limits(
+            row["daily_limit"],
+            row["monthly_limit"],
+            row["hard_limit"],
+            row["warning_threshold"],
+            row["critical_threshold"],
+            row["budget_source"],
+        )
+        same_day = row["current_day"] >= day
+        same_month = row["current_month"] >= month_of(day)
+        today = row["tokens_used_today"] if same_day else 0
+        month = row["tokens_used_month"] if same_month else 0
+        total = row["tokens_used_total"]
+    else:
+        limits, today, month, total = config.default_limits, 0, 0, 0
+        same_day = same_month = False
+    held = row["tokens_held"]
+    room = headroom(limits, today, month, total, held)
+    return SessionMetrics(
+        session_id=session_id,
+        known=known,
+        limits=limits,
+        tokens_used_today=today,
+        tokens_used_month=month,
+        tokens_used_total=total,
+        tokens_held=held,
+        available_tokens=max(room.available, 0),
+        binding_limit=room.window,
+        utilization=_utilization(limits, today, month, total),
+        daily_alert=row["daily_alert"] if same_day else "none",
+        monthly_alert=row["monthly_alert"] if same_month else "none",
+        total_alert=row["total_alert"] if known else "none",
+        reservations_accepted=row["reservations_accepted"] if known else 0,
+        reservations_rejected=row["reservations_rejected"] if known else 0,
+        overage_tokens=row["overage_tokens"] if known else 0,
+        updated_at=row["updated_at"],
+        as_of=now,
+    )
+
+
+def _utilization(limits: Limits, today: int, month: int, total: int) -> Decimal:
+    ratios = [
+        Decimal(used) / Decimal(limit) if limit else Decimal(1 if used else 0)
+        for used, limit in (
+            (today, limits.daily_limit),
+            (month, limits.monthly_limit),
+            (total, limits.hard_limit),
+        )
+    ]
+    return max(ratios).quantize(Decimal("0.0001"))
+
+
+async def available_tokens(
+    conn: asyncpg.Connection,
+    session_id: str,
+    config: FoldConfig,
+    *,
+    priority: str = "normal",
+    now: datetime | None = None,
+) -> int:
+    """Tokens a new reservation of `priority` could take now (never negative)."""
+    metrics = await session_metrics(conn, session_id, config, now=now)
+    return max(metrics.headroom(priority).available, 0)
+
+
+async def reservation(
+    conn: asyncpg.Connection, reservation_id: uuid.UUID
+) -> ReservationRecord | None:
+    """The reservation as the worker decided it; None until its TokenReserved is applied."""
+    row = await conn.fetchrow(
+        "SELECT * FROM reservations WHERE reservation_id = $1", reservation_id
+    )
+    return None if row is None else reservation_from_row(row)

@@ -1,0 +1,402 @@
+"""The only place the live projection's SQL runs: load touched state, fold, save, in one txn."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+
+from tokenquota.schemas import Event, TokenReserved, TokenUsed
+
+from .fold import FoldConfig, fold
+from .state import (
+    Decision,
+    Folded,
+    Limits,
+    LogRow,
+    ProjectionState,
+    ReservationRecord,
+    SessionBudget,
+)
+
+__all__ = [
+    "PROJECTION_TABLES",
+    "BatchResult",
+    "LogRecord",
+    "apply_batch",
+    "decision_channel",
+    "projection_lock_key",
+    "reservation_from_row",
+]
+
+#: Every table the fold and the ledger write; replay rebuilds and swaps exactly these.
+PROJECTION_TABLES = (
+    "usage_events",
+    "partition_checkpoints",
+    "session_token_budgets",
+    "reservations",
+    "task_token_allocations",
+    "external_api_tokens",
+    "integration_logs",
+    "session_usage_daily",
+    "session_usage_monthly",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class LogRecord:
+    """A decoded event with the raw bytes it came as and its place in the log."""
+
+    event: Event
+    payload: bytes
+    topic: str
+    partition: int
+    offset: int
+
+
+@dataclass(slots=True)
+class BatchResult:
+    """What one batch did: events applied, duplicates dropped, reservation decisions."""
+
+    applied: int = 0
+    duplicates: int = 0
+    decisions: list[Decision] = field(default_factory=list)
+
+
+def decision_channel(schema: str) -> str:
+    """The LISTEN/NOTIFY channel on which a schema's reservation decisions are announced."""
+    return f"tokenquota_{schema}"[:63]
+
+
+def projection_lock_key(schema: str) -> str:
+    """Text whose hash keys the advisory lock between batches (shared) and replay's swap."""
+    return f"tokenquota.projections:{schema}"
+
+
+async def apply_batch(
+    conn: asyncpg.Connection,
+    records: Sequence[LogRecord],
+    config: FoldConfig,
+    *,
+    schema: str,
+    notify: bool = True,
+    skipped: Sequence[tuple[str, int, int]] = (),
+) -> BatchResult:
+    """Apply a batch in one transaction: ledger first, fold only new events, checkpoint.
+
+    A redelivered or re-sent event (same event_id) is already in the ledger and is not
+    folded again. Decisions are announced with NOTIFY, delivered when the transaction
+    commits.
+    """
+    result = BatchResult()
+    if not records:
+        return result
+    async with conn.transaction():
+        await conn.execute(
+            "SELECT pg_advisory_xact_lock_shared(hashtextextended($1, 0))",
+            projection_lock_key(schema),
+        )
+        fresh = await _insert_ledger(conn, records) if records else []
+        result.duplicates = len(records) - len(fresh)
+        result.applied = len(fresh)
+        if fresh:
+            events = [r.event for r in fresh]
+            state = await _load_state(conn, events)
+            folded = fold(state, events, config)
+            await _save(conn, folded)
+            result.decisions = folded.decisions
+            if notify and folded.decisions:
+                await conn.execute(
+                    "SELECT pg_notify($1, d) FROM unnest($2::text[]) AS d",
+                    decision_channel(schema),
+                    [f"{d.reservation_id} {d.status}" for d in folded.decisions],
+                )
+        await _checkpoint(conn, [(r.topic, r.partition, r.offset) for r in records], skipped)
+    return result
+
+
+async def _insert_ledger(conn: asyncpg.Connection, records: Sequence[LogRecord]) -> list[LogRecord]:
+    first: dict[uuid.UUID, LogRecord] = {}
+    for record in records:
+        first.setdefault(record.event.event_id, record)
+    unique = list(first.values())
+    inserted = await conn.fetch(
+        """INSERT INTO usage_events (event_id, event_type, session_id, task_id, occurred_at,
+                                     payload, topic, kafka_partition, kafka_offset)
+           SELECT * FROM unnest($1::uuid[], $2::text[], $3::varchar[], $4::varchar[],
+                                $5::timestamptz[], $6::jsonb[], $7::text[], $8::int[],
+                                $9::bigint[])
+           ON CONFLICT (event_id) DO NOTHING
+           RETURNING event_id""",
+        [r.event.event_id for r in unique],
+        [r.event.event_type for r in unique],
+        [r.event.session_id for r in unique],
+        [r.event.task_id for r in unique],
+        [r.event.occurred_at for r in unique],
+        [r.payload.decode() for r in unique],
+        [r.topic for r in unique],
+        [r.partition for r in unique],
+        [r.offset for r in unique],
+    )
+    new_ids = {row["event_id"] for row in inserted}
+    return [r for r in unique if r.event.event_id in new_ids]
+
+
+async def _load_state(conn: asyncpg.Connection, events: Sequence[Event]) -> ProjectionState:
+    sessions = sorted({e.session_id for e in events})
+    named = [
+        e.reservation_id
+        for e in events
+        if isinstance(e, TokenReserved | TokenUsed) and e.reservation_id is not None
+    ]
+    # Serialises folds of one session should two workers ever hold its partition at once
+    # (a rebalance); the array is sorted, so locks are always taken in the same order.
+    await conn.execute(
+        "SELECT count(pg_advisory_xact_lock(hashtextextended(s, 1))) FROM unnest($1::text[]) s",
+        sessions,
+    )
+    session_rows = await conn.fetch(
+        "SELECT * FROM session_token_budgets WHERE session_id = ANY($1::varchar[])", sessions
+    )
+    reservation_rows = await conn.fetch(
+        """SELECT * FROM reservations
+            WHERE (session_id = ANY($1::varchar[]) AND status = 'accepted')
+               OR reservation_id = ANY($2::uuid[])""",
+        sessions,
+        named,
+    )
+    return ProjectionState(
+        sessions={row["session_id"]: _session(row) for row in session_rows},
+        reservations={row["reservation_id"]: reservation_from_row(row) for row in reservation_rows},
+    )
+
+
+def _session(row: asyncpg.Record) -> SessionBudget:
+    return SessionBudget(
+        session_id=row["session_id"],
+        limits=Limits(
+            daily_limit=row["daily_limit"],
+            monthly_limit=row["monthly_limit"],
+            hard_limit=row["hard_limit"],
+            warning_threshold=row["warning_threshold"],
+            critical_threshold=row["critical_threshold"],
+            source=row["budget_source"],
+        ),
+        current_day=row["current_day"],
+        tokens_used_today=row["tokens_used_today"],
+        current_month=row["current_month"],
+        tokens_used_month=row["tokens_used_month"],
+        tokens_used_total=row["tokens_used_total"],
+        daily_alert=row["daily_alert"],
+        monthly_alert=row["monthly_alert"],
+        total_alert=row["total_alert"],
+        reservations_accepted=row["reservations_accepted"],
+        reservations_rejected=row["reservations_rejected"],
+        overage_tokens=row["overage_tokens"],
+        last_reset=row["last_reset"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
+
+
+_RESERVATION_FIELDS = tuple(f.name for f in dataclasses.fields(ReservationRecord))
+
+
+def reservation_from_row(row: asyncpg.Record) -> ReservationRecord:
+    """A reservations row as a ReservationRecord."""
+    return ReservationRecord(**{name: row[name] for name in _RESERVATION_FIELDS})
+
+
+_SESSION_COLUMNS = (
+    "session_id, daily_limit, monthly_limit, hard_limit, warning_threshold, "
+    "critical_threshold, budget_source, current_day, tokens_used_today, current_month, "
+    "tokens_used_month, tokens_used_total, daily_alert, monthly_alert, total_alert, "
+    "reservations_accepted, reservations_rejected, overage_tokens, last_reset, created_at, "
+    "updated_at"
+)
+_RESERVATION_COLUMNS = ", ".join(_RESERVATION_FIELDS)
+
+
+def _upsert(table: str, columns: str, key: str) -> str:
+    names = [c.strip() for c in columns.split(",")]
+    keys = {k.strip() for k in key.split(",")}
+    placeholders = ", ".join(f"${i}" for i in range(1, len(names) + 1))
+    updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in names if c not in keys)
+    return (
+        f"INSERT INTO {table} ({columns}) VALUES ({placeholders}) "  # noqa: S608 - constants only
+        f"ON CONFLICT ({key}) DO UPDATE SET {updates}"
+    )
+
+
+_UPSERT_SESSION = _upsert("session_token_budgets", _SESSION_COLUMNS, "session_id")
+_UPSERT_RESERVATION = _upsert("reservations", _RESERVATION_COLUMNS, "reservation_id")
+_ADD_USAGE = """
+    INSERT INTO {table} AS t (session_id, {window}, input_tokens, output_tokens, tokens_used,
+                              usage_events, cost_usd)
+    VALUES ($1, $2, $3, $4, $5, $6, $7)
+    ON CONFLICT (session_id, {window}) DO UPDATE SET
+        input_tokens = t.input_tokens + EXCLUDED.input_tokens,
+        output_tokens = t.output_tokens + EXCLUDED.output_tokens,
+        tokens_used = t.tokens_used + EXCLUDED.tokens_used,
+        usage_events = t.usage_events + EXCLUDED.usage_events,
+        cost_usd = t.cost_usd + EXCLUDED.cost_usd
+"""
+_ADD_DAILY = _ADD_USAGE.format(table="session_usage_daily", window="day")
+_ADD_MONTHLY = _ADD_USAGE.format(table="session_usage_monthly", window="month")
+_ADD_TASK = """
+    INSERT INTO task_token_allocations AS t (session_id, task_id, allocated_tokens,
+                                             tokens_used, created_at, updated_at)
+    VALUES ($1, $2, $3, $4, $5, $6)
+    ON CONFLICT (session_id, task_id) DO UPDATE SET
+        allocated_tokens = t.allocated_tokens + EXCLUDED.allocated_tokens,
+        tokens_used = t.tokens_used + EXCLUDED.tokens_used,
+        created_at = LEAST(t.created_at, EXCLUDED.created_at),
+        updated_at = GREATEST(t.updated_at, EXCLUDED.updated_at)
+"""
+_ADD_API = """
+    INSERT INTO external_api_tokens AS t (session_id, api_name, requests, input_tokens,
+        output_tokens, cache_read_tokens, cache_write_tokens, tokens_used, cost_usd, last_used,
+        rate_limit_remaining, rate_limit_reset)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+    ON CONFLICT (session_id, api_name) DO UPDATE SET
+        requests = t.requests + EXCLUDED.requests,
+        input_tokens = t.input_tokens + EXCLUDED.input_tokens,
+        output_tokens = t.output_tokens + EXCLUDED.output_tokens,
+        cache_read_tokens = t.cache_read_tokens + EXCLUDED.cache_read_tokens,
+        cache_write_tokens = t.cache_write_tokens + EXCLUDED.cache_write_tokens,
+        tokens_used = t.tokens_used + EXCLUDED.tokens_used,
+        cost_usd = t.cost_usd + EXCLUDED.cost_usd,
+        last_used = GREATEST(t.last_used, EXCLUDED.last_used),
+        rate_limit_remaining = COALESCE(EXCLUDED.rate_limit_remaining, t.rate_limit_remaining),
+        rate_limit_reset = COALESCE(EXCLUDED.rate_limit_reset, t.rate_limit_reset)
+"""
+_INSERT_LOG = """
+    INSERT INTO integration_logs (event_id, action, integration_type, component_name,
+        session_id, task_id, tokens_used, status, error_message, metadata, created_at)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::jsonb, $11)
+    ON CONFLICT (event_id, action) DO NOTHING
+"""
+
+
+async def _save(conn: asyncpg.Connection, folded: Folded) -> None:
+    state = folded.state
+    sessions = [state.sessions[s] for s in sorted(folded.changed_sessions)]
+    await conn.executemany(_UPSERT_SESSION, [_session_args(s) for s in sessions])
+    if folded.changed_reservations:
+        await conn.executemany(
+            _UPSERT_RESERVATION,
+            [
+                tuple(getattr(state.reservations[rid], name) for name in _RESERVATION_FIELDS)
+                for rid in sorted(folded.changed_reservations)
+            ],
+        )
+    for statement, table in ((_ADD_DAILY, folded.daily), (_ADD_MONTHLY, folded.monthly)):
+        if table:
+            await conn.executemany(
+                statement,
+                [
+                    (
+                        s,
+                        w,
+                        d.input_tokens,
+                        d.output_tokens,
+                        d.tokens_used,
+                        d.usage_events,
+                        d.cost_usd,
+                    )
+                    for (s, w), d in sorted(table.items())
+                ],
+            )
+    if folded.tasks:
+        await conn.executemany(
+            _ADD_TASK,
+            [
+                (s, t, d.allocated_tokens, d.tokens_used, d.first_at, d.last_at)
+                for (s, t), d in sorted(folded.tasks.items())
+            ],
+        )
+    if folded.apis:
+        await conn.executemany(
+            _ADD_API,
+            [
+                (
+                    s,
+                    api,
+                    d.requests,
+                    d.input_tokens,
+                    d.output_tokens,
+                    d.cache_read_tokens,
+                    d.cache_write_tokens,
+                    d.input_tokens + d.output_tokens,
+                    d.cost_usd,
+                    d.last_used,
+                    d.rate_limit_remaining,
+                    d.rate_limit_reset,
+                )
+                for (s, api), d in sorted(folded.apis.items())
+            ],
+        )
+    if folded.logs:
+        await conn.executemany(_INSERT_LOG, [_log_args(row) for row in folded.logs])
+
+
+def _session_args(s: SessionBudget) -> tuple[Any, ...]:
+    limits = s.limits
+    return (
+        s.session_id,
+        limits.daily_limit,
+        limits.monthly_limit,
+        limits.hard_limit,
+        limits.warning_threshold,
+        limits.critical_threshold,
+        limits.source,
+        s.current_day,
+        s.tokens_used_today,
+        s.current_month,
+        s.tokens_used_month,
+        s.tokens_used_total,
+        s.daily_alert,
+        s.monthly_alert,
+        s.total_alert,
+        s.reservations_accepted,
+        s.reservations_rejected,
+        s.overage_tokens,
+        s.last_reset,
+        s.created_at,
+        s.updated_at,
+    )
+
+
+def _log_args(row: LogRow) -> tuple[Any, ...]:
+    return (
+        row.event_id,
+        row.action,
+        row.integration_type,
+        row.component_name,
+        row.session_id,
+        row.task_id,
+        row.tokens_used,
+        row.status,
+        row.error_message,
+        None if row.metadata is None else json.dumps(row.metadata, sort_keys=True),
+        row.created_at,
+    )
+
+
+async def _checkpoint(conn: asyncpg.Connection, *places: Sequence[tuple[str, int, int]]) -> None:
+    positions: dict[tuple[str, int], int] = {}
+    for topic, partition, offset in itertools.chain(*places):
+        positions[(topic, partition)] = max(positions.get((topic, partition), 0), offset + 1)
+    await conn.executemany(
+        """INSERT INTO partition_checkpoints AS c (topic, kafka_partition, next_offset)
+           VALUES ($1, $2, $3)
+           ON CONFLICT (topic, kafka_partition)
+           DO UPDATE SET next_offset = GREATEST(c.next_offset, EXCLUDED.next_offset)""",
+        [(t, p, o) for (t, p), o in sorted(positions.items())],
+    )

@@ -1,0 +1,140 @@
+"""Helpers shared by tests: event builders, waiting on conditions, table snapshots."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from tokenquota.config import DatabaseSettings
+from tokenquota.embedded import WorkerProcess
+from tokenquota.projections import PROJECTION_TABLES, connect
+from tokenquota.schemas import BudgetSet, Priority, Source, TokenReserved, TokenUsed
+
+__all__ = [
+    "T0",
+    "budget",
+    "fetch_value",
+    "reserved",
+    "snapshot",
+    "used",
+    "wait_until",
+]
+
+T0 = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
+SOURCE = Source(component="sdk", name="tests")
+
+
+def budget(
+    session: str,
+    at: datetime = T0,
+    *,
+    daily: int = 10_000,
+    monthly: int = 100_000,
+    hard: int = 1_000_000,
+    warning: str = "0.8",
+    critical: str = "0.95",
+) -> BudgetSet:
+    """A BudgetSet for `session`."""
+    return BudgetSet(
+        session_id=session,
+        source=SOURCE,
+        occurred_at=at,
+        daily_limit=daily,
+        monthly_limit=monthly,
+        hard_limit=hard,
+        warning_threshold=Decimal(warning),
+        critical_threshold=Decimal(critical),
+    )
+
+
+def reserved(
+    session: str,
+    tokens: int,
+    at: datetime = T0,
+    *,
+    priority: Priority = "normal",
+    ttl: timedelta = timedelta(minutes=5),
+    task: str | None = None,
+    rid: uuid.UUID | None = None,
+) -> TokenReserved:
+    """A TokenReserved for `session`."""
+    return TokenReserved(
+        session_id=session,
+        task_id=task,
+        source=SOURCE,
+        occurred_at=at,
+        reservation_id=rid or uuid.uuid4(),
+        tokens=tokens,
+        priority=priority,
+        expires_at=at + ttl,
+    )
+
+
+def used(
+    session: str,
+    tokens: int,
+    at: datetime = T0,
+    *,
+    rid: uuid.UUID | None = None,
+    task: str | None = None,
+    output: int = 0,
+) -> TokenUsed:
+    """A TokenUsed of `tokens` input (+ `output`) tokens for `session`."""
+    return TokenUsed(
+        session_id=session,
+        task_id=task,
+        source=SOURCE,
+        occurred_at=at,
+        reservation_id=rid,
+        model="gpt-4o",
+        input_tokens=tokens,
+        output_tokens=output,
+        operation="test",
+        counted_by="provider",
+    )
+
+
+async def wait_until(
+    check: Callable[[], Awaitable[bool]],
+    timeout: float,
+    what: str,
+    processes: Sequence[WorkerProcess] = (),
+) -> None:
+    """Poll `check` until it is true; fail with `what` after `timeout` seconds, or at once
+    when one of `processes` has exited (with the end of its log)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not await check():
+        for process in processes:
+            if process.exit_code() is not None:
+                tail = process.log_path.read_text(errors="replace")[-3000:]
+                raise AssertionError(f"{process.name} exited while waiting for {what}:\n{tail}")
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+async def fetch_value(database: DatabaseSettings, sql: str, *args: Any) -> Any:
+    """One value from the test's schema."""
+    conn = await connect(database.dsn(), database.schema_name)
+    try:
+        return await conn.fetchval(sql, *args)
+    finally:
+        await conn.close()
+
+
+async def snapshot(database: DatabaseSettings) -> dict[str, list[tuple[Any, ...]]]:
+    """Every projection table's rows, sorted, for row-for-row comparison."""
+    conn = await connect(database.dsn(), database.schema_name)
+    try:
+        tables = {}
+        for table in PROJECTION_TABLES:
+            rows = await conn.fetch(f"SELECT * FROM {table}")  # noqa: S608 - constant names
+            tables[table] = sorted((tuple(r.values()) for r in rows), key=repr)
+        return tables
+    finally:
+        await conn.close()
