@@ -38,12 +38,21 @@ class Projector:
         self.applied = 0
         self.duplicates = 0
         self.dead_letters = 0
+        self._seen: set[tuple[str, int]] = set()
 
     def split(self, messages: Sequence[Any]) -> tuple[list[LogRecord], list[DeadLetter]]:
         """Decode faust messages; invalid ones become dead letters with their reason."""
         records: list[LogRecord] = []
         bad: list[DeadLetter] = []
         for message in messages:
+            if (message.topic, message.partition) not in self._seen:
+                self._seen.add((message.topic, message.partition))
+                log.info(
+                    "projecting %s[%d] from offset %d",
+                    message.topic,
+                    message.partition,
+                    message.offset,
+                )
             value: bytes = message.value if message.value is not None else b""
             try:
                 event = decode(value)

@@ -68,8 +68,8 @@ class Emitter:
         """Connect; if the spool holds events, start re-sending them first."""
         try:
             self._producer = await self._new_producer()
-        except (KafkaError, OSError, TimeoutError) as exc:
-            log.warning("broker %s unreachable at start (%s); spooling", self._servers, exc)
+        except (KafkaError, OSError, TimeoutError, IntegrationError) as exc:
+            log.warning("cannot send to %s at start (%s); spooling", self._servers, exc)
         if self._spool.size:
             self._start_drainer()
         else:

@@ -34,6 +34,7 @@ from tokenquota.config import (
 from tokenquota.embedded import EmbeddedBroker, EmbeddedPostgres, WorkerProcess
 from tokenquota.projections import apply_migrations, connect
 from tokenquota.topics import ensure_topics
+from tests.support import settings_env
 
 
 WorkerStarter = Callable[..., WorkerProcess]
@@ -151,22 +152,6 @@ async def migrated_database(database_settings: DatabaseSettings) -> DatabaseSett
 def settings(kafka_settings: KafkaSettings, database_settings: DatabaseSettings) -> Settings:
     """Settings pointing at this test's topics and schema; everything else default."""
     return Settings(kafka=kafka_settings, database=database_settings)
-
-
-def settings_env(settings: Settings) -> dict[str, str]:
-    """Environment variables that make a `tokenquota` process use `settings`' servers."""
-    kafka, database = settings.kafka, settings.database
-    return {
-        "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers or "",
-        "KAFKA_USAGE_TOPIC": kafka.usage_topic,
-        "KAFKA_DLQ_TOPIC": kafka.dlq_topic,
-        "KAFKA_PARTITIONS": str(kafka.partitions),
-        "DATABASE_URL": database.dsn(),
-        "DATABASE_SCHEMA": database.schema_name,
-        "WORKER_GROUP_ID": settings.worker.group_id,
-        "WORKER_BATCH_WITHIN": str(settings.worker.batch_within),
-        "LOG_LEVEL": "INFO",
-    }
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from tokenquota.config import DatabaseSettings
+from tokenquota.config import DatabaseSettings, Settings
 from tokenquota.embedded import WorkerProcess
 from tokenquota.projections import PROJECTION_TABLES, connect
 from tokenquota.schemas import BudgetSet, Priority, Source, TokenReserved, TokenUsed
@@ -19,6 +19,7 @@ __all__ = [
     "budget",
     "fetch_value",
     "reserved",
+    "settings_env",
     "snapshot",
     "used",
     "wait_until",
@@ -138,3 +139,19 @@ async def snapshot(database: DatabaseSettings) -> dict[str, list[tuple[Any, ...]
         return tables
     finally:
         await conn.close()
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """Environment variables that make a `tokenquota` process use `settings`' servers."""
+    kafka, database = settings.kafka, settings.database
+    return {
+        "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers or "",
+        "KAFKA_USAGE_TOPIC": kafka.usage_topic,
+        "KAFKA_DLQ_TOPIC": kafka.dlq_topic,
+        "KAFKA_PARTITIONS": str(kafka.partitions),
+        "DATABASE_URL": database.dsn(),
+        "DATABASE_SCHEMA": database.schema_name,
+        "WORKER_GROUP_ID": settings.worker.group_id,
+        "WORKER_BATCH_WITHIN": str(settings.worker.batch_within),
+        "LOG_LEVEL": "INFO",
+    }
