@@ -24,6 +24,8 @@ __all__ = [
     "UsageDelta",
 ]
 
+_THRESHOLD_SCALE = Decimal("0.0001")
+
 AlertLevel = Literal["none", "warning", "critical"]
 BudgetSource = Literal["default", "event"]
 ReservationStatus = Literal["pending", "accepted", "rejected", "settled", "released", "expired"]
@@ -39,6 +41,12 @@ class Limits:
     warning_threshold: Decimal
     critical_threshold: Decimal
     source: BudgetSource = "default"
+
+    def __post_init__(self) -> None:
+        # The scale PostgreSQL stores (NUMERIC(5, 4)): a state folded in memory and one
+        # loaded from the table must be equal, down to Decimal('0.8') vs Decimal('0.8000').
+        for name in ("warning_threshold", "critical_threshold"):
+            object.__setattr__(self, name, getattr(self, name).quantize(_THRESHOLD_SCALE))
 
 
 @dataclass(slots=True)
