@@ -154,7 +154,11 @@ def create_app(settings: Settings) -> faust.App:
     async def project(stream: StreamT[bytes]) -> AsyncIterator[None]:
         events: Sequence[EventT[bytes]]
         try:
-            async for events in stream.noack_take(worker.batch_size, within=worker.batch_within):
+            # noack_take: offsets are acknowledged by hand, after the commit (not in StreamT).
+            batches = stream.noack_take(  # type: ignore[attr-defined]
+                worker.batch_size, within=worker.batch_within
+            )
+            async for events in batches:
                 records, bad = projector.split([e.message for e in events])
                 for letter in bad:
                     await _dead_letter(dlq, letter, worker.retry_backoff_max)

@@ -154,7 +154,8 @@ class Emitter:
         self._spool.append(messages)  # SpoolFullError: nothing of `messages` was accepted
         self._drained.clear()
         self._start_drainer()
-        return ["acked"] * acked + ["spooled"] * len(messages)
+        result: list[Delivery] = ["acked"] * acked
+        return result + ["spooled"] * len(messages)
 
     async def _send(self, message: SpooledMessage) -> asyncio.Future[object]:
         assert self._producer is not None

@@ -315,8 +315,8 @@ class TokenQuota:
             "is `tokenquota worker` running and the broker reachable?"
         )
 
-    def _on_notify(self, connection: object, pid: int, channel: str, payload: str) -> None:
-        rid_text, _, status = payload.partition(" ")
+    def _on_notify(self, connection: object, pid: int, channel: str, payload: object) -> None:
+        rid_text, _, status = str(payload).partition(" ")
         future = self._waiting.get(uuid.UUID(rid_text))
         if future is not None and not future.done():
             future.set_result(status)
@@ -327,7 +327,7 @@ class TokenQuota:
             raise IntegrationError("TokenQuota is not started: use `async with TokenQuota(...)`")
         try:
             async with self._pool.acquire(timeout=10) as conn:
-                yield conn
+                yield conn  # type: ignore[misc]  # a pool proxy behaves as a Connection
         except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
             raise IntegrationError(f"PostgreSQL unreachable: {exc}") from None
 

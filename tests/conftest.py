@@ -24,6 +24,7 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from pydantic import SecretStr
 
+from tests.support import settings_env
 from tokenquota.config import (
     DatabaseSettings,
     EmitterSettings,
@@ -34,8 +35,6 @@ from tokenquota.config import (
 from tokenquota.embedded import EmbeddedBroker, EmbeddedPostgres, WorkerProcess
 from tokenquota.projections import apply_migrations, connect
 from tokenquota.topics import ensure_topics
-from tests.support import settings_env
-
 
 WorkerStarter = Callable[..., WorkerProcess]
 

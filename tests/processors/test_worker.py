@@ -8,13 +8,13 @@ import signal
 from datetime import timedelta
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 
+from tests.support import T0, fetch_value, used, wait_until
 from tokenquota.config import Settings
 from tokenquota.processors import parse_dead_letter_headers
 from tokenquota.producers import Emitter
 from tokenquota.schemas import Event, encode
-from tests.support import T0, fetch_value, used, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -142,7 +142,7 @@ async def test_invalid_messages_go_to_the_dlq_and_later_events_are_applied(
     )
     await consumer.start()
     try:
-        letters = []
+        letters: list[ConsumerRecord[bytes, bytes]] = []
         while len(letters) < 2:
             batch = await consumer.getmany(timeout_ms=10_000)
             assert batch, "the DLQ stayed empty"

@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaConsumer
 
+from tests.support import T0, fetch_value, settings_env, used, wait_until
 from tokenquota.config import DatabaseSettings, EmitterSettings, KafkaSettings, Settings
 from tokenquota.embedded import EmbeddedBroker, WorkerProcess
 from tokenquota.errors import IntegrationError
 from tokenquota.producers import Emitter
 from tokenquota.schemas import decode
 from tokenquota.topics import ensure_topics
-from tests.support import T0, fetch_value, settings_env, used, wait_until
 
 pytestmark = pytest.mark.integration
 

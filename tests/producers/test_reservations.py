@@ -9,12 +9,12 @@ import sys
 
 import pytest
 
+from tests.support import budget, fetch_value, settings_env, snapshot, wait_until
 from tokenquota.config import ReservationSettings, Settings
 from tokenquota.errors import TokenBudgetExhaustedError, TokenQuotaExceededError
 from tokenquota.producers import Reservation
 from tokenquota.producers.reservations import TokenQuota
 from tokenquota.schemas import utc_now
-from tests.support import budget, fetch_value, settings_env, snapshot, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -62,7 +62,8 @@ async def test_200_concurrent_strict_reservations_never_exceed_the_budget_even_a
         settings.database, "SELECT count(*) FROM reservations WHERE status = 'settled'"
     )
     assert settled_count == 100
-    replay = subprocess.run(
+    replay = await asyncio.to_thread(
+        subprocess.run,
         [sys.executable, "-m", "tokenquota", "replay"],
         env={**os.environ, **settings_env(settings)},
         capture_output=True,

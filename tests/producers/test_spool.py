@@ -52,7 +52,7 @@ def test_a_full_spool_refuses_the_whole_append_with_a_clear_error(tmp_path: Path
     spool = Spool(tmp_path, 100)
     spool.append(messages(2))
     size = spool.size
-    with pytest.raises(SpoolFullError, match="spool .* is full .* NOT accepted"):
+    with pytest.raises(SpoolFullError, match=r"spool .* is full .* NOT accepted"):
         spool.append(messages(10))
     assert spool.size == size
     assert len(spool.read()[0]) == 2

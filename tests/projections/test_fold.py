@@ -8,10 +8,10 @@ from decimal import Decimal
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.support import T0, budget, reserved, used
 from tokenquota.projections import FoldConfig, Limits, ProjectionState, fold
 from tokenquota.projections.state import Folded
 from tokenquota.schemas import Event, TokenReserved
-from tests.support import T0, budget, reserved, used
 
 LIMITS = Limits(1000, 10_000, 100_000, Decimal("0.8"), Decimal("0.95"))
 CONFIG = FoldConfig(LIMITS)
@@ -104,7 +104,7 @@ def test_windows_roll_with_the_event_time_and_hard_limit_exhausts() -> None:
     later = fold(state, [used("s", 50, next_month), reserved("s", 1, next_month)], config)
     session = later.state.sessions["s"]
     assert (session.tokens_used_month, session.tokens_used_total) == (50, 200)
-    assert list(later.state.reservations.values())[0].reason == "hard_limit"
+    assert next(iter(later.state.reservations.values())).reason == "hard_limit"
 
 
 def test_threshold_crossings_are_logged_once_per_window() -> None:

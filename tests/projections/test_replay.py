@@ -8,12 +8,12 @@ from decimal import Decimal
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from tests.support import SOURCE, T0, budget, fetch_value, reserved, snapshot, used, wait_until
 from tokenquota.config import Settings, fold_config
 from tokenquota.producers import Emitter
 from tokenquota.projections import connect
 from tokenquota.projections.replay import ReplayError, replay_into
 from tokenquota.schemas import ApiCost, Event, encode
-from tests.support import SOURCE, T0, budget, fetch_value, reserved, snapshot, used, wait_until
 
 pytestmark = pytest.mark.integration
 
