@@ -4,7 +4,7 @@ Integration hooks (MCP, orchestrator, memory, external APIs) arrive with their i
 """
 
 from .emitter import Delivery, Emitter
-from .reservations import Reservation, reserve
+from .reservations import Reservation, TokenQuota, reserve
 from .spool import SpoolFullError
 
-__all__ = ["Delivery", "Emitter", "Reservation", "SpoolFullError", "reserve"]
+__all__ = ["Delivery", "Emitter", "Reservation", "SpoolFullError", "TokenQuota", "reserve"]

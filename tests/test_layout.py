@@ -22,11 +22,20 @@ PUBLIC = {
         "TokenUsed", "check_limits", "decode", "encode", "new_event_id", "utc_now",
     },
     "tokenquota.projections": {
-        "EXPECTED_COLUMNS", "Migration", "MigrationError", "apply_migrations", "connect",
-        "load_migrations", "quote_schema", "schema_drift",
+        "EXPECTED_COLUMNS", "PROJECTION_TABLES", "BatchResult", "Decision", "FoldConfig",
+        "Folded", "Headroom", "Limits", "LogRecord", "Migration", "MigrationError",
+        "ProjectionState", "ReservationRecord", "SessionBudget", "SessionMetrics",
+        "alert_level", "apply_batch", "apply_migrations", "available_tokens", "connect",
+        "decision_channel", "fold", "headroom", "load_migrations", "new_session",
+        "projection_lock_key", "quote_schema", "reservation", "schema_drift", "session_metrics",
     },
-    "tokenquota.producers": set(),
-    "tokenquota.processors": set(),
+    "tokenquota.producers": {
+        "Delivery", "Emitter", "Reservation", "SpoolFullError", "TokenQuota", "reserve",
+    },
+    "tokenquota.processors": {
+        "DeadLetter", "Projector", "create_app", "dead_letter_headers",
+        "parse_dead_letter_headers", "run_worker",
+    },
 }  # fmt: skip
 
 

@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import signal
+import subprocess
 import sys
 import uuid
 from collections.abc import Mapping
@@ -16,6 +17,7 @@ import psutil
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
+from tests.support import wait_until
 from tokenquota.config import DatabaseSettings, env_var_names
 from tokenquota.embedded import free_port
 from tokenquota.projections import connect
@@ -110,12 +112,15 @@ async def test_migrate_applies_once(database_settings: DatabaseSettings) -> None
         DATABASE_URL=database_settings.dsn(), DATABASE_SCHEMA=database_settings.schema_name
     )
     first = await _run("migrate", env=env)
-    assert (first.code, first.stdout.strip()) == (0, "migrations applied: 0001_usage_ledger")
+    assert (first.code, first.stdout.strip()) == (
+        0,
+        "migrations applied: 0001_usage_ledger, 0002_budget_projections",
+    )
     second = await _run("migrate", env=env)
     assert (second.code, second.stdout.strip()) == (0, "migrations applied: none pending")
     conn = await connect(database_settings.dsn(), database_settings.schema_name)
     try:
-        assert await conn.fetchval("SELECT count(*) FROM tokenquota_schema_migrations") == 1
+        assert await conn.fetchval("SELECT count(*) FROM tokenquota_schema_migrations") == 2
     finally:
         await conn.close()
 
@@ -257,6 +262,59 @@ async def test_dev_runs_the_embedded_stack_and_stops_everything_it_started(
     assert _gone(children)
 
 
+EMIT_FROM_PYTHON_C = """
+import asyncio
+from tokenquota import load_settings
+from tokenquota.producers import Emitter
+from tokenquota.schemas import Source, TokenUsed
+
+async def main():
+    async with Emitter.from_settings(load_settings()) as emitter:
+        print(await emitter.emit(TokenUsed(
+            session_id="from-python-c", source=Source(component="sdk", name="readme"),
+            model="gpt-4o", input_tokens=120, output_tokens=30, operation="chat",
+            counted_by="provider")))
+
+asyncio.run(main())
+"""
+
+
+async def test_dev_runs_the_worker_so_an_emitted_event_reaches_the_budget_table(
+    tmp_path: Path,
+) -> None:
+    dev = await _start_dev(_environment(TOKENQUOTA_DATA_DIR=str(tmp_path / "dev")))
+    try:
+        env = _environment(
+            KAFKA_BOOTSTRAP_SERVERS=dev.value("KAFKA_BOOTSTRAP_SERVERS"),
+            TOKENQUOTA_DATA_DIR=str(tmp_path / "client"),
+        )
+        emitted = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-c", EMIT_FROM_PYTHON_C],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert (emitted.returncode, emitted.stdout.strip()) == (0, "acked"), emitted.stderr
+        conn = await connect(dev.value("DATABASE_URL"))
+        try:
+
+            async def counted() -> bool:
+                used = await conn.fetchval(
+                    "SELECT tokens_used_total FROM session_token_budgets "
+                    "WHERE session_id = 'from-python-c'"
+                )
+                return used == 150
+
+            await wait_until(counted, 60, "the event in session_token_budgets")
+        finally:
+            await conn.close()
+    finally:
+        await _stop_dev(dev, signal.SIGTERM)
+
+
 async def test_dev_keeps_its_database_across_restarts(tmp_path: Path) -> None:
     env = _environment(TOKENQUOTA_DATA_DIR=str(tmp_path / "dev"), KAFKA_PARTITIONS="4")
     first = await _start_dev(env)
@@ -284,7 +342,8 @@ async def test_dev_uses_configured_servers_instead_of_starting_its_own(
         )
     )
     try:
-        assert dev.children() == []
+        commands = [" ".join(c.cmdline()) for c in dev.children()]
+        assert commands == [f"{sys.executable} -m tokenquota worker"]  # no servers of its own
         assert dev.value("KAFKA_BOOTSTRAP_SERVERS") == bootstrap_servers
         assert dev.value("DATABASE_URL") == database_settings.dsn()
         assert not (tmp_path / "dev" / "postgres").exists()
