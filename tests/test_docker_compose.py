@@ -34,6 +34,7 @@ def test_servers_have_health_checks_and_named_volumes(compose: dict[str, Any]) -
         assert volume in compose["volumes"]
     init = compose["services"]["init"]
     assert init["command"] == ["tokenquota", "init"]
+    assert compose["services"]["worker"]["command"] == ["tokenquota", "worker"]
     assert {d: c["condition"] for d, c in init["depends_on"].items()} == {
         "kafka": "service_healthy",
         "postgres": "service_healthy",
