@@ -306,7 +306,7 @@ async def test_dev_runs_the_worker_so_an_emitted_event_reaches_the_budget_table(
                     "SELECT tokens_used_total FROM session_token_budgets "
                     "WHERE session_id = 'from-python-c'"
                 )
-                return used == 150
+                return bool(used == 150)
 
             await wait_until(counted, 60, "the event in session_token_budgets")
         finally:
