@@ -28,12 +28,12 @@ import asyncpg
 from tokenquota.config import Settings, fold_config
 from tokenquota.errors import (
     IntegrationError,
-    TokenBudgetExhaustedError,
     TokenQuotaExceededError,
 )
 from tokenquota.projections import (
     ReservationRecord,
     SessionMetrics,
+    available_tokens,
     decision_channel,
     reservation,
     session_metrics,
@@ -56,18 +56,6 @@ log = logging.getLogger("tokenquota.reservations")
 
 Mode = Literal["strict", "optimistic"]
 _POLL_INTERVAL = 0.25
-
-
-def _quota_error(record: ReservationRecord) -> TokenQuotaExceededError:
-    window = record.reason or "hard_limit"
-    cls = (
-        TokenBudgetExhaustedError
-        if window == "hard_limit" and record.available_tokens <= 0
-        else TokenQuotaExceededError
-    )
-    return cls(
-        record.session_id, record.tokens, record.available_tokens, record.limit_tokens, window
-    )
 
 
 class Reservation:
@@ -218,8 +206,8 @@ class TokenQuota:
 
     async def available_tokens(self, session_id: str, priority: Priority = "normal") -> int:
         """Tokens a reservation of `priority` could take right now."""
-        metrics = await self.session_metrics(session_id)
-        return max(metrics.headroom(priority).available, 0)
+        async with self._acquire() as conn:
+            return await available_tokens(conn, session_id, self.config, priority=priority)
 
     async def reservation(self, reservation_id: uuid.UUID) -> ReservationRecord | None:
         """The worker's record of a reservation, None until it has applied it."""
@@ -252,12 +240,9 @@ class TokenQuota:
         if metrics is not None:
             room = metrics.headroom(priority)
             if tokens > room.available:
-                cls = (
-                    TokenBudgetExhaustedError
-                    if room.window == "hard_limit" and room.available <= 0
-                    else TokenQuotaExceededError
+                raise TokenQuotaExceededError.for_window(
+                    session_id, tokens, room.available, room.limit, room.window
                 )
-                raise cls(session_id, tokens, max(room.available, 0), room.limit, room.window)
         now = utc_now()
         event = TokenReserved(
             session_id=session_id,
@@ -287,7 +272,13 @@ class TokenQuota:
         if status != "accepted":
             record = await self.reservation(event.reservation_id)
             assert record is not None
-            raise _quota_error(record)
+            raise TokenQuotaExceededError.for_window(
+                record.session_id,
+                record.tokens,
+                record.available_tokens,
+                record.limit_tokens,
+                record.reason or "hard_limit",
+            )
         return Reservation(self, event, status, delivery)
 
     async def _decision(

@@ -84,8 +84,13 @@ class Spool:
 
     def discard_head(self, length: int) -> None:
         """Drop the first `length` bytes (messages the broker has acknowledged)."""
-        data = self.path.read_bytes()
-        rest = data[length:]
+        if length == self._size:  # the usual case: everything was delivered
+            with self.path.open("r+b") as handle:
+                handle.truncate(0)
+                os.fsync(handle.fileno())
+            self._size = 0
+            return
+        rest = self.path.read_bytes()[length:]
         tmp = self.path.with_suffix(".tmp")
         with tmp.open("wb") as handle:
             handle.write(rest)

@@ -123,19 +123,23 @@ async def _end_offsets(
     return ends
 
 
-async def _check_log_covers(
-    conn: asyncpg.Connection, schema: str, topic: str, ends: dict[int, int], force: bool
-) -> None:
+async def _checkpoints(conn: asyncpg.Connection, schema: str, topic: str) -> dict[int, int]:
+    """Partition -> next offset the live projections of `schema` will apply."""
     rows = await conn.fetch(
         f"SELECT kafka_partition, next_offset FROM {quote_schema(schema)}.partition_checkpoints "  # noqa: S608
         "WHERE topic = $1",
         topic,
     )
+    return {r["kafka_partition"]: r["next_offset"] for r in rows}
+
+
+async def _check_log_covers(
+    conn: asyncpg.Connection, schema: str, topic: str, ends: dict[int, int], force: bool
+) -> None:
     short = [
-        f"partition {r['kafka_partition']}: applied up to {r['next_offset']}, log ends at "
-        f"{ends.get(r['kafka_partition'], 0)}"
-        for r in rows
-        if r["next_offset"] > ends.get(r["kafka_partition"], 0)
+        f"partition {partition}: applied up to {applied}, log ends at {ends.get(partition, 0)}"
+        for partition, applied in (await _checkpoints(conn, schema, topic)).items()
+        if applied > ends.get(partition, 0)
     ]
     if short and not force:
         raise ReplayError(
@@ -209,15 +213,10 @@ async def _swap(
             "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", projection_lock_key(schema)
         )
         # Catch up with what the live worker applied while we were reading.
-        rows = await conn.fetch(
-            f"SELECT kafka_partition, next_offset FROM {live}.partition_checkpoints "  # noqa: S608
-            "WHERE topic = $1",
-            topic,
-        )
         behind = {
-            TopicPartition(topic, r["kafka_partition"]): r["next_offset"]
-            for r in rows
-            if r["next_offset"] > report.end_offsets.get(r["kafka_partition"], 0)
+            TopicPartition(topic, partition): applied
+            for partition, applied in (await _checkpoints(conn, schema, topic)).items()
+            if applied > report.end_offsets.get(partition, 0)
         }
         if behind:
             starts = {tp: report.end_offsets.get(tp.partition, 0) for tp in behind}

@@ -39,6 +39,15 @@ class TokenQuotaExceededError(Exception):
             f"under its {window.replace('_', ' ')} of {limit} tokens"
         )
 
+    @classmethod
+    def for_window(
+        cls, session_id: str, requested: int, available: int, limit: int, window: str
+    ) -> TokenQuotaExceededError:
+        """The error for a refusal: TokenBudgetExhaustedError when the hard limit is reached."""
+        exhausted = window == "hard_limit" and available <= 0
+        error_class = TokenBudgetExhaustedError if exhausted else TokenQuotaExceededError
+        return error_class(session_id, requested, max(available, 0), limit, window)
+
 
 class TokenBudgetExhaustedError(TokenQuotaExceededError):
     """The session has reached its hard limit: nothing more will fit until it is raised."""
