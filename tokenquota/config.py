@@ -37,6 +37,16 @@ from tokenquota.projections.database import SCHEMA_NAME_PATTERN
 from tokenquota.projections.fold import FoldConfig
 from tokenquota.projections.state import Limits
 from tokenquota.schemas import check_limits
+from tokenquota.sections import (
+    EmitterSettings,
+    ExternalApiSettings,
+    McpSettings,
+    OrchestratorSettings,
+    PerformanceSettings,
+    Port,
+    ReservationSettings,
+    WorkerSettings,
+)
 
 __all__ = [
     "ConfigError",
@@ -58,8 +68,6 @@ __all__ = [
 
 CONFIG_FILE_ENV = "TOKENQUOTA_CONFIG"
 
-Port = Annotated[int, Field(ge=1, le=65535)]
-Seconds = Annotated[float, Field(gt=0)]
 Ratio = Annotated[Decimal, Field(gt=0, le=1, max_digits=5, decimal_places=4)]
 _KAFKA_TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 _BOOTSTRAP_SERVER = re.compile(r"^[^\s:,]+:\d{1,5}$")
@@ -80,35 +88,6 @@ class ConfigError(Exception):
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class McpSettings(_Section):
-    """The MCP integration (decorator, server hooks, metering proxy)."""
-
-    host: str = "localhost"
-    port: Port = 8000
-    timeout: Seconds = 30
-    max_retries: Annotated[int, Field(ge=0)] = 3
-    token_budget_per_request: Annotated[int, Field(gt=0)] = 4000
-
-
-class OrchestratorSettings(_Section):
-    """The agent orchestrator integration (the original design called it `kilocode`)."""
-
-    host: str = "localhost"
-    port: Port = 8080
-    timeout: Seconds = 60
-    max_concurrent_tasks: Annotated[int, Field(gt=0)] = 10
-    session_timeout: Seconds = 3600
-
-
-class ExternalApiSettings(_Section):
-    """OpenAI / Anthropic and other external LLM APIs."""
-
-    timeout: Seconds = 30
-    max_retries: Annotated[int, Field(ge=0)] = 3
-    rate_limit: Annotated[int, Field(gt=0, description="requests per minute per API")] = 60
-    fallback_enabled: bool = True
 
 
 class TokenLimits(_Section):
@@ -143,52 +122,6 @@ class TokenLimits(_Section):
             self.critical_threshold,
         )
         return self
-
-
-class PerformanceSettings(_Section):
-    """Caching and batching knobs."""
-
-    enable_caching: bool = True
-    cache_size: Annotated[int, Field(ge=0)] = 1000
-    batch_size: Annotated[int, Field(gt=0)] = 10
-    async_operations: bool = True
-
-
-class EmitterSettings(_Section):
-    """How producers send events, and where they keep them while the broker is away."""
-
-    spool_dir: Path | None = Field(
-        default=None, description="Durable spool folder; default: <data_dir>/spool"
-    )
-    spool_max_bytes: Annotated[int, Field(gt=0)] = 256 * 1024 * 1024
-    linger_ms: Annotated[int, Field(ge=0)] = 20
-    max_batch_bytes: Annotated[int, Field(gt=0)] = 1024 * 1024
-    enable_idempotence: bool = False
-    send_timeout: Seconds = 10
-    retry_interval: Seconds = 1
-
-
-class WorkerSettings(_Section):
-    """The projection worker (`tokenquota worker`)."""
-
-    group_id: Annotated[str, Field(min_length=1, max_length=200)] = "tokenquota-projector"
-    batch_size: Annotated[int, Field(gt=0, le=100_000)] = 2000
-    batch_within: Seconds = 0.1
-    session_timeout: Seconds = 10
-    commit_interval: Seconds = 1
-    retry_backoff_max: Seconds = 30
-
-
-class ReservationSettings(_Section):
-    """Defaults of `reserve()`."""
-
-    mode: Literal["strict", "optimistic"] = "strict"
-    ttl: Seconds = 300
-    decision_timeout: Seconds = 10
-    fail_open: bool = Field(
-        default=False,
-        description="When Kafka or PostgreSQL is unreachable: grant (true) or refuse (false)",
-    )
 
 
 class KafkaSettings(_Section):

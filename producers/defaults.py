@@ -1,0 +1,92 @@
+"""The process-wide defaults the hooks fall back on: a TokenQuota client and a session.
+
+The integration functions keep the design's short signatures
+(`kilocode_token_budget(session_id, task_id, tokens)`,
+`track_memory_operation(op, content, tokens)`), so they need a client and, for some,
+a session they are not handed. The client is built from `load_settings()` on first
+use in a running event loop (or set with `use_quota`); the session is the innermost
+`with session_scope(...)` block.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterator
+from contextvars import ContextVar
+
+from tokenquota.config import Settings, load_settings
+from tokenquota.errors import IntegrationError
+from tokenquota.schemas import Source
+
+from .reservations import TokenQuota
+
+__all__ = ["close_default_quota", "current_session", "get_quota", "session_scope", "use_quota"]
+
+_session: ContextVar[str | None] = ContextVar("tokenquota_session", default=None)
+_quota: TokenQuota | None = None
+_quota_loop: asyncio.AbstractEventLoop | None = None
+_owned = False
+_lock: asyncio.Lock | None = None
+
+
+@contextlib.contextmanager
+def session_scope(session_id: str) -> Iterator[str]:
+    """Make `session_id` the session of hooks called inside this block (and its tasks)."""
+    token = _session.set(session_id)
+    try:
+        yield session_id
+    finally:
+        _session.reset(token)
+
+
+def current_session(session_id: str | None = None, *, what: str = "this call") -> str:
+    """`session_id` if given, else the enclosing `session_scope`; a clear error otherwise."""
+    resolved = session_id or _session.get()
+    if not resolved:
+        raise IntegrationError(
+            f"no session for {what}: pass session_id=... or run it inside "
+            "`with tokenquota.producers.session_scope(session_id):`"
+        )
+    return resolved
+
+
+def use_quota(quota: TokenQuota | None) -> None:
+    """Make `quota` (a started TokenQuota) the client hooks use when given none."""
+    global _quota, _quota_loop, _owned
+    _quota, _owned = quota, False
+    _quota_loop = asyncio.get_running_loop() if quota is not None else None
+
+
+async def get_quota(
+    quota: TokenQuota | None = None,
+    *,
+    settings: Settings | None = None,
+    source: Source | None = None,
+) -> TokenQuota:
+    """`quota` if given, else the process default, started on first use in this loop."""
+    global _quota, _quota_loop, _owned, _lock
+    if quota is not None:
+        return quota
+    loop = asyncio.get_running_loop()
+    if _quota is not None and _quota_loop is loop:
+        return _quota
+    if _lock is None or _quota_loop is not loop:
+        _lock = asyncio.Lock()
+        _quota_loop = loop
+        _quota = None
+    async with _lock:
+        if _quota is None:
+            client = TokenQuota(settings or load_settings(), source=source)
+            await client.start()
+            _quota, _owned = client, True
+        return _quota
+
+
+async def close_default_quota() -> None:
+    """Close the default client if this module started it (spooled events stay on disk)."""
+    global _quota, _quota_loop, _owned
+    client, owned = _quota, _owned
+    _quota, _quota_loop, _owned = None, None, False
+    if client is not None and owned:
+        await client.close()

@@ -1,0 +1,138 @@
+"""The settings sections of the integrations and the pipeline's moving parts.
+
+`tokenquota.config` assembles them (with `kafka`, `database` and `token_limits`)
+into `Settings`; each field is also an environment variable `<SECTION>_<FIELD>`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "EmitterSettings",
+    "ExternalApiSettings",
+    "McpSettings",
+    "OrchestratorSettings",
+    "PerformanceSettings",
+    "Port",
+    "ReservationSettings",
+    "Seconds",
+    "SessionSource",
+    "WorkerSettings",
+]
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+Seconds = Annotated[float, Field(gt=0)]
+#: Where an MCP call's session id is read from, tried in the configured order.
+SessionSource = Literal["meta", "header", "config", "client"]
+_Model = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class McpSettings(_Section):
+    """The MCP integration (decorator, server hooks, metering proxy)."""
+
+    host: str = "localhost"
+    port: Port = 8000
+    timeout: Seconds = 30
+    max_retries: Annotated[int, Field(ge=0)] = 3
+    token_budget_per_request: Annotated[int, Field(gt=0)] = 4000
+    session_sources: tuple[SessionSource, ...] = Field(
+        default=("meta", "header", "config", "client"),
+        min_length=1,
+        description="Where a call's session id comes from, first found wins",
+    )
+    session_meta_key: str = Field(
+        default="tokenquota/session", min_length=1, description="The request `_meta` key"
+    )
+    session_header: str = Field(
+        default="x-tokenquota-session",
+        min_length=1,
+        description="The HTTP header (streamable HTTP transport)",
+    )
+    session_id: str | None = Field(default=None, description="A fixed session ('config')")
+    model: _Model = Field(default="gpt-4o", description="Whose tokenizer counts tool payloads")
+
+
+class OrchestratorSettings(_Section):
+    """The agent orchestrator integration (the original design called it `kilocode`)."""
+
+    host: str = "localhost"
+    port: Port = 8080
+    timeout: Seconds = 60
+    max_concurrent_tasks: Annotated[int, Field(gt=0)] = 10
+    session_timeout: Seconds = 3600
+
+
+class ExternalApiSettings(_Section):
+    """OpenAI / Anthropic and other external LLM APIs."""
+
+    timeout: Seconds = 30
+    max_retries: Annotated[int, Field(ge=0)] = 3
+    rate_limit: Annotated[int, Field(gt=0, description="requests per minute per API")] = 60
+    tokens_per_minute: Annotated[int, Field(gt=0)] | None = Field(
+        default=None, description="Token rate limit per API; unset: none"
+    )
+    fallback_enabled: bool = True
+    fallback: Literal["error", "model", "cache"] = Field(
+        default="error",
+        description="When the budget is exhausted: raise, use fallback_model, or a cached reply",
+    )
+    fallback_model: _Model | None = None
+    default_max_output_tokens: Annotated[int, Field(gt=0)] = Field(
+        default=4096,
+        description="Output tokens reserved for a call that sets no max_tokens",
+    )
+    retry_backoff_max: Seconds = 30
+
+
+class PerformanceSettings(_Section):
+    """Caching and batching knobs."""
+
+    enable_caching: bool = True
+    cache_size: Annotated[int, Field(ge=0)] = 1000
+    batch_size: Annotated[int, Field(gt=0)] = 10
+    async_operations: bool = True
+
+
+class EmitterSettings(_Section):
+    """How producers send events, and where they keep them while the broker is away."""
+
+    spool_dir: Path | None = Field(
+        default=None, description="Durable spool folder; default: <data_dir>/spool"
+    )
+    spool_max_bytes: Annotated[int, Field(gt=0)] = 256 * 1024 * 1024
+    linger_ms: Annotated[int, Field(ge=0)] = 20
+    max_batch_bytes: Annotated[int, Field(gt=0)] = 1024 * 1024
+    enable_idempotence: bool = False
+    send_timeout: Seconds = 10
+    retry_interval: Seconds = 1
+
+
+class WorkerSettings(_Section):
+    """The projection worker (`tokenquota worker`)."""
+
+    group_id: Annotated[str, Field(min_length=1, max_length=200)] = "tokenquota-projector"
+    batch_size: Annotated[int, Field(gt=0, le=100_000)] = 2000
+    batch_within: Seconds = 0.1
+    session_timeout: Seconds = 10
+    commit_interval: Seconds = 1
+    retry_backoff_max: Seconds = 30
+
+
+class ReservationSettings(_Section):
+    """Defaults of `reserve()`."""
+
+    mode: Literal["strict", "optimistic"] = "strict"
+    ttl: Seconds = 300
+    decision_timeout: Seconds = 10
+    fail_open: bool = Field(
+        default=False,
+        description="When Kafka or PostgreSQL is unreachable: grant (true) or refuse (false)",
+    )
