@@ -222,8 +222,12 @@ class TokenQuota:
         priority: Priority = "normal",
         ttl: float | None = None,
         mode: Mode | None = None,
+        *,
+        source: Source | None = None,
     ) -> Reservation:
         """Reserve `tokens` for `session_id`; raise TokenQuotaExceededError when they don't fit.
+
+        `source` names the integration on the events (default: this client's source).
 
         Raises TokenBudgetExhaustedError when the hard limit is reached, and
         IntegrationError when the pipeline cannot decide (unless reservations.fail_open).
@@ -247,7 +251,7 @@ class TokenQuota:
         event = TokenReserved(
             session_id=session_id,
             task_id=task_id,
-            source=self.source,
+            source=source or self.source,
             occurred_at=now,
             reservation_id=uuid.uuid4(),
             tokens=tokens,
@@ -331,7 +335,10 @@ async def reserve(
     ttl: float | None = None,
     mode: Mode | None = None,
     *,
-    quota: TokenQuota,
+    quota: TokenQuota | None = None,
 ) -> Reservation:
-    """`quota.reserve(...)`, as a function (the design's name for it)."""
-    return await quota.reserve(session_id, tokens, task_id, priority, ttl, mode)
+    """`quota.reserve(...)`, as a function; without `quota`, the process default client."""
+    from .defaults import get_quota  # defaults builds on this module
+
+    client = await get_quota(quota)
+    return await client.reserve(session_id, tokens, task_id, priority, ttl, mode)

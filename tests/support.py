@@ -11,17 +11,20 @@ from typing import Any
 
 from tokenquota.config import DatabaseSettings, Settings
 from tokenquota.embedded import WorkerProcess
+from tokenquota.producers.reservations import TokenQuota
 from tokenquota.projections import PROJECTION_TABLES, connect
-from tokenquota.schemas import BudgetSet, Priority, Source, TokenReserved, TokenUsed
+from tokenquota.schemas import BudgetSet, Priority, Source, TokenReserved, TokenUsed, utc_now
 
 __all__ = [
     "T0",
     "budget",
     "fetch_value",
     "reserved",
+    "set_budget",
     "settings_env",
     "snapshot",
     "used",
+    "wait_for_usage",
     "wait_until",
 ]
 
@@ -155,3 +158,25 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "WORKER_BATCH_WITHIN": str(settings.worker.batch_within),
         "LOG_LEVEL": "INFO",
     }
+
+
+async def set_budget(quota: TokenQuota, session: str, limit: int) -> None:
+    """Give `session` a budget of `limit` tokens in every window; wait until it applies."""
+    await quota.emit(budget(session, utc_now(), daily=limit, monthly=limit, hard=limit))
+
+    async def applied() -> bool:
+        return (await quota.session_metrics(session)).limits.hard_limit == limit
+
+    await wait_until(applied, 60, f"the budget of {session}")
+
+
+async def wait_for_usage(quota: TokenQuota, session: str, total: int) -> None:
+    """Wait until `session` has used exactly `total` tokens and holds none."""
+
+    async def reached() -> bool:
+        metrics = await quota.session_metrics(session)
+        return metrics.tokens_used_total >= total and metrics.tokens_held == 0
+
+    await wait_until(reached, 60, f"{total} tokens used by {session}")
+    metrics = await quota.session_metrics(session)
+    assert (metrics.tokens_used_total, metrics.tokens_held) == (total, 0)

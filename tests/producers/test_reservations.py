@@ -9,27 +9,17 @@ import sys
 
 import pytest
 
-from tests.support import budget, fetch_value, settings_env, snapshot, wait_until
+from tests.support import fetch_value, set_budget, settings_env, snapshot, wait_until
 from tokenquota.config import ReservationSettings, Settings
 from tokenquota.errors import TokenBudgetExhaustedError, TokenQuotaExceededError
 from tokenquota.producers import Reservation
 from tokenquota.producers.reservations import TokenQuota
-from tokenquota.schemas import utc_now
 
 pytestmark = pytest.mark.integration
 
 
 def strict(settings: Settings) -> Settings:
     return settings.model_copy(update={"reservations": ReservationSettings(decision_timeout=60)})
-
-
-async def set_budget(quota: TokenQuota, session: str, limit: int) -> None:
-    await quota.emit(budget(session, utc_now(), daily=limit, monthly=limit, hard=limit))
-
-    async def applied() -> bool:
-        return (await quota.session_metrics(session)).limits.hard_limit == limit
-
-    await wait_until(applied, 60, f"the budget of {session}")
 
 
 async def test_200_concurrent_strict_reservations_never_exceed_the_budget_even_after_replay(

@@ -1,0 +1,283 @@
+"""Budgets for MCP tools: a decorator per tool, or server-wide hooks.
+
+Every metered call counts its arguments, reserves `mcp.token_budget_per_request`
+tokens (or the argument tokens, if more) for its session, runs the tool, counts the
+result and settles the reservation with both counts. A call that does not fit gets a
+tool error (`isError`) naming the session, the tokens requested and those available;
+the server keeps serving.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from contextvars import ContextVar
+from typing import Any, ParamSpec, TypeVar
+
+from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
+from mcp.server.lowlevel import Server
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp_types import CallToolResult, TextContent
+from pydantic import BaseModel
+
+from tokenquota.config import Settings, load_settings
+from tokenquota.errors import IntegrationError, TokenQuotaExceededError
+from tokenquota.schemas import CountedBy, Source
+from tokenquota.sections import McpSettings
+
+from .defaults import get_quota
+from .reservations import TokenQuota
+from .token_counter import TokenCounter, payload_text, token_counter
+
+__all__ = [
+    "McpMeter",
+    "TokenMeteringMiddleware",
+    "mcp_token_decorator",
+    "resolve_session",
+    "result_text",
+    "setup_mcp_token_hooks",
+]
+
+log = logging.getLogger("tokenquota.mcp")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+# Set while the server-wide hook meters a call, so a decorated tool inside it is not
+# counted a second time.
+_metered: ContextVar[bool] = ContextVar("tokenquota_mcp_metered", default=False)
+
+
+def resolve_session(
+    request: ServerRequestContext[Any, Any] | None,
+    meta: Mapping[str, Any] | None,
+    settings: McpSettings,
+) -> str | None:
+    """The session of an MCP call, from the sources `mcp.session_sources` lists, in order.
+
+    `meta`: the request's `_meta` key `mcp.session_meta_key`; `header`: the HTTP header
+    `mcp.session_header` (streamable HTTP); `config`: `mcp.session_id`; `client`: the
+    name the client gave in its `clientInfo`.
+    """
+    for source in settings.session_sources:
+        value: object = None
+        if source == "meta" and meta is not None:
+            value = meta.get(settings.session_meta_key)
+        elif source == "header" and request is not None:
+            headers = getattr(request.request, "headers", None)
+            value = headers.get(settings.session_header) if headers is not None else None
+        elif source == "config":
+            value = settings.session_id
+        elif source == "client" and request is not None:
+            params = request.session.client_params
+            value = params.client_info.name if params is not None else None
+        if isinstance(value, str) and value.strip():
+            return value.strip()
+    return None
+
+
+def result_text(result: Any) -> tuple[str, bool]:
+    """The text of a tool result an LLM would read, and whether all of it is text.
+
+    Text content blocks are counted; structured content only when there is no text.
+    Images, audio and resource blobs make the count an estimate.
+    """
+    if isinstance(result, BaseModel):
+        result = result.model_dump(by_alias=True, exclude_none=True)
+    if not isinstance(result, Mapping) or "content" not in result:
+        return payload_text(result), True
+    texts: list[str] = []
+    exact = True
+    for block in result.get("content") or []:
+        if isinstance(block, Mapping) and block.get("type") == "text":
+            texts.append(str(block.get("text", "")))
+        elif isinstance(block, Mapping) and block.get("type") == "resource":
+            resource = block.get("resource") or {}
+            texts.append(str(resource.get("text", "")))
+            exact = exact and "blob" not in resource
+        else:
+            exact = False
+    if not texts and result.get("structuredContent") is not None:
+        texts.append(payload_text(result["structuredContent"]))
+    return "\n".join(texts), exact
+
+
+class McpMeter:
+    """Reserve, run, count and settle one MCP tool call at a time.
+
+    `settings` default to `load_settings()`, `quota` to the process default client.
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        quota: TokenQuota | None = None,
+        counter: TokenCounter | None = None,
+        server_name: str = "mcp",
+    ) -> None:
+        self._settings = settings
+        self._quota = quota
+        self.counter = counter or token_counter
+        self.source = Source(component="mcp", name=server_name[:100] or "mcp")
+
+    @property
+    def settings(self) -> Settings:
+        """The settings in force (loaded on first use when none were given)."""
+        if self._settings is None:
+            self._settings = load_settings()
+        return self._settings
+
+    async def meter(
+        self,
+        session_id: str,
+        tool: str,
+        arguments: Any,
+        call: Callable[[], Awaitable[R]],
+        output: Callable[[R], tuple[str, bool]],
+    ) -> R:
+        """Run `call` under a reservation; raise TokenQuotaExceededError when it won't fit."""
+        mcp = self.settings.mcp
+        input_tokens = await self.counter.count_tokens(payload_text(arguments), mcp.model)
+        quota = await get_quota(self._quota, settings=self.settings)
+        wanted = max(mcp.token_budget_per_request, input_tokens)
+        reservation = await quota.reserve(session_id, wanted, source=self.source)
+        try:
+            result = await call()
+        except BaseException:
+            await reservation.release()
+            raise
+        text, exact = output(result)
+        output_tokens = await self.counter.count_tokens(text, mcp.model)
+        by: CountedBy = (
+            "tiktoken" if exact and input_tokens.exact and output_tokens.exact else "estimate"
+        )
+        await reservation.settle(
+            input_tokens,
+            output_tokens,
+            mcp.model,
+            operation=f"mcp.tool:{tool}"[:100],
+            counted_by=by,
+        )
+        return result
+
+
+def _budget_error(session_id: str | None, error: Exception) -> str:
+    if session_id is None:
+        return f"tokenquota: {error}"
+    return f"token budget: {error}"
+
+
+def _missing_session(settings: McpSettings) -> IntegrationError:
+    return IntegrationError(
+        "no tokenquota session for this MCP call: set the request _meta key "
+        f"{settings.session_meta_key!r}, the HTTP header {settings.session_header!r}, "
+        "or mcp.session_id (MCP_SESSION_ID)"
+    )
+
+
+def mcp_token_decorator(
+    meter: McpMeter | None = None,
+    *,
+    settings: Settings | None = None,
+    quota: TokenQuota | None = None,
+) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Awaitable[R]]]:
+    """Meter an async MCP tool: put it under `@server.tool()`.
+
+    The session comes from the tool's `Context` parameter (the request's `_meta`,
+    header or client) or from `mcp.session_id`. Over budget, the call ends in a
+    `ToolError`, which the client receives as an `isError` result.
+    """
+
+    def decorate(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+        if not inspect.iscoroutinefunction(fn):
+            raise TypeError(f"mcp_token_decorator needs an async tool; {fn.__name__} is not")
+        active = meter or McpMeter(settings, quota=quota)
+
+        @functools.wraps(fn)
+        async def metered(*args: P.args, **kwargs: P.kwargs) -> R:
+            if _metered.get():  # the server-wide hook already meters this call
+                return await fn(*args, **kwargs)
+            mcp = active.settings.mcp
+            request = next(
+                (v.request_context for v in (*args, *kwargs.values()) if isinstance(v, Context)),
+                None,
+            )
+            meta = request.meta if request is not None else None
+            session_id = resolve_session(request, meta, mcp)
+            if session_id is None:
+                raise ToolError(str(_missing_session(mcp)))
+            arguments = {k: v for k, v in kwargs.items() if not isinstance(v, Context)}
+            try:
+                return await active.meter(
+                    session_id,
+                    fn.__name__,
+                    arguments,
+                    lambda: fn(*args, **kwargs),
+                    lambda result: (payload_text(result), True),
+                )
+            except (TokenQuotaExceededError, IntegrationError) as exc:
+                raise ToolError(_budget_error(session_id, exc)) from exc
+
+        return metered
+
+    return decorate
+
+
+class TokenMeteringMiddleware:
+    """MCP server middleware metering every `tools/call` (see `setup_mcp_token_hooks`)."""
+
+    def __init__(self, meter: McpMeter) -> None:
+        self.meter = meter
+
+    async def __call__(
+        self, ctx: ServerRequestContext[Any, Any], call_next: CallNext
+    ) -> HandlerResult:
+        if ctx.method != "tools/call" or ctx.request_id is None:
+            return await call_next(ctx)
+        params = ctx.params or {}
+        tool = str(params.get("name", "?"))
+        meta = params.get("_meta") if isinstance(params.get("_meta"), Mapping) else ctx.meta
+        mcp = self.meter.settings.mcp
+        session_id = resolve_session(ctx, meta, mcp)
+        if session_id is None:
+            return _error_result(str(_missing_session(mcp)))
+
+        async def call() -> HandlerResult:
+            token = _metered.set(True)
+            try:
+                return await call_next(ctx)
+            finally:
+                _metered.reset(token)
+
+        try:
+            return await self.meter.meter(
+                session_id, tool, params.get("arguments") or {}, call, result_text
+            )
+        except (TokenQuotaExceededError, IntegrationError) as exc:
+            log.info("tool %r refused: %s", tool, exc)
+            return _error_result(_budget_error(session_id, exc))
+
+
+def _error_result(text: str) -> CallToolResult:
+    return CallToolResult(content=[TextContent(type="text", text=text)], is_error=True)
+
+
+def setup_mcp_token_hooks(
+    server: MCPServer[Any] | Server[Any],
+    meter: McpMeter | None = None,
+    *,
+    settings: Settings | None = None,
+    quota: TokenQuota | None = None,
+) -> TokenMeteringMiddleware:
+    """Meter every tool `server` serves, registered now or later, without decorating them.
+
+    Returns the middleware it installed (outermost after the SDK's own).
+    """
+    active = meter or McpMeter(settings, quota=quota, server_name=server.name)
+    middleware = TokenMeteringMiddleware(active)
+    server.middleware.append(middleware)
+    return middleware
