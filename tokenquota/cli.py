@@ -249,6 +249,65 @@ def replay(
     )
 
 
+@app.command(
+    "mcp-proxy",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+)
+def mcp_proxy(
+    ctx: typer.Context,
+    http: Annotated[
+        bool, typer.Option("--http", help="Serve streamable HTTP instead of stdio.")
+    ] = False,
+    host: Annotated[str, typer.Option(help="HTTP host (with --http).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="HTTP port (with --http).")] = 8765,
+    session: Annotated[
+        str | None,
+        typer.Option(
+            help="Bill every call without a _meta session to this session [env: MCP_SESSION_ID]."
+        ),
+    ] = None,
+) -> None:
+    """Serve any stdio MCP server unchanged, with budgets on every tool call.
+
+    Usage: tokenquota mcp-proxy [--session ID] [--http] -- <command> [args...]
+    """
+    from .producers.mcp_proxy import run_proxy_sync
+    from .sections import McpSettings
+
+    command = [arg for arg in ctx.args if arg != "--"]
+    if not command:
+        _fail("no upstream server: tokenquota mcp-proxy -- <command> [args...]", code=2)
+    settings = _settings(ctx)
+    if session is not None:
+        mcp = McpSettings(**{**settings.mcp.model_dump(), "session_id": session})
+        settings = settings.model_copy(update={"mcp": mcp})
+    try:
+        run_proxy_sync(
+            command, settings, transport="http" if http else "stdio", host=host, port=port
+        )
+    except (IntegrationError, OSError) as exc:
+        _fail(f"mcp-proxy: {exc}")
+
+
+@app.command("mcp-server")
+def mcp_server(
+    ctx: typer.Context,
+    http: Annotated[
+        bool, typer.Option("--http", help="Serve streamable HTTP instead of stdio.")
+    ] = False,
+    host: Annotated[str, typer.Option(help="HTTP host (with --http).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="HTTP port (with --http).")] = 8766,
+) -> None:
+    """An MCP server with budget tools: check_budget, reserve_tokens, record_usage, usage_report."""
+    from .producers.mcp_budget_server import create_budget_server
+
+    server = create_budget_server(_settings(ctx))
+    if http:
+        server.run("streamable-http", host=host, port=port)
+    else:
+        server.run("stdio")
+
+
 @app.command("config")
 def show_config(ctx: typer.Context) -> None:
     """Print the effective configuration as JSON (secrets masked)."""

@@ -1,0 +1,183 @@
+"""`tokenquota mcp-server`: an MCP server whose tools let agents manage their own budget.
+
+Tools: `check_budget`, `reserve_tokens`, `record_usage`, `usage_report`. Refusals
+and bad input come back as tool errors (`isError`) with the reason; the server stays up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import uuid
+from collections.abc import AsyncIterator
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+
+from tokenquota.config import Settings
+from tokenquota.errors import IntegrationError, TokenQuotaExceededError
+from tokenquota.schemas import CountedBy, Priority, Source, TokenUsed
+
+from .reservations import Reservation, TokenQuota
+
+__all__ = ["BudgetTools", "create_budget_server"]
+
+SOURCE = Source(component="mcp", name="tokenquota-mcp-server")
+
+
+@dataclasses.dataclass
+class BudgetTools:
+    """What the budget server's tools share: the client and the reservations it handed out."""
+
+    quota: TokenQuota
+    held: dict[uuid.UUID, Reservation] = dataclasses.field(default_factory=dict)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def create_budget_server(settings: Settings, *, quota: TokenQuota | None = None) -> MCPServer[Any]:
+    """The budget server; it opens its own TokenQuota client unless given one."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: MCPServer[Any]) -> AsyncIterator[BudgetTools]:
+        if quota is not None:
+            yield BudgetTools(quota)
+            return
+        async with TokenQuota(settings, source=SOURCE) as client:
+            yield BudgetTools(client)
+
+    server: MCPServer[Any] = MCPServer(
+        name="tokenquota",
+        instructions=(
+            "Token budgets: call check_budget before expensive work, reserve_tokens to hold "
+            "tokens, record_usage with what you used (naming the reservation), usage_report "
+            "for a summary."
+        ),
+        lifespan=lifespan,
+    )
+
+    def tools_of(ctx: Context[Any, Any]) -> BudgetTools:
+        state = ctx.request_context.lifespan_context
+        assert isinstance(state, BudgetTools)
+        return state
+
+    @server.tool()
+    async def check_budget(
+        session_id: str, ctx: Context[Any, Any], priority: Priority = "normal"
+    ) -> dict[str, Any]:
+        """Tokens the session can still reserve now, and the limit that binds."""
+        metrics = await _metrics(tools_of(ctx).quota, session_id)
+        room = metrics.headroom(priority)
+        return {
+            "session_id": session_id,
+            "available_tokens": max(room.available, 0),
+            "binding_limit": room.window,
+            "tokens_used_today": metrics.tokens_used_today,
+            "tokens_held": metrics.tokens_held,
+            "alert": _worst(metrics.daily_alert, metrics.monthly_alert, metrics.total_alert),
+        }
+
+    @server.tool()
+    async def reserve_tokens(
+        session_id: str,
+        tokens: int,
+        ctx: Context[Any, Any],
+        task_id: str | None = None,
+        priority: Priority = "normal",
+    ) -> dict[str, Any]:
+        """Hold `tokens` for the session; settle them later with record_usage."""
+        if tokens <= 0:
+            raise ToolError(f"tokens must be a positive integer, got {tokens}")
+        state = tools_of(ctx)
+        try:
+            held = await state.quota.reserve(session_id, tokens, task_id, priority, source=SOURCE)
+        except (TokenQuotaExceededError, IntegrationError) as exc:
+            raise ToolError(str(exc)) from exc
+        state.held[held.reservation_id] = held
+        return {
+            "reservation_id": str(held.reservation_id),
+            "tokens": held.tokens,
+            "status": held.status,
+            "expires_at": held.event.expires_at.isoformat(),
+        }
+
+    @server.tool()
+    async def record_usage(
+        session_id: str,
+        input_tokens: int,
+        output_tokens: int,
+        ctx: Context[Any, Any],
+        model: str = "unknown",
+        reservation_id: str | None = None,
+        task_id: str | None = None,
+        operation: str = "agent",
+        counted_by: CountedBy = "estimate",
+    ) -> dict[str, Any]:
+        """Record tokens used; naming a reservation settles it (the unused rest is freed)."""
+        state = tools_of(ctx)
+        rid = None
+        if reservation_id is not None:
+            try:
+                rid = uuid.UUID(reservation_id)
+            except ValueError:
+                raise ToolError(f"reservation_id {reservation_id!r} is not a UUID") from None
+        held = state.held.pop(rid, None) if rid is not None else None
+        try:
+            if held is not None:
+                if held.event.session_id != session_id:
+                    state.held[held.reservation_id] = held
+                    raise ToolError(
+                        f"reservation {rid} belongs to session {held.event.session_id!r}"
+                    )
+                delivery = await held.settle(
+                    input_tokens, output_tokens, model, operation=operation, counted_by=counted_by
+                )
+            else:
+                event = TokenUsed(
+                    session_id=session_id,
+                    task_id=task_id,
+                    source=SOURCE,
+                    reservation_id=rid,
+                    model=model,
+                    input_tokens=input_tokens,
+                    output_tokens=output_tokens,
+                    operation=operation,
+                    counted_by=counted_by,
+                )
+                delivery = await state.quota.emit(event)
+        except ValueError as exc:  # pydantic's validation of the event
+            raise ToolError(f"invalid usage: {exc}") from None
+        return {"recorded": input_tokens + output_tokens, "delivery": delivery}
+
+    @server.tool()
+    async def usage_report(session_id: str, ctx: Context[Any, Any]) -> dict[str, Any]:
+        """The session's limits, usage per window, held tokens, alerts and reservations."""
+        metrics = await _metrics(tools_of(ctx).quota, session_id)
+        report = dataclasses.asdict(metrics)
+        report["limits"] = dataclasses.asdict(metrics.limits)
+        return _plain(report)  # type: ignore[no-any-return]
+
+    return server
+
+
+def _worst(*levels: str) -> str:
+    order = ("none", "warning", "critical")
+    return max(levels, key=order.index)
+
+
+async def _metrics(quota: TokenQuota, session_id: str) -> Any:
+    try:
+        return await quota.session_metrics(session_id)
+    except IntegrationError as exc:
+        raise ToolError(str(exc)) from exc

@@ -1,0 +1,137 @@
+"""A metering MCP proxy: any stdio MCP server, served unchanged, with budgets on every call.
+
+`tokenquota mcp-proxy -- <command>` starts the upstream server as a child process,
+serves its tools, prompts and resources over stdio (or streamable HTTP), and meters
+every `tools/call` the way `setup_mcp_token_hooks` does. Clients need no change.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, Literal
+
+import anyio
+import mcp_types as types
+from mcp import Client
+from mcp.client.stdio import StdioServerParameters
+from mcp.server.context import ServerRequestContext
+from mcp.server.lowlevel import Server
+from mcp.server.stdio import stdio_server
+
+from tokenquota.config import Settings
+
+from .mcp_hooks import McpMeter, setup_mcp_token_hooks
+from .reservations import TokenQuota
+
+__all__ = ["build_proxy_server", "connect_upstream", "run_proxy"]
+
+log = logging.getLogger("tokenquota.mcp_proxy")
+
+Context = ServerRequestContext[Any, Any]
+
+
+def build_proxy_server(upstream: Client, name: str = "tokenquota-proxy") -> Server[Any]:
+    """A server forwarding every list, read, prompt and tool call to `upstream`.
+
+    Only the capabilities the upstream server announced are served.
+    """
+    capabilities = upstream.server_capabilities
+    info = upstream.server_info
+    handlers: dict[str, Any] = {}
+    if capabilities.tools is not None:
+
+        async def list_tools(
+            ctx: Context, params: types.PaginatedRequestParams | None
+        ) -> types.ListToolsResult:
+            return await upstream.list_tools(cursor=params.cursor if params else None)
+
+        async def call_tool(
+            ctx: Context, params: types.CallToolRequestParams
+        ) -> types.CallToolResult:
+            return await upstream.call_tool(params.name, params.arguments, meta=params.meta)
+
+        handlers |= {"on_list_tools": list_tools, "on_call_tool": call_tool}
+    if capabilities.resources is not None:
+
+        async def list_resources(
+            ctx: Context, params: types.PaginatedRequestParams | None
+        ) -> types.ListResourcesResult:
+            return await upstream.list_resources(cursor=params.cursor if params else None)
+
+        async def list_templates(
+            ctx: Context, params: types.PaginatedRequestParams | None
+        ) -> types.ListResourceTemplatesResult:
+            return await upstream.list_resource_templates(cursor=params.cursor if params else None)
+
+        async def read_resource(
+            ctx: Context, params: types.ReadResourceRequestParams
+        ) -> types.ReadResourceResult:
+            return await upstream.read_resource(str(params.uri))
+
+        handlers |= {
+            "on_list_resources": list_resources,
+            "on_list_resource_templates": list_templates,
+            "on_read_resource": read_resource,
+        }
+    if capabilities.prompts is not None:
+
+        async def list_prompts(
+            ctx: Context, params: types.PaginatedRequestParams | None
+        ) -> types.ListPromptsResult:
+            return await upstream.list_prompts(cursor=params.cursor if params else None)
+
+        async def get_prompt(
+            ctx: Context, params: types.GetPromptRequestParams
+        ) -> types.GetPromptResult:
+            return await upstream.get_prompt(params.name, params.arguments)
+
+        handlers |= {"on_list_prompts": list_prompts, "on_get_prompt": get_prompt}
+    return Server(
+        info.name if info is not None else name,
+        version=info.version if info is not None else "",
+        instructions=upstream.instructions,
+        **handlers,
+    )
+
+
+@contextlib.asynccontextmanager
+async def connect_upstream(command: Sequence[str]) -> AsyncIterator[Client]:
+    """Start `command` as a stdio MCP server (with this process's environment) and connect."""
+    if not command:
+        raise ValueError("no upstream command: use `tokenquota mcp-proxy -- <command> [args...]`")
+    params = StdioServerParameters(command=command[0], args=list(command[1:]), env=dict(os.environ))
+    async with Client(params, cache=None) as client:
+        yield client
+
+
+async def run_proxy(
+    command: Sequence[str],
+    settings: Settings,
+    *,
+    transport: Literal["stdio", "http"] = "stdio",
+    host: str = "127.0.0.1",
+    port: int = 8765,
+) -> None:
+    """Serve the upstream `command` behind budgets until the client (or Ctrl-C) ends it."""
+    async with TokenQuota(settings) as quota, connect_upstream(command) as upstream:
+        server = build_proxy_server(upstream)
+        meter = McpMeter(settings, quota=quota, server_name=f"proxy:{server.name}")
+        setup_mcp_token_hooks(server, meter)
+        log.info("metering %s (%s)", " ".join(command), transport)
+        if transport == "stdio":
+            async with stdio_server() as (read_stream, write_stream):
+                await server.run(read_stream, write_stream, server.create_initialization_options())
+            return
+        import uvicorn
+
+        app = server.streamable_http_app(host=host)
+        config = uvicorn.Config(app, host=host, port=port, log_level="warning")
+        await uvicorn.Server(config).serve()
+
+
+def run_proxy_sync(command: Sequence[str], settings: Settings, **options: Any) -> None:
+    """`run_proxy` on a fresh event loop (what the CLI calls)."""
+    anyio.run(lambda: run_proxy(command, settings, **options))

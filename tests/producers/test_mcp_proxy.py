@@ -1,0 +1,142 @@
+"""`tokenquota mcp-proxy` and `tokenquota mcp-server` as real processes, with a real client."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mcp import Client
+from mcp.client.stdio import StdioServerParameters
+
+from tests.support import set_budget, settings_env, wait_for_usage
+from tokenquota.config import ReservationSettings, Settings
+from tokenquota.producers import TokenQuota
+from tokenquota.producers.token_counter import TokenCounter, payload_text
+
+pytestmark = pytest.mark.integration
+
+UPSTREAM = Path(__file__).with_name("mcp_upstream.py")
+KEY = "tokenquota/session"
+
+
+def tokens(value: Any) -> int:
+    return int(TokenCounter(cache_size=0).count(payload_text(value), "gpt-4o"))
+
+
+def text_of(result: Any) -> str:
+    return "\n".join(block.text for block in result.content if block.type == "text")
+
+
+def command(settings: Settings, *args: str) -> StdioServerParameters:
+    env = {**settings_env(settings), "MCP_TOKEN_BUDGET_PER_REQUEST": "300", "LOG_LEVEL": "WARNING"}
+    return StdioServerParameters(
+        command=sys.executable, args=["-m", "tokenquota", *args], env=env, cwd=Path.cwd()
+    )
+
+
+async def test_the_proxy_serves_upstream_unchanged_and_meters_every_call(
+    pipeline_settings: Settings, start_worker: Any
+) -> None:
+    settings = pipeline_settings.model_copy(
+        update={"reservations": ReservationSettings(decision_timeout=60)}
+    )
+    start_worker()
+    direct_params = StdioServerParameters(command=sys.executable, args=[str(UPSTREAM)])
+    async with Client(direct_params, cache=None) as direct:
+        upstream_tools = (await direct.list_tools()).tools
+        upstream_prompt = await direct.get_prompt("summarize", {"topic": "budgets"})
+    proxied = command(
+        settings, "mcp-proxy", "--session", "ide-user", "--", sys.executable, str(UPSTREAM)
+    )
+    async with TokenQuota(settings) as quota:
+        await set_budget(quota, "ide-user", 10_000)
+        await set_budget(quota, "tiny", 100)
+        async with Client(proxied, cache=None, read_timeout_seconds=90) as client:
+            assert client.server_info is not None and client.server_info.name == "upstream-notes"
+            assert (await client.list_tools()).tools == upstream_tools
+            prompt = await client.get_prompt("summarize", {"topic": "budgets"})
+            assert prompt.messages == upstream_prompt.messages
+            readme = await client.read_resource("notes://readme")
+            assert [c.text for c in readme.contents] == ["read me first"]  # type: ignore[union-attr]
+
+            result = await client.call_tool("reverse", {"text": "budget"})
+            assert not result.is_error and text_of(result) == "tegdub"
+            failed = await client.call_tool("fail", {"reason": "boom"})
+            assert failed.is_error  # the upstream's own error passes through, and is metered
+            refused = await client.call_tool("reverse", {"text": "x"}, meta={KEY: "tiny"})
+            assert refused.is_error
+            assert "'tiny'" in text_of(refused) and "requested 300 tokens" in text_of(refused)
+            again = await client.call_tool("reverse", {"text": "still serving"})
+            assert text_of(again) == "gnivres llits"
+        expected = (
+            tokens({"text": "budget"})
+            + tokens("tegdub")
+            + tokens({"reason": "boom"})
+            + tokens(text_of(failed))
+            + tokens({"text": "still serving"})
+            + tokens("gnivres llits")
+        )
+        await wait_for_usage(quota, "ide-user", expected)
+        assert (await quota.session_metrics("tiny")).tokens_used_total == 0
+
+
+async def test_the_budget_server_tools_check_reserve_record_and_report(
+    pipeline_settings: Settings, start_worker: Any
+) -> None:
+    settings = pipeline_settings.model_copy(
+        update={"reservations": ReservationSettings(decision_timeout=60)}
+    )
+    start_worker()
+    async with TokenQuota(settings) as quota:
+        await set_budget(quota, "agent-7", 2_000)
+        async with Client(
+            command(settings, "mcp-server"), cache=None, read_timeout_seconds=90
+        ) as client:
+            names = {tool.name for tool in (await client.list_tools()).tools}
+            assert names == {"check_budget", "reserve_tokens", "record_usage", "usage_report"}
+
+            check = (
+                await client.call_tool("check_budget", {"session_id": "agent-7"})
+            ).structured_content
+            assert check["available_tokens"] == 2_000 and check["binding_limit"] == "hard_limit"
+
+            held = await client.call_tool(
+                "reserve_tokens", {"session_id": "agent-7", "tokens": 1_500}
+            )
+            assert not held.is_error, text_of(held)
+            reservation_id = held.structured_content["reservation_id"]
+            over = await client.call_tool(
+                "reserve_tokens", {"session_id": "agent-7", "tokens": 1_000}
+            )
+            assert over.is_error and "500 available" in text_of(over)
+
+            recorded = await client.call_tool(
+                "record_usage",
+                {
+                    "session_id": "agent-7",
+                    "input_tokens": 700,
+                    "output_tokens": 300,
+                    "model": "gpt-4o",
+                    "reservation_id": reservation_id,
+                },
+            )
+            assert not recorded.is_error and recorded.structured_content["recorded"] == 1_000
+            bad = await client.call_tool(
+                "record_usage",
+                {
+                    "session_id": "agent-7",
+                    "input_tokens": 1,
+                    "output_tokens": 1,
+                    "reservation_id": "x",
+                },
+            )
+            assert bad.is_error and "not a UUID" in text_of(bad)
+            await wait_for_usage(quota, "agent-7", 1_000)
+            report = (
+                await client.call_tool("usage_report", {"session_id": "agent-7"})
+            ).structured_content
+            assert report["tokens_used_total"] == 1_000
+            assert report["available_tokens"] == 1_000
+            assert report["limits"]["daily_limit"] == 2_000
