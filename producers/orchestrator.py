@@ -1,0 +1,261 @@
+"""Budgets for agent orchestrator tasks.
+
+`kilocode_token_budget` holds tokens for a task (so that a check and the run cannot
+be overtaken by a concurrent caller); `route_with_token_budget` runs a task under a
+reservation — the held one, or one of the given or counted estimate — and settles it
+with the usage the task reports, or with its counted result. A task that raises or
+is cancelled releases its tokens. At most `orchestrator.max_concurrent_tasks` tasks
+of a session run at once; the others wait, higher priority first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import heapq
+import inspect
+import itertools
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, ParamSpec, Protocol, TypeVar
+
+from tokenquota.config import Settings
+from tokenquota.errors import TokenQuotaExceededError
+from tokenquota.schemas import CountedBy, Priority, Source
+
+from .defaults import current_session, get_quota
+from .reservations import Reservation, TokenQuota
+from .token_counter import payload_text, token_counter
+
+__all__ = [
+    "TaskOrchestrator",
+    "kilocode_token_budget",
+    "release_task_budget",
+    "reported_usage",
+    "route_with_token_budget",
+    "setup_token_hooks",
+]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+SOURCE = Source(component="orchestrator", name="tokenquota")
+_RANK: dict[Priority, int] = {"critical": 0, "high": 1, "normal": 2, "low": 3}
+_held: dict[tuple[str, str], Reservation] = {}
+
+
+class _Slots:
+    """A per-session semaphore whose waiters are served by priority, then arrival."""
+
+    def __init__(self, size: int) -> None:
+        self.free = size
+        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._order = itertools.count()
+
+    async def acquire(self, priority: Priority) -> None:
+        if self.free > 0 and not self._waiters:
+            self.free -= 1
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiters, (_RANK[priority], next(self._order), future))
+        try:
+            await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():
+                self.release()  # granted, then cancelled: pass the slot on
+            raise
+
+    def release(self) -> None:
+        while self._waiters:
+            _, _, future = heapq.heappop(self._waiters)
+            if not future.done():
+                future.set_result(None)
+                return
+        self.free += 1
+
+
+_slots: dict[tuple[int, str], _Slots] = {}
+
+
+def _slots_for(session_id: str, size: int) -> _Slots:
+    key = (id(asyncio.get_running_loop()), session_id)
+    slots = _slots.get(key)
+    if slots is None:
+        slots = _slots[key] = _Slots(size)
+    return slots
+
+
+async def kilocode_token_budget(
+    session_id: str,
+    task_id: str,
+    required_tokens: int,
+    *,
+    priority: Priority = "normal",
+    quota: TokenQuota | None = None,
+) -> bool:
+    """Hold `required_tokens` for the task; False (and nothing held) when they don't fit.
+
+    The next `route_with_token_budget(..., task_id=task_id)` of this session uses the
+    held tokens; `release_task_budget` gives them back if the task never runs.
+    """
+    client = await get_quota(quota, source=SOURCE)
+    try:
+        reservation = await client.reserve(
+            session_id, required_tokens, task_id, priority, source=SOURCE
+        )
+    except TokenQuotaExceededError:
+        return False
+    previous = _held.pop((session_id, task_id), None)
+    _held[(session_id, task_id)] = reservation
+    if previous is not None:
+        await previous.release()
+    return True
+
+
+async def release_task_budget(session_id: str, task_id: str) -> bool:
+    """Give back tokens `kilocode_token_budget` held for a task that will not run."""
+    reservation = _held.pop((session_id, task_id), None)
+    if reservation is None:
+        return False
+    await reservation.release()
+    return True
+
+
+def reported_usage(result: Any) -> tuple[int, int] | None:
+    """(input, output) tokens a task's result reports, if it does.
+
+    Understood: a `usage` attribute or key holding `input_tokens`/`output_tokens`
+    (Anthropic, OpenAI Responses) or `prompt_tokens`/`completion_tokens` (OpenAI chat).
+    """
+    usage = result.get("usage") if isinstance(result, Mapping) else getattr(result, "usage", None)
+    if usage is None:
+        return None
+    for names in (("input_tokens", "output_tokens"), ("prompt_tokens", "completion_tokens")):
+        values = [
+            usage.get(n) if isinstance(usage, Mapping) else getattr(usage, n, None) for n in names
+        ]
+        if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            return values[0], values[1]
+    return None
+
+
+async def route_with_token_budget(
+    session_id: str,
+    task_func: Callable[..., Awaitable[R]],
+    *args: Any,
+    task_id: str | None = None,
+    estimated_tokens: int | None = None,
+    priority: Priority = "normal",
+    model: str | None = None,
+    quota: TokenQuota | None = None,
+    settings: Settings | None = None,
+    **kwargs: Any,
+) -> R:
+    """Run `task_func(*args, **kwargs)` under a reservation and settle what it used.
+
+    Raises TokenQuotaExceededError (before running anything) when the estimate does
+    not fit. `task_id` defaults to the function's name.
+    """
+    client = await get_quota(quota, settings=settings, source=SOURCE)
+    task = task_id or getattr(task_func, "__name__", "task")
+    return await _run_task(
+        client, session_id, task, task_func, args, kwargs, estimated_tokens, priority, model
+    )
+
+
+async def _run_task(
+    client: TokenQuota,
+    session_id: str,
+    task: str,
+    task_func: Callable[..., Awaitable[R]],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    estimated_tokens: int | None,
+    priority: Priority,
+    model: str | None,
+) -> R:
+    counted_model = model or token_counter.default_model
+    arguments = payload_text([list(args), kwargs]) if args or kwargs else ""
+    input_count = await token_counter.count_tokens(arguments, counted_model)
+    slots = _slots_for(session_id, client.settings.orchestrator.max_concurrent_tasks)
+    await slots.acquire(priority)
+    try:
+        reservation = _held.pop((session_id, task), None)
+        if reservation is None:
+            wanted = estimated_tokens if estimated_tokens is not None else max(int(input_count), 1)
+            reservation = await client.reserve(session_id, wanted, task, priority, source=SOURCE)
+        try:
+            result = await task_func(*args, **kwargs)
+        except BaseException:
+            await asyncio.shield(reservation.release())
+            raise
+        reported = reported_usage(result)
+        by: CountedBy
+        if reported is not None:
+            (used_in, used_out), by = reported, "provider"
+        else:
+            output_count = await token_counter.count_tokens(payload_text(result), counted_model)
+            used_in, used_out = int(input_count), int(output_count)
+            by = "tiktoken" if input_count.exact and output_count.exact else "estimate"
+        await reservation.settle(
+            used_in, used_out, counted_model, operation=f"task:{task}"[:100], counted_by=by
+        )
+        return result
+    finally:
+        slots.release()
+
+
+class TaskOrchestrator(Protocol):
+    """An orchestrator that registers tasks with a decorator: `@orchestrator.task(...)`.
+
+    Budgeted tasks get their session from a `session_id` argument (keyword, or the
+    first positional parameter named so), else from `session_scope`.
+    """
+
+    def task(self, *args: Any, **kwargs: Any) -> Callable[[Any], Any]:
+        """Return a decorator that registers an async task function."""
+        ...
+
+
+def _budgeted(
+    fn: F, *, priority: Priority, quota: TokenQuota | None, settings: Settings | None
+) -> F:
+    names = list(inspect.signature(fn).parameters)
+    first_is_session = bool(names) and names[0] == "session_id"
+
+    @functools.wraps(fn)
+    async def run(*args: Any, **kwargs: Any) -> Any:
+        session = kwargs.get("session_id") or (args[0] if first_is_session and args else None)
+        resolved = current_session(session, what=f"task {fn.__name__}")
+        client = await get_quota(quota, settings=settings, source=SOURCE)
+        return await _run_task(
+            client, resolved, fn.__name__, fn, args, kwargs, None, priority, None
+        )
+
+    return run  # type: ignore[return-value]
+
+
+async def setup_token_hooks(
+    orchestrator: TaskOrchestrator,
+    *,
+    priority: Priority = "normal",
+    quota: TokenQuota | None = None,
+    settings: Settings | None = None,
+) -> None:
+    """Budget every task `orchestrator` registers from now on (its `task` decorator is wrapped)."""
+    register = orchestrator.task
+    if getattr(register, "__tokenquota_hooked__", False):
+        return
+
+    def task(*args: Any, **kwargs: Any) -> Callable[[Any], Any]:
+        decorator = register(*args, **kwargs)
+
+        def wrap(fn: Any) -> Any:
+            if not inspect.iscoroutinefunction(fn):
+                raise TypeError(f"budgeted tasks must be async; {fn.__name__} is not")
+            return decorator(_budgeted(fn, priority=priority, quota=quota, settings=settings))
+
+        return wrap
+
+    task.__tokenquota_hooked__ = True  # type: ignore[attr-defined]
+    orchestrator.task = task  # type: ignore[method-assign]
