@@ -1,0 +1,526 @@
+"""Budgets, costs and rate limits for the official `openai` and `anthropic` async clients.
+
+    api = await integrate_with_external_apis(
+        APIConfig("openai", AsyncOpenAI()), APIConfig("anthropic", AsyncAnthropic())
+    )
+    with session_scope("alice"):
+        reply = await api.chat.completions.create(model="gpt-4o", messages=[...])
+
+Before a call: the prompt's tokens plus `max_tokens` (or `external_apis.
+default_max_output_tokens` when the call sets none) are reserved, and the API's
+client-side rate limit is waited on. After it: a TokenUsed with the provider's usage
+(`counted_by=provider`) settles the reservation, and an ApiCost records the
+genai-prices cost and the provider's rate-limit headers. 429 and 5xx answers are
+retried with backoff, honouring Retry-After. When the budget is exhausted,
+`external_apis.fallback` decides: `error`, a cheaper `model`, or a `cache`d reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import inspect
+import json
+import logging
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Literal, Self
+
+from tokenquota.config import Settings
+from tokenquota.errors import IntegrationError, TokenQuotaExceededError
+from tokenquota.schemas import ApiCost, CountedBy, Priority, Source, utc_now
+
+from .defaults import current_session, get_quota
+from .pricing import PricedUsage, Provider, price_usage, rate_limit_state, retry_after
+from .rate_limit import RateLimiter
+from .reservations import Reservation, TokenQuota
+from .token_counter import payload_text, token_counter
+
+__all__ = [
+    "APIConfig",
+    "ExternalAPIClient",
+    "MeteredAPI",
+    "MeteredStream",
+    "integrate_with_external_apis",
+    "manage_api_tokens",
+]
+
+log = logging.getLogger("tokenquota.external_apis")
+
+Flavor = Literal["chat", "responses", "messages"]
+_OUTPUT_LIMIT_KEYS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+_RETRY_STATUS = {408, 409, 429}
+_limiters: dict[str, RateLimiter] = {}
+
+
+def _retryable(exc: BaseException) -> bool:
+    status = getattr(exc, "status_code", None)
+    if isinstance(status, int):
+        return status in _RETRY_STATUS or status >= 500
+    return type(exc).__name__ in ("APIConnectionError", "APITimeoutError")
+
+
+def _provider_of(client: Any) -> Provider:
+    module = type(client).__module__.split(".")[0]
+    if module in ("openai", "anthropic"):
+        return module  # type: ignore[return-value]
+    raise TypeError(
+        f"{type(client).__name__} is neither an openai nor an anthropic client; "
+        "pass AsyncOpenAI(...) or AsyncAnthropic(...)"
+    )
+
+
+@dataclass(frozen=True)
+class APIConfig:
+    """One external API: its name (as recorded), the official async client, its limits."""
+
+    name: str
+    client: Any
+    requests_per_minute: int | None = None  # default: external_apis.rate_limit
+    tokens_per_minute: int | None = None  # default: external_apis.tokens_per_minute
+    fallback_model: str | None = None  # default: external_apis.fallback_model
+
+
+def _limiter(name: str, requests: int, tokens: int | None) -> RateLimiter:
+    limiter = _limiters.get(name)
+    if limiter is None or (limiter.requests_per_minute, limiter.tokens_per_minute) != (
+        requests,
+        tokens,
+    ):
+        limiter = _limiters[name] = RateLimiter(requests, tokens)
+    return limiter
+
+
+@dataclass
+class _Call:
+    """What one metered call reserved and how its answer is to be accounted."""
+
+    api: MeteredAPI
+    flavor: Flavor
+    session_id: str
+    kwargs: dict[str, Any]
+    prompt_tokens: int
+    reservation: Reservation
+    cache_key: str
+    streamed_text: list[str] = field(default_factory=list)
+
+
+class MeteredAPI:
+    """One external API behind budgets: reserve, rate-limit, call with retries, account."""
+
+    def __init__(self, config: APIConfig, settings: Settings, quota: TokenQuota | None) -> None:
+        self.config = config
+        self.name = config.name
+        self.provider = _provider_of(config.client)
+        self.settings = settings
+        self._quota = quota
+        options = settings.external_apis
+        # Retries are ours (they honour Retry-After and are logged), not the SDK's.
+        self.client = config.client.with_options(max_retries=0, timeout=options.timeout)
+        self.limiter = _limiter(
+            config.name,
+            config.requests_per_minute or options.rate_limit,
+            config.tokens_per_minute or options.tokens_per_minute,
+        )
+        self.source = Source(component="external_api", name=config.name[:100])
+        self._cache: OrderedDict[str, Any] = OrderedDict()
+
+    # -- the call --------------------------------------------------------------------------
+
+    async def create(self, flavor: Flavor, kwargs: dict[str, Any]) -> Any:
+        """Make one metered call; `session_id`, `task_id`, `priority` are ours, not the SDK's."""
+        session_id = current_session(kwargs.pop("session_id", None), what=f"{self.name} call")
+        task_id: str | None = kwargs.pop("task_id", None)
+        priority: Priority = kwargs.pop("priority", "normal")
+        cache_key = self._cache_key(flavor, kwargs)
+        prompt = self._prompt_tokens(flavor, kwargs)
+        wanted = prompt + self._output_limit(kwargs)
+        quota = await get_quota(self._quota, settings=self.settings)
+        try:
+            reservation = await quota.reserve(
+                session_id, wanted, task_id, priority, source=self.source
+            )
+        except TokenQuotaExceededError as exc:
+            fallback = await self._fallback(exc, flavor, kwargs, prompt, quota, task_id, priority)
+            if fallback is None:
+                raise
+            kind, value = fallback
+            if kind == "cached":
+                return value
+            reservation = value
+        call = _Call(self, flavor, session_id, kwargs, prompt, reservation, cache_key)
+        await self.limiter.acquire(reservation.tokens)
+        try:
+            raw = await self._send(flavor, kwargs)
+        except BaseException:
+            await asyncio.shield(reservation.release())
+            raise
+        parsed = raw.parse()
+        if inspect.isawaitable(parsed):  # anthropic's raw responses parse asynchronously
+            parsed = await parsed
+        if kwargs.get("stream"):
+            return MeteredStream(call, parsed, raw.headers)
+        await self._account(call, parsed.model_dump(mode="json"), raw.headers, parsed)
+        return parsed
+
+    def _method(self, flavor: Flavor) -> Any:
+        if flavor == "chat":
+            return self.client.chat.completions.with_raw_response.create
+        if flavor == "responses":
+            return self.client.responses.with_raw_response.create
+        return self.client.messages.with_raw_response.create
+
+    async def _send(self, flavor: Flavor, kwargs: dict[str, Any]) -> Any:
+        options = self.settings.external_apis
+        attempt = 0
+        while True:
+            try:
+                return await self._method(flavor)(**kwargs)
+            except Exception as exc:
+                if not _retryable(exc) or attempt >= options.max_retries:
+                    raise
+                response = getattr(exc, "response", None)
+                asked = retry_after(getattr(response, "headers", None), utc_now())
+                delay = (
+                    asked if asked is not None else min(0.5 * 2**attempt, options.retry_backoff_max)
+                )
+                delay = min(delay, options.retry_backoff_max)
+                attempt += 1
+                log.warning(
+                    "%s answered %s; retry %d/%d in %.2f s",
+                    self.name,
+                    getattr(exc, "status_code", type(exc).__name__),
+                    attempt,
+                    options.max_retries,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+
+    # -- estimates -------------------------------------------------------------------------
+
+    def _model(self, kwargs: Mapping[str, Any]) -> str:
+        return str(kwargs.get("model") or "unknown")
+
+    def _prompt_tokens(self, flavor: Flavor, kwargs: Mapping[str, Any]) -> int:
+        model = self._model(kwargs)
+        total = 0
+        if flavor in ("chat", "messages"):
+            total += token_counter.count_messages(kwargs.get("messages") or [], model)
+        system = kwargs.get("system") if flavor == "messages" else kwargs.get("instructions")
+        if system:
+            total += token_counter.count_payload(system, model)
+        if flavor == "responses":
+            source = kwargs.get("input") or ""
+            if isinstance(source, str):
+                total += token_counter.count(source, model)
+            else:
+                total += token_counter.count_messages(source, model)
+        if kwargs.get("tools"):
+            total += token_counter.count_payload(kwargs["tools"], model)
+        return int(total)
+
+    def _output_limit(self, kwargs: Mapping[str, Any]) -> int:
+        for key in _OUTPUT_LIMIT_KEYS:
+            value = kwargs.get(key)
+            if isinstance(value, int) and value > 0:
+                return value
+        return self.settings.external_apis.default_max_output_tokens
+
+    # -- fallback --------------------------------------------------------------------------
+
+    def _cache_key(self, flavor: Flavor, kwargs: Mapping[str, Any]) -> str:
+        request = {k: v for k, v in kwargs.items() if k not in ("stream", "stream_options")}
+        text = json.dumps([self.name, flavor, request], sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    async def _fallback(
+        self,
+        refused: TokenQuotaExceededError,
+        flavor: Flavor,
+        kwargs: dict[str, Any],
+        prompt: int,
+        quota: TokenQuota,
+        task_id: str | None,
+        priority: Priority,
+    ) -> tuple[str, Any] | None:
+        options = self.settings.external_apis
+        if not options.fallback_enabled or options.fallback == "error":
+            return None
+        if options.fallback == "cache":
+            cached = self._cache.get(self._cache_key(flavor, kwargs))
+            if cached is None or kwargs.get("stream"):
+                return None
+            log.info(
+                "%s: budget exhausted for %s; serving a cached reply", self.name, refused.session_id
+            )
+            return "cached", cached
+        model = self.config.fallback_model or options.fallback_model
+        room = refused.available - prompt
+        if model is None or room <= 0:
+            return None
+        key = next((k for k in _OUTPUT_LIMIT_KEYS if k in kwargs), None)
+        key = key or ("max_output_tokens" if flavor == "responses" else "max_tokens")
+        kwargs[key] = min(room, self._output_limit(kwargs))
+        kwargs["model"] = model
+        log.info(
+            "%s: budget short for %s; falling back to %s", self.name, refused.session_id, model
+        )
+        try:
+            reservation = await quota.reserve(
+                refused.session_id, prompt + kwargs[key], task_id, priority, source=self.source
+            )
+        except TokenQuotaExceededError:
+            return None
+        return "reserved", reservation
+
+    # -- accounting ------------------------------------------------------------------------
+
+    async def _account(
+        self, call: _Call, body: dict[str, Any], headers: Any, parsed: Any = None
+    ) -> None:
+        flavor = "chat" if call.flavor == "messages" else call.flavor
+        priced = price_usage(self.provider, flavor, body)
+        model = str(body.get("model") or self._model(call.kwargs))
+        if priced is None:  # a server that reports no usage: count what we can
+            text = "".join(call.streamed_text) or payload_text(body.get("choices") or body)
+            output = token_counter.count(text, model)
+            by: CountedBy = "estimate" if not output.exact else "tiktoken"
+            await call.reservation.settle(
+                call.prompt_tokens,
+                int(output),
+                model,
+                operation=f"{self.name}.{call.flavor}",
+                counted_by=by,
+            )
+            return
+        await call.reservation.settle(
+            priced.input_tokens,
+            priced.output_tokens,
+            priced.model,
+            operation=f"{self.name}.{call.flavor}",
+            counted_by="provider",
+        )
+        await self._emit_cost(call, priced, headers, body.get("id"))
+        if parsed is not None:
+            self._cache[call.cache_key] = parsed
+            while len(self._cache) > 128:
+                self._cache.popitem(last=False)
+
+    async def _emit_cost(
+        self, call: _Call, priced: PricedUsage, headers: Any, response_id: object
+    ) -> None:
+        now = utc_now()
+        remaining, reset = rate_limit_state(self.provider, headers, now)
+        request_id = headers.get("x-request-id") or headers.get("request-id") or response_id
+        quota = await get_quota(self._quota, settings=self.settings)
+        await quota.emit(
+            ApiCost(
+                session_id=call.session_id,
+                task_id=call.reservation.event.task_id,
+                source=self.source,
+                occurred_at=now,
+                api=self.name,
+                model=priced.model,
+                input_tokens=priced.input_tokens,
+                output_tokens=priced.output_tokens,
+                cache_read_tokens=priced.cache_read_tokens,
+                cache_write_tokens=priced.cache_write_tokens,
+                cost_usd=priced.cost_usd,
+                price_source=priced.price_source,
+                request_id=str(request_id)[:255] if request_id else None,
+                rate_limit_remaining=remaining,
+                rate_limit_reset=reset,
+            )
+        )
+
+
+class MeteredStream:
+    """A streaming answer: iterate it as the SDK's stream; it is accounted when it ends.
+
+    The usage comes from the stream itself (OpenAI chat streams are asked for it with
+    `stream_options.include_usage`); a stream closed early is settled with a count
+    of the text it delivered.
+    """
+
+    def __init__(self, call: _Call, stream: Any, headers: Any) -> None:
+        self._call = call
+        self._stream = stream
+        self._headers = headers
+        self._usage: dict[str, Any] = {}
+        self._model: str | None = None
+        self._id: str | None = None
+        self._done = False
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[Any]:
+        try:
+            async for item in self._stream:
+                self._observe(item)
+                yield item
+        finally:
+            await self._finish()
+
+    def _observe(self, item: Any) -> None:
+        kind = getattr(item, "type", None)
+        call = self._call
+        if call.flavor == "chat":
+            self._model = getattr(item, "model", None) or self._model
+            self._id = getattr(item, "id", None) or self._id
+            for choice in getattr(item, "choices", None) or []:
+                content = getattr(choice.delta, "content", None)
+                if content:
+                    call.streamed_text.append(content)
+            if getattr(item, "usage", None) is not None:
+                self._usage = item.usage.model_dump(mode="json")
+        elif call.flavor == "responses":
+            if kind == "response.output_text.delta":
+                call.streamed_text.append(item.delta)
+            elif kind == "response.completed":
+                response = item.response
+                self._model, self._id = response.model, response.id
+                if response.usage is not None:
+                    self._usage = response.usage.model_dump(mode="json")
+        else:
+            if kind == "message_start":
+                message = item.message
+                self._model, self._id = message.model, message.id
+                self._usage = message.usage.model_dump(mode="json")
+            elif kind == "content_block_delta" and getattr(item.delta, "text", None):
+                call.streamed_text.append(item.delta.text)
+            elif kind == "message_delta" and item.usage is not None:
+                delta = {
+                    k: v for k, v in item.usage.model_dump(mode="json").items() if v is not None
+                }
+                self._usage = {**self._usage, **delta}
+
+    async def _finish(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        body: dict[str, Any] = {
+            "model": self._model or self._call.kwargs.get("model"),
+            "id": self._id,
+        }
+        if self._usage:
+            body["usage"] = self._usage
+        try:
+            await self._call.api._account(self._call, body, self._headers)
+        except (IntegrationError, ValueError) as exc:
+            log.error("could not account a %s stream: %s", self._call.api.name, exc)
+            raise
+
+    async def aclose(self) -> None:
+        """Stop reading; what was delivered is accounted."""
+        close = getattr(self._stream, "close", None)
+        if close is not None:
+            await close()
+        await self._finish()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+class _Create:
+    def __init__(self, api: MeteredAPI, flavor: Flavor) -> None:
+        self._api = api
+        self._flavor = flavor
+
+    async def create(self, **kwargs: Any) -> Any:
+        """The SDK's `create`, metered (extra keywords: session_id, task_id, priority)."""
+        if self._flavor == "chat" and kwargs.get("stream"):
+            options = dict(kwargs.get("stream_options") or {})
+            options.setdefault("include_usage", True)
+            kwargs["stream_options"] = options
+        return await self._api.create(self._flavor, kwargs)
+
+
+class _Chat:
+    def __init__(self, api: MeteredAPI) -> None:
+        self.completions = _Create(api, "chat")
+
+
+class ExternalAPIClient:
+    """The metered APIs by name; `.chat`, `.responses` (first OpenAI API) and `.messages`
+    (first Anthropic API) mirror the SDKs."""
+
+    def __init__(self, apis: list[MeteredAPI]) -> None:
+        self.apis = {api.name: api for api in apis}
+        openai_api = next((a for a in apis if a.provider == "openai"), None)
+        anthropic_api = next((a for a in apis if a.provider == "anthropic"), None)
+        self._openai = openai_api
+        self._anthropic = anthropic_api
+
+    def __getitem__(self, name: str) -> MeteredAPI:
+        return self.apis[name]
+
+    @property
+    def chat(self) -> _Chat:
+        """`chat.completions.create(...)` of the first OpenAI API."""
+        return _Chat(self._need(self._openai, "an OpenAI"))
+
+    @property
+    def responses(self) -> _Create:
+        """`responses.create(...)` of the first OpenAI API."""
+        return _Create(self._need(self._openai, "an OpenAI"), "responses")
+
+    @property
+    def messages(self) -> _Create:
+        """`messages.create(...)` of the first Anthropic API."""
+        return _Create(self._need(self._anthropic, "an Anthropic"), "messages")
+
+    @staticmethod
+    def _need(api: MeteredAPI | None, kind: str) -> MeteredAPI:
+        if api is None:
+            raise IntegrationError(f"no {kind} client was given to integrate_with_external_apis")
+        return api
+
+
+async def integrate_with_external_apis(
+    *configs: APIConfig, settings: Settings | None = None, quota: TokenQuota | None = None
+) -> ExternalAPIClient:
+    """Put the given API clients behind budgets, rate limits and cost tracking."""
+    if not configs:
+        raise ValueError("integrate_with_external_apis needs at least one APIConfig")
+    names = [c.name for c in configs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"API names must be unique, got {names}")
+    client = await get_quota(quota, settings=settings)
+    return ExternalAPIClient([MeteredAPI(c, settings or client.settings, client) for c in configs])
+
+
+async def manage_api_tokens(
+    api_name: str,
+    required_tokens: int,
+    *,
+    session_id: str | None = None,
+    quota: TokenQuota | None = None,
+) -> bool:
+    """Whether a call of `required_tokens` to `api_name` could go out now.
+
+    True when the API's rate limit has room and, if a session is given or in scope,
+    the session's budget has `required_tokens` available. Nothing is reserved.
+    """
+    limiter = _limiters.get(api_name)
+    if limiter is not None and not limiter.has_capacity(required_tokens):
+        return False
+    try:
+        session = current_session(session_id)
+    except IntegrationError:
+        return True
+    client = await get_quota(quota)
+    return await client.available_tokens(session) >= required_tokens
