@@ -243,5 +243,5 @@ async def running_fake_llm(fake: FakeLLM | None = None) -> AsyncIterator[FakeLLM
 
 
 async def _started(server: uvicorn.Server) -> None:
-    while not server.started:  # uvicorn offers no event to wait on
+    while not server.started:  # noqa: ASYNC110  (uvicorn offers no event to wait on)
         await asyncio.sleep(0.02)
