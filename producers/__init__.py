@@ -1,30 +1,69 @@
 """Producers: the emitter with its durable spool, the reservation API, token counting
 and the integration hooks (MCP, orchestrator, memory store, external LLM APIs).
+
+One import line per integration::
+
+    from tokenquota.producers import mcp_token_decorator, setup_mcp_token_hooks
+    from tokenquota.producers import kilocode_token_budget, route_with_token_budget
+    from tokenquota.producers import integrate_with_memory, track_memory_operation
+    from tokenquota.producers import integrate_with_external_apis, manage_api_tokens
 """
 
 from .defaults import close_default_quota, current_session, get_quota, session_scope, use_quota
 from .emitter import Delivery, Emitter
+from .external_apis import (
+    APIConfig,
+    ExternalAPIClient,
+    integrate_with_external_apis,
+    manage_api_tokens,
+)
 from .mcp_hooks import McpMeter, mcp_token_decorator, setup_mcp_token_hooks
+from .memory import (
+    MemoryStorage,
+    TokenAwareMemoryStorage,
+    integrate_with_memory,
+    track_memory_operation,
+)
+from .orchestrator import (
+    TaskOrchestrator,
+    kilocode_token_budget,
+    release_task_budget,
+    route_with_token_budget,
+    setup_token_hooks,
+)
 from .reservations import Reservation, TokenQuota, reserve
 from .spool import SpoolFullError
 from .token_counter import TokenCounter, Tokens, token_counter
 
 __all__ = [
+    "APIConfig",
     "Delivery",
     "Emitter",
+    "ExternalAPIClient",
     "McpMeter",
+    "MemoryStorage",
     "Reservation",
     "SpoolFullError",
+    "TaskOrchestrator",
+    "TokenAwareMemoryStorage",
     "TokenCounter",
     "TokenQuota",
     "Tokens",
     "close_default_quota",
     "current_session",
     "get_quota",
+    "integrate_with_external_apis",
+    "integrate_with_memory",
+    "kilocode_token_budget",
+    "manage_api_tokens",
     "mcp_token_decorator",
+    "release_task_budget",
     "reserve",
+    "route_with_token_budget",
     "session_scope",
     "setup_mcp_token_hooks",
+    "setup_token_hooks",
     "token_counter",
+    "track_memory_operation",
     "use_quota",
 ]

@@ -86,6 +86,6 @@ def encoding_for_model(model: str) -> tuple[EncodingName, bool]:
     except KeyError:
         return "o200k_base", False
     if name in _CONSTRUCTORS:
-        return name, True  # type: ignore[return-value]  # narrowed by the check above
+        return name, True
     # An encoding not shipped here (o200k_harmony, legacy r50k/p50k): the nearest one.
     return ("o200k_base" if name.startswith("o200k") else "cl100k_base"), False

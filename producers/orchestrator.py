@@ -134,8 +134,9 @@ def reported_usage(result: Any) -> tuple[int, int] | None:
         values = [
             usage.get(n) if isinstance(usage, Mapping) else getattr(usage, n, None) for n in names
         ]
-        if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-            return values[0], values[1]
+        first, second = values
+        if isinstance(first, int) and isinstance(second, int):
+            return int(first), int(second)
     return None
 
 
@@ -157,7 +158,7 @@ async def route_with_token_budget(
     not fit. `task_id` defaults to the function's name.
     """
     client = await get_quota(quota, settings=settings, source=SOURCE)
-    task = task_id or getattr(task_func, "__name__", "task")
+    task = task_id or str(getattr(task_func, "__name__", "task"))
     return await _run_task(
         client, session_id, task, task_func, args, kwargs, estimated_tokens, priority, model
     )

@@ -54,10 +54,10 @@ def price_usage(provider: Provider, flavor: str, response: dict[str, Any]) -> Pr
     usage = extracted.usage
     return PricedUsage(
         model=model,
-        input_tokens=usage.input_tokens or 0,
-        output_tokens=usage.output_tokens or 0,
-        cache_read_tokens=usage.cache_read_tokens or 0,
-        cache_write_tokens=usage.cache_write_tokens or 0,
+        input_tokens=int(usage.input_tokens or 0),
+        output_tokens=int(usage.output_tokens or 0),
+        cache_read_tokens=int(usage.cache_read_tokens or 0),
+        cache_write_tokens=int(usage.cache_write_tokens or 0),
         cost_usd=price.total_price.quantize(_CENT_FRACTION),
         price_source=f"{_GENAI_PRICES}:{price.provider.id}/{price.model.id}"[:200],
     )

@@ -13,8 +13,8 @@ REPO = Path(__file__).parents[1]
 
 PUBLIC = {
     "tokenquota": {
-        "ConfigError", "DevStackError", "IntegrationError", "Settings", "__version__",
-        "load_settings",
+        "ConfigError", "DevStackError", "IntegrationError", "Settings", "TokenBudgetExhaustedError",
+        "TokenQuotaExceededError", "__version__", "load_settings",
     },
     "tokenquota.schemas": {
         "BIGINT_MAX", "ID_MAX_LENGTH", "ApiCost", "BudgetSet", "Component", "CountedBy", "Event",
@@ -30,7 +30,14 @@ PUBLIC = {
         "projection_lock_key", "quote_schema", "reservation", "schema_drift", "session_metrics",
     },
     "tokenquota.producers": {
-        "Delivery", "Emitter", "Reservation", "SpoolFullError", "TokenQuota", "reserve",
+        "APIConfig", "Delivery", "Emitter", "ExternalAPIClient", "McpMeter", "MemoryStorage",
+        "Reservation", "SpoolFullError", "TaskOrchestrator", "TokenAwareMemoryStorage",
+        "TokenCounter", "TokenQuota", "Tokens", "close_default_quota", "current_session",
+        "get_quota", "integrate_with_external_apis", "integrate_with_memory",
+        "kilocode_token_budget", "manage_api_tokens", "mcp_token_decorator",
+        "release_task_budget", "reserve", "route_with_token_budget", "session_scope",
+        "setup_mcp_token_hooks", "setup_token_hooks", "token_counter", "track_memory_operation",
+        "use_quota",
     },
     "tokenquota.processors": {
         "DeadLetter", "Projector", "create_app", "dead_letter_headers",

@@ -9,7 +9,12 @@ replaying the log rebuilds every balance. Subpackages: `tokenquota.schemas` (eve
 from importlib.metadata import PackageNotFoundError, version
 
 from .config import ConfigError, Settings, load_settings
-from .errors import DevStackError, IntegrationError
+from .errors import (
+    DevStackError,
+    IntegrationError,
+    TokenBudgetExhaustedError,
+    TokenQuotaExceededError,
+)
 
 try:
     __version__ = version("tokenquota")
@@ -21,6 +26,8 @@ __all__ = [
     "DevStackError",
     "IntegrationError",
     "Settings",
+    "TokenBudgetExhaustedError",
+    "TokenQuotaExceededError",
     "__version__",
     "load_settings",
 ]

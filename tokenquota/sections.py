@@ -7,9 +7,9 @@ into `Settings`; each field is also an environment variable `<SECTION>_<FIELD>`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 __all__ = [
     "EmitterSettings",
@@ -48,6 +48,14 @@ class McpSettings(_Section):
         min_length=1,
         description="Where a call's session id comes from, first found wins",
     )
+
+    @field_validator("session_sources", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        if isinstance(value, str):  # MCP_SESSION_SOURCES=meta,config
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
     session_meta_key: str = Field(
         default="tokenquota/session", min_length=1, description="The request `_meta` key"
     )

@@ -104,7 +104,7 @@ async def test_chat_responses_and_messages_streamed_or_not_settle_provider_usage
             message = await api.messages.create(
                 model="claude-sonnet-4-5", max_tokens=300, messages=MESSAGES, system="Be brief."
             )
-            assert message.content[0].text == REPLY  # type: ignore[union-attr]
+            assert message.content[0].text == REPLY
             async with await api.messages.create(
                 model="claude-sonnet-4-5", max_tokens=300, messages=MESSAGES, stream=True
             ) as stream:
@@ -217,11 +217,11 @@ async def test_an_exhausted_budget_falls_back_to_error_model_or_cache(
                     model="gpt-4o", messages=MESSAGES, max_tokens=4_000
                 )
                 await wait_for_usage(quota, "c", 150)
-                sent = len(fake.requests)
+                requests_before = len(fake.requests)
                 again = await api.chat.completions.create(
                     model="gpt-4o", messages=MESSAGES, max_tokens=4_000
                 )
-                assert again == first and len(fake.requests) == sent  # served from the cache
+                assert again == first and len(fake.requests) == requests_before  # from the cache
                 with pytest.raises(TokenQuotaExceededError):  # nothing cached for this one
                     await api.chat.completions.create(
                         model="gpt-4o",

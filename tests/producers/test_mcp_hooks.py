@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from mcp import Client
 from mcp.server.mcpserver import Context, MCPServer
+from mcp_types import RequestParamsMeta
 
 from tests.support import fetch_value, set_budget, wait_for_usage
 from tokenquota.config import ReservationSettings, Settings
@@ -17,6 +18,10 @@ from tokenquota.sections import McpSettings
 pytestmark = pytest.mark.integration
 
 KEY = "tokenquota/session"
+
+
+def session_meta(session: str) -> RequestParamsMeta:
+    return cast(RequestParamsMeta, {KEY: session})
 
 
 def metered_settings(settings: Settings, per_request: int = 1000) -> Settings:
@@ -63,12 +68,14 @@ async def test_the_decorator_settles_counted_tokens_and_refuses_over_budget_call
         await set_budget(quota, "alice", 10_000)
         await set_budget(quota, "bob", 500)
         async with Client(server) as client:
-            result = await client.call_tool("shout", {"text": "hello there"}, meta={KEY: "alice"})
+            result = await client.call_tool(
+                "shout", {"text": "hello there"}, meta=session_meta("alice")
+            )
             assert not result.is_error and text_of(result) == "HELLO THERE!"
             expected = tokens({"text": "hello there"}) + tokens("HELLO THERE!")
             await wait_for_usage(quota, "alice", expected)
 
-            refused = await client.call_tool("shout", {"text": "hi"}, meta={KEY: "bob"})
+            refused = await client.call_tool("shout", {"text": "hi"}, meta=session_meta("bob"))
             assert refused.is_error
             message = text_of(refused)
             assert "'bob'" in message and "requested 1000 tokens" in message
@@ -77,7 +84,9 @@ async def test_the_decorator_settles_counted_tokens_and_refuses_over_budget_call
             missing = await client.call_tool("whisper", {"text": "hi"})
             assert missing.is_error and "no tokenquota session" in text_of(missing)
 
-            again = await client.call_tool("shout", {"text": "still up"}, meta={KEY: "alice"})
+            again = await client.call_tool(
+                "shout", {"text": "still up"}, meta=session_meta("alice")
+            )
             assert text_of(again) == "STILL UP!"
             expected += tokens({"text": "still up"}) + tokens("STILL UP!")
             await wait_for_usage(quota, "alice", expected)
@@ -132,7 +141,7 @@ async def test_server_hooks_meter_every_tool_once_with_a_configured_session(
             )
             late_result = await client.call_tool("late", {"x": "y"})
             assert not late_result.is_error
-            meta_wins = await client.call_tool("add", {"a": 1, "b": 1}, meta={KEY: "other"})
+            meta_wins = await client.call_tool("add", {"a": 1, "b": 1}, meta=session_meta("other"))
             assert meta_wins.is_error and "'other'" in text_of(meta_wins)  # _meta before config
         expected = (
             tokens({"a": 2, "b": 3})

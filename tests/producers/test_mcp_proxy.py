@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters
+from mcp_types import RequestParamsMeta
 
 from tests.support import set_budget, settings_env, wait_for_usage
 from tokenquota.config import ReservationSettings, Settings
@@ -19,6 +20,10 @@ pytestmark = pytest.mark.integration
 
 UPSTREAM = Path(__file__).with_name("mcp_upstream.py")
 KEY = "tokenquota/session"
+
+
+def session_meta(session: str) -> RequestParamsMeta:
+    return cast(RequestParamsMeta, {KEY: session})
 
 
 def tokens(value: Any) -> int:
@@ -65,7 +70,7 @@ async def test_the_proxy_serves_upstream_unchanged_and_meters_every_call(
             assert not result.is_error and text_of(result) == "tegdub"
             failed = await client.call_tool("fail", {"reason": "boom"})
             assert failed.is_error  # the upstream's own error passes through, and is metered
-            refused = await client.call_tool("reverse", {"text": "x"}, meta={KEY: "tiny"})
+            refused = await client.call_tool("reverse", {"text": "x"}, meta=session_meta("tiny"))
             assert refused.is_error
             assert "'tiny'" in text_of(refused) and "requested 300 tokens" in text_of(refused)
             again = await client.call_tool("reverse", {"text": "still serving"})

@@ -6,6 +6,7 @@ import asyncio
 import subprocess
 import sys
 import textwrap
+from typing import Any
 
 import bpe_openai
 import pytest
@@ -92,7 +93,7 @@ def test_models_map_to_encodings_and_other_vendors_are_estimates(
 def test_chat_messages_add_the_openai_framing_and_count_tool_calls() -> None:
     counter = TokenCounter(cache_size=0)
     enc = get_encoding("o200k_base")
-    messages = [
+    messages: list[dict[str, Any]] = [
         {"role": "system", "content": "You are terse."},
         {"role": "user", "name": "ann", "content": "Weather in Oslo?"},
         {
@@ -108,7 +109,10 @@ def test_chat_messages_add_the_openai_framing_and_count_tool_calls() -> None:
         },
         {"role": "tool", "tool_call_id": "c1", "content": "4 degrees, rain"},
     ]
-    n = lambda s: len(enc.encode_ordinary(s))  # noqa: E731
+
+    def n(text: str) -> int:
+        return len(enc.encode_ordinary(text))
+
     expected = 3 + 4 * 3  # reply priming, per-message framing
     expected += n("system") + n("You are terse.")
     expected += n("user") + 1 + n("ann") + n("Weather in Oslo?")

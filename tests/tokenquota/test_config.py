@@ -21,6 +21,16 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("TOKENQUOTA_CONFIG", raising=False)
 
 
+def test_mcp_session_sources_read_from_a_comma_separated_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MCP_SESSION_SOURCES", "meta, config")
+    assert load_settings().mcp.session_sources == ("meta", "config")
+    monkeypatch.setenv("MCP_SESSION_SOURCES", "meta,nowhere")
+    with pytest.raises(ConfigError, match=r"mcp\.session_sources"):
+        load_settings()
+
+
 def _file(tmp_path: Path, content: Any) -> Path:
     path = tmp_path / "tokenquota.json"
     path.write_text(content if isinstance(content, str) else json.dumps(content))
@@ -29,13 +39,16 @@ def _file(tmp_path: Path, content: Any) -> Path:
 
 def test_defaults_are_those_of_the_original_design() -> None:
     settings = load_settings()
-    assert settings.mcp.model_dump() == {
+    design = {"host", "port", "timeout", "max_retries", "token_budget_per_request"}
+    assert settings.mcp.model_dump(include=design) == {
         "host": "localhost",
         "port": 8000,
         "timeout": 30,
         "max_retries": 3,
         "token_budget_per_request": 4000,
     }
+    assert settings.mcp.session_sources == ("meta", "header", "config", "client")
+    assert settings.external_apis.default_max_output_tokens == 4096
     assert settings.orchestrator.max_concurrent_tasks == 10
     assert settings.orchestrator.session_timeout == 3600
     assert settings.external_apis.rate_limit == 60
