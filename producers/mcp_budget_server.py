@@ -54,7 +54,12 @@ def create_budget_server(settings: Settings, *, quota: TokenQuota | None = None)
         if quota is not None:
             yield BudgetTools(quota)
             return
-        async with TokenQuota(settings, source=SOURCE) as client:
+        # A process of its own next to the agent's: a spool of its own too.
+        emitter = settings.emitter.model_copy(
+            update={"spool_dir": settings.spool_dir / "mcp-server"}
+        )
+        own = settings.model_copy(update={"emitter": emitter})
+        async with TokenQuota(own, source=SOURCE) as client:
             yield BudgetTools(client)
 
     server: MCPServer[Any] = MCPServer(

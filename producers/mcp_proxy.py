@@ -8,6 +8,7 @@ every `tools/call` the way `setup_mcp_token_hooks` does. Clients need no change.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 from collections.abc import AsyncIterator, Sequence
@@ -26,7 +27,7 @@ from tokenquota.config import Settings
 from .mcp_hooks import McpMeter, setup_mcp_token_hooks
 from .reservations import TokenQuota
 
-__all__ = ["build_proxy_server", "connect_upstream", "run_proxy"]
+__all__ = ["build_proxy_server", "connect_upstream", "proxy_spool_settings", "run_proxy"]
 
 log = logging.getLogger("tokenquota.mcp_proxy")
 
@@ -107,6 +108,19 @@ async def connect_upstream(command: Sequence[str]) -> AsyncIterator[Client]:
         yield client
 
 
+def proxy_spool_settings(command: Sequence[str], settings: Settings) -> Settings:
+    """Settings whose spool is the proxy's own: `<spool_dir>/mcp-proxy-<hash of command>`.
+
+    An IDE runs one proxy per MCP server, each a process needing a spool of its own; a
+    restarted proxy of the same server finds (and drains) its predecessor's spool.
+    """
+    digest = hashlib.sha256("\0".join(command).encode()).hexdigest()[:12]
+    emitter = settings.emitter.model_copy(
+        update={"spool_dir": settings.spool_dir / f"mcp-proxy-{digest}"}
+    )
+    return settings.model_copy(update={"emitter": emitter})
+
+
 async def run_proxy(
     command: Sequence[str],
     settings: Settings,
@@ -116,6 +130,7 @@ async def run_proxy(
     port: int = 8765,
 ) -> None:
     """Serve the upstream `command` behind budgets until the client (or Ctrl-C) ends it."""
+    settings = proxy_spool_settings(command, settings)
     async with TokenQuota(settings) as quota, connect_upstream(command) as upstream:
         server = build_proxy_server(upstream)
         meter = McpMeter(settings, quota=quota, server_name=f"proxy:{server.name}")

@@ -10,8 +10,8 @@ import anthropic
 import genai_prices
 import openai
 import pytest
+from llm_stub import REPLY, FakeLLM, running_fake_llm
 
-from tests.producers.fake_llm import REPLY, FakeLLM, running_fake_llm
 from tests.support import fetch_value, set_budget, wait_for_usage, wait_until
 from tokenquota.config import ReservationSettings, Settings
 from tokenquota.errors import TokenQuotaExceededError

@@ -18,7 +18,7 @@ from tokenquota.producers.token_counter import TokenCounter, payload_text
 
 pytestmark = pytest.mark.integration
 
-UPSTREAM = Path(__file__).with_name("mcp_upstream.py")
+UPSTREAM = Path(__file__).parents[2] / "examples" / "plain_mcp_server.py"
 KEY = "tokenquota/session"
 
 
@@ -48,12 +48,19 @@ async def test_the_proxy_serves_upstream_unchanged_and_meters_every_call(
         update={"reservations": ReservationSettings(decision_timeout=60)}
     )
     start_worker()
-    direct_params = StdioServerParameters(command=sys.executable, args=[str(UPSTREAM)])
+    direct_params = StdioServerParameters(command=sys.executable, args=[str(UPSTREAM), "--stdio"])
     async with Client(direct_params, cache=None) as direct:
         upstream_tools = (await direct.list_tools()).tools
         upstream_prompt = await direct.get_prompt("summarize", {"topic": "budgets"})
     proxied = command(
-        settings, "mcp-proxy", "--session", "ide-user", "--", sys.executable, str(UPSTREAM)
+        settings,
+        "mcp-proxy",
+        "--session",
+        "ide-user",
+        "--",
+        sys.executable,
+        str(UPSTREAM),
+        "--stdio",
     )
     async with TokenQuota(settings) as quota:
         await set_budget(quota, "ide-user", 10_000)

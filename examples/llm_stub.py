@@ -1,7 +1,9 @@
-"""A local HTTP server speaking the OpenAI and Anthropic wire formats, for the SDK tests.
+"""A stand-in LLM server on 127.0.0.1 speaking the OpenAI and Anthropic wire formats.
 
 Chat completions, responses and messages; JSON and SSE streaming; rate-limit headers;
-and scripted failures (`fail_next`: status codes answered before the real reply).
+scripted failures (`fail_next`: status codes answered before the real reply). The
+external-API example and the tests point the official SDKs at it, since this machine
+has no internet. `python examples/llm_stub.py --serve PORT` serves it until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -245,3 +247,12 @@ async def running_fake_llm(fake: FakeLLM | None = None) -> AsyncIterator[FakeLLM
 async def _started(server: uvicorn.Server) -> None:
     while not server.started:  # noqa: ASYNC110  (uvicorn offers no event to wait on)
         await asyncio.sleep(0.02)
+
+
+if __name__ == "__main__":
+    import sys
+
+    if len(sys.argv) == 3 and sys.argv[1] == "--serve":
+        uvicorn.run(FakeLLM().app(), host="127.0.0.1", port=int(sys.argv[2]), log_level="info")
+    else:
+        print("usage: python examples/llm_stub.py --serve PORT  (an OpenAI/Anthropic stand-in)")

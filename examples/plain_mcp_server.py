@@ -1,4 +1,8 @@
-"""A plain MCP server (no tokenquota inside) the proxy tests put behind `tokenquota mcp-proxy`."""
+"""A plain MCP server with no tokenquota inside, to put behind `tokenquota mcp-proxy`.
+
+Serve it over stdio: python examples/plain_mcp_server.py --stdio
+(examples/mcp_proxy.py and the tests run it behind the proxy).
+"""
 
 from __future__ import annotations
 
@@ -32,4 +36,9 @@ def summarize(topic: str) -> str:
 
 
 if __name__ == "__main__":
-    server.run("stdio")
+    import sys
+
+    if "--stdio" in sys.argv:
+        server.run("stdio")
+    else:
+        print("usage: python examples/plain_mcp_server.py --stdio  (an MCP server on stdio)")
