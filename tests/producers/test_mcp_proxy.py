@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import socket
 import sys
 from pathlib import Path
 from typing import Any, cast
 
+import httpx2
 import pytest
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters
+from mcp.client.streamable_http import streamable_http_client
 from mcp_types import RequestParamsMeta
 
-from tests.support import set_budget, settings_env, wait_for_usage
+from tests.support import set_budget, settings_env, wait_for_usage, wait_until
 from tokenquota.config import ReservationSettings, Settings
 from tokenquota.producers import TokenQuota
 from tokenquota.producers.token_counter import TokenCounter, payload_text
@@ -152,3 +156,58 @@ async def test_the_budget_server_tools_check_reserve_record_and_report(
             assert report["tokens_used_total"] == 1_000
             assert report["available_tokens"] == 1_000
             assert report["limits"]["daily_limit"] == 2_000
+
+
+async def test_the_proxy_over_streamable_http_takes_the_session_from_a_header(
+    pipeline_settings: Settings, start_worker: Any
+) -> None:
+    settings = pipeline_settings.model_copy(
+        update={"reservations": ReservationSettings(decision_timeout=60)}
+    )
+    start_worker()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    params = command(
+        settings,
+        "mcp-proxy",
+        "--http",
+        "--port",
+        str(port),
+        "--",
+        sys.executable,
+        str(UPSTREAM),
+        "--stdio",
+    )
+    proxy = await asyncio.create_subprocess_exec(
+        params.command, *params.args, env=params.env, stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        async with TokenQuota(settings) as quota:
+            await set_budget(quota, "web-user", 10_000)
+
+            async def listening() -> bool:
+                try:
+                    _, writer = await asyncio.open_connection("127.0.0.1", port)
+                except OSError:
+                    assert proxy.returncode is None, "the proxy exited"
+                    return False
+                writer.close()
+                return True
+
+            await wait_until(listening, 60, "the proxy's HTTP port")
+            headers = {"x-tokenquota-session": "web-user"}
+            async with (
+                httpx2.AsyncClient(headers=headers, timeout=60) as http,
+                Client(
+                    streamable_http_client(f"http://127.0.0.1:{port}/mcp", http_client=http)
+                ) as client,
+            ):
+                result = await client.call_tool("reverse", {"text": "over http"})
+                assert text_of(result) == "ptth revo"
+            await wait_for_usage(
+                quota, "web-user", tokens({"text": "over http"}) + tokens("ptth revo")
+            )
+    finally:
+        proxy.terminate()
+        await asyncio.wait_for(proxy.wait(), 30)
