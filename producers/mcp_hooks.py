@@ -165,10 +165,10 @@ class McpMeter:
         return result
 
 
-def _budget_error(session_id: str | None, error: Exception) -> str:
-    if session_id is None:
-        return f"tokenquota: {error}"
-    return f"token budget: {error}"
+def _budget_error(error: Exception) -> str:
+    if isinstance(error, TokenQuotaExceededError):
+        return f"token budget: {error}"
+    return f"tokenquota unavailable: {error}"
 
 
 def _missing_session(settings: McpSettings) -> IntegrationError:
@@ -220,7 +220,7 @@ def mcp_token_decorator(
                     lambda result: (payload_text(result), True),
                 )
             except (TokenQuotaExceededError, IntegrationError) as exc:
-                raise ToolError(_budget_error(session_id, exc)) from exc
+                raise ToolError(_budget_error(exc)) from exc
 
         return metered
 
@@ -259,7 +259,7 @@ class TokenMeteringMiddleware:
             )
         except (TokenQuotaExceededError, IntegrationError) as exc:
             log.info("tool %r refused: %s", tool, exc)
-            return _error_result(_budget_error(session_id, exc))
+            return _error_result(_budget_error(exc))
 
 
 def _error_result(text: str) -> CallToolResult:

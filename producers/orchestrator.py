@@ -11,11 +11,12 @@ of a session run at once; the others wait, higher priority first.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import heapq
 import inspect
 import itertools
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, ParamSpec, Protocol, TypeVar
 
 from tokenquota.config import Settings
@@ -48,6 +49,7 @@ class _Slots:
     """A per-session semaphore whose waiters are served by priority, then arrival."""
 
     def __init__(self, size: int) -> None:
+        self.size = size
         self.free = size
         self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
         self._order = itertools.count()
@@ -65,6 +67,11 @@ class _Slots:
                 self.release()  # granted, then cancelled: pass the slot on
             raise
 
+    @property
+    def idle(self) -> bool:
+        """No task holds a slot and none waits."""
+        return not self._waiters and self.free == self.size
+
     def release(self) -> None:
         while self._waiters:
             _, _, future = heapq.heappop(self._waiters)
@@ -77,12 +84,20 @@ class _Slots:
 _slots: dict[tuple[int, str], _Slots] = {}
 
 
-def _slots_for(session_id: str, size: int) -> _Slots:
+@contextlib.asynccontextmanager
+async def _slot(session_id: str, size: int, priority: Priority) -> AsyncIterator[None]:
+    """Hold one of the session's task slots; the session's entry goes when it is idle."""
     key = (id(asyncio.get_running_loop()), session_id)
     slots = _slots.get(key)
     if slots is None:
         slots = _slots[key] = _Slots(size)
-    return slots
+    await slots.acquire(priority)
+    try:
+        yield
+    finally:
+        slots.release()
+        if slots.idle:
+            _slots.pop(key, None)
 
 
 async def kilocode_token_budget(
@@ -178,9 +193,7 @@ async def _run_task(
     counted_model = model or token_counter.default_model
     arguments = payload_text([list(args), kwargs]) if args or kwargs else ""
     input_count = await token_counter.count_tokens(arguments, counted_model)
-    slots = _slots_for(session_id, client.settings.orchestrator.max_concurrent_tasks)
-    await slots.acquire(priority)
-    try:
+    async with _slot(session_id, client.settings.orchestrator.max_concurrent_tasks, priority):
         reservation = _held.pop((session_id, task), None)
         if reservation is None:
             wanted = estimated_tokens if estimated_tokens is not None else max(int(input_count), 1)
@@ -202,8 +215,6 @@ async def _run_task(
             used_in, used_out, counted_model, operation=f"task:{task}"[:100], counted_by=by
         )
         return result
-    finally:
-        slots.release()
 
 
 class TaskOrchestrator(Protocol):
