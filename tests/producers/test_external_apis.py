@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
@@ -155,10 +156,13 @@ async def test_429_and_5xx_are_retried_honouring_retry_after_and_failures_releas
         await set_budget(quota, "r", 100_000)
         api = await integrate_with_external_apis(*clients(fake), quota=quota)
         fake.fail_next = [429, 503]
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         reply = await api.chat.completions.create(
             model="gpt-4o", messages=MESSAGES, max_tokens=10, session_id="r"
         )
         assert reply.choices[0].message.content == REPLY and len(fake.requests) == 3
+        assert loop.time() - started >= 2 * 0.3  # each retry waited the Retry-After it was given
         fake.fail_next = [429, 429, 429]
         with pytest.raises(anthropic.RateLimitError):
             await api.messages.create(
