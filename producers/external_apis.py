@@ -23,19 +23,19 @@ import inspect
 import json
 import logging
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Any, Literal, Self
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
 
 from tokenquota.config import Settings
 from tokenquota.errors import IntegrationError, TokenQuotaExceededError
 from tokenquota.schemas import ApiCost, CountedBy, Priority, Source, utc_now
 
+from .api_streams import Call, Flavor, MeteredStream
 from .defaults import current_session, get_quota
 from .pricing import PricedUsage, Provider, price_usage, rate_limit_state, retry_after
 from .rate_limit import RateLimiter
-from .reservations import Reservation, TokenQuota
+from .reservations import TokenQuota
 from .token_counter import payload_text, token_counter
 
 __all__ = [
@@ -49,7 +49,6 @@ __all__ = [
 
 log = logging.getLogger("tokenquota.external_apis")
 
-Flavor = Literal["chat", "responses", "messages"]
 _OUTPUT_LIMIT_KEYS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 _RETRY_STATUS = {408, 409, 429}
 _limiters: dict[str, RateLimiter] = {}
@@ -91,20 +90,6 @@ def _limiter(name: str, requests: int, tokens: int | None) -> RateLimiter:
     ):
         limiter = _limiters[name] = RateLimiter(requests, tokens)
     return limiter
-
-
-@dataclass
-class _Call:
-    """What one metered call reserved and how its answer is to be accounted."""
-
-    api: MeteredAPI
-    flavor: Flavor
-    session_id: str
-    kwargs: dict[str, Any]
-    prompt_tokens: int
-    reservation: Reservation
-    cache_key: str
-    streamed_text: list[str] = field(default_factory=list)
 
 
 class MeteredAPI:
@@ -150,7 +135,7 @@ class MeteredAPI:
             if kind == "cached":
                 return value
             reservation = value
-        call = _Call(self, flavor, session_id, kwargs, prompt, reservation, cache_key)
+        call = Call(self, flavor, session_id, kwargs, prompt, reservation, cache_key)
         await self.limiter.acquire(reservation.tokens)
         try:
             raw = await self._send(flavor, kwargs)
@@ -278,7 +263,7 @@ class MeteredAPI:
     # -- accounting ------------------------------------------------------------------------
 
     async def _account(
-        self, call: _Call, body: dict[str, Any], headers: Any, parsed: Any = None
+        self, call: Call, body: dict[str, Any], headers: Any, parsed: Any = None
     ) -> None:
         flavor = "chat" if call.flavor == "messages" else call.flavor
         priced = price_usage(self.provider, flavor, body)
@@ -309,7 +294,7 @@ class MeteredAPI:
                 self._cache.popitem(last=False)
 
     async def _emit_cost(
-        self, call: _Call, priced: PricedUsage, headers: Any, response_id: object
+        self, call: Call, priced: PricedUsage, headers: Any, response_id: object
     ) -> None:
         now = utc_now()
         remaining, reset = rate_limit_state(self.provider, headers, now)
@@ -334,105 +319,6 @@ class MeteredAPI:
                 rate_limit_reset=reset,
             )
         )
-
-
-class MeteredStream:
-    """A streaming answer: iterate it as the SDK's stream; it is accounted when it ends.
-
-    The usage comes from the stream itself (OpenAI chat streams are asked for it with
-    `stream_options.include_usage`); a stream closed early is settled with a count
-    of the text it delivered.
-    """
-
-    def __init__(self, call: _Call, stream: Any, headers: Any) -> None:
-        self._call = call
-        self._stream = stream
-        self._headers = headers
-        self._usage: dict[str, Any] = {}
-        self._model: str | None = None
-        self._id: str | None = None
-        self._done = False
-
-    def __aiter__(self) -> AsyncIterator[Any]:
-        return self._iterate()
-
-    async def _iterate(self) -> AsyncIterator[Any]:
-        try:
-            async for item in self._stream:
-                self._observe(item)
-                yield item
-        finally:
-            await self._finish()
-
-    def _observe(self, item: Any) -> None:
-        kind = getattr(item, "type", None)
-        call = self._call
-        if call.flavor == "chat":
-            self._model = getattr(item, "model", None) or self._model
-            self._id = getattr(item, "id", None) or self._id
-            for choice in getattr(item, "choices", None) or []:
-                content = getattr(choice.delta, "content", None)
-                if content:
-                    call.streamed_text.append(content)
-            if getattr(item, "usage", None) is not None:
-                self._usage = item.usage.model_dump(mode="json")
-        elif call.flavor == "responses":
-            if kind == "response.output_text.delta":
-                call.streamed_text.append(item.delta)
-            elif kind == "response.completed":
-                response = item.response
-                self._model, self._id = response.model, response.id
-                if response.usage is not None:
-                    self._usage = response.usage.model_dump(mode="json")
-        else:
-            if kind == "message_start":
-                message = item.message
-                self._model, self._id = message.model, message.id
-                self._usage = message.usage.model_dump(mode="json")
-            elif kind == "content_block_delta" and getattr(item.delta, "text", None):
-                call.streamed_text.append(item.delta.text)
-            elif kind == "message_delta" and item.usage is not None:
-                delta = {
-                    k: v for k, v in item.usage.model_dump(mode="json").items() if v is not None
-                }
-                self._usage = {**self._usage, **delta}
-
-    async def _finish(self) -> None:
-        if self._done:
-            return
-        self._done = True
-        body: dict[str, Any] = {
-            "model": self._model or self._call.kwargs.get("model"),
-            "id": self._id,
-        }
-        if self._usage:
-            body["usage"] = self._usage
-        try:
-            await self._call.api._account(self._call, body, self._headers)
-        except (IntegrationError, ValueError) as exc:
-            log.error("could not account a %s stream: %s", self._call.api.name, exc)
-            raise
-
-    async def aclose(self) -> None:
-        """Stop reading; what was delivered is accounted."""
-        close = getattr(self._stream, "close", None)
-        if close is not None:
-            await close()
-        await self._finish()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._stream, name)
 
 
 class _Create:

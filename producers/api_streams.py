@@ -1,0 +1,135 @@
+"""Streaming answers of the metered LLM APIs: iterate as the SDK's stream, accounted at the end."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Literal, Self
+
+from tokenquota.errors import IntegrationError
+
+from .reservations import Reservation
+
+if TYPE_CHECKING:
+    from .external_apis import MeteredAPI
+
+__all__ = ["Call", "Flavor", "MeteredStream"]
+
+log = logging.getLogger("tokenquota.external_apis")
+
+Flavor = Literal["chat", "responses", "messages"]
+
+
+@dataclass
+class Call:
+    """What one metered call reserved and how its answer is to be accounted."""
+
+    api: MeteredAPI
+    flavor: Flavor
+    session_id: str
+    kwargs: dict[str, Any]
+    prompt_tokens: int
+    reservation: Reservation
+    cache_key: str
+    streamed_text: list[str] = field(default_factory=list)
+
+
+class MeteredStream:
+    """A streaming answer: iterate it as the SDK's stream; it is accounted when it ends.
+
+    The usage comes from the stream itself (OpenAI chat streams are asked for it with
+    `stream_options.include_usage`); a stream closed early is settled with a count
+    of the text it delivered.
+    """
+
+    def __init__(self, call: Call, stream: Any, headers: Any) -> None:
+        self._call = call
+        self._stream = stream
+        self._headers = headers
+        self._usage: dict[str, Any] = {}
+        self._model: str | None = None
+        self._id: str | None = None
+        self._done = False
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[Any]:
+        try:
+            async for item in self._stream:
+                self._observe(item)
+                yield item
+        finally:
+            await self._finish()
+
+    def _observe(self, item: Any) -> None:
+        kind = getattr(item, "type", None)
+        call = self._call
+        if call.flavor == "chat":
+            self._model = getattr(item, "model", None) or self._model
+            self._id = getattr(item, "id", None) or self._id
+            for choice in getattr(item, "choices", None) or []:
+                content = getattr(choice.delta, "content", None)
+                if content:
+                    call.streamed_text.append(content)
+            if getattr(item, "usage", None) is not None:
+                self._usage = item.usage.model_dump(mode="json")
+        elif call.flavor == "responses":
+            if kind == "response.output_text.delta":
+                call.streamed_text.append(item.delta)
+            elif kind == "response.completed":
+                response = item.response
+                self._model, self._id = response.model, response.id
+                if response.usage is not None:
+                    self._usage = response.usage.model_dump(mode="json")
+        else:
+            if kind == "message_start":
+                message = item.message
+                self._model, self._id = message.model, message.id
+                self._usage = message.usage.model_dump(mode="json")
+            elif kind == "content_block_delta" and getattr(item.delta, "text", None):
+                call.streamed_text.append(item.delta.text)
+            elif kind == "message_delta" and item.usage is not None:
+                delta = {
+                    k: v for k, v in item.usage.model_dump(mode="json").items() if v is not None
+                }
+                self._usage = {**self._usage, **delta}
+
+    async def _finish(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        body: dict[str, Any] = {
+            "model": self._model or self._call.kwargs.get("model"),
+            "id": self._id,
+        }
+        if self._usage:
+            body["usage"] = self._usage
+        try:
+            await self._call.api._account(self._call, body, self._headers)
+        except (IntegrationError, ValueError) as exc:
+            log.error("could not account a %s stream: %s", self._call.api.name, exc)
+            raise
+
+    async def aclose(self) -> None:
+        """Stop reading; what was delivered is accounted."""
+        close = getattr(self._stream, "close", None)
+        if close is not None:
+            await close()
+        await self._finish()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
