@@ -147,10 +147,15 @@ class TokenCounter:
         counts: list[int | None] = [cache.get(key) for key in keys]
         missing = [i for i, count in enumerate(counts) if count is None]
         if missing:
-            encoded = get_encoding(name).encode_ordinary_batch([texts[i] for i in missing])
-            for i, tokens in zip(missing, encoded, strict=True):
-                counts[i] = len(tokens)
-                cache.put(keys[i], len(tokens))
+            # Lengths at once, so the token lists are gone before anything else is
+            # allocated: a GC pass while millions of ids are alive costs a quarter of the time.
+            encoding = get_encoding(name)
+            lengths = [
+                len(ids) for ids in encoding.encode_ordinary_batch([texts[i] for i in missing])
+            ]
+            for i, length in zip(missing, lengths, strict=True):
+                counts[i] = length
+                cache.put(keys[i], length)
         return [Tokens(count or 0, by) for count in counts]
 
     async def count_tokens(self, text: str, model: str | None = None) -> Tokens:
