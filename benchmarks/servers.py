@@ -5,12 +5,17 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterator
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-from tokenquota.embedded import EmbeddedBroker
+from pydantic import SecretStr
 
-__all__ = ["kafka_servers"]
+from tokenquota.config import DatabaseSettings, KafkaSettings, Settings, WorkerSettings
+from tokenquota.embedded import EmbeddedBroker, EmbeddedPostgres, WorkerProcess
+from tokenquota.provision import provision
+
+__all__ = ["kafka_servers", "pipeline", "settings_env"]
 
 
 @contextlib.contextmanager
@@ -24,3 +29,63 @@ def kafka_servers() -> Iterator[tuple[str, str]]:
         broker = EmbeddedBroker(Path(folder) / "broker.log")
         with broker:
             yield broker.start(), "embedded Tansu broker (memory storage)"
+
+
+@contextlib.contextmanager
+def database_url(folder: Path) -> Iterator[tuple[str, str]]:
+    """(DSN, description): DATABASE_URL, or an embedded PostgreSQL 18."""
+    configured = os.environ.get("DATABASE_URL")
+    if configured:
+        yield configured, "configured PostgreSQL"
+        return
+    server = EmbeddedPostgres(folder / "postgres", folder / "postgres.log")
+    with server:
+        yield server.start(), "embedded PostgreSQL 18"
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """Environment variables that make a `tokenquota` process use `settings`' servers."""
+    kafka, database = settings.kafka, settings.database
+    return {
+        "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers or "",
+        "KAFKA_USAGE_TOPIC": kafka.usage_topic,
+        "KAFKA_DLQ_TOPIC": kafka.dlq_topic,
+        "KAFKA_PARTITIONS": str(kafka.partitions),
+        "DATABASE_URL": database.dsn(),
+        "DATABASE_SCHEMA": database.schema_name,
+        "WORKER_GROUP_ID": settings.worker.group_id,
+        "WORKER_BATCH_WITHIN": str(settings.worker.batch_within),
+        "TOKENQUOTA_DATA_DIR": str(settings.data_dir / "worker"),
+        "LOG_LEVEL": "WARNING",
+    }
+
+
+@contextlib.asynccontextmanager
+async def pipeline(
+    partitions: int = 12, worker: bool = True
+) -> AsyncIterator[tuple[Settings, str]]:
+    """Settings for a fresh topic and schema on (embedded) servers, with a worker running."""
+    with (
+        tempfile.TemporaryDirectory(prefix="tq-bench-") as folder,
+        kafka_servers() as (servers, broker),
+        database_url(Path(folder)) as (dsn, postgres),
+    ):
+        name = f"bench_{uuid.uuid4().hex[:8]}"
+        settings = Settings(
+            kafka=KafkaSettings(
+                bootstrap_servers=servers, usage_topic=f"{name}.usage",
+                dlq_topic=f"{name}.dlq", partitions=partitions,
+            ),
+            database=DatabaseSettings(url=SecretStr(dsn), schema_name=name),
+            worker=WorkerSettings(group_id=f"{name}.workers"),
+            data_dir=Path(folder) / "data",
+        )  # fmt: skip
+        await provision(settings)
+        process = WorkerProcess(Path(folder) / "worker.log") if worker else None
+        try:
+            if process is not None:
+                process.start(settings_env(settings))
+            yield settings, f"{broker}, {postgres}"
+        finally:
+            if process is not None:
+                process.stop()

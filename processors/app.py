@@ -15,6 +15,7 @@ from typing import Any
 
 import asyncpg
 import faust
+from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import EventT, StreamT
 
 from tokenquota.config import Settings, fold_config
@@ -120,12 +121,33 @@ class Projector:
             conn.terminate()
 
 
+def _bound_fetch_wait(seconds: float) -> None:
+    """Make faust's consumers wait at most `seconds` on an empty fetch.
+
+    faust builds its aiokafka consumer with `fetch_max_wait_ms=1500` and no setting to
+    change it; a broker that holds an empty fetch for the whole wait (the embedded
+    Tansu broker does) then delays every event that arrives meanwhile by up to 1.5 s,
+    which is the whole latency of a strict reservation.
+    """
+    thread = faust_aiokafka.AIOKafkaConsumerThread
+    original = getattr(thread, "_tokenquota_original", thread._create_worker_consumer)
+
+    def create(self: Any, transport: Any) -> Any:
+        consumer = original(self, transport)
+        consumer._fetch_max_wait_ms = int(seconds * 1000)  # read by consumer.start()
+        return consumer
+
+    thread._tokenquota_original = original  # type: ignore[attr-defined]
+    thread._create_worker_consumer = create  # type: ignore[method-assign]
+
+
 def create_app(settings: Settings) -> faust.App:
     """A faust app with one agent projecting `kafka.usage_topic` into PostgreSQL."""
     kafka, worker = settings.kafka, settings.worker
     if kafka.bootstrap_servers is None:
         raise ValueError("kafka.bootstrap_servers is not set (KAFKA_BOOTSTRAP_SERVERS)")
     brokers = [f"kafka://{server}" for server in kafka.bootstrap_servers.split(",")]
+    _bound_fetch_wait(worker.fetch_max_wait)
     app = faust.App(
         worker.group_id,
         broker=brokers,

@@ -129,6 +129,9 @@ class WorkerSettings(_Section):
     group_id: Annotated[str, Field(min_length=1, max_length=200)] = "tokenquota-projector"
     batch_size: Annotated[int, Field(gt=0, le=100_000)] = 2000
     batch_within: Seconds = 0.1
+    fetch_max_wait: Seconds = Field(
+        default=0.05, description="How long a fetch may wait on an empty partition"
+    )
     session_timeout: Seconds = 10
     commit_interval: Seconds = 1
     retry_backoff_max: Seconds = 30
