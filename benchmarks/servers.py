@@ -12,7 +12,7 @@ from pathlib import Path
 from pydantic import SecretStr
 
 from tokenquota.config import DatabaseSettings, KafkaSettings, Settings, WorkerSettings
-from tokenquota.embedded import EmbeddedBroker, EmbeddedPostgres, WorkerProcess
+from tokenquota.embedded import EmbeddedBroker, EmbeddedPostgres, WorkerProcess, process_env
 from tokenquota.provision import provision
 
 __all__ = ["kafka_servers", "pipeline", "settings_env"]
@@ -44,20 +44,9 @@ def database_url(folder: Path) -> Iterator[tuple[str, str]]:
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
-    """Environment variables that make a `tokenquota` process use `settings`' servers."""
-    kafka, database = settings.kafka, settings.database
-    return {
-        "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers or "",
-        "KAFKA_USAGE_TOPIC": kafka.usage_topic,
-        "KAFKA_DLQ_TOPIC": kafka.dlq_topic,
-        "KAFKA_PARTITIONS": str(kafka.partitions),
-        "DATABASE_URL": database.dsn(),
-        "DATABASE_SCHEMA": database.schema_name,
-        "WORKER_GROUP_ID": settings.worker.group_id,
-        "WORKER_BATCH_WITHIN": str(settings.worker.batch_within),
-        "TOKENQUOTA_DATA_DIR": str(settings.data_dir / "worker"),
-        "LOG_LEVEL": "WARNING",
-    }
+    """Environment variables for a benchmark's `tokenquota worker`."""
+    worker_data = str(settings.data_dir / "worker")
+    return {**process_env(settings), "TOKENQUOTA_DATA_DIR": worker_data, "LOG_LEVEL": "WARNING"}
 
 
 @contextlib.asynccontextmanager

@@ -11,6 +11,7 @@ import os
 import platform
 import random
 import time
+from collections.abc import Coroutine
 
 from rich.console import Console
 from rich.table import Table
@@ -74,10 +75,9 @@ def _texts(count: int, seed: int = 7) -> list[str]:
     return texts
 
 
-def _timed(work: object) -> float:
+def _timed(work: Coroutine[object, object, object]) -> float:
     start = time.perf_counter()
-    if asyncio.iscoroutine(work):
-        asyncio.run(work)
+    asyncio.run(work)
     return time.perf_counter() - start
 
 

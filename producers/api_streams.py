@@ -32,7 +32,7 @@ class Call:
     kwargs: dict[str, Any]
     prompt_tokens: int
     reservation: Reservation
-    cache_key: str
+    cache_key: str | None  # set only when replies are cached for the fallback
     streamed_text: list[str] = field(default_factory=list)
 
 

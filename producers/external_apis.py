@@ -110,6 +110,8 @@ class MeteredAPI:
             config.tokens_per_minute or options.tokens_per_minute,
         )
         self.source = Source(component="external_api", name=config.name[:100])
+        # Replies are kept only for the `cache` fallback, the one that serves them.
+        self._caching = options.fallback_enabled and options.fallback == "cache"
         self._cache: OrderedDict[str, Any] = OrderedDict()
 
     # -- the call --------------------------------------------------------------------------
@@ -119,7 +121,7 @@ class MeteredAPI:
         session_id = current_session(kwargs.pop("session_id", None), what=f"{self.name} call")
         task_id: str | None = kwargs.pop("task_id", None)
         priority: Priority = kwargs.pop("priority", "normal")
-        cache_key = self._cache_key(flavor, kwargs)
+        cache_key = self._cache_key(flavor, kwargs) if self._caching else None
         prompt = self._prompt_tokens(flavor, kwargs)
         wanted = prompt + self._output_limit(kwargs)
         quota = await get_quota(self._quota, settings=self.settings)
@@ -128,7 +130,9 @@ class MeteredAPI:
                 session_id, wanted, task_id, priority, source=self.source
             )
         except TokenQuotaExceededError as exc:
-            fallback = await self._fallback(exc, flavor, kwargs, prompt, quota, task_id, priority)
+            fallback = await self._fallback(
+                exc, kwargs, prompt, cache_key, quota, task_id, priority, flavor
+            )
             if fallback is None:
                 raise
             kind, value = fallback
@@ -223,18 +227,19 @@ class MeteredAPI:
     async def _fallback(
         self,
         refused: TokenQuotaExceededError,
-        flavor: Flavor,
         kwargs: dict[str, Any],
         prompt: int,
+        cache_key: str | None,
         quota: TokenQuota,
         task_id: str | None,
         priority: Priority,
+        flavor: Flavor,
     ) -> tuple[str, Any] | None:
         options = self.settings.external_apis
         if not options.fallback_enabled or options.fallback == "error":
             return None
         if options.fallback == "cache":
-            cached = self._cache.get(self._cache_key(flavor, kwargs))
+            cached = self._cache.get(cache_key) if cache_key is not None else None
             if cached is None or kwargs.get("stream"):
                 return None
             log.info(
@@ -288,7 +293,7 @@ class MeteredAPI:
             counted_by="provider",
         )
         await self._emit_cost(call, priced, headers, body.get("id"))
-        if parsed is not None:
+        if parsed is not None and call.cache_key is not None:
             self._cache[call.cache_key] = parsed
             while len(self._cache) > 128:
                 self._cache.popitem(last=False)

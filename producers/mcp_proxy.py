@@ -27,7 +27,13 @@ from tokenquota.config import Settings
 from .mcp_hooks import McpMeter, setup_mcp_token_hooks
 from .reservations import TokenQuota
 
-__all__ = ["build_proxy_server", "connect_upstream", "proxy_spool_settings", "run_proxy"]
+__all__ = [
+    "build_proxy_server",
+    "connect_upstream",
+    "proxy_spool_settings",
+    "run_proxy",
+    "run_proxy_sync",
+]
 
 log = logging.getLogger("tokenquota.mcp_proxy")
 

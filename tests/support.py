@@ -10,7 +10,7 @@ from decimal import Decimal
 from typing import Any
 
 from tokenquota.config import DatabaseSettings, Settings
-from tokenquota.embedded import WorkerProcess
+from tokenquota.embedded import WorkerProcess, process_env
 from tokenquota.producers.reservations import TokenQuota
 from tokenquota.projections import PROJECTION_TABLES, connect
 from tokenquota.schemas import BudgetSet, Priority, Source, TokenReserved, TokenUsed, utc_now
@@ -146,18 +146,7 @@ async def snapshot(database: DatabaseSettings) -> dict[str, list[tuple[Any, ...]
 
 def settings_env(settings: Settings) -> dict[str, str]:
     """Environment variables that make a `tokenquota` process use `settings`' servers."""
-    kafka, database = settings.kafka, settings.database
-    return {
-        "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers or "",
-        "KAFKA_USAGE_TOPIC": kafka.usage_topic,
-        "KAFKA_DLQ_TOPIC": kafka.dlq_topic,
-        "KAFKA_PARTITIONS": str(kafka.partitions),
-        "DATABASE_URL": database.dsn(),
-        "DATABASE_SCHEMA": database.schema_name,
-        "WORKER_GROUP_ID": settings.worker.group_id,
-        "WORKER_BATCH_WITHIN": str(settings.worker.batch_within),
-        "LOG_LEVEL": "INFO",
-    }
+    return {**process_env(settings), "LOG_LEVEL": "INFO"}  # tests read the worker's INFO lines
 
 
 async def set_budget(quota: TokenQuota, session: str, limit: int) -> None:

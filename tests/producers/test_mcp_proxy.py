@@ -6,36 +6,22 @@ import asyncio
 import socket
 import sys
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import httpx2
 import pytest
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
-from mcp_types import RequestParamsMeta
 
+from tests.producers.mcp_support import session_meta, text_of, tokens
 from tests.support import set_budget, settings_env, wait_for_usage, wait_until
 from tokenquota.config import ReservationSettings, Settings
 from tokenquota.producers import TokenQuota
-from tokenquota.producers.token_counter import TokenCounter, payload_text
 
 pytestmark = pytest.mark.integration
 
 UPSTREAM = Path(__file__).parents[2] / "examples" / "plain_mcp_server.py"
-KEY = "tokenquota/session"
-
-
-def session_meta(session: str) -> RequestParamsMeta:
-    return cast(RequestParamsMeta, {KEY: session})
-
-
-def tokens(value: Any) -> int:
-    return int(TokenCounter(cache_size=0).count(payload_text(value), "gpt-4o"))
-
-
-def text_of(result: Any) -> str:
-    return "\n".join(block.text for block in result.content if block.type == "text")
 
 
 def command(settings: Settings, *args: str) -> StdioServerParameters:
