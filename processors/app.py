@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, cast
 
 import asyncpg
 import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
-from faust.types import EventT, StreamT
+from faust.types import ChannelT, EventT, StreamT
 
 from tokenquota.config import Settings, fold_config
 from tokenquota.projections import LogRecord, apply_batch, connect
@@ -24,7 +25,7 @@ from tokenquota.schemas import EventDecodeError, decode
 
 from .dlq import DeadLetter, dead_letter_headers
 
-__all__ = ["Projector", "create_app"]
+__all__ = ["Projector", "create_app", "take_ready"]
 
 log = logging.getLogger("tokenquota.worker")
 
@@ -121,6 +122,28 @@ class Projector:
             conn.terminate()
 
 
+@dataclass(frozen=True, slots=True)
+class _Batch:
+    events: list[EventT[bytes]]
+    records: list[LogRecord]
+    bad: list[DeadLetter]
+
+
+async def take_ready(
+    queue: asyncio.Queue[EventT[bytes]], most: int, linger: float
+) -> list[EventT[bytes]]:
+    """Wait for one event, then take what else is queued, up to `most` events.
+
+    With `linger` > 0, a batch that is not full waits that long once for more events.
+    """
+    events = [await queue.get()]
+    if linger > 0 and queue.qsize() < most - 1:
+        await asyncio.sleep(linger)
+    while len(events) < most and not queue.empty():
+        events.append(queue.get_nowait())
+    return events
+
+
 def _bound_fetch_wait(seconds: float) -> None:
     """Make faust's consumers wait at most `seconds` on an empty fetch.
 
@@ -173,22 +196,36 @@ def create_app(settings: Settings) -> faust.App:
     dlq = app.topic(kafka.dlq_topic, **raw)  # type: ignore[arg-type]
     projector = Projector(settings)
 
-    async def project(stream: StreamT[bytes]) -> AsyncIterator[None]:
-        events: Sequence[EventT[bytes]]
-        try:
-            # noack_take: offsets are acknowledged by hand, after the commit (not in StreamT).
-            batches = stream.noack_take(  # type: ignore[attr-defined]
-                worker.batch_size, within=worker.batch_within
-            )
-            async for events in batches:
+    async def project(stream: StreamT[bytes]) -> None:
+        # Not `async for` over the stream, nor `stream.take()`: both pay faust's per-event
+        # path (processors, sensors, current_event) and take() waits out its whole window
+        # before each batch. Reading the channel's queue directly gives batches of what is
+        # there, so one event goes through at once and a backlog goes through in bulk, and
+        # the next batch is decoded while the previous one is being applied.
+        channel = cast("ChannelT[bytes]", aiter(stream.channel))  # subscribes, as iterating would
+        queue = channel.queue
+        ready: asyncio.Queue[_Batch] = asyncio.Queue(maxsize=1)
+
+        async def take() -> None:
+            while True:
+                events = await take_ready(queue, worker.batch_size, worker.batch_within)
                 records, bad = projector.split([e.message for e in events])
-                for letter in bad:
+                await ready.put(_Batch(events, records, bad))
+
+        async def apply() -> None:
+            while True:
+                batch = await ready.get()
+                for letter in batch.bad:
                     await _dead_letter(dlq, letter, worker.retry_backoff_max)
-                projector.dead_letters += len(bad)
-                await projector.apply(records, bad)
-                for event in events:  # only now, after the transaction has committed
-                    await stream.ack(event)
-                yield None
+                projector.dead_letters += len(batch.bad)
+                await projector.apply(batch.records, batch.bad)
+                for event in batch.events:  # only now, after the transaction has committed
+                    event.ack()
+
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(take())
+                tasks.create_task(apply())
         finally:
             await projector.close()
 

@@ -150,6 +150,10 @@ class TokenQuota:
         self._pool: asyncpg.Pool | None = None
         self._listener: asyncpg.Connection | None = None
         self._waiting: dict[uuid.UUID, asyncio.Future[str]] = {}
+        # asyncpg's pool hands a returned connection to whichever task asks next, so
+        # under load a caller can lose it again and again; this semaphore queues callers
+        # in order (first come, first served) and lets no more in than there are connections.
+        self._turns = asyncio.Semaphore(settings.database.pool_size)
 
     async def start(self) -> None:
         """Connect to PostgreSQL (a pool and a LISTEN connection) and start the emitter."""
@@ -157,8 +161,8 @@ class TokenQuota:
         try:
             self._pool = await asyncpg.create_pool(
                 db.dsn(),
-                min_size=1,
-                max_size=10,
+                min_size=db.pool_size,  # all opened now: none is opened under load
+                max_size=db.pool_size,
                 server_settings={"search_path": db.schema_name},
                 timeout=10,
             )
@@ -321,7 +325,7 @@ class TokenQuota:
         if self._pool is None:
             raise IntegrationError("TokenQuota is not started: use `async with TokenQuota(...)`")
         try:
-            async with self._pool.acquire(timeout=10) as conn:
+            async with self._turns, self._pool.acquire(timeout=10) as conn:
                 yield conn  # type: ignore[misc]  # a pool proxy behaves as a Connection
         except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
             raise IntegrationError(f"PostgreSQL unreachable: {exc}") from None

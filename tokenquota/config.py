@@ -178,6 +178,9 @@ class DatabaseSettings(_Section):
         serialization_alias="schema",
         description="PostgreSQL schema holding tokenquota's tables",
     )
+    pool_size: Annotated[int, Field(gt=0, le=1000)] = Field(
+        default=10, description="Connections each client opens at start for its reads"
+    )
 
     model_config = ConfigDict(
         extra="forbid", frozen=True, validate_by_name=True, validate_by_alias=True

@@ -128,7 +128,10 @@ class WorkerSettings(_Section):
 
     group_id: Annotated[str, Field(min_length=1, max_length=200)] = "tokenquota-projector"
     batch_size: Annotated[int, Field(gt=0, le=100_000)] = 2000
-    batch_within: Seconds = 0.1
+    batch_within: Annotated[float, Field(ge=0)] = Field(
+        default=0.0,
+        description="How long a batch that is not full waits once for more events (seconds)",
+    )
     fetch_max_wait: Seconds = Field(
         default=0.05, description="How long a fetch may wait on an empty partition"
     )
