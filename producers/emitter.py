@@ -171,9 +171,11 @@ class Emitter:
 
         Returns each message's acknowledgement (its batch's), in message order. Batches
         skip aiokafka's per-message path, which costs most of the time of a large call.
-        A few messages go through that path instead: it adds them to the batch each
-        partition has open, so concurrent small calls (one reservation each) share one
-        produce request rather than queueing one request per call.
+        Calls of up to `_FEW` messages go through that path instead: it adds them to the
+        batch each partition has open, so concurrent and successive small calls (a
+        reservation each, a steady stream of usage) share produce requests. aiokafka
+        sends one request at a time per broker, and each ready-made batch waits for a
+        request of its own, so small batches would queue one round trip per call.
         """
         producer = self._producer
         assert producer is not None
@@ -285,7 +287,7 @@ class Emitter:
 
 
 #: Calls with at most this many events are added to the partitions' open batches.
-_FEW = 16
+_FEW = 1000
 # The producer's own default: murmur2 of the key over all partitions, so events sent
 # through `emit` and through `emit_many` land on the same partition for a session.
 _PARTITIONER = DefaultPartitioner()

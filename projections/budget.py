@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time
 from decimal import ROUND_FLOOR, Decimal
@@ -73,11 +74,19 @@ def alert_level(used: int, limit: int, limits: Limits) -> AlertLevel:
     """The highest threshold `used` has reached in a window of `limit` tokens."""
     if limit == 0:
         return "critical" if used > 0 else "none"
-    if Decimal(used) >= Decimal(limit) * limits.critical_threshold:
+    # used >= limit * p/q, in exact integers: this runs for every usage event.
+    p, q = _ratio(limits.critical_threshold)
+    if used * q >= limit * p:
         return "critical"
-    if Decimal(used) >= Decimal(limit) * limits.warning_threshold:
+    p, q = _ratio(limits.warning_threshold)
+    if used * q >= limit * p:
         return "warning"
     return "none"
+
+
+@functools.lru_cache(maxsize=256)
+def _ratio(threshold: Decimal) -> tuple[int, int]:
+    return threshold.as_integer_ratio()
 
 
 def local_day(at: datetime, zone: ZoneInfo) -> date:

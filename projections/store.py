@@ -95,7 +95,7 @@ async def apply_batch(
     commits.
     """
     result = BatchResult()
-    if not records:
+    if not records and not skipped:
         return result
     async with conn.transaction():
         await conn.execute(
