@@ -1,6 +1,8 @@
 """The faust-streaming worker: consume the usage topic in batches, project, then acknowledge.
 
-Kept thin on purpose: decode, route bad messages to the DLQ, `apply_batch` in one
+A batch is whatever has arrived (up to `worker.batch_size`), so a lone reservation is
+decided at once and a backlog goes through in bulk. Kept thin on purpose: decode,
+route bad messages to the DLQ, `apply_batch` in one
 PostgreSQL transaction (retried with backoff while the database fails), and only then
 acknowledge the batch's offsets. Correctness rests on the ledger, not on faust's
 exactly-once mode or its tables, neither of which is used.
@@ -12,7 +14,7 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import asyncpg
 import faust
@@ -28,6 +30,7 @@ from .dlq import DeadLetter, dead_letter_headers
 __all__ = ["Projector", "create_app", "take_ready"]
 
 log = logging.getLogger("tokenquota.worker")
+_T = TypeVar("_T")
 
 
 class Projector:
@@ -129,9 +132,7 @@ class _Batch:
     bad: list[DeadLetter]
 
 
-async def take_ready(
-    queue: asyncio.Queue[EventT[bytes]], most: int, linger: float
-) -> list[EventT[bytes]]:
+async def take_ready(queue: asyncio.Queue[_T], most: int, linger: float) -> list[_T]:
     """Wait for one event, then take what else is queued, up to `most` events.
 
     With `linger` > 0, a batch that is not full waits that long once for more events.
