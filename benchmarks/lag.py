@@ -28,7 +28,7 @@ from rich.console import Console
 from rich.table import Table
 
 from benchmarks.servers import pipeline
-from benchmarks.workload import MIX, applied, budgets, usage
+from benchmarks.workload import MIX, budgets, usage, wait_applied
 from tokenquota.config import Settings
 from tokenquota.producers import Emitter
 from tokenquota.projections import connect, quote_schema
@@ -132,6 +132,7 @@ async def run(args: argparse.Namespace) -> None:
     timeline = Timeline()
     async with pipeline(partitions=args.partitions) as (settings, servers):
         kafka, topic = settings.kafka, settings.kafka.usage_topic
+        schema = settings.database.schema_name
         assert kafka.bootstrap_servers is not None
         conn = await connect(settings.database.dsn())
         stop = asyncio.Event()
@@ -139,19 +140,11 @@ async def run(args: argparse.Namespace) -> None:
             async with Emitter(kafka, settings.emitter, settings.data_dir / "spool") as emitter:
                 warm = budgets(args.sessions)
                 await emitter.emit_many(warm)
-                deadline = time.monotonic() + 120
-                while await applied(conn, settings.database.schema_name, topic) < len(warm):
-                    if time.monotonic() > deadline:
-                        raise TimeoutError("the worker did not apply the warm-up events")
-                    await asyncio.sleep(0.05)
+                await wait_applied(conn, schema, topic, len(warm), 120, "worker warm-up")
                 poller = asyncio.create_task(_poll(settings, timeline, stop))
                 late = await _produce(emitter, args.rate, args.seconds, args.sessions)
             total = len(warm) + int(args.rate * args.seconds)
-            deadline = time.monotonic() + 120
-            while await applied(conn, settings.database.schema_name, topic) < total:
-                if time.monotonic() > deadline:
-                    raise TimeoutError("the worker did not apply every event within 120 s")
-                await asyncio.sleep(0.05)
+            await wait_applied(conn, schema, topic, total, 120, "worker")
             await asyncio.sleep(2 * POLL)
         finally:
             stop.set()

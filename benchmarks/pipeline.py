@@ -18,14 +18,13 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Awaitable, Callable
 
 from rich.console import Console
 from rich.table import Table
 
 from benchmarks.baseline import prepare
 from benchmarks.servers import pipeline, settings_env
-from benchmarks.workload import MIX, applied, budgets, usage
+from benchmarks.workload import MIX, budgets, usage, wait_applied
 from tokenquota.config import Settings
 from tokenquota.embedded import WorkerProcess
 from tokenquota.producers import Emitter
@@ -36,18 +35,6 @@ from tokenquota.topics import ensure_topics
 CHUNK = 10_000
 
 
-async def _wait_applied(
-    count: Callable[[], Awaitable[int]], target: int, timeout: float, what: str
-) -> float:
-    """Poll until `target` messages are applied; return when (perf_counter)."""
-    deadline = time.perf_counter() + timeout
-    while (done := await count()) < target:
-        if time.perf_counter() > deadline:
-            raise TimeoutError(f"{what}: {done:,} of {target:,} applied after {timeout:.0f} s")
-        await asyncio.sleep(0.02)
-    return time.perf_counter()
-
-
 async def _drive(
     settings: Settings, schema: str, warm: list[Event], timed: list[Event], what: str
 ) -> tuple[float, float]:
@@ -55,19 +42,15 @@ async def _drive(
     topic = settings.kafka.usage_topic
     conn = await connect(settings.database.dsn())
     try:
-
-        async def count() -> int:
-            return await applied(conn, schema, topic)
-
         async with Emitter(settings.kafka, settings.emitter, settings.data_dir / "spool") as em:
             await em.emit_many(warm)
-            await _wait_applied(count, len(warm), 120, f"{what} warm-up")
+            await wait_applied(conn, schema, topic, len(warm), 120, f"{what} warm-up")
             start = time.perf_counter()
             for i in range(0, len(timed), CHUNK):
                 deliveries = await em.emit_many(timed[i : i + CHUNK])
                 assert deliveries[-1] == "acked", deliveries[-1]
             emitted = time.perf_counter() - start
-            end = await _wait_applied(count, len(warm) + len(timed), 600, what)
+            end = await wait_applied(conn, schema, topic, len(warm) + len(timed), 600, what)
         return emitted, end - start
     finally:
         await conn.close()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
@@ -12,7 +14,7 @@ import asyncpg
 from tokenquota.projections import quote_schema
 from tokenquota.schemas import BudgetSet, Event, Source, TokenReserved, TokenUsed, utc_now
 
-__all__ = ["MIX", "applied", "budgets", "usage"]
+__all__ = ["MIX", "applied", "budgets", "usage", "wait_applied"]
 
 SOURCE = Source(component="sdk", name="bench")
 
@@ -72,3 +74,15 @@ async def applied(conn: asyncpg.Connection, schema: str, topic: str) -> int:
         topic,
     )
     return int(total)
+
+
+async def wait_applied(
+    conn: asyncpg.Connection, schema: str, topic: str, target: int, timeout: float, what: str
+) -> float:
+    """Poll until `target` messages of `topic` are applied; return when (perf_counter)."""
+    deadline = time.perf_counter() + timeout
+    while (done := await applied(conn, schema, topic)) < target:
+        if time.perf_counter() > deadline:
+            raise TimeoutError(f"{what}: {done:,} of {target:,} applied after {timeout:.0f} s")
+        await asyncio.sleep(0.02)
+    return time.perf_counter()
