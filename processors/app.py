@@ -22,6 +22,7 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import ChannelT, EventT, StreamT
 
 from tokenquota.config import Settings, fold_config
+from tokenquota.gc_settings import bulk_gc
 from tokenquota.projections import LogRecord, apply_batch, connect
 from tokenquota.schemas import EventDecodeError, decode
 
@@ -224,9 +225,10 @@ def create_app(settings: Settings) -> faust.App:
                     event.ack()
 
         try:
-            async with asyncio.TaskGroup() as tasks:
-                tasks.create_task(take())
-                tasks.create_task(apply())
+            with bulk_gc():  # the app is up by now: freeze all of it out of collection
+                async with asyncio.TaskGroup() as tasks:
+                    tasks.create_task(take())
+                    tasks.create_task(apply())
         finally:
             await projector.close()
 

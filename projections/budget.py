@@ -89,8 +89,13 @@ def _ratio(threshold: Decimal) -> tuple[int, int]:
     return threshold.as_integer_ratio()
 
 
+_UTC_ZONE = ZoneInfo("UTC")
+
+
 def local_day(at: datetime, zone: ZoneInfo) -> date:
     """The calendar day of `at` in the budget's time zone."""
+    if zone is _UTC_ZONE and at.tzinfo is UTC:  # every decoded event; skips a conversion
+        return at.date()
     return at.astimezone(zone).date()
 
 

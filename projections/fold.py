@@ -11,7 +11,7 @@ import copy
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -92,38 +92,40 @@ class _Folder:
                 self.held.setdefault(record.session_id, {})[record.reservation_id] = record
 
     def run(self, events: Iterable[Event]) -> Folded:
+        # By exact type: isinstance on pydantic models goes through ABCMeta, and this
+        # loop runs for every event.
+        handlers: dict[type, Any] = {
+            TokenUsed: self._used,
+            TokenReserved: self._reserved,
+            ApiCost: self._api_cost,
+            BudgetSet: self._budget_set,
+        }
         for event in events:
-            session = self._session(event)
+            day = local_day(event.occurred_at, self.config.zone)
+            session = self._session(event, day)
             self._expire(session.session_id, event.occurred_at)
-            if isinstance(event, TokenUsed):
-                self._used(session, event)
-            elif isinstance(event, TokenReserved):
-                self._reserved(session, event)
-            elif isinstance(event, ApiCost):
-                self._api_cost(session, event)
-            elif isinstance(event, BudgetSet):
-                self._budget_set(session, event)
+            handlers[type(event)](session, event, day)
         return self.out
 
     # -- session windows -------------------------------------------------------------
 
-    def _session(self, event: Event) -> SessionBudget:
+    def _session(self, event: Event, day: date) -> SessionBudget:
         at = event.occurred_at
         session = self.sessions.get(event.session_id)
         if session is None:
             session = new_session(event.session_id, at, self.config)
             self.sessions[event.session_id] = session
-        day = local_day(at, self.config.zone)
         if day > session.current_day:
             session.current_day = day
             session.tokens_used_today = 0
             session.daily_alert = "none"
             session.last_reset = start_of_day(day, self.config.zone)
-        if month_of(day) > session.current_month:
+        if day.replace(day=1) > session.current_month:
             session.current_month = month_of(day)
             session.tokens_used_month = 0
             session.monthly_alert = "none"
-        session.updated_at = max(session.updated_at, at)
+        if at > session.updated_at:
+            session.updated_at = at
         self.out.changed_sessions.add(session.session_id)
         return session
 
@@ -141,7 +143,7 @@ class _Folder:
 
     # -- events ----------------------------------------------------------------------
 
-    def _budget_set(self, session: SessionBudget, event: BudgetSet) -> None:
+    def _budget_set(self, session: SessionBudget, event: BudgetSet, day: date) -> None:
         session.limits = Limits(
             daily_limit=event.daily_limit,
             monthly_limit=event.monthly_limit,
@@ -164,7 +166,7 @@ class _Folder:
         )
         self._check_alerts(session, event)
 
-    def _reserved(self, session: SessionBudget, event: TokenReserved) -> None:
+    def _reserved(self, session: SessionBudget, event: TokenReserved, day: date) -> None:
         rid = event.reservation_id
         at = event.occurred_at
         if rid in self.reservations:
@@ -228,28 +230,29 @@ class _Folder:
                 },
             )
 
-    def _used(self, session: SessionBudget, event: TokenUsed) -> None:
-        total = event.total_tokens
-        at = event.occurred_at
-        day = local_day(at, self.config.zone)
+    def _used(self, session: SessionBudget, event: TokenUsed, day: date) -> None:
+        total = event.input_tokens + event.output_tokens
+        month = month_of(day)
         # A late event (earlier day than the session's window) counts in its own day's
         # rollup and in the totals, but not in today's window.
         if day == session.current_day:
             session.tokens_used_today += total
-        if month_of(day) == session.current_month:
+        if month == session.current_month:
             session.tokens_used_month += total
         session.tokens_used_total += total
         for key, table in (
             ((session.session_id, day), self.out.daily),
-            ((session.session_id, month_of(day)), self.out.monthly),
+            ((session.session_id, month), self.out.monthly),
         ):
-            delta = table.setdefault(key, UsageDelta())
+            delta = table.get(key)
+            if delta is None:
+                delta = table[key] = UsageDelta()
             delta.input_tokens += event.input_tokens
             delta.output_tokens += event.output_tokens
             delta.tokens_used += total
             delta.usage_events += 1
         if event.task_id is not None:
-            self._task(session.session_id, event.task_id, at, used=total)
+            self._task(session.session_id, event.task_id, event.occurred_at, used=total)
         if event.reservation_id is not None:
             self._settle(session, event, total)
         self._check_alerts(session, event)
@@ -299,7 +302,7 @@ class _Folder:
             metadata={"reservation_id": str(rid)},
         )
 
-    def _api_cost(self, session: SessionBudget, event: ApiCost) -> None:
+    def _api_cost(self, session: SessionBudget, event: ApiCost, day: date) -> None:
         at = event.occurred_at
         key = (session.session_id, event.api)
         delta = self.out.apis.get(key)
@@ -316,7 +319,6 @@ class _Folder:
             delta.rate_limit_remaining = event.rate_limit_remaining
         if event.rate_limit_reset is not None:
             delta.rate_limit_reset = event.rate_limit_reset
-        day = local_day(at, self.config.zone)
         for table, window in ((self.out.daily, day), (self.out.monthly, month_of(day))):
             table.setdefault((session.session_id, window), UsageDelta()).cost_usd += event.cost_usd
 
@@ -336,17 +338,17 @@ class _Folder:
 
     def _check_alerts(self, session: SessionBudget, event: Event) -> None:
         limits = session.limits
-        for name, used, limit in (
-            ("daily", session.tokens_used_today, limits.daily_limit),
-            ("monthly", session.tokens_used_month, limits.monthly_limit),
-            ("total", session.tokens_used_total, limits.hard_limit),
+        for name, used, limit, before in (
+            ("daily", session.tokens_used_today, limits.daily_limit, session.daily_alert),
+            ("monthly", session.tokens_used_month, limits.monthly_limit, session.monthly_alert),
+            ("total", session.tokens_used_total, limits.hard_limit, session.total_alert),
         ):
-            attribute = f"{name}_alert"
-            before: AlertLevel = getattr(session, attribute)
-            after = alert_level(used, limit, limits)
-            if _LEVELS.index(after) <= _LEVELS.index(before):
+            if before == "critical":
                 continue
-            setattr(session, attribute, after)
+            after = alert_level(used, limit, limits)
+            if after == before or after == "none":
+                continue
+            setattr(session, f"{name}_alert", after)
             for level in _LEVELS[_LEVELS.index(before) + 1 : _LEVELS.index(after) + 1]:
                 threshold = (
                     limits.warning_threshold if level == "warning" else limits.critical_threshold

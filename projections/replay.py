@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from tokenquota.gc_settings import bulk_gc
 from tokenquota.schemas import EventDecodeError, decode
 
 from .database import connect, quote_schema
@@ -60,6 +61,22 @@ async def replay_into(
     on_progress: Progress | None = None,
 ) -> ReplayReport:
     """Rebuild `schema`'s projections from `topic` and swap them in; return what was read."""
+    with bulk_gc():
+        return await _replay(
+            bootstrap_servers, topic, dsn, schema, config, batch_size, force, on_progress
+        )
+
+
+async def _replay(
+    bootstrap_servers: str,
+    topic: str,
+    dsn: str,
+    schema: str,
+    config: FoldConfig,
+    batch_size: int,
+    force: bool,
+    on_progress: Progress | None,
+) -> ReplayReport:
     staging, previous = staging_schemas(schema)
     conn = await connect(dsn, schema)
     try:

@@ -97,6 +97,8 @@ async def apply_batch(
     result = BatchResult()
     if not records and not skipped:
         return result
+    if len(records) >= _COPY_FROM:
+        await conn.execute(_CREATE_INCOMING)
     async with conn.transaction():
         await conn.execute(
             "SELECT pg_advisory_xact_lock_shared(hashtextextended($1, 0))",
@@ -121,29 +123,59 @@ async def apply_batch(
     return result
 
 
+#: Batches at least this large go to the ledger by COPY into a temporary table, which
+#: PostgreSQL ingests faster than array parameters; smaller ones skip the extra round trip.
+_COPY_FROM = 500
+_LEDGER_COLUMNS = (
+    "event_id", "event_type", "session_id", "task_id", "occurred_at", "payload", "topic",
+    "kafka_partition", "kafka_offset",
+)  # fmt: skip
+_LEDGER_BY_ARRAYS = """
+    INSERT INTO usage_events (event_id, event_type, session_id, task_id, occurred_at,
+                              payload, topic, kafka_partition, kafka_offset)
+    SELECT * FROM unnest($1::uuid[], $2::text[], $3::varchar[], $4::varchar[],
+                         $5::timestamptz[], $6::jsonb[], $7::text[], $8::int[], $9::bigint[])
+    ON CONFLICT (event_id) DO NOTHING
+    RETURNING event_id"""
+# Emptied here too: a batch nested in a larger transaction (replay's catch-up) has no
+# commit of its own to empty it.
+_LEDGER_FROM_INCOMING = """
+    WITH incoming AS (DELETE FROM incoming_events RETURNING *)
+    INSERT INTO usage_events SELECT * FROM incoming
+    ON CONFLICT (event_id) DO NOTHING
+    RETURNING event_id"""
+#: Per connection, made once outside any batch's transaction, emptied by every commit.
+_CREATE_INCOMING = """
+    CREATE TEMP TABLE IF NOT EXISTS incoming_events (LIKE usage_events)
+    ON COMMIT DELETE ROWS"""
+
+
 async def _insert_ledger(conn: asyncpg.Connection, records: Sequence[LogRecord]) -> list[LogRecord]:
     first: dict[uuid.UUID, LogRecord] = {}
     for record in records:
         first.setdefault(record.event.event_id, record)
     unique = list(first.values())
-    inserted = await conn.fetch(
-        """INSERT INTO usage_events (event_id, event_type, session_id, task_id, occurred_at,
-                                     payload, topic, kafka_partition, kafka_offset)
-           SELECT * FROM unnest($1::uuid[], $2::text[], $3::varchar[], $4::varchar[],
-                                $5::timestamptz[], $6::jsonb[], $7::text[], $8::int[],
-                                $9::bigint[])
-           ON CONFLICT (event_id) DO NOTHING
-           RETURNING event_id""",
-        [r.event.event_id for r in unique],
-        [r.event.event_type for r in unique],
-        [r.event.session_id for r in unique],
-        [r.event.task_id for r in unique],
-        [r.event.occurred_at for r in unique],
-        [r.payload.decode() for r in unique],
-        [r.topic for r in unique],
-        [r.partition for r in unique],
-        [r.offset for r in unique],
-    )
+    rows = [
+        (
+            r.event.event_id,
+            r.event.event_type,
+            r.event.session_id,
+            r.event.task_id,
+            r.event.occurred_at,
+            r.payload.decode(),
+            r.topic,
+            r.partition,
+            r.offset,
+        )
+        for r in unique
+    ]
+    if len(rows) < _COPY_FROM:
+        inserted = await conn.fetch(_LEDGER_BY_ARRAYS, *(list(c) for c in zip(*rows, strict=True)))
+    else:
+        await conn.copy_records_to_table("incoming_events", records=rows, columns=_LEDGER_COLUMNS)
+        inserted = await conn.fetch(_LEDGER_FROM_INCOMING)
+    if len(inserted) == len(unique):
+        return unique
     new_ids = {row["event_id"] for row in inserted}
     return [r for r in unique if r.event.event_id in new_ids]
 
@@ -214,57 +246,115 @@ def reservation_from_row(row: asyncpg.Record) -> ReservationRecord:
 
 
 _SESSION_COLUMNS = (
-    "session_id, daily_limit, monthly_limit, hard_limit, warning_threshold, "
-    "critical_threshold, budget_source, current_day, tokens_used_today, current_month, "
-    "tokens_used_month, tokens_used_total, daily_alert, monthly_alert, total_alert, "
-    "reservations_accepted, reservations_rejected, overage_tokens, last_reset, created_at, "
-    "updated_at"
-)
-_RESERVATION_COLUMNS = ", ".join(_RESERVATION_FIELDS)
-
-
-def _upsert(table: str, columns: str, key: str) -> str:
-    names = [c.strip() for c in columns.split(",")]
-    keys = {k.strip() for k in key.split(",")}
-    placeholders = ", ".join(f"${i}" for i in range(1, len(names) + 1))
-    updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in names if c not in keys)
-    return (
-        f"INSERT INTO {table} ({columns}) VALUES ({placeholders}) "  # noqa: S608 - constants only
-        f"ON CONFLICT ({key}) DO UPDATE SET {updates}"
-    )
-
-
-_UPSERT_SESSION = _upsert("session_token_budgets", _SESSION_COLUMNS, "session_id")
-_UPSERT_RESERVATION = _upsert("reservations", _RESERVATION_COLUMNS, "reservation_id")
-_ADD_USAGE = """
-    INSERT INTO {table} AS t (session_id, {window}, input_tokens, output_tokens, tokens_used,
-                              usage_events, cost_usd)
-    VALUES ($1, $2, $3, $4, $5, $6, $7)
-    ON CONFLICT (session_id, {window}) DO UPDATE SET
+    ("session_id", "varchar"), ("daily_limit", "bigint"), ("monthly_limit", "bigint"),
+    ("hard_limit", "bigint"), ("warning_threshold", "numeric"),
+    ("critical_threshold", "numeric"), ("budget_source", "text"), ("current_day", "date"),
+    ("tokens_used_today", "bigint"), ("current_month", "date"),
+    ("tokens_used_month", "bigint"), ("tokens_used_total", "bigint"),
+    ("daily_alert", "text"), ("monthly_alert", "text"), ("total_alert", "text"),
+    ("reservations_accepted", "bigint"), ("reservations_rejected", "bigint"),
+    ("overage_tokens", "bigint"), ("last_reset", "timestamptz"),
+    ("created_at", "timestamptz"), ("updated_at", "timestamptz"),
+)  # fmt: skip
+_RESERVATION_TYPES = {
+    "reservation_id": "uuid", "event_id": "uuid", "session_id": "varchar",
+    "task_id": "varchar", "tokens": "bigint", "priority": "text", "status": "text",
+    "reason": "text", "available_tokens": "bigint", "limit_tokens": "bigint",
+    "requested_at": "timestamptz", "decided_at": "timestamptz", "expires_at": "timestamptz",
+    "settled_at": "timestamptz", "settled_tokens": "bigint", "overage_tokens": "bigint",
+}  # fmt: skip
+_RESERVATION_COLUMNS = tuple((name, _RESERVATION_TYPES[name]) for name in _RESERVATION_FIELDS)
+_USAGE_COLUMNS = (
+    ("input_tokens", "bigint"), ("output_tokens", "bigint"), ("tokens_used", "bigint"),
+    ("usage_events", "bigint"), ("cost_usd", "numeric"),
+)  # fmt: skip
+_ADDED_USAGE = """DO UPDATE SET
         input_tokens = t.input_tokens + EXCLUDED.input_tokens,
         output_tokens = t.output_tokens + EXCLUDED.output_tokens,
         tokens_used = t.tokens_used + EXCLUDED.tokens_used,
         usage_events = t.usage_events + EXCLUDED.usage_events,
-        cost_usd = t.cost_usd + EXCLUDED.cost_usd
-"""
-_ADD_DAILY = _ADD_USAGE.format(table="session_usage_daily", window="day")
-_ADD_MONTHLY = _ADD_USAGE.format(table="session_usage_monthly", window="month")
-_ADD_TASK = """
-    INSERT INTO task_token_allocations AS t (session_id, task_id, allocated_tokens,
-                                             tokens_used, created_at, updated_at)
-    VALUES ($1, $2, $3, $4, $5, $6)
-    ON CONFLICT (session_id, task_id) DO UPDATE SET
+        cost_usd = t.cost_usd + EXCLUDED.cost_usd"""
+
+
+def _bulk(table: str, columns: Sequence[tuple[str, str]], key: str, conflict: str) -> str:
+    """One INSERT of a whole batch: each column is an array parameter, rows by unnest.
+
+    One set-based statement per table instead of a statement per row: PostgreSQL plans
+    and runs it once, which is most of what a batch costs.
+    """
+    names = ", ".join(name for name, _ in columns)
+    arrays = ", ".join(f"${i}::{kind}[]" for i, (_, kind) in enumerate(columns, 1))
+    return (
+        f"INSERT INTO {table} AS t ({names}) SELECT * FROM unnest({arrays}) "  # noqa: S608 - constants only
+        f"ON CONFLICT ({key}) {conflict}"
+    )
+
+
+def _replace(columns: Sequence[tuple[str, str]], key: str) -> str:
+    return "DO UPDATE SET " + ", ".join(
+        f"{name} = EXCLUDED.{name}" for name, _ in columns if name != key
+    )
+
+
+_UPSERT_SESSIONS = _bulk(
+    "session_token_budgets",
+    _SESSION_COLUMNS,
+    "session_id",
+    _replace(_SESSION_COLUMNS, "session_id"),
+)
+_UPSERT_RESERVATIONS = _bulk(
+    "reservations",
+    _RESERVATION_COLUMNS,
+    "reservation_id",
+    _replace(_RESERVATION_COLUMNS, "reservation_id"),
+)
+_ADD_DAILY = _bulk(
+    "session_usage_daily",
+    (("session_id", "varchar"), ("day", "date"), *_USAGE_COLUMNS),
+    "session_id, day",
+    _ADDED_USAGE,
+)
+_ADD_MONTHLY = _bulk(
+    "session_usage_monthly",
+    (("session_id", "varchar"), ("month", "date"), *_USAGE_COLUMNS),
+    "session_id, month",
+    _ADDED_USAGE,
+)
+_ADD_TASKS = _bulk(
+    "task_token_allocations",
+    (
+        ("session_id", "varchar"),
+        ("task_id", "varchar"),
+        ("allocated_tokens", "bigint"),
+        ("tokens_used", "bigint"),
+        ("created_at", "timestamptz"),
+        ("updated_at", "timestamptz"),
+    ),
+    "session_id, task_id",
+    """DO UPDATE SET
         allocated_tokens = t.allocated_tokens + EXCLUDED.allocated_tokens,
         tokens_used = t.tokens_used + EXCLUDED.tokens_used,
         created_at = LEAST(t.created_at, EXCLUDED.created_at),
-        updated_at = GREATEST(t.updated_at, EXCLUDED.updated_at)
-"""
-_ADD_API = """
-    INSERT INTO external_api_tokens AS t (session_id, api_name, requests, input_tokens,
-        output_tokens, cache_read_tokens, cache_write_tokens, tokens_used, cost_usd, last_used,
-        rate_limit_remaining, rate_limit_reset)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
-    ON CONFLICT (session_id, api_name) DO UPDATE SET
+        updated_at = GREATEST(t.updated_at, EXCLUDED.updated_at)""",
+)
+_ADD_APIS = _bulk(
+    "external_api_tokens",
+    (
+        ("session_id", "varchar"),
+        ("api_name", "varchar"),
+        ("requests", "bigint"),
+        ("input_tokens", "bigint"),
+        ("output_tokens", "bigint"),
+        ("cache_read_tokens", "bigint"),
+        ("cache_write_tokens", "bigint"),
+        ("tokens_used", "bigint"),
+        ("cost_usd", "numeric"),
+        ("last_used", "timestamptz"),
+        ("rate_limit_remaining", "bigint"),
+        ("rate_limit_reset", "timestamptz"),
+    ),
+    "session_id, api_name",
+    """DO UPDATE SET
         requests = t.requests + EXCLUDED.requests,
         input_tokens = t.input_tokens + EXCLUDED.input_tokens,
         output_tokens = t.output_tokens + EXCLUDED.output_tokens,
@@ -274,76 +364,91 @@ _ADD_API = """
         cost_usd = t.cost_usd + EXCLUDED.cost_usd,
         last_used = GREATEST(t.last_used, EXCLUDED.last_used),
         rate_limit_remaining = COALESCE(EXCLUDED.rate_limit_remaining, t.rate_limit_remaining),
-        rate_limit_reset = COALESCE(EXCLUDED.rate_limit_reset, t.rate_limit_reset)
-"""
-_INSERT_LOG = """
-    INSERT INTO integration_logs (event_id, action, integration_type, component_name,
-        session_id, task_id, tokens_used, status, error_message, metadata, created_at)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::jsonb, $11)
-    ON CONFLICT (event_id, action) DO NOTHING
-"""
+        rate_limit_reset = COALESCE(EXCLUDED.rate_limit_reset, t.rate_limit_reset)""",
+)
+_INSERT_LOGS = _bulk(
+    "integration_logs",
+    (
+        ("event_id", "uuid"),
+        ("action", "varchar"),
+        ("integration_type", "varchar"),
+        ("component_name", "varchar"),
+        ("session_id", "varchar"),
+        ("task_id", "varchar"),
+        ("tokens_used", "bigint"),
+        ("status", "varchar"),
+        ("error_message", "text"),
+        ("metadata", "jsonb"),
+        ("created_at", "timestamptz"),
+    ),
+    "event_id, action",
+    "DO NOTHING",
+)
+
+
+async def _insert(
+    conn: asyncpg.Connection, statement: str, rows: Sequence[tuple[Any, ...]]
+) -> None:
+    """Run a `_bulk` statement for `rows` (sent column by column); nothing when empty."""
+    if rows:
+        await conn.execute(statement, *(list(column) for column in zip(*rows, strict=True)))
 
 
 async def _save(conn: asyncpg.Connection, folded: Folded) -> None:
+    # Rows go in key order, so two transactions never lock the same rows in opposite order.
     state = folded.state
-    sessions = [state.sessions[s] for s in sorted(folded.changed_sessions)]
-    await conn.executemany(_UPSERT_SESSION, [_session_args(s) for s in sessions])
-    if folded.changed_reservations:
-        await conn.executemany(
-            _UPSERT_RESERVATION,
-            [
-                tuple(getattr(state.reservations[rid], name) for name in _RESERVATION_FIELDS)
-                for rid in sorted(folded.changed_reservations)
-            ],
-        )
+    await _insert(
+        conn,
+        _UPSERT_SESSIONS,
+        [_session_args(state.sessions[s]) for s in sorted(folded.changed_sessions)],
+    )
+    await _insert(
+        conn,
+        _UPSERT_RESERVATIONS,
+        [
+            tuple(getattr(state.reservations[rid], name) for name in _RESERVATION_FIELDS)
+            for rid in sorted(folded.changed_reservations)
+        ],
+    )
     for statement, table in ((_ADD_DAILY, folded.daily), (_ADD_MONTHLY, folded.monthly)):
-        if table:
-            await conn.executemany(
-                statement,
-                [
-                    (
-                        s,
-                        w,
-                        d.input_tokens,
-                        d.output_tokens,
-                        d.tokens_used,
-                        d.usage_events,
-                        d.cost_usd,
-                    )
-                    for (s, w), d in sorted(table.items())
-                ],
+        await _insert(
+            conn,
+            statement,
+            [
+                (s, w, d.input_tokens, d.output_tokens, d.tokens_used, d.usage_events, d.cost_usd)
+                for (s, w), d in sorted(table.items())
+            ],
+        )
+    await _insert(
+        conn,
+        _ADD_TASKS,
+        [
+            (s, t, d.allocated_tokens, d.tokens_used, d.first_at, d.last_at)
+            for (s, t), d in sorted(folded.tasks.items())
+        ],
+    )
+    await _insert(
+        conn,
+        _ADD_APIS,
+        [
+            (
+                s,
+                api,
+                d.requests,
+                d.input_tokens,
+                d.output_tokens,
+                d.cache_read_tokens,
+                d.cache_write_tokens,
+                d.input_tokens + d.output_tokens,
+                d.cost_usd,
+                d.last_used,
+                d.rate_limit_remaining,
+                d.rate_limit_reset,
             )
-    if folded.tasks:
-        await conn.executemany(
-            _ADD_TASK,
-            [
-                (s, t, d.allocated_tokens, d.tokens_used, d.first_at, d.last_at)
-                for (s, t), d in sorted(folded.tasks.items())
-            ],
-        )
-    if folded.apis:
-        await conn.executemany(
-            _ADD_API,
-            [
-                (
-                    s,
-                    api,
-                    d.requests,
-                    d.input_tokens,
-                    d.output_tokens,
-                    d.cache_read_tokens,
-                    d.cache_write_tokens,
-                    d.input_tokens + d.output_tokens,
-                    d.cost_usd,
-                    d.last_used,
-                    d.rate_limit_remaining,
-                    d.rate_limit_reset,
-                )
-                for (s, api), d in sorted(folded.apis.items())
-            ],
-        )
-    if folded.logs:
-        await conn.executemany(_INSERT_LOG, [_log_args(row) for row in folded.logs])
+            for (s, api), d in sorted(folded.apis.items())
+        ],
+    )
+    await _insert(conn, _INSERT_LOGS, [_log_args(row) for row in folded.logs])
 
 
 def _session_args(s: SessionBudget) -> tuple[Any, ...]:
@@ -393,10 +498,12 @@ async def _checkpoint(conn: asyncpg.Connection, *places: Sequence[tuple[str, int
     positions: dict[tuple[str, int], int] = {}
     for topic, partition, offset in itertools.chain(*places):
         positions[(topic, partition)] = max(positions.get((topic, partition), 0), offset + 1)
-    await conn.executemany(
-        """INSERT INTO partition_checkpoints AS c (topic, kafka_partition, next_offset)
-           VALUES ($1, $2, $3)
-           ON CONFLICT (topic, kafka_partition)
-           DO UPDATE SET next_offset = GREATEST(c.next_offset, EXCLUDED.next_offset)""",
-        [(t, p, o) for (t, p), o in sorted(positions.items())],
-    )
+    await _insert(conn, _CHECKPOINT, [(t, p, o) for (t, p), o in sorted(positions.items())])
+
+
+_CHECKPOINT = _bulk(
+    "partition_checkpoints",
+    (("topic", "text"), ("kafka_partition", "int"), ("next_offset", "bigint")),
+    "topic, kafka_partition",
+    "DO UPDATE SET next_offset = GREATEST(t.next_offset, EXCLUDED.next_offset)",
+)

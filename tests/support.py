@@ -13,12 +13,22 @@ from tokenquota.config import DatabaseSettings, Settings
 from tokenquota.embedded import WorkerProcess, process_env
 from tokenquota.producers.reservations import TokenQuota
 from tokenquota.projections import PROJECTION_TABLES, connect
-from tokenquota.schemas import BudgetSet, Priority, Source, TokenReserved, TokenUsed, utc_now
+from tokenquota.schemas import (
+    ApiCost,
+    BudgetSet,
+    Event,
+    Priority,
+    Source,
+    TokenReserved,
+    TokenUsed,
+    utc_now,
+)
 
 __all__ = [
     "T0",
     "budget",
     "fetch_value",
+    "live_workload",
     "reserved",
     "set_budget",
     "settings_env",
@@ -100,6 +110,51 @@ def used(
         operation="test",
         counted_by="provider",
     )
+
+
+def live_workload(sessions: int = 12) -> list[Event]:
+    """Every event type over `sessions` sessions: budgets, reservations settled by usage
+    (some low priority, with tasks), API costs; spread over days, so windows roll."""
+    events: list[Event] = []
+    for s in range(sessions):
+        session = f"replay-{s}"
+        at = T0 + timedelta(minutes=s)
+        events.append(budget(session, at, daily=2000 + s * 100, monthly=50_000, hard=90_000))
+        for i in range(15):
+            moment = at + timedelta(hours=i * 5)
+            hold = reserved(
+                session,
+                150 + i * 10,
+                moment,
+                task=f"task-{i % 3}",
+                priority="low" if i % 4 == 0 else "normal",
+            )
+            events.append(hold)
+            events.append(
+                used(
+                    session,
+                    100 + i * 13,
+                    moment + timedelta(seconds=1),
+                    rid=hold.reservation_id,
+                    task=f"task-{i % 3}",
+                    output=i,
+                )
+            )
+            events.append(
+                ApiCost(
+                    session_id=session,
+                    source=SOURCE,
+                    occurred_at=moment,
+                    api="openai",
+                    model="gpt-4o",
+                    input_tokens=100,
+                    output_tokens=i,
+                    cost_usd=Decimal("0.0012345678") * (i + 1),
+                    price_source="test",
+                    rate_limit_remaining=1000 - i,
+                )
+            )
+    return events
 
 
 async def wait_until(

@@ -2,63 +2,17 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
-from decimal import Decimal
-
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from tests.support import SOURCE, T0, budget, fetch_value, reserved, snapshot, used, wait_until
+from tests.support import fetch_value, live_workload, snapshot, wait_until
 from tokenquota.config import Settings, fold_config
 from tokenquota.producers import Emitter
 from tokenquota.projections import connect
 from tokenquota.projections.replay import ReplayError, replay_into
-from tokenquota.schemas import ApiCost, Event, encode
+from tokenquota.schemas import encode
 
 pytestmark = pytest.mark.integration
-
-
-def live_workload() -> list[Event]:
-    events: list[Event] = []
-    for s in range(12):
-        session = f"replay-{s}"
-        at = T0 + timedelta(minutes=s)
-        events.append(budget(session, at, daily=2000 + s * 100, monthly=50_000, hard=90_000))
-        for i in range(15):
-            moment = at + timedelta(hours=i * 5)  # crosses days, so windows roll
-            hold = reserved(
-                session,
-                150 + i * 10,
-                moment,
-                task=f"task-{i % 3}",
-                priority="low" if i % 4 == 0 else "normal",
-            )
-            events.append(hold)
-            events.append(
-                used(
-                    session,
-                    100 + i * 13,
-                    moment + timedelta(seconds=1),
-                    rid=hold.reservation_id,
-                    task=f"task-{i % 3}",
-                    output=i,
-                )
-            )
-            events.append(
-                ApiCost(
-                    session_id=session,
-                    source=SOURCE,
-                    occurred_at=moment,
-                    api="openai",
-                    model="gpt-4o",
-                    input_tokens=100,
-                    output_tokens=i,
-                    cost_usd=Decimal("0.0012345678") * (i + 1),
-                    price_source="test",
-                    rate_limit_remaining=1000 - i,
-                )
-            )
-    return events
 
 
 async def test_replay_rebuilds_every_table_row_for_row(
