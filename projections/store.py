@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import itertools
 import json
@@ -104,23 +106,83 @@ async def apply_batch(
             "SELECT pg_advisory_xact_lock_shared(hashtextextended($1, 0))",
             projection_lock_key(schema),
         )
-        fresh = await _insert_ledger(conn, records) if records else []
-        result.duplicates = len(records) - len(fresh)
-        result.applied = len(fresh)
-        if fresh:
-            events = [r.event for r in fresh]
-            state = await _load_state(conn, events)
-            folded = fold(state, events, config)
-            await _save(conn, folded)
-            result.decisions = folded.decisions
-            if notify and folded.decisions:
+        if records:
+            folded = await _ledger_and_fold(conn, records, config)
+            result.applied = folded.applied
+            result.duplicates = len(records) - folded.applied
+            if folded.applied:
+                for statement, rows in folded.writes:
+                    await _insert(conn, statement, rows)
+                result.decisions = folded.decisions
+            if notify and result.decisions:
                 await conn.execute(
                     "SELECT pg_notify($1, d) FROM unnest($2::text[]) AS d",
                     decision_channel(schema),
-                    [f"{d.reservation_id} {d.status}" for d in folded.decisions],
+                    [f"{d.reservation_id} {d.status}" for d in result.decisions],
                 )
         await _checkpoint(conn, [(r.topic, r.partition, r.offset) for r in records], skipped)
     return result
+
+
+@dataclass(frozen=True, slots=True)
+class _FoldedBatch:
+    applied: int
+    decisions: list[Decision]
+    writes: list[tuple[str, list[tuple[Any, ...]]]]
+
+
+def _fold_writes(state: ProjectionState, events: list[Event], config: FoldConfig) -> _FoldedBatch:
+    folded = fold(state, events, config)
+    return _FoldedBatch(len(events), folded.decisions, _writes(folded))
+
+
+async def _ledger_and_fold(
+    conn: asyncpg.Connection, records: Sequence[LogRecord], config: FoldConfig
+) -> _FoldedBatch:
+    """Insert the ledger rows and fold the events that were new to it.
+
+    While PostgreSQL inserts the ledger rows, the batch is folded on the guess that every
+    event is new (the usual case); the fold is pure, so when the insert reports
+    duplicates the guess is simply folded again without them.
+    """
+    first: dict[uuid.UUID, LogRecord] = {}
+    for record in records:
+        first.setdefault(record.event.event_id, record)
+    unique = list(first.values())
+    events = [r.event for r in unique]
+    state = await _load_state(conn, events)
+    rows = [
+        (
+            r.event.event_id,
+            r.event.event_type,
+            r.event.session_id,
+            r.event.task_id,
+            r.event.occurred_at,
+            r.payload.decode(),
+            r.topic,
+            r.partition,
+            r.offset,
+        )
+        for r in unique
+    ]
+    if len(rows) >= _COPY_FROM:
+        await conn.copy_records_to_table("incoming_events", records=rows, columns=_LEDGER_COLUMNS)
+        inserting = asyncio.ensure_future(conn.fetch(_LEDGER_FROM_INCOMING))
+    else:
+        columns = [list(column) for column in zip(*rows, strict=True)]
+        inserting = asyncio.ensure_future(conn.fetch(_LEDGER_BY_ARRAYS, *columns))
+    try:
+        await asyncio.sleep(0)  # the insert goes out before the fold takes the CPU
+        guess = _fold_writes(state, events, config)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await inserting  # the connection must be idle before the transaction rolls back
+        raise
+    inserted = await inserting
+    if len(inserted) == len(unique):
+        return guess
+    new_ids = {row["event_id"] for row in inserted}
+    return _fold_writes(state, [e for e in events if e.event_id in new_ids], config)
 
 
 #: Batches at least this large go to the ledger by COPY into a temporary table, which
@@ -148,36 +210,6 @@ _LEDGER_FROM_INCOMING = """
 _CREATE_INCOMING = """
     CREATE TEMP TABLE IF NOT EXISTS incoming_events (LIKE usage_events)
     ON COMMIT DELETE ROWS"""
-
-
-async def _insert_ledger(conn: asyncpg.Connection, records: Sequence[LogRecord]) -> list[LogRecord]:
-    first: dict[uuid.UUID, LogRecord] = {}
-    for record in records:
-        first.setdefault(record.event.event_id, record)
-    unique = list(first.values())
-    rows = [
-        (
-            r.event.event_id,
-            r.event.event_type,
-            r.event.session_id,
-            r.event.task_id,
-            r.event.occurred_at,
-            r.payload.decode(),
-            r.topic,
-            r.partition,
-            r.offset,
-        )
-        for r in unique
-    ]
-    if len(rows) < _COPY_FROM:
-        inserted = await conn.fetch(_LEDGER_BY_ARRAYS, *(list(c) for c in zip(*rows, strict=True)))
-    else:
-        await conn.copy_records_to_table("incoming_events", records=rows, columns=_LEDGER_COLUMNS)
-        inserted = await conn.fetch(_LEDGER_FROM_INCOMING)
-    if len(inserted) == len(unique):
-        return unique
-    new_ids = {row["event_id"] for row in inserted}
-    return [r for r in unique if r.event.event_id in new_ids]
 
 
 async def _load_state(conn: asyncpg.Connection, events: Sequence[Event]) -> ProjectionState:
@@ -394,61 +426,60 @@ async def _insert(
         await conn.execute(statement, *(list(column) for column in zip(*rows, strict=True)))
 
 
-async def _save(conn: asyncpg.Connection, folded: Folded) -> None:
-    # Rows go in key order, so two transactions never lock the same rows in opposite order.
+def _writes(folded: Folded) -> list[tuple[str, list[tuple[Any, ...]]]]:
+    """The statements that save a fold, each with its rows (no statement without rows).
+
+    Rows go in key order, so two transactions never lock the same rows in opposite order.
+    """
     state = folded.state
-    await _insert(
-        conn,
-        _UPSERT_SESSIONS,
-        [_session_args(state.sessions[s]) for s in sorted(folded.changed_sessions)],
-    )
-    await _insert(
-        conn,
-        _UPSERT_RESERVATIONS,
-        [
-            tuple(getattr(state.reservations[rid], name) for name in _RESERVATION_FIELDS)
-            for rid in sorted(folded.changed_reservations)
-        ],
-    )
-    for statement, table in ((_ADD_DAILY, folded.daily), (_ADD_MONTHLY, folded.monthly)):
-        await _insert(
-            conn,
-            statement,
+    writes: list[tuple[str, list[tuple[Any, ...]]]] = [
+        (
+            _UPSERT_SESSIONS,
+            [_session_args(state.sessions[s]) for s in sorted(folded.changed_sessions)],
+        ),
+        (
+            _UPSERT_RESERVATIONS,
             [
-                (s, w, d.input_tokens, d.output_tokens, d.tokens_used, d.usage_events, d.cost_usd)
-                for (s, w), d in sorted(table.items())
+                tuple(getattr(state.reservations[rid], name) for name in _RESERVATION_FIELDS)
+                for rid in sorted(folded.changed_reservations)
+            ],
+        ),
+    ]
+    for statement, table in ((_ADD_DAILY, folded.daily), (_ADD_MONTHLY, folded.monthly)):
+        writes.append(
+            (
+                statement,
+                [
+                    (s, w, d.input_tokens, d.output_tokens, d.tokens_used, d.usage_events,
+                     d.cost_usd)
+                    for (s, w), d in sorted(table.items())
+                ],
+            )
+        )  # fmt: skip
+    writes.append(
+        (
+            _ADD_TASKS,
+            [
+                (s, t, d.allocated_tokens, d.tokens_used, d.first_at, d.last_at)
+                for (s, t), d in sorted(folded.tasks.items())
             ],
         )
-    await _insert(
-        conn,
-        _ADD_TASKS,
-        [
-            (s, t, d.allocated_tokens, d.tokens_used, d.first_at, d.last_at)
-            for (s, t), d in sorted(folded.tasks.items())
-        ],
     )
-    await _insert(
-        conn,
-        _ADD_APIS,
-        [
-            (
-                s,
-                api,
-                d.requests,
-                d.input_tokens,
-                d.output_tokens,
-                d.cache_read_tokens,
-                d.cache_write_tokens,
-                d.input_tokens + d.output_tokens,
-                d.cost_usd,
-                d.last_used,
-                d.rate_limit_remaining,
-                d.rate_limit_reset,
-            )
-            for (s, api), d in sorted(folded.apis.items())
-        ],
-    )
-    await _insert(conn, _INSERT_LOGS, [_log_args(row) for row in folded.logs])
+    writes.append(
+        (
+            _ADD_APIS,
+            [
+                (
+                    s, api, d.requests, d.input_tokens, d.output_tokens, d.cache_read_tokens,
+                    d.cache_write_tokens, d.input_tokens + d.output_tokens, d.cost_usd,
+                    d.last_used, d.rate_limit_remaining, d.rate_limit_reset,
+                )
+                for (s, api), d in sorted(folded.apis.items())
+            ],
+        )
+    )  # fmt: skip
+    writes.append((_INSERT_LOGS, [_log_args(row) for row in folded.logs]))
+    return [(statement, rows) for statement, rows in writes if rows]
 
 
 def _session_args(s: SessionBudget) -> tuple[Any, ...]:
