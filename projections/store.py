@@ -96,18 +96,34 @@ async def apply_batch(
     folded again. Decisions are announced with NOTIFY, delivered when the transaction
     commits.
     """
+    try:
+        return await _apply(conn, records, config, schema, notify, skipped, direct=True)
+    except asyncpg.UniqueViolationError:
+        # A redelivered event made the direct COPY fail (and roll back); go the way that
+        # sorts duplicates out.
+        return await _apply(conn, records, config, schema, notify, skipped, direct=False)
+
+
+async def _apply(
+    conn: asyncpg.Connection,
+    records: Sequence[LogRecord],
+    config: FoldConfig,
+    schema: str,
+    notify: bool,
+    skipped: Sequence[tuple[str, int, int]],
+    *,
+    direct: bool,
+) -> BatchResult:
     result = BatchResult()
     if not records and not skipped:
         return result
-    if len(records) >= _COPY_FROM:
-        await conn.execute(_CREATE_INCOMING)
     async with conn.transaction():
         await conn.execute(
             "SELECT pg_advisory_xact_lock_shared(hashtextextended($1, 0))",
             projection_lock_key(schema),
         )
         if records:
-            folded = await _ledger_and_fold(conn, records, config)
+            folded = await _ledger_and_fold(conn, records, config, direct=direct)
             result.applied = folded.applied
             result.duplicates = len(records) - folded.applied
             if folded.applied:
@@ -137,7 +153,7 @@ def _fold_writes(state: ProjectionState, events: list[Event], config: FoldConfig
 
 
 async def _ledger_and_fold(
-    conn: asyncpg.Connection, records: Sequence[LogRecord], config: FoldConfig
+    conn: asyncpg.Connection, records: Sequence[LogRecord], config: FoldConfig, *, direct: bool
 ) -> _FoldedBatch:
     """Insert the ledger rows and fold the events that were new to it.
 
@@ -165,7 +181,18 @@ async def _ledger_and_fold(
         )
         for r in unique
     ]
+    if len(rows) >= _COPY_FROM and direct:
+        copying = asyncio.ensure_future(
+            conn.copy_records_to_table("usage_events", records=rows, columns=_LEDGER_COLUMNS)
+        )
+        try:
+            await asyncio.sleep(0)
+            guess = _fold_writes(state, events, config)
+        finally:
+            await copying  # raises UniqueViolationError on a redelivered event
+        return guess
     if len(rows) >= _COPY_FROM:
+        await conn.execute(_CREATE_INCOMING)
         await conn.copy_records_to_table("incoming_events", records=rows, columns=_LEDGER_COLUMNS)
         inserting = asyncio.ensure_future(conn.fetch(_LEDGER_FROM_INCOMING))
     else:
@@ -185,8 +212,9 @@ async def _ledger_and_fold(
     return _fold_writes(state, [e for e in events if e.event_id in new_ids], config)
 
 
-#: Batches at least this large go to the ledger by COPY into a temporary table, which
-#: PostgreSQL ingests faster than array parameters; smaller ones skip the extra round trip.
+#: Batches at least this large go to the ledger by COPY, which PostgreSQL ingests faster
+#: than array parameters: straight into the ledger, or (when that meets an event the
+#: ledger already has) into a temporary table that is then inserted ON CONFLICT DO NOTHING.
 _COPY_FROM = 500
 _LEDGER_COLUMNS = (
     "event_id", "event_type", "session_id", "task_id", "occurred_at", "payload", "topic",
@@ -206,7 +234,7 @@ _LEDGER_FROM_INCOMING = """
     INSERT INTO usage_events SELECT * FROM incoming
     ON CONFLICT (event_id) DO NOTHING
     RETURNING event_id"""
-#: Per connection, made once outside any batch's transaction, emptied by every commit.
+#: For batches that may hold events the ledger already has; emptied by every commit.
 _CREATE_INCOMING = """
     CREATE TEMP TABLE IF NOT EXISTS incoming_events (LIKE usage_events)
     ON COMMIT DELETE ROWS"""

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from pydantic import TypeAdapter, ValidationError
 
+from .envelope import NO_CONTROL_CHARACTERS
 from .events import EVENT_CLASSES, Event
 
 if TYPE_CHECKING:
@@ -51,9 +53,23 @@ def _field_error(detail: ErrorDetails) -> FieldError:
         loc = loc[1:]
     path = ".".join(loc) or "<event>"
     reason = detail["msg"]
-    if detail["type"] in ("union_tag_invalid", "union_tag_not_found"):
+    kind = detail["type"]
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
         path = "event_type"
+    elif kind == "string_pattern_mismatch" and detail.get("ctx", {}).get("pattern") == (
+        NO_CONTROL_CHARACTERS
+    ):
+        reason = "must not contain control characters"
+    elif kind == "uuid_version":
+        reason = f"must be a UUIDv7, got a version {_uuid_version(detail['input'])} UUID"
     return FieldError(path=path, reason=reason)
+
+
+def _uuid_version(value: object) -> str:
+    try:
+        return str(uuid.UUID(str(value)).version)
+    except ValueError:
+        return "unknown"
 
 
 def encode(event: Event) -> bytes:
@@ -72,13 +88,13 @@ def decode(data: bytes | bytearray | str) -> Event:
         event = EVENT_ADAPTER.validate_json(data)
     except ValidationError as exc:
         raise EventDecodeError.from_validation_error(exc) from None
-    if len(event.model_fields_set) < len(type(event).model_fields):
-        missing = [name for name in WIRE_REQUIRED if name not in event.model_fields_set]
-        if missing:
-            raise EventDecodeError(
-                tuple(
-                    FieldError(name, "Field required: the producer must set it on every event")
-                    for name in missing
-                )
+    given = event.__pydantic_fields_set__
+    if not given.issuperset(WIRE_REQUIRED):
+        raise EventDecodeError(
+            tuple(
+                FieldError(name, "Field required: the producer must set it on every event")
+                for name in WIRE_REQUIRED
+                if name not in given
             )
+        )
     return event

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import re
 import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 import uuid6
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import UUID7, AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
 __all__ = [
     "BIGINT_MAX",
     "ID_MAX_LENGTH",
+    "NO_CONTROL_CHARACTERS",
     "Component",
     "EventBase",
     "Identifier",
@@ -31,30 +31,18 @@ ID_MAX_LENGTH = 255
 Component = Literal["mcp", "orchestrator", "memory", "external_api", "cli", "sdk"]
 
 
-_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
-
-
-def _no_control_characters(value: str) -> str:
-    if _CONTROL_CHARACTER.search(value):
-        raise ValueError("must not contain control characters")
-    return value
+#: Text without control characters. A pattern rather than a Python validator: pydantic
+#: checks it in Rust, on every event every consumer decodes.
+NO_CONTROL_CHARACTERS = r"^[^\x00-\x1f\x7f]*$"
 
 
 def _to_utc(value: datetime) -> datetime:
     return value.astimezone(UTC)
 
 
-def _is_uuid7(value: uuid.UUID) -> uuid.UUID:
-    if value.version != 7:
-        raise ValueError(f"must be a UUIDv7, got a version {value.version} UUID")
-    return value
-
-
 #: A non-empty, bounded identifier without control characters.
 Identifier = Annotated[
-    str,
-    Field(min_length=1, max_length=ID_MAX_LENGTH),
-    AfterValidator(_no_control_characters),
+    str, Field(min_length=1, max_length=ID_MAX_LENGTH, pattern=NO_CONTROL_CHARACTERS)
 ]
 #: A timezone-aware timestamp, normalised to UTC. Naive datetimes are rejected.
 UtcDatetime = Annotated[AwareDatetime, AfterValidator(_to_utc)]
@@ -78,9 +66,7 @@ class Source(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
     component: Component
-    name: Annotated[
-        str, Field(min_length=1, max_length=100), AfterValidator(_no_control_characters)
-    ]
+    name: Annotated[str, Field(min_length=1, max_length=100, pattern=NO_CONTROL_CHARACTERS)]
 
 
 class EventBase(BaseModel):
@@ -88,9 +74,10 @@ class EventBase(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
-    event_id: Annotated[uuid.UUID, AfterValidator(_is_uuid7)] = Field(
+    event_id: UUID7 = Field(
         default_factory=new_event_id,
         description="UUIDv7; the idempotency key: an event_id is counted at most once.",
+        json_schema_extra={"format": "uuid"},  # the standard format; the version is checked
     )
     schema_version: Literal[1] = 1
     occurred_at: UtcDatetime = Field(
