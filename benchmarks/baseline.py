@@ -74,9 +74,17 @@ async def _write(conn: asyncpg.Connection, rows: list[tuple[Any, ...]]) -> None:
 
 
 async def copy_consume(
-    servers: str, topic: str, dsn: str, schema: str, events: int, *, ready: bool = False
+    servers: str,
+    topic: str,
+    dsn: str,
+    schema: str,
+    events: int,
+    *,
+    batch: int = 5000,
+    ready: bool = False,
 ) -> None:
-    """Consume `events` messages of `topic` from the start into `schema`; then return."""
+    """Consume `events` messages of `topic` from the start into `schema`, in batches of up
+    to `batch`; then return."""
     conn = await connect(dsn, schema)
     await conn.execute(
         "CREATE TEMP TABLE incoming (LIKE usage_events INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
@@ -93,7 +101,7 @@ async def copy_consume(
             print("ready", flush=True)
         done = 0
         while done < events:
-            batches = await consumer.getmany(timeout_ms=100, max_records=5000)
+            batches = await consumer.getmany(timeout_ms=100, max_records=batch)
             rows = [_row(m) for messages in batches.values() for m in messages]
             if rows:
                 await _write(conn, rows)

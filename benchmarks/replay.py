@@ -44,7 +44,10 @@ async def run(args: argparse.Namespace) -> None:
         copy_schema = f"{db.schema_name}_copy"
         await prepare(db.dsn(), copy_schema)
         started = time.perf_counter()
-        await copy_consume(kafka.bootstrap_servers, kafka.usage_topic, db.dsn(), copy_schema, total)
+        await copy_consume(
+            kafka.bootstrap_servers, kafka.usage_topic, db.dsn(), copy_schema, total,
+            batch=args.batch,
+        )  # fmt: skip
         baseline = time.perf_counter() - started
         started = time.perf_counter()
         report = await replay_into(
@@ -68,8 +71,8 @@ async def run(args: argparse.Namespace) -> None:
     console.print(table)
     console.print(
         f"conditions: {total:,} events over {args.sessions:,} sessions ({MIX}); "
-        f"{args.partitions} partitions; replay batches of up to {args.batch:,}, baseline "
-        f"batches of up to 5,000; replay includes building the staging schema and the swap; "
+        f"{args.partitions} partitions; batches of up to {args.batch:,} on both sides; "
+        f"replay includes building the staging schema and the swap; "
         f"{servers}; python {platform.python_version()}, {os.cpu_count()} cores"
     )
 
@@ -79,7 +82,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--sessions", type=int, default=1_000)
     parser.add_argument("--partitions", type=int, default=12)
-    parser.add_argument("--batch", type=int, default=5_000)
+    parser.add_argument("--batch", type=int, default=10_000)
     asyncio.run(run(parser.parse_args()))
 
 

@@ -72,21 +72,28 @@ def headroom(
 
 def alert_level(used: int, limit: int, limits: Limits) -> AlertLevel:
     """The highest threshold `used` has reached in a window of `limit` tokens."""
-    if limit == 0:
-        return "critical" if used > 0 else "none"
-    # used >= limit * p/q, in exact integers: this runs for every usage event.
-    p, q = _ratio(limits.critical_threshold)
-    if used * q >= limit * p:
+    warning, critical = _alert_tokens(limit, limits.warning_threshold, limits.critical_threshold)
+    if used >= critical:
         return "critical"
-    p, q = _ratio(limits.warning_threshold)
-    if used * q >= limit * p:
+    if used >= warning:
         return "warning"
     return "none"
 
 
-@functools.lru_cache(maxsize=256)
-def _ratio(threshold: Decimal) -> tuple[int, int]:
-    return threshold.as_integer_ratio()
+@functools.lru_cache(maxsize=4096)
+def _alert_tokens(limit: int, warning: Decimal, critical: Decimal) -> tuple[int, int]:
+    """The token counts at which a window of `limit` reaches each threshold.
+
+    used >= limit * p/q  <=>  used >= ceil(limit * p / q), in exact integers; a window of
+    0 tokens is critical from its first token. Cached: this runs for every usage event.
+    """
+    if limit == 0:
+        return 1, 1
+    thresholds = []
+    for threshold in (warning, critical):
+        p, q = threshold.as_integer_ratio()
+        thresholds.append(-(-limit * p // q))
+    return thresholds[0], thresholds[1]
 
 
 _UTC_ZONE = ZoneInfo("UTC")

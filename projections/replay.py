@@ -56,7 +56,7 @@ async def replay_into(
     schema: str,
     config: FoldConfig,
     *,
-    batch_size: int = 5000,
+    batch_size: int = 10_000,
     force: bool = False,
     on_progress: Progress | None = None,
 ) -> ReplayReport:
@@ -80,6 +80,9 @@ async def _replay(
     staging, previous = staging_schemas(schema)
     conn = await connect(dsn, schema)
     try:
+        # The staging tables are thrown away if the server crashes mid-replay, so their
+        # batches need not wait for the WAL flush; the swap below does wait for it.
+        await conn.execute("SET synchronous_commit TO off")
         await conn.execute(f"DROP SCHEMA IF EXISTS {quote_schema(staging)} CASCADE")
         await conn.execute(f"CREATE SCHEMA {quote_schema(staging)}")
         await conn.execute(f"SET search_path TO {quote_schema(staging)}")
@@ -245,6 +248,7 @@ async def _swap(
 ) -> None:
     live, stage, old = quote_schema(schema), quote_schema(staging), quote_schema(previous)
     async with conn.transaction():
+        await conn.execute("SET LOCAL synchronous_commit TO on")
         await conn.execute(
             "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", projection_lock_key(schema)
         )
@@ -258,7 +262,9 @@ async def _swap(
             starts = {tp: report.end_offsets.get(tp.partition, 0) for tp in behind}
             for tp, start in starts.items():
                 consumer.seek(tp, start)
-            await _read(consumer, conn, staging, config, behind, 5000, report, lambda: None, starts)
+            await _read(
+                consumer, conn, staging, config, behind, 10_000, report, lambda: None, starts
+            )
         await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {old}")
         for table in PROJECTION_TABLES:
             await conn.execute(f"DROP TABLE IF EXISTS {old}.{table}")
