@@ -1,9 +1,9 @@
 """The faust-streaming worker: consume the usage topic in batches, project, then acknowledge.
 
-A batch is whatever has arrived (up to `worker.batch_size`), so a lone reservation is
-decided at once and a backlog goes through in bulk. Kept thin on purpose: decode,
-route bad messages to the DLQ, `apply_batch` in one
-PostgreSQL transaction (retried with backoff while the database fails), and only then
+A batch is whatever has arrived (whole fetches, up to about `worker.batch_size`), so a
+lone reservation is decided at once and a backlog goes through in bulk. Kept thin on
+purpose: decode, route bad messages to the DLQ, `apply_batch` in one PostgreSQL
+transaction (retried with backoff while the database fails), and only then
 acknowledge the batch's offsets. Correctness rests on the ledger, not on faust's
 exactly-once mode or its tables, neither of which is used.
 """
@@ -18,14 +18,14 @@ from typing import Any, TypeVar, cast
 
 import asyncpg
 import faust
-from faust.transport.drivers import aiokafka as faust_aiokafka
-from faust.types import ChannelT, EventT, StreamT
+from faust.types import Message, StreamT
 
 from tokenquota.config import Settings, fold_config
 from tokenquota.gc_settings import bulk_gc
 from tokenquota.projections import LogRecord, apply_batch, connect
 from tokenquota.schemas import EventDecodeError, decode
 
+from .batch_consumer import BatchApp, BatchConsumer
 from .dlq import DeadLetter, dead_letter_headers
 
 __all__ = ["Projector", "create_app", "take_ready"]
@@ -128,42 +128,23 @@ class Projector:
 
 @dataclass(frozen=True, slots=True)
 class _Batch:
-    events: list[EventT[bytes]]
+    messages: list[Message]
     records: list[LogRecord]
     bad: list[DeadLetter]
 
 
-async def take_ready(queue: asyncio.Queue[_T], most: int, linger: float) -> list[_T]:
-    """Wait for one event, then take what else is queued, up to `most` events.
+async def take_ready(queue: asyncio.Queue[list[_T]], most: int, linger: float) -> list[_T]:
+    """Wait for one fetch, then take the fetches queued behind it while fewer than `most`
+    items are taken (a fetch is never split, so a batch may exceed `most` by one fetch).
 
-    With `linger` > 0, a batch that is not full waits that long once for more events.
+    With `linger` > 0, a batch that is not full waits that long once for more fetches.
     """
-    events = [await queue.get()]
-    if linger > 0 and queue.qsize() < most - 1:
+    items = list(await queue.get())
+    if linger > 0 and len(items) < most:
         await asyncio.sleep(linger)
-    while len(events) < most and not queue.empty():
-        events.append(queue.get_nowait())
-    return events
-
-
-def _bound_fetch_wait(seconds: float) -> None:
-    """Make faust's consumers wait at most `seconds` on an empty fetch.
-
-    faust builds its aiokafka consumer with `fetch_max_wait_ms=1500` and no setting to
-    change it; a broker that holds an empty fetch for the whole wait (the embedded
-    Tansu broker does) then delays every event that arrives meanwhile by up to 1.5 s,
-    which is the whole latency of a strict reservation.
-    """
-    thread = faust_aiokafka.AIOKafkaConsumerThread
-    original = getattr(thread, "_tokenquota_original", thread._create_worker_consumer)
-
-    def create(self: Any, transport: Any) -> Any:
-        consumer = original(self, transport)
-        consumer._fetch_max_wait_ms = int(seconds * 1000)  # read by consumer.start()
-        return consumer
-
-    thread._tokenquota_original = original  # type: ignore[attr-defined]
-    thread._create_worker_consumer = create  # type: ignore[method-assign]
+    while len(items) < most and not queue.empty():
+        items.extend(queue.get_nowait())
+    return items
 
 
 def create_app(settings: Settings) -> faust.App:
@@ -172,11 +153,12 @@ def create_app(settings: Settings) -> faust.App:
     if kafka.bootstrap_servers is None:
         raise ValueError("kafka.bootstrap_servers is not set (KAFKA_BOOTSTRAP_SERVERS)")
     brokers = [f"kafka://{server}" for server in kafka.bootstrap_servers.split(",")]
-    _bound_fetch_wait(worker.fetch_max_wait)
-    app = faust.App(
+    app = BatchApp(
         worker.group_id,
         broker=brokers,
         web_enabled=False,
+        # faust's default is "<app id>-data" in the working directory.
+        datadir=str(settings.data_dir.resolve() / "faust"),
         topic_disable_leader=True,
         topic_allow_declare=False,
         store="memory://",
@@ -186,7 +168,6 @@ def create_app(settings: Settings) -> faust.App:
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         producer_linger_ms=5,
-        stream_buffer_maxsize=max(worker.batch_size * 2, 4096),
     )
     raw = {
         "key_type": bytes,
@@ -194,25 +175,29 @@ def create_app(settings: Settings) -> faust.App:
         "key_serializer": "raw",
         "value_serializer": "raw",
     }
+    app.fetch_max_wait = worker.fetch_max_wait
+    app.batch_topics = frozenset({kafka.usage_topic})
     usage = app.topic(kafka.usage_topic, **raw)  # type: ignore[arg-type]
     dlq = app.topic(kafka.dlq_topic, **raw)  # type: ignore[arg-type]
     projector = Projector(settings)
 
     async def project(stream: StreamT[bytes]) -> None:
-        # Not `async for` over the stream, nor `stream.take()`: both pay faust's per-event
-        # path (processors, sensors, current_event) and take() waits out its whole window
-        # before each batch. Reading the channel's queue directly gives batches of what is
-        # there, so one event goes through at once and a backlog goes through in bulk, and
-        # the next batch is decoded while the previous one is being applied.
-        channel = cast("ChannelT[bytes]", aiter(stream.channel))  # subscribes, as iterating would
-        queue = channel.queue
+        # The agent subscribes the topic, but its messages never reach this stream: the
+        # consumer hands whole fetches to `consumer.fetches` (see batch_consumer). A
+        # batch is what has arrived, so one event goes through at once and a backlog in
+        # bulk; the next batch is decoded while the previous one is being applied.
+        aiter(stream.channel)  # subscribes, as iterating would
+        consumer = cast(BatchConsumer, app.consumer)
         ready: asyncio.Queue[_Batch] = asyncio.Queue(maxsize=1)
 
         async def take() -> None:
             while True:
-                events = await take_ready(queue, worker.batch_size, worker.batch_within)
-                records, bad = projector.split([e.message for e in events])
-                await ready.put(_Batch(events, records, bad))
+                messages = await take_ready(
+                    consumer.fetches, worker.batch_size, worker.batch_within
+                )
+                consumer.track(messages)
+                records, bad = projector.split(messages)
+                await ready.put(_Batch(messages, records, bad))
 
         async def apply() -> None:
             while True:
@@ -221,8 +206,8 @@ def create_app(settings: Settings) -> faust.App:
                     await _dead_letter(dlq, letter, worker.retry_backoff_max)
                 projector.dead_letters += len(batch.bad)
                 await projector.apply(batch.records, batch.bad)
-                for event in batch.events:  # only now, after the transaction has committed
-                    event.ack()
+                for message in batch.messages:  # only now, after the transaction has committed
+                    consumer.ack(message)
 
         try:
             with bulk_gc():  # the app is up by now: freeze all of it out of collection

@@ -8,7 +8,7 @@ import signal
 from datetime import timedelta
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
 from tests.support import T0, fetch_value, used, wait_until
 from tokenquota.config import Settings
@@ -89,6 +89,36 @@ async def test_a_worker_killed_mid_run_and_restarted_ends_with_exact_totals(
 
     await wait_until(all_applied, 90, "every event after the restart", [restarted])
     assert await total_used(pipeline_settings) == len(events)
+
+
+async def test_a_stopped_worker_has_committed_the_offsets_of_everything_it_applied(
+    pipeline_settings: Settings, start_worker: object
+) -> None:
+    events = workload(3000)
+    worker = start_worker()  # type: ignore[operator]
+    async with Emitter.from_settings(pipeline_settings) as emitter:
+        assert set(await emitter.emit_many(events)) == {"acked"}
+
+    async def all_applied() -> bool:
+        return await ledger_rows(pipeline_settings) == len(events)
+
+    await wait_until(all_applied, 60, "3000 events in the ledger", [worker])
+    worker.stop()  # SIGTERM: faust commits what was acknowledged on the way out
+    kafka = pipeline_settings.kafka
+    group = AIOKafkaConsumer(
+        bootstrap_servers=kafka.bootstrap_servers, group_id=pipeline_settings.worker.group_id
+    )
+    await group.start()
+    try:
+        committed = [
+            await group.committed(TopicPartition(kafka.usage_topic, p))
+            for p in range(kafka.partitions)
+        ]
+    finally:
+        await group.stop()
+    # The offsets are acknowledged batch by batch after the batch is applied; a restarted
+    # worker starts from them instead of reading the topic again.
+    assert sum(offset or 0 for offset in committed) == len(events), committed
 
 
 async def test_the_same_event_sent_twice_counts_once(
