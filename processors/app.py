@@ -153,12 +153,15 @@ def create_app(settings: Settings) -> faust.App:
     if kafka.bootstrap_servers is None:
         raise ValueError("kafka.bootstrap_servers is not set (KAFKA_BOOTSTRAP_SERVERS)")
     brokers = [f"kafka://{server}" for server in kafka.bootstrap_servers.split(",")]
+    # faust's default is "<app id>-data" in the working directory, and it makes only the
+    # last level of the path.
+    datadir = settings.data_dir.resolve() / "faust"
+    datadir.mkdir(parents=True, exist_ok=True)
     app = BatchApp(
         worker.group_id,
         broker=brokers,
         web_enabled=False,
-        # faust's default is "<app id>-data" in the working directory.
-        datadir=str(settings.data_dir.resolve() / "faust"),
+        datadir=str(datadir),
         topic_disable_leader=True,
         topic_allow_declare=False,
         store="memory://",
