@@ -55,10 +55,12 @@ class BatchConsumer(faust_aiokafka.Consumer):
                 pending.add(message)
 
     async def _drain_messages(self, fetcher: ServiceT) -> None:  # pragma: no cover - faust's loop
-        # faust's own loop (Consumer._drain_messages), except that a fetch of the batch
-        # topics is queued in one piece; the read-offset and gap bookkeeping is the same.
+        # faust's own loop (Consumer._drain_messages with Consumer.getmany inlined), except
+        # that a fetch of the batch topics is queued in one piece, and that the end offset
+        # is reported to the monitor once per partition and fetch instead of per message.
+        # The read-offset, gap, flow-control and generation checks are faust's.
         callback = self.callback
-        getmany = self.getmany
+        to_message = self._to_message
         consumer_stopped = cast(Service, self)._stopped.is_set
         fetcher_stopped = cast(Service, fetcher)._stopped.is_set
         read_offsets = self._read_offset
@@ -67,22 +69,42 @@ class BatchConsumer(faust_aiokafka.Consumer):
         commit_every = self._commit_every
         try:
             while not (consumer_stopped() or fetcher_stopped()):
-                fetched: list[Message] = []
                 await self.sleep(0)
                 if self.should_stop:
                     continue
-                async for tp, message in getmany(timeout=1.0):
-                    offset = message.offset
-                    r_offset = read_offsets[tp]
-                    if r_offset is not None and offset < r_offset:
-                        continue  # already read: faust drops these too
-                    if r_offset and offset - r_offset > 1 and acks_enabled_for(message.topic):
-                        await self._add_gap(tp, r_offset + 1, offset)
-                    if message.topic in batch_topics:
-                        fetched.append(message)
-                    else:
-                        await self.wait_first(callback(message), self.suspend_flow.wait())
-                    read_offsets[tp] = offset
+                records, active = await self._wait_next_records(1.0)
+                generation = self.app.consumer_generation_id
+                if records is None or self.should_stop:
+                    continue
+                if not self.flow_active:
+                    await self._seek_back()
+                    continue
+                fetched: list[Message] = []
+                for tp, tp_records in records.items():
+                    if not self.flow_active or self.app.consumer_generation_id != generation:
+                        break  # a rebalance began: what is left is fetched again
+                    if (
+                        active is not None
+                        and tp not in active
+                        and tp not in self._buffered_partitions
+                    ):
+                        continue
+                    self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
+                    whole = tp.topic in batch_topics
+                    read = read_offsets[tp]
+                    for record in tp_records:
+                        offset = record.offset
+                        if read is not None and offset < read:
+                            continue  # already read: faust drops these too
+                        if read and offset - read > 1 and acks_enabled_for(tp.topic):
+                            await self._add_gap(tp, read + 1, offset)
+                        message = to_message(tp, record)
+                        if whole:
+                            fetched.append(message)
+                        else:
+                            await self.wait_first(callback(message), self.suspend_flow.wait())
+                        read = offset
+                    read_offsets[tp] = read
                 if commit_every is not None and self._n_acked >= commit_every:
                     self._n_acked = 0
                     await self.commit()
@@ -94,6 +116,13 @@ class BatchConsumer(faust_aiokafka.Consumer):
             if self.transport.app.should_stop:
                 return
             raise
+
+    async def _seek_back(self) -> None:
+        # As faust's getmany does when called while the flow is suspended.
+        try:
+            await self.perform_seek()
+        except Exception as exc:
+            self.log.warning("exception performing seek when flow not active %r", exc)
 
 
 class _Transport(faust_aiokafka.Transport):
