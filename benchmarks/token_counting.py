@@ -84,7 +84,7 @@ def _timed(work: Coroutine[object, object, object]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--texts", type=int, default=20_000)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--model", default="gpt-4o")
     args = parser.parse_args()
 

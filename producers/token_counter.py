@@ -69,14 +69,28 @@ class _LRU:
                 self._data.move_to_end(key)
             return value
 
+    def get_many(self, keys: Sequence[tuple[str, bytes]]) -> list[int | None]:
+        with self._lock:  # once for the batch, not once per text
+            data = self._data
+            values = [data.get(key) for key in keys]
+            for key, value in zip(keys, values, strict=True):
+                if value is not None:
+                    data.move_to_end(key)
+            return values
+
     def put(self, key: tuple[str, bytes], value: int) -> None:
+        self.put_many([(key, value)])
+
+    def put_many(self, items: Sequence[tuple[tuple[str, bytes], int]]) -> None:
         if self.size <= 0:
             return
         with self._lock:
-            self._data[key] = value
-            self._data.move_to_end(key)
-            while len(self._data) > self.size:
-                self._data.popitem(last=False)
+            data = self._data
+            for key, value in items:
+                data[key] = value
+                data.move_to_end(key)
+            while len(data) > self.size:
+                data.popitem(last=False)
 
     def clear(self) -> None:
         with self._lock:
@@ -144,7 +158,7 @@ class TokenCounter:
         name, by = self._encoding(model)
         cache = self.cache
         keys = [(name, _digest(text)) for text in texts]
-        counts: list[int | None] = [cache.get(key) for key in keys]
+        counts = cache.get_many(keys)
         missing = [i for i, count in enumerate(counts) if count is None]
         if missing:
             # Lengths at once, so the token lists are gone before anything else is
@@ -155,7 +169,7 @@ class TokenCounter:
             ]
             for i, length in zip(missing, lengths, strict=True):
                 counts[i] = length
-                cache.put(keys[i], length)
+            cache.put_many([(keys[i], length) for i, length in zip(missing, lengths, strict=True)])
         return [Tokens(count or 0, by) for count in counts]
 
     async def count_tokens(self, text: str, model: str | None = None) -> Tokens:

@@ -150,6 +150,17 @@ def test_the_cache_is_bounded_and_keyed_by_content() -> None:
     assert TokenCounter(cache_size=0).count("alpha") == counter.count("alpha")
 
 
+def test_a_batch_hit_counts_as_recent_use_in_the_cache() -> None:
+    from tokenquota.producers.token_counter import _digest
+
+    counter = TokenCounter(cache_size=2)
+    counter.count_many(["alpha", "beta"])
+    counter.count_many(["alpha", "gamma"])  # alpha is a hit, so gamma evicts beta
+    assert counter.cache.get(("o200k_base", _digest("alpha"))) is not None
+    assert counter.cache.get(("o200k_base", _digest("beta"))) is None
+    assert counter.cache.get(("o200k_base", _digest("gamma"))) is not None
+
+
 async def test_batches_match_single_counts_in_order() -> None:
     counter = TokenCounter(cache_size=10)
     texts = ["one", "two words", "", "three more words", "one"]
