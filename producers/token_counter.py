@@ -2,7 +2,8 @@
 
 Counts for OpenAI models equal tiktoken's; for any other model they are an
 o200k_base approximation and carry `counted_by="estimate"`. A text's count is
-cached by a hash of its content (LRU, `performance.cache_size` entries).
+cached by its content: the text itself up to 4,096 characters, a BLAKE2b digest of it
+beyond (LRU, `performance.cache_size` entries).
 """
 
 from __future__ import annotations
@@ -20,7 +21,10 @@ from tokenquota.schemas import CountedBy
 
 from .encodings import EncodingName, encoding_for_model, get_encoding
 
-__all__ = ["DEFAULT_MODEL", "TokenCounter", "Tokens", "token_counter"]
+__all__ = ["DEFAULT_MODEL", "CacheKey", "TokenCounter", "Tokens", "cache_key", "token_counter"]
+
+#: (encoding name, the text itself or a digest of it)
+CacheKey = tuple[str, str | bytes]
 
 #: The model assumed when a caller names none.
 DEFAULT_MODEL = "gpt-4o"
@@ -59,17 +63,17 @@ class _LRU:
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self._data: OrderedDict[tuple[str, bytes], int] = OrderedDict()
+        self._data: OrderedDict[CacheKey, int] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: tuple[str, bytes]) -> int | None:
+    def get(self, key: CacheKey) -> int | None:
         with self._lock:
             value = self._data.get(key)
             if value is not None:
                 self._data.move_to_end(key)
             return value
 
-    def get_many(self, keys: Sequence[tuple[str, bytes]]) -> list[int | None]:
+    def get_many(self, keys: Sequence[CacheKey]) -> list[int | None]:
         with self._lock:  # once for the batch, not once per text
             data = self._data
             values = [data.get(key) for key in keys]
@@ -78,10 +82,10 @@ class _LRU:
                     data.move_to_end(key)
             return values
 
-    def put(self, key: tuple[str, bytes], value: int) -> None:
+    def put(self, key: CacheKey, value: int) -> None:
         self.put_many([(key, value)])
 
-    def put_many(self, items: Sequence[tuple[tuple[str, bytes], int]]) -> None:
+    def put_many(self, items: Sequence[tuple[CacheKey, int]]) -> None:
         if self.size <= 0:
             return
         with self._lock:
@@ -100,8 +104,16 @@ class _LRU:
         return len(self._data)
 
 
-def _digest(text: str) -> bytes:
-    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+#: Texts up to this many characters are their own cache key (exact, and no hashing
+#: beyond the dict's own); longer ones are keyed by a digest, so the cache holds no copy.
+_TEXT_KEY_MAX = 4096
+
+
+def cache_key(encoding: str, text: str) -> CacheKey:
+    """The cache key of `text` under `encoding`."""
+    if len(text) <= _TEXT_KEY_MAX:
+        return encoding, text
+    return encoding, hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
 
 def payload_text(value: Any) -> str:
@@ -146,7 +158,7 @@ class TokenCounter:
     def count(self, text: str, model: str | None = None) -> Tokens:
         """Tokens in `text` for `model` (synchronous; prefer `count_tokens` in async code)."""
         name, by = self._encoding(model)
-        key = (name, _digest(text))
+        key = cache_key(name, text)
         cached = self.cache.get(key)
         if cached is None:
             cached = len(get_encoding(name).encode_ordinary(text))
@@ -157,7 +169,7 @@ class TokenCounter:
         """Tokens in each text; texts not cached are encoded in one tiktoken batch."""
         name, by = self._encoding(model)
         cache = self.cache
-        keys = [(name, _digest(text)) for text in texts]
+        keys = [cache_key(name, text) for text in texts]
         counts = cache.get_many(keys)
         missing = [i for i, count in enumerate(counts) if count is None]
         if missing:

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tokenquota.producers.encodings import encoding_for_model, get_encoding
-from tokenquota.producers.token_counter import TokenCounter, Tokens
+from tokenquota.producers.token_counter import TokenCounter, Tokens, cache_key
 
 # Token ids published in tiktoken's own test suite and README.
 KNOWN = [
@@ -143,22 +143,29 @@ def test_the_cache_is_bounded_and_keyed_by_content() -> None:
     counter.count("gamma")  # evicts beta
     assert len(counter.cache) == 2
     name = "o200k_base"
-    from tokenquota.producers.token_counter import _digest
-
-    assert counter.cache.get((name, _digest("alpha"))) is not None
-    assert counter.cache.get((name, _digest("beta"))) is None
+    assert counter.cache.get(cache_key(name, "alpha")) is not None
+    assert counter.cache.get(cache_key(name, "beta")) is None
     assert TokenCounter(cache_size=0).count("alpha") == counter.count("alpha")
 
 
 def test_a_batch_hit_counts_as_recent_use_in_the_cache() -> None:
-    from tokenquota.producers.token_counter import _digest
-
     counter = TokenCounter(cache_size=2)
     counter.count_many(["alpha", "beta"])
     counter.count_many(["alpha", "gamma"])  # alpha is a hit, so gamma evicts beta
-    assert counter.cache.get(("o200k_base", _digest("alpha"))) is not None
-    assert counter.cache.get(("o200k_base", _digest("beta"))) is None
-    assert counter.cache.get(("o200k_base", _digest("gamma"))) is not None
+    assert counter.cache.get(cache_key("o200k_base", "alpha")) is not None
+    assert counter.cache.get(cache_key("o200k_base", "beta")) is None
+    assert counter.cache.get(cache_key("o200k_base", "gamma")) is not None
+
+
+def test_long_texts_are_keyed_by_a_digest_and_still_counted_exactly() -> None:
+    counter = TokenCounter(cache_size=10)
+    long_text, other = "word " * 2000, "word " * 1999 + "term "
+    assert isinstance(cache_key("o200k_base", long_text)[1], bytes)  # no copy of the text
+    assert cache_key("o200k_base", "short")[1] == "short"
+    encoding = get_encoding("o200k_base")
+    for text in (long_text, other, long_text):
+        assert counter.count(text) == len(encoding.encode_ordinary(text))
+    assert len(counter.cache) == 2
 
 
 async def test_batches_match_single_counts_in_order() -> None:
