@@ -25,7 +25,7 @@ from benchmarks.servers import pipeline
 from benchmarks.workload import MIX, budgets, usage
 from tokenquota.config import fold_config
 from tokenquota.producers import Emitter
-from tokenquota.projections.replay import replay_into
+from tokenquota.projections.replay import BATCH_SIZE, replay_into
 
 CHUNK = 10_000
 
@@ -82,7 +82,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--sessions", type=int, default=1_000)
     parser.add_argument("--partitions", type=int, default=12)
-    parser.add_argument("--batch", type=int, default=10_000)
+    parser.add_argument("--batch", type=int, default=BATCH_SIZE)
     asyncio.run(run(parser.parse_args()))
 
 

@@ -54,7 +54,7 @@ class BatchConsumer(faust_aiokafka.Consumer):
                 message.tracked = True
                 pending.add(message)
 
-    async def _drain_messages(self, fetcher: ServiceT) -> None:  # pragma: no cover - faust's loop
+    async def _drain_messages(self, fetcher: ServiceT) -> None:
         # faust's own loop (Consumer._drain_messages with Consumer.getmany inlined), except
         # that a fetch of the batch topics is queued in one piece, and that the end offset
         # is reported to the monitor once per partition and fetch instead of per message.

@@ -25,9 +25,13 @@ from .fold import FoldConfig
 from .migrator import apply_migrations
 from .store import PROJECTION_TABLES, LogRecord, apply_batch, projection_lock_key
 
-__all__ = ["ReplayError", "ReplayReport", "replay_into", "staging_schemas"]
+__all__ = ["BATCH_SIZE", "ReplayError", "ReplayReport", "replay_into", "staging_schemas"]
 
 Progress = Callable[[int, int], None]
+
+#: Events per batch while replaying (a transaction each; larger batches amortise the
+#: per-batch statements, smaller ones hold less in memory).
+BATCH_SIZE = 10_000
 
 
 class ReplayError(Exception):
@@ -56,7 +60,7 @@ async def replay_into(
     schema: str,
     config: FoldConfig,
     *,
-    batch_size: int = 10_000,
+    batch_size: int = BATCH_SIZE,
     force: bool = False,
     on_progress: Progress | None = None,
 ) -> ReplayReport:
@@ -263,7 +267,7 @@ async def _swap(
             for tp, start in starts.items():
                 consumer.seek(tp, start)
             await _read(
-                consumer, conn, staging, config, behind, 10_000, report, lambda: None, starts
+                consumer, conn, staging, config, behind, BATCH_SIZE, report, lambda: None, starts
             )
         await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {old}")
         for table in PROJECTION_TABLES:

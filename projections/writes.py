@@ -1,0 +1,277 @@
+"""The SQL that saves a fold: one set-based statement per table, and the rows for each.
+
+Each statement inserts a whole batch: every column is an array parameter and the rows
+come from unnest, so PostgreSQL plans and runs one statement per table instead of one
+per row, which is most of what a batch costs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+
+from .state import Folded, LogRow, ReservationRecord, SessionBudget
+
+__all__ = ["CHECKPOINT", "RESERVATION_FIELDS", "Write", "execute_write", "fold_writes"]
+
+#: A statement and the rows it inserts.
+Write = tuple[str, list[tuple[Any, ...]]]
+
+#: The reservations columns, in the order of ReservationRecord's fields.
+RESERVATION_FIELDS = tuple(f.name for f in dataclasses.fields(ReservationRecord))
+
+_SESSION_COLUMNS = (
+    ("session_id", "varchar"), ("daily_limit", "bigint"), ("monthly_limit", "bigint"),
+    ("hard_limit", "bigint"), ("warning_threshold", "numeric"),
+    ("critical_threshold", "numeric"), ("budget_source", "text"), ("current_day", "date"),
+    ("tokens_used_today", "bigint"), ("current_month", "date"),
+    ("tokens_used_month", "bigint"), ("tokens_used_total", "bigint"),
+    ("daily_alert", "text"), ("monthly_alert", "text"), ("total_alert", "text"),
+    ("reservations_accepted", "bigint"), ("reservations_rejected", "bigint"),
+    ("overage_tokens", "bigint"), ("last_reset", "timestamptz"),
+    ("created_at", "timestamptz"), ("updated_at", "timestamptz"),
+)  # fmt: skip
+_RESERVATION_TYPES = {
+    "reservation_id": "uuid", "event_id": "uuid", "session_id": "varchar",
+    "task_id": "varchar", "tokens": "bigint", "priority": "text", "status": "text",
+    "reason": "text", "available_tokens": "bigint", "limit_tokens": "bigint",
+    "requested_at": "timestamptz", "decided_at": "timestamptz", "expires_at": "timestamptz",
+    "settled_at": "timestamptz", "settled_tokens": "bigint", "overage_tokens": "bigint",
+}  # fmt: skip
+_RESERVATION_COLUMNS = tuple((name, _RESERVATION_TYPES[name]) for name in RESERVATION_FIELDS)
+_USAGE_COLUMNS = (
+    ("input_tokens", "bigint"), ("output_tokens", "bigint"), ("tokens_used", "bigint"),
+    ("usage_events", "bigint"), ("cost_usd", "numeric"),
+)  # fmt: skip
+_ADDED_USAGE = """DO UPDATE SET
+        input_tokens = t.input_tokens + EXCLUDED.input_tokens,
+        output_tokens = t.output_tokens + EXCLUDED.output_tokens,
+        tokens_used = t.tokens_used + EXCLUDED.tokens_used,
+        usage_events = t.usage_events + EXCLUDED.usage_events,
+        cost_usd = t.cost_usd + EXCLUDED.cost_usd"""
+
+
+def _bulk(table: str, columns: Sequence[tuple[str, str]], key: str, conflict: str) -> str:
+    """One INSERT of a whole batch: each column is an array parameter, rows by unnest."""
+    names = ", ".join(name for name, _ in columns)
+    arrays = ", ".join(f"${i}::{kind}[]" for i, (_, kind) in enumerate(columns, 1))
+    return (
+        f"INSERT INTO {table} AS t ({names}) SELECT * FROM unnest({arrays}) "  # noqa: S608 - constants only
+        f"ON CONFLICT ({key}) {conflict}"
+    )
+
+
+def _replace(columns: Sequence[tuple[str, str]], key: str) -> str:
+    return "DO UPDATE SET " + ", ".join(
+        f"{name} = EXCLUDED.{name}" for name, _ in columns if name != key
+    )
+
+
+_UPSERT_SESSIONS = _bulk(
+    "session_token_budgets",
+    _SESSION_COLUMNS,
+    "session_id",
+    _replace(_SESSION_COLUMNS, "session_id"),
+)
+_UPSERT_RESERVATIONS = _bulk(
+    "reservations",
+    _RESERVATION_COLUMNS,
+    "reservation_id",
+    _replace(_RESERVATION_COLUMNS, "reservation_id"),
+)
+_ADD_DAILY = _bulk(
+    "session_usage_daily",
+    (("session_id", "varchar"), ("day", "date"), *_USAGE_COLUMNS),
+    "session_id, day",
+    _ADDED_USAGE,
+)
+_ADD_MONTHLY = _bulk(
+    "session_usage_monthly",
+    (("session_id", "varchar"), ("month", "date"), *_USAGE_COLUMNS),
+    "session_id, month",
+    _ADDED_USAGE,
+)
+_ADD_TASKS = _bulk(
+    "task_token_allocations",
+    (
+        ("session_id", "varchar"),
+        ("task_id", "varchar"),
+        ("allocated_tokens", "bigint"),
+        ("tokens_used", "bigint"),
+        ("created_at", "timestamptz"),
+        ("updated_at", "timestamptz"),
+    ),
+    "session_id, task_id",
+    """DO UPDATE SET
+        allocated_tokens = t.allocated_tokens + EXCLUDED.allocated_tokens,
+        tokens_used = t.tokens_used + EXCLUDED.tokens_used,
+        created_at = LEAST(t.created_at, EXCLUDED.created_at),
+        updated_at = GREATEST(t.updated_at, EXCLUDED.updated_at)""",
+)
+_ADD_APIS = _bulk(
+    "external_api_tokens",
+    (
+        ("session_id", "varchar"),
+        ("api_name", "varchar"),
+        ("requests", "bigint"),
+        ("input_tokens", "bigint"),
+        ("output_tokens", "bigint"),
+        ("cache_read_tokens", "bigint"),
+        ("cache_write_tokens", "bigint"),
+        ("tokens_used", "bigint"),
+        ("cost_usd", "numeric"),
+        ("last_used", "timestamptz"),
+        ("rate_limit_remaining", "bigint"),
+        ("rate_limit_reset", "timestamptz"),
+    ),
+    "session_id, api_name",
+    """DO UPDATE SET
+        requests = t.requests + EXCLUDED.requests,
+        input_tokens = t.input_tokens + EXCLUDED.input_tokens,
+        output_tokens = t.output_tokens + EXCLUDED.output_tokens,
+        cache_read_tokens = t.cache_read_tokens + EXCLUDED.cache_read_tokens,
+        cache_write_tokens = t.cache_write_tokens + EXCLUDED.cache_write_tokens,
+        tokens_used = t.tokens_used + EXCLUDED.tokens_used,
+        cost_usd = t.cost_usd + EXCLUDED.cost_usd,
+        last_used = GREATEST(t.last_used, EXCLUDED.last_used),
+        rate_limit_remaining = COALESCE(EXCLUDED.rate_limit_remaining, t.rate_limit_remaining),
+        rate_limit_reset = COALESCE(EXCLUDED.rate_limit_reset, t.rate_limit_reset)""",
+)
+_INSERT_LOGS = _bulk(
+    "integration_logs",
+    (
+        ("event_id", "uuid"),
+        ("action", "varchar"),
+        ("integration_type", "varchar"),
+        ("component_name", "varchar"),
+        ("session_id", "varchar"),
+        ("task_id", "varchar"),
+        ("tokens_used", "bigint"),
+        ("status", "varchar"),
+        ("error_message", "text"),
+        ("metadata", "jsonb"),
+        ("created_at", "timestamptz"),
+    ),
+    "event_id, action",
+    "DO NOTHING",
+)
+
+
+async def execute_write(
+    conn: asyncpg.Connection, statement: str, rows: Sequence[tuple[Any, ...]]
+) -> None:
+    """Run one of these statements for `rows` (sent column by column); nothing when empty."""
+    if rows:
+        await conn.execute(statement, *(list(column) for column in zip(*rows, strict=True)))
+
+
+def fold_writes(folded: Folded) -> list[Write]:
+    """The statements that save a fold, each with its rows (no statement without rows).
+
+    Rows go in key order, so two transactions never lock the same rows in opposite order.
+    """
+    state = folded.state
+    writes: list[Write] = [
+        (
+            _UPSERT_SESSIONS,
+            [_session_args(state.sessions[s]) for s in sorted(folded.changed_sessions)],
+        ),
+        (
+            _UPSERT_RESERVATIONS,
+            [
+                tuple(getattr(state.reservations[rid], name) for name in RESERVATION_FIELDS)
+                for rid in sorted(folded.changed_reservations)
+            ],
+        ),
+    ]
+    for statement, table in ((_ADD_DAILY, folded.daily), (_ADD_MONTHLY, folded.monthly)):
+        writes.append(
+            (
+                statement,
+                [
+                    (s, w, d.input_tokens, d.output_tokens, d.tokens_used, d.usage_events,
+                     d.cost_usd)
+                    for (s, w), d in sorted(table.items())
+                ],
+            )
+        )  # fmt: skip
+    writes.append(
+        (
+            _ADD_TASKS,
+            [
+                (s, t, d.allocated_tokens, d.tokens_used, d.first_at, d.last_at)
+                for (s, t), d in sorted(folded.tasks.items())
+            ],
+        )
+    )
+    writes.append(
+        (
+            _ADD_APIS,
+            [
+                (
+                    s, api, d.requests, d.input_tokens, d.output_tokens, d.cache_read_tokens,
+                    d.cache_write_tokens, d.input_tokens + d.output_tokens, d.cost_usd,
+                    d.last_used, d.rate_limit_remaining, d.rate_limit_reset,
+                )
+                for (s, api), d in sorted(folded.apis.items())
+            ],
+        )
+    )  # fmt: skip
+    writes.append((_INSERT_LOGS, [_log_args(row) for row in folded.logs]))
+    return [(statement, rows) for statement, rows in writes if rows]
+
+
+def _session_args(s: SessionBudget) -> tuple[Any, ...]:
+    limits = s.limits
+    return (
+        s.session_id,
+        limits.daily_limit,
+        limits.monthly_limit,
+        limits.hard_limit,
+        limits.warning_threshold,
+        limits.critical_threshold,
+        limits.source,
+        s.current_day,
+        s.tokens_used_today,
+        s.current_month,
+        s.tokens_used_month,
+        s.tokens_used_total,
+        s.daily_alert,
+        s.monthly_alert,
+        s.total_alert,
+        s.reservations_accepted,
+        s.reservations_rejected,
+        s.overage_tokens,
+        s.last_reset,
+        s.created_at,
+        s.updated_at,
+    )
+
+
+def _log_args(row: LogRow) -> tuple[Any, ...]:
+    return (
+        row.event_id,
+        row.action,
+        row.integration_type,
+        row.component_name,
+        row.session_id,
+        row.task_id,
+        row.tokens_used,
+        row.status,
+        row.error_message,
+        None if row.metadata is None else json.dumps(row.metadata, sort_keys=True),
+        row.created_at,
+    )
+
+
+#: Advances partition_checkpoints (never backwards); rows (topic, partition, next_offset).
+CHECKPOINT = _bulk(
+    "partition_checkpoints",
+    (("topic", "text"), ("kafka_partition", "int"), ("next_offset", "bigint")),
+    "topic, kafka_partition",
+    "DO UPDATE SET next_offset = GREATEST(t.next_offset, EXCLUDED.next_offset)",
+)
