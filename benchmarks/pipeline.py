@@ -19,10 +19,8 @@ import platform
 import sys
 import time
 
-from rich.console import Console
-from rich.table import Table
-
 from benchmarks.baseline import prepare
+from benchmarks.report import print_throughput
 from benchmarks.servers import pipeline, settings_env
 from benchmarks.workload import MIX, budgets, usage, wait_applied
 from tokenquota.config import Settings
@@ -100,26 +98,19 @@ async def run(args: argparse.Namespace) -> None:
         finally:
             worker.stop()
         options = settings.worker
-    table = Table(title="live pipeline: events/s from the first emit until the last is applied")
-    for column in ("consumer", "seconds", "events/s", "ratio"):
-        table.add_column(column, justify="left" if column == "consumer" else "right")
-    table.add_row(
-        "tokenquota worker (faust, fold)", f"{ours:.1f}", f"{args.events / ours:,.0f}",
-        f"{baseline / ours:.2f}",
-    )  # fmt: skip
-    table.add_row(
-        "bare aiokafka + COPY", f"{baseline:.1f}", f"{args.events / baseline:,.0f}", "1.00"
-    )
-    console = Console()
-    console.print(table)
-    console.print(
-        f"conditions: {args.events:,} events over {args.sessions:,} sessions ({MIX}); "
+    print_throughput(
+        "live pipeline: events/s from the first emit until the last is applied",
+        "consumer",
+        args.events,
+        ("tokenquota worker (faust, fold)", ours),
+        ("bare aiokafka + COPY", baseline),
+        f"{args.events:,} events over {args.sessions:,} sessions ({MIX}); "
         f"{args.partitions} partitions; emitted in calls of {CHUNK:,} with linger "
         f"{settings.emitter.linger_ms} ms (all acked after {emitted:.1f} s); worker batches "
         f"of up to {options.batch_size:,} within {options.batch_within} s, fetch wait "
         f"{options.fetch_max_wait} s; baseline batches of up to 5,000, fetch wait 0.05 s; "
         f"each consumer in its own process, warmed with {len(warm):,} BudgetSets first; "
-        f"{servers}; python {platform.python_version()}, {os.cpu_count()} cores"
+        f"{servers}; python {platform.python_version()}, {os.cpu_count()} cores",
     )
 
 

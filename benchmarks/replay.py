@@ -17,10 +17,8 @@ import os
 import platform
 import time
 
-from rich.console import Console
-from rich.table import Table
-
 from benchmarks.baseline import copy_consume, prepare
+from benchmarks.report import print_throughput
 from benchmarks.servers import pipeline
 from benchmarks.workload import MIX, budgets, usage
 from tokenquota.config import fold_config
@@ -57,23 +55,16 @@ async def run(args: argparse.Namespace) -> None:
         ours = time.perf_counter() - started
         if report.events != total:
             raise RuntimeError(f"replay read {report.events:,} events, expected {total:,}")
-    table = Table(title="replay: events/s rebuilding fresh projections from the log")
-    for column in ("reader", "seconds", "events/s", "ratio"):
-        table.add_column(column, justify="left" if column == "reader" else "right")
-    table.add_row(
-        "tokenquota replay (fold, all projections)", f"{ours:.1f}", f"{total / ours:,.0f}",
-        f"{baseline / ours:.2f}",
-    )  # fmt: skip
-    table.add_row(
-        "bare aiokafka + COPY (ledger only)", f"{baseline:.1f}", f"{total / baseline:,.0f}", "1.00"
-    )
-    console = Console()
-    console.print(table)
-    console.print(
-        f"conditions: {total:,} events over {args.sessions:,} sessions ({MIX}); "
+    print_throughput(
+        "replay: events/s rebuilding fresh projections from the log",
+        "reader",
+        total,
+        ("tokenquota replay (fold, all projections)", ours),
+        ("bare aiokafka + COPY (ledger only)", baseline),
+        f"{total:,} events over {args.sessions:,} sessions ({MIX}); "
         f"{args.partitions} partitions; batches of up to {args.batch:,} on both sides; "
         f"replay includes building the staging schema and the swap; "
-        f"{servers}; python {platform.python_version()}, {os.cpu_count()} cores"
+        f"{servers}; python {platform.python_version()}, {os.cpu_count()} cores",
     )
 
 

@@ -89,11 +89,8 @@ def _alert_tokens(limit: int, warning: Decimal, critical: Decimal) -> tuple[int,
     """
     if limit == 0:
         return 1, 1
-    thresholds = []
-    for threshold in (warning, critical):
-        p, q = threshold.as_integer_ratio()
-        thresholds.append(-(-limit * p // q))
-    return thresholds[0], thresholds[1]
+    (wp, wq), (cp, cq) = warning.as_integer_ratio(), critical.as_integer_ratio()
+    return -(-limit * wp // wq), -(-limit * cp // cq)
 
 
 _UTC_ZONE = ZoneInfo("UTC")

@@ -10,8 +10,9 @@ import asyncio
 import contextlib
 import itertools
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import asyncpg
 
@@ -36,6 +37,8 @@ __all__ = [
     "projection_lock_key",
     "reservation_from_row",
 ]
+
+_T = TypeVar("_T")
 
 #: Every table the fold and the ledger write; replay rebuilds and swaps exactly these.
 PROJECTION_TABLES = (
@@ -152,6 +155,21 @@ def _fold_writes(state: ProjectionState, events: list[Event], config: FoldConfig
     return _FoldedBatch(len(events), folded.decisions, fold_writes(folded))
 
 
+async def _fold_while(
+    statement: Awaitable[_T], state: ProjectionState, events: list[Event], config: FoldConfig
+) -> tuple[_T, _FoldedBatch]:
+    """Fold `events` while PostgreSQL runs `statement`; return both results."""
+    running = asyncio.ensure_future(statement)
+    try:
+        await asyncio.sleep(0)  # the statement goes out before the fold takes the CPU
+        guess = _fold_writes(state, events, config)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await running  # the connection must be idle before the transaction rolls back
+        raise
+    return await running, guess
+
+
 async def _ledger_and_fold(
     conn: asyncpg.Connection, records: Sequence[LogRecord], config: FoldConfig, *, direct: bool
 ) -> _FoldedBatch:
@@ -182,30 +200,22 @@ async def _ledger_and_fold(
         for r in unique
     ]
     if len(rows) >= _COPY_FROM and direct:
-        copying = asyncio.ensure_future(
-            conn.copy_records_to_table("usage_events", records=rows, columns=_LEDGER_COLUMNS)
+        # Raises UniqueViolationError on a redelivered event.
+        _, guess = await _fold_while(
+            conn.copy_records_to_table("usage_events", records=rows, columns=_LEDGER_COLUMNS),
+            state,
+            events,
+            config,
         )
-        try:
-            await asyncio.sleep(0)
-            guess = _fold_writes(state, events, config)
-        finally:
-            await copying  # raises UniqueViolationError on a redelivered event
         return guess
     if len(rows) >= _COPY_FROM:
         await conn.execute(_CREATE_INCOMING)
         await conn.copy_records_to_table("incoming_events", records=rows, columns=_LEDGER_COLUMNS)
-        inserting = asyncio.ensure_future(conn.fetch(_LEDGER_FROM_INCOMING))
+        inserting = conn.fetch(_LEDGER_FROM_INCOMING)
     else:
         columns = [list(column) for column in zip(*rows, strict=True)]
-        inserting = asyncio.ensure_future(conn.fetch(_LEDGER_BY_ARRAYS, *columns))
-    try:
-        await asyncio.sleep(0)  # the insert goes out before the fold takes the CPU
-        guess = _fold_writes(state, events, config)
-    except BaseException:
-        with contextlib.suppress(Exception):
-            await inserting  # the connection must be idle before the transaction rolls back
-        raise
-    inserted = await inserting
+        inserting = conn.fetch(_LEDGER_BY_ARRAYS, *columns)
+    inserted, guess = await _fold_while(inserting, state, events, config)
     if len(inserted) == len(unique):
         return guess
     new_ids = {row["event_id"] for row in inserted}
