@@ -3,9 +3,12 @@
 from .codec import EventDecodeError, FieldError, decode, encode
 from .envelope import BIGINT_MAX, ID_MAX_LENGTH, Component, Source, new_event_id, utc_now
 from .events import (
+    DEFAULTS_SESSION,
+    USAGE_TOKENS_MAX,
     ApiCost,
     BudgetSet,
     CountedBy,
+    DefaultsSet,
     Event,
     EventType,
     Priority,
@@ -16,11 +19,14 @@ from .events import (
 
 __all__ = [
     "BIGINT_MAX",
+    "DEFAULTS_SESSION",
     "ID_MAX_LENGTH",
+    "USAGE_TOKENS_MAX",
     "ApiCost",
     "BudgetSet",
     "Component",
     "CountedBy",
+    "DefaultsSet",
     "Event",
     "EventDecodeError",
     "EventType",

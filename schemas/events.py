@@ -5,16 +5,27 @@ from __future__ import annotations
 import uuid
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any, Literal, Self
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BeforeValidator, Field, model_validator
+from pydantic import BeforeValidator, Field, field_validator, model_validator
 
-from .envelope import BIGINT_MAX, EventBase, Identifier, TokenCount, UtcDatetime
+from .envelope import (
+    BIGINT_MAX,
+    NO_CONTROL_CHARACTERS,
+    EventBase,
+    Identifier,
+    TokenCount,
+    UtcDatetime,
+)
 
 __all__ = [
+    "DEFAULTS_SESSION",
     "EVENT_CLASSES",
+    "USAGE_TOKENS_MAX",
     "ApiCost",
     "BudgetSet",
     "CountedBy",
+    "DefaultsSet",
     "Event",
     "EventType",
     "Priority",
@@ -26,11 +37,20 @@ __all__ = [
 
 Priority = Literal["low", "normal", "high", "critical"]
 CountedBy = Literal["provider", "tiktoken", "estimate"]
-EventType = Literal["BudgetSet", "TokenReserved", "TokenUsed", "ApiCost"]
+EventType = Literal["BudgetSet", "TokenReserved", "TokenUsed", "ApiCost", "DefaultsSet"]
 
 #: A utilisation ratio in (0, 1], kept as Decimal so threshold checks replay exactly.
 Threshold = Annotated[Decimal, Field(gt=0, le=1, max_digits=5, decimal_places=4)]
-_Label = Annotated[str, Field(min_length=1, max_length=200)]
+#: Free text stored in the projections: bounded and without control characters (a NUL
+#: passes JSON but PostgreSQL refuses it in TEXT and JSONB, which would stall a partition).
+_Label = Annotated[str, Field(min_length=1, max_length=200, pattern=NO_CONTROL_CHARACTERS)]
+_Name = Annotated[str, Field(min_length=1, max_length=100, pattern=NO_CONTROL_CHARACTERS)]
+#: Tokens one usage event may report per field: half a BIGINT, so that input plus output
+#: of one event always fits the BIGINT columns they are summed into.
+USAGE_TOKENS_MAX = BIGINT_MAX // 2
+_UsageTokens = Annotated[int, Field(ge=0, le=USAGE_TOKENS_MAX)]
+#: The session id a DefaultsSet carries: it applies to its whole partition, not a session.
+DEFAULTS_SESSION = "*"
 
 
 def _parse_money(value: Any) -> Any:
@@ -126,9 +146,9 @@ class TokenUsed(EventBase):
     event_type: Literal["TokenUsed"] = "TokenUsed"
     reservation_id: uuid.UUID | None = None
     model: _Label
-    input_tokens: TokenCount
-    output_tokens: TokenCount
-    operation: Annotated[str, Field(min_length=1, max_length=100)]
+    input_tokens: _UsageTokens
+    output_tokens: _UsageTokens
+    operation: _Name
     counted_by: CountedBy
 
     @property
@@ -141,12 +161,12 @@ class ApiCost(EventBase):
     """What one external API call cost, with the provider's rate-limit state."""
 
     event_type: Literal["ApiCost"] = "ApiCost"
-    api: Annotated[str, Field(min_length=1, max_length=100)]
+    api: _Name
     model: _Label
-    input_tokens: TokenCount
-    output_tokens: TokenCount
-    cache_read_tokens: TokenCount = 0
-    cache_write_tokens: TokenCount = 0
+    input_tokens: _UsageTokens
+    output_tokens: _UsageTokens
+    cache_read_tokens: _UsageTokens = 0
+    cache_write_tokens: _UsageTokens = 0
     cost_usd: Money
     price_source: _Label
     request_id: Identifier | None = None
@@ -154,11 +174,64 @@ class ApiCost(EventBase):
     rate_limit_reset: UtcDatetime | None = None
 
 
+class DefaultsSet(EventBase):
+    """What decides in one partition from this event on: the limits of sessions without a
+    BudgetSet, the time zone of the daily and monthly windows, and how far an event's
+    occurred_at may run ahead of the log clock.
+
+    `tokenquota init` writes one to every partition (and again when the configuration
+    changes), so that the decisions depend on the log, never on the configuration a
+    worker or a replay happens to run with.
+    """
+
+    event_type: Literal["DefaultsSet"] = "DefaultsSet"
+    session_id: Literal["*"] = Field(
+        default="*", description="Always '*': a DefaultsSet applies to its whole partition."
+    )
+    daily_limit: TokenCount
+    monthly_limit: TokenCount
+    hard_limit: TokenCount
+    warning_threshold: Threshold
+    critical_threshold: Threshold
+    timezone: Annotated[str, Field(min_length=1, max_length=100)] = Field(
+        description="IANA zone whose midnights start the daily and monthly windows"
+    )
+    max_clock_skew_ms: Annotated[int, Field(ge=0, le=365 * 86_400_000)] = Field(
+        description="How far occurred_at may run ahead of the log clock, in milliseconds"
+    )
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown IANA time zone {value!r}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _limits_are_ordered(self) -> Self:
+        check_limits(
+            self.daily_limit,
+            self.monthly_limit,
+            self.hard_limit,
+            self.warning_threshold,
+            self.critical_threshold,
+        )
+        return self
+
+
 #: Every event class, in the order of the union below.
-EVENT_CLASSES: tuple[type[EventBase], ...] = (BudgetSet, TokenReserved, TokenUsed, ApiCost)
+EVENT_CLASSES: tuple[type[EventBase], ...] = (
+    BudgetSet,
+    TokenReserved,
+    TokenUsed,
+    ApiCost,
+    DefaultsSet,
+)
 
 #: Any event of the usage log, told apart by `event_type`.
 Event = Annotated[
-    BudgetSet | TokenReserved | TokenUsed | ApiCost,
+    BudgetSet | TokenReserved | TokenUsed | ApiCost | DefaultsSet,
     Field(discriminator="event_type"),
 ]

@@ -15,8 +15,10 @@ from pydantic import ValidationError
 
 from tokenquota.schemas import (
     BIGINT_MAX,
+    USAGE_TOKENS_MAX,
     ApiCost,
     BudgetSet,
+    DefaultsSet,
     Event,
     EventDecodeError,
     Source,
@@ -31,7 +33,10 @@ from tokenquota.schemas import (
 
 printable = st.characters(min_codepoint=32, codec="utf-8", exclude_characters="\x7f")
 identifiers = st.text(alphabet=printable, min_size=1, max_size=255)
+labels = st.text(alphabet=printable, min_size=1, max_size=200)
+names = st.text(alphabet=printable, min_size=1, max_size=100)
 tokens = st.integers(min_value=0, max_value=BIGINT_MAX)
+usage_tokens = st.integers(min_value=0, max_value=USAGE_TOKENS_MAX)
 aware_datetimes = st.datetimes(
     min_value=datetime(2000, 1, 1),
     max_value=datetime(2200, 1, 1),
@@ -85,28 +90,46 @@ token_uses = st.builds(
     TokenUsed,
     **envelope,
     reservation_id=st.none() | st.uuids(),
-    model=st.text(min_size=1, max_size=200),
-    input_tokens=tokens,
-    output_tokens=tokens,
-    operation=st.text(min_size=1, max_size=100),
+    model=labels,
+    input_tokens=usage_tokens,
+    output_tokens=usage_tokens,
+    operation=names,
     counted_by=st.sampled_from(["provider", "tiktoken", "estimate"]),
 )
 api_costs = st.builds(
     ApiCost,
     **envelope,
     api=st.sampled_from(["openai", "anthropic", "gemini"]),
-    model=st.text(min_size=1, max_size=200),
-    input_tokens=tokens,
-    output_tokens=tokens,
-    cache_read_tokens=tokens,
-    cache_write_tokens=tokens,
+    model=labels,
+    input_tokens=usage_tokens,
+    output_tokens=usage_tokens,
+    cache_read_tokens=usage_tokens,
+    cache_write_tokens=usage_tokens,
     cost_usd=st.decimals(min_value=0, max_value=Decimal("9999999999"), places=10),
     price_source=st.just("genai-prices"),
     request_id=st.none() | identifiers,
     rate_limit_remaining=st.none() | tokens,
     rate_limit_reset=st.none() | aware_datetimes,
 )
-events = st.one_of(budget_sets(), token_reservations(), token_uses, api_costs)
+
+
+@st.composite
+def defaults_sets(draw: st.DrawFn) -> DefaultsSet:
+    limits = sorted(draw(st.lists(tokens, min_size=3, max_size=3)))
+    warning, critical = sorted(draw(st.lists(thresholds, min_size=2, max_size=2, unique=True)))
+    return DefaultsSet(
+        **{k: draw(v) for k, v in envelope.items() if k not in ("session_id", "task_id")},
+        daily_limit=limits[0],
+        monthly_limit=limits[1],
+        hard_limit=limits[2],
+        warning_threshold=warning,
+        critical_threshold=critical,
+        timezone=draw(st.sampled_from(["UTC", "Europe/Paris", "America/Los_Angeles"])),
+        max_clock_skew_ms=draw(st.integers(0, 86_400_000)),
+    )
+
+
+events = st.one_of(budget_sets(), token_reservations(), token_uses, api_costs, defaults_sets())
 
 
 # --- round trip and stability -----------------------------------------------------------
@@ -214,7 +237,7 @@ def _wire(**overrides: Any) -> bytes:
     ("overrides", "path", "reason"),
     [
         ({"input_tokens": -1}, "input_tokens", "greater than or equal to 0"),
-        ({"output_tokens": 2**63}, "output_tokens", "less than or equal to 9223372036854775807"),
+        ({"output_tokens": 2**62}, "output_tokens", "less than or equal to 4611686018427387903"),
         ({"input_tokens": "12"}, "input_tokens", "valid integer"),
         ({"input_tokens": 1.5}, "input_tokens", "valid integer"),
         ({"occurred_at": "2026-11-24T09:30:00"}, "occurred_at", "timezone"),
@@ -224,6 +247,10 @@ def _wire(**overrides: Any) -> bytes:
         ({"session_id": ""}, "session_id", "at least 1 character"),
         ({"session_id": "x" * 256}, "session_id", "at most 255 characters"),
         ({"session_id": "a\nb"}, "session_id", "control characters"),
+        # A NUL is valid JSON but PostgreSQL refuses it in TEXT and JSONB: every free-text
+        # field is checked like the identifiers.
+        ({"model": "gpt\u0000"}, "model", "control characters"),
+        ({"operation": "tool\u0000x"}, "operation", "control characters"),
         ({"event_id": str(uuid.uuid4())}, "event_id", "UUIDv7"),
         ({"schema_version": 2}, "schema_version", "1"),
         ({"counted_by": "guess"}, "counted_by", "'provider', 'tiktoken' or 'estimate'"),
@@ -297,3 +324,26 @@ def test_budget_limits_must_be_ordered() -> None:
             warning_threshold=Decimal("0.9"),
             critical_threshold=Decimal("0.9"),
         )
+
+
+def test_api_and_price_source_are_checked_like_identifiers() -> None:
+    body = json.loads(encode(_cost("0.5")))
+    for field in ("api", "price_source", "model"):
+        with pytest.raises(EventDecodeError, match=f"{field}: must not contain control"):
+            decode(json.dumps(body | {field: "x\u0000"}))
+
+
+def test_a_defaults_set_names_a_real_zone_and_ordered_limits() -> None:
+    common: dict[str, Any] = {
+        "source": Source(component="cli", name="init"),
+        "warning_threshold": Decimal("0.8"),
+        "critical_threshold": Decimal("0.9"),
+        "max_clock_skew_ms": 300_000,
+    }
+    ok = DefaultsSet(**common, daily_limit=1, monthly_limit=2, hard_limit=3, timezone="UTC")
+    assert ok.session_id == "*"
+    assert decode(encode(ok)) == ok
+    with pytest.raises(ValidationError, match="unknown IANA time zone 'Mars/Olympus'"):
+        DefaultsSet(**common, daily_limit=1, monthly_limit=2, hard_limit=3, timezone="Mars/Olympus")
+    with pytest.raises(ValidationError, match="daily_limit <= monthly_limit"):
+        DefaultsSet(**common, daily_limit=5, monthly_limit=2, hard_limit=3, timezone="UTC")
