@@ -20,9 +20,10 @@ import asyncpg
 import faust
 from faust.types import Message, StreamT
 
-from tokenquota.config import Settings, fold_config
+from tokenquota.config import Settings
 from tokenquota.gc_settings import bulk_gc
-from tokenquota.projections import LogRecord, apply_batch, connect
+from tokenquota.projections import LogRecord, PoisonHandler, apply_batch_isolating, connect
+from tokenquota.projections.state import log_time
 from tokenquota.schemas import EventDecodeError, decode
 
 from .batch_consumer import BatchApp, BatchConsumer
@@ -31,6 +32,8 @@ from .dlq import DeadLetter, dead_letter_headers
 __all__ = ["Projector", "create_app", "take_ready"]
 
 log = logging.getLogger("tokenquota.worker")
+#: Kafka's timestamp type of a record stamped by the broker (0 is the producer's CreateTime).
+_LOG_APPEND_TIME = 1
 _T = TypeVar("_T")
 
 
@@ -39,7 +42,6 @@ class Projector:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.config = fold_config(settings)
         self._conn: asyncpg.Connection | None = None
         self.applied = 0
         self.duplicates = 0
@@ -54,10 +56,13 @@ class Projector:
             if (message.topic, message.partition) not in self._seen:
                 self._seen.add((message.topic, message.partition))
                 log.info(
-                    "projecting %s[%d] from offset %d",
+                    "projecting %s[%d] from offset %d (log clock: %s)",
                     message.topic,
                     message.partition,
                     message.offset,
+                    "the broker's append times"
+                    if message.timestamp_type == _LOG_APPEND_TIME
+                    else "the producers' record timestamps (the broker does not stamp them)",
                 )
             value: bytes = message.value if message.value is not None else b""
             try:
@@ -75,22 +80,36 @@ class Projector:
                 )
                 continue
             records.append(
-                LogRecord(event, value, message.topic, message.partition, message.offset)
+                LogRecord(
+                    event,
+                    value,
+                    message.topic,
+                    message.partition,
+                    message.offset,
+                    # faust gives the record's milliseconds as float seconds
+                    log_time(round(message.timestamp * 1000)),
+                )
             )
         return records, bad
 
-    async def apply(self, records: list[LogRecord], bad: list[DeadLetter]) -> None:
-        """Apply in one transaction, retrying with backoff until the database takes it."""
+    async def apply(
+        self, records: list[LogRecord], bad: list[DeadLetter], on_poison: PoisonHandler
+    ) -> None:
+        """Apply in one transaction, retrying with backoff until the database takes it.
+
+        An event the projections can never hold is handed to `on_poison` and skipped
+        (see apply_batch_isolating); only a failing server or connection is retried.
+        """
         delay = 0.1
         while True:
             try:
                 conn = await self._connection()
-                result = await apply_batch(
+                result = await apply_batch_isolating(
                     conn,
                     records,
-                    self.config,
                     schema=self.settings.database.schema_name,
                     skipped=[(d.topic, d.partition, d.offset) for d in bad],
+                    on_poison=on_poison,
                 )
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
                 log.warning(
@@ -208,7 +227,20 @@ def create_app(settings: Settings) -> faust.App:
                 for letter in batch.bad:
                     await _dead_letter(dlq, letter, worker.retry_backoff_max)
                 projector.dead_letters += len(batch.bad)
-                await projector.apply(batch.records, batch.bad)
+
+                async def poison(record: LogRecord, reason: str, batch: _Batch = batch) -> None:
+                    key = next(
+                        m.key
+                        for m in batch.messages
+                        if (m.partition, m.offset) == (record.partition, record.offset)
+                    )
+                    letter = DeadLetter(
+                        key, record.payload, record.topic, record.partition, record.offset, reason
+                    )
+                    await _dead_letter(dlq, letter, worker.retry_backoff_max)
+                    projector.dead_letters += 1
+
+                await projector.apply(batch.records, batch.bad, poison)
                 for message in batch.messages:  # only now, after the transaction has committed
                     consumer.ack(message)
 

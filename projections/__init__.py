@@ -3,20 +3,34 @@
 from .budget import Headroom, alert_level, headroom
 from .database import connect, quote_schema
 from .expected_schema import EXPECTED_COLUMNS, schema_drift
-from .fold import FoldConfig, fold, new_session
+from .fold import PoisonEventError, fold, new_session
 from .migrator import Migration, MigrationError, apply_migrations, load_migrations
 from .read import SessionMetrics, available_tokens, reservation, session_metrics
-from .state import Decision, Folded, Limits, ProjectionState, ReservationRecord, SessionBudget
+from .state import (
+    BUILTIN_DEFAULTS,
+    Decision,
+    FoldConfig,
+    Folded,
+    Limits,
+    LogRecord,
+    PartitionState,
+    ProjectionState,
+    ReservationRecord,
+    SessionBudget,
+)
 from .store import (
     PROJECTION_TABLES,
     BatchResult,
-    LogRecord,
+    PoisonHandler,
     apply_batch,
+    apply_batch_isolating,
     decision_channel,
+    is_permanent,
     projection_lock_key,
 )
 
 __all__ = [
+    "BUILTIN_DEFAULTS",
     "EXPECTED_COLUMNS",
     "PROJECTION_TABLES",
     "BatchResult",
@@ -28,18 +42,23 @@ __all__ = [
     "LogRecord",
     "Migration",
     "MigrationError",
+    "PartitionState",
+    "PoisonEventError",
+    "PoisonHandler",
     "ProjectionState",
     "ReservationRecord",
     "SessionBudget",
     "SessionMetrics",
     "alert_level",
     "apply_batch",
+    "apply_batch_isolating",
     "apply_migrations",
     "available_tokens",
     "connect",
     "decision_channel",
     "fold",
     "headroom",
+    "is_permanent",
     "load_migrations",
     "new_session",
     "projection_lock_key",

@@ -1,8 +1,15 @@
-"""The pure fold: (state of the touched sessions, events in log order) -> (state, rows).
+"""The pure fold: (state of the touched sessions and partitions, records in log order) ->
+(state, rows).
 
-No I/O, no clock, no globals: the same fold serves the worker, replay and the property
-tests, so every decision it makes is the same on every replay. Time comes only from
-each event's `occurred_at`.
+No I/O, no wall clock, no globals: the same fold serves the worker, replay and the
+property tests, so every decision it makes is the same on every replay. Time comes from
+the log. Each partition has a log clock, the latest record timestamp among the events
+applied from it (the broker's append time where the broker stamps records); it only
+moves forward and no event's `occurred_at` can move it. The log clock decides window
+roll-over, reservation expiry and when a decision was made, and every usage counts in
+the windows of the log clock. `occurred_at` dates an event in the rollups and reports,
+unless it runs ahead of the log clock by more than the partition's `max_clock_skew`:
+such an event is counted at the log clock and flagged.
 """
 
 from __future__ import annotations
@@ -11,21 +18,32 @@ import copy
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from tokenquota.schemas import ApiCost, BudgetSet, Event, TokenReserved, TokenUsed
+from tokenquota.schemas import (
+    BIGINT_MAX,
+    ApiCost,
+    BudgetSet,
+    DefaultsSet,
+    Event,
+    TokenReserved,
+    TokenUsed,
+)
 
 from .budget import alert_level, headroom, local_day, month_of, start_of_day
 from .state import (
     AlertLevel,
     ApiDelta,
     Decision,
+    FoldConfig,
     Folded,
     Limits,
+    LogRecord,
     LogRow,
+    PartitionState,
     ProjectionState,
     ReservationRecord,
     SessionBudget,
@@ -33,22 +51,26 @@ from .state import (
     UsageDelta,
 )
 
-__all__ = ["FoldConfig", "fold", "new_session"]
+__all__ = ["FoldConfig", "PoisonEventError", "fold", "new_session"]
 
 _LEVELS: tuple[AlertLevel, ...] = ("none", "warning", "critical")
-_UTC = ZoneInfo("UTC")
 
 
-@dataclass(frozen=True, slots=True)
-class FoldConfig:
-    """What the fold needs besides events: default limits and the windows' time zone."""
+class PoisonEventError(Exception):
+    """An event the projections can never hold (it would overflow a BIGINT total).
 
-    default_limits: Limits
-    zone: ZoneInfo = _UTC
+    The store sends it to the dead-letter topic and applies the rest of its batch; the
+    decision is a function of the log alone, so a replay skips the same event.
+    """
+
+    def __init__(self, event_id: uuid.UUID, reason: str) -> None:
+        self.event_id = event_id
+        self.reason = reason
+        super().__init__(f"event {event_id}: {reason}")
 
 
 def new_session(session_id: str, at: datetime, config: FoldConfig) -> SessionBudget:
-    """A session first seen at `at`, on the default limits."""
+    """A session first seen at log time `at`, on the partition's default limits."""
     day = local_day(at, config.zone)
     return SessionBudget(
         session_id=session_id,
@@ -70,28 +92,48 @@ def new_session(session_id: str, at: datetime, config: FoldConfig) -> SessionBud
     )
 
 
-def fold(state: ProjectionState, events: Sequence[Event], config: FoldConfig) -> Folded:
-    """Apply `events` (new ones only, in log order) to a copy of `state`."""
-    return _Folder(state, config).run(events)
+def fold(state: ProjectionState, records: Sequence[LogRecord]) -> Folded:
+    """Apply `records` (new events only, in log order) to a copy of `state`.
+
+    Raises PoisonEventError for an event that can never be applied.
+    """
+    return _Folder(state).run(records)
+
+
+@dataclass(frozen=True, slots=True)
+class _Moment:
+    """When one event counts: the log clock at its record, and the time it is dated at."""
+
+    clock: datetime
+    #: occurred_at, or the log clock when occurred_at ran too far ahead of it.
+    at: datetime
+    #: The calendar day of `at`, in the partition's zone (the event's rollup rows).
+    day: date
+    #: How far occurred_at was moved back to the log clock (zero unless flagged).
+    shift: timedelta
+
+
+_NO_SHIFT = timedelta(0)
 
 
 class _Folder:
-    def __init__(self, state: ProjectionState, config: FoldConfig) -> None:
-        self.config = config
+    def __init__(self, state: ProjectionState) -> None:
         self.out = Folded(
             state=ProjectionState(
                 sessions={k: copy.copy(v) for k, v in state.sessions.items()},
                 reservations={k: copy.copy(v) for k, v in state.reservations.items()},
+                partitions={k: copy.copy(v) for k, v in state.partitions.items()},
             )
         )
         self.sessions = self.out.state.sessions
         self.reservations = self.out.state.reservations
+        self.partitions = self.out.state.partitions
         self.held: dict[str, dict[uuid.UUID, ReservationRecord]] = {}
         for record in self.reservations.values():
             if record.status == "accepted":
                 self.held.setdefault(record.session_id, {})[record.reservation_id] = record
 
-    def run(self, events: Iterable[Event]) -> Folded:
+    def run(self, records: Iterable[LogRecord]) -> Folded:
         # By exact type: isinstance on pydantic models goes through ABCMeta, and this
         # loop runs for every event.
         handlers: dict[type, Any] = {
@@ -100,40 +142,89 @@ class _Folder:
             ApiCost: self._api_cost,
             BudgetSet: self._budget_set,
         }
-        for event in events:
-            day = local_day(event.occurred_at, self.config.zone)
-            session = self._session(event, day)
-            self._expire(session.session_id, event.occurred_at)
-            handlers[type(event)](session, event, day)
+        for record in records:
+            event = record.event
+            key = (record.topic, record.partition)
+            partition = self.partitions.get(key)
+            if partition is None:
+                partition = self.partitions[key] = PartitionState()
+            clock = record.timestamp
+            if partition.clock is not None and partition.clock > clock:
+                clock = partition.clock
+            partition.clock = clock
+            self.out.changed_partitions.add(key)
+            if type(event) is DefaultsSet:
+                self._defaults_set(key, partition, event, clock)
+                continue
+            config = partition.defaults
+            moment = self._moment(event, clock, config)
+            session = self._session(event.session_id, clock, config)
+            self._expire(session.session_id, clock)
+            handlers[type(event)](session, event, moment)
         return self.out
+
+    # -- the log clock ---------------------------------------------------------------
+
+    def _moment(self, event: Event, clock: datetime, config: FoldConfig) -> _Moment:
+        at = event.occurred_at
+        shift = _NO_SHIFT
+        if at - clock > config.max_clock_skew:
+            shift = at - clock
+            at = clock
+            self._flag_skew(event, clock, config, shift)
+        return _Moment(clock, at, local_day(at, config.zone), shift)
+
+    def _flag_skew(
+        self, event: Event, clock: datetime, config: FoldConfig, ahead: timedelta
+    ) -> None:
+        self.out.clock_skewed.append(event.event_id)
+        source = event.source
+        self._log(
+            event,
+            clock,
+            "clock_skew",
+            "warning",
+            error=(
+                f"occurred_at {event.occurred_at.isoformat()} is {ahead} ahead of the log "
+                f"clock {clock.isoformat()} (more than max_clock_skew {config.max_clock_skew}) "
+                f"in an event from {source.component}/{source.name}; counted at the log clock"
+            ),
+            metadata={
+                "occurred_at": event.occurred_at.isoformat(),
+                "log_clock": clock.isoformat(),
+                "ahead_ms": ahead // timedelta(milliseconds=1),
+                "max_clock_skew_ms": config.max_clock_skew // timedelta(milliseconds=1),
+                "producer": f"{source.component}/{source.name}",
+            },
+        )
 
     # -- session windows -------------------------------------------------------------
 
-    def _session(self, event: Event, day: date) -> SessionBudget:
-        at = event.occurred_at
-        session = self.sessions.get(event.session_id)
+    def _session(self, session_id: str, clock: datetime, config: FoldConfig) -> SessionBudget:
+        session = self.sessions.get(session_id)
         if session is None:
-            session = new_session(event.session_id, at, self.config)
-            self.sessions[event.session_id] = session
-        if day > session.current_day:
-            session.current_day = day
+            session = new_session(session_id, clock, config)
+            self.sessions[session_id] = session
+        today = local_day(clock, config.zone)
+        if today > session.current_day:
+            session.current_day = today
             session.tokens_used_today = 0
             session.daily_alert = "none"
-            session.last_reset = start_of_day(day, self.config.zone)
-        if day.replace(day=1) > session.current_month:
-            session.current_month = month_of(day)
+            session.last_reset = start_of_day(today, config.zone)
+        if today.replace(day=1) > session.current_month:
+            session.current_month = month_of(today)
             session.tokens_used_month = 0
             session.monthly_alert = "none"
-        if at > session.updated_at:
-            session.updated_at = at
-        self.out.changed_sessions.add(session.session_id)
+        if clock > session.updated_at:
+            session.updated_at = clock
+        self.out.changed_sessions.add(session_id)
         return session
 
-    def _expire(self, session_id: str, at: datetime) -> None:
+    def _expire(self, session_id: str, clock: datetime) -> None:
         held = self.held.get(session_id)
         if not held:
             return
-        for rid in [rid for rid, r in held.items() if at > r.expires_at]:
+        for rid in [rid for rid, r in held.items() if clock > r.expires_at]:
             record = held.pop(rid)
             record.status = "expired"
             self.out.changed_reservations.add(rid)
@@ -143,7 +234,42 @@ class _Folder:
 
     # -- events ----------------------------------------------------------------------
 
-    def _budget_set(self, session: SessionBudget, event: BudgetSet, day: date) -> None:
+    def _defaults_set(
+        self, key: tuple[str, int], partition: PartitionState, event: DefaultsSet, clock: datetime
+    ) -> None:
+        partition.defaults = FoldConfig(
+            Limits(
+                event.daily_limit,
+                event.monthly_limit,
+                event.hard_limit,
+                event.warning_threshold,
+                event.critical_threshold,
+            ),
+            ZoneInfo(event.timezone),
+            timedelta(milliseconds=event.max_clock_skew_ms),
+        )
+        partition.defaults_event = event.event_id
+        partition.defaults_set_at = clock
+        self.out.changed_defaults.add(key)
+        self._log(
+            event,
+            clock,
+            "defaults_set",
+            "ok",
+            metadata={
+                "topic": key[0],
+                "partition": key[1],
+                "daily_limit": event.daily_limit,
+                "monthly_limit": event.monthly_limit,
+                "hard_limit": event.hard_limit,
+                "warning_threshold": str(event.warning_threshold),
+                "critical_threshold": str(event.critical_threshold),
+                "timezone": event.timezone,
+                "max_clock_skew_ms": event.max_clock_skew_ms,
+            },
+        )
+
+    def _budget_set(self, session: SessionBudget, event: BudgetSet, moment: _Moment) -> None:
         session.limits = Limits(
             daily_limit=event.daily_limit,
             monthly_limit=event.monthly_limit,
@@ -154,6 +280,7 @@ class _Folder:
         )
         self._log(
             event,
+            moment.at,
             "budget_set",
             "ok",
             metadata={
@@ -164,20 +291,22 @@ class _Folder:
                 "critical_threshold": str(event.critical_threshold),
             },
         )
-        self._check_alerts(session, event)
+        self._check_alerts(session, event, moment.at, limits_changed=True)
 
-    def _reserved(self, session: SessionBudget, event: TokenReserved, day: date) -> None:
+    def _reserved(self, session: SessionBudget, event: TokenReserved, moment: _Moment) -> None:
         rid = event.reservation_id
-        at = event.occurred_at
         if rid in self.reservations:
             self._log(
                 event,
+                moment.at,
                 "duplicate_reservation_id",
                 "error",
                 error=f"reservation {rid} already exists; this TokenReserved was ignored",
                 metadata={"requested": event.tokens},
             )
             return
+        # A TokenReserved counted at the log clock keeps its time to live from there.
+        expires_at = event.expires_at - moment.shift
         room = headroom(
             session.limits,
             session.tokens_used_today,
@@ -186,7 +315,9 @@ class _Folder:
             self._held_tokens(session.session_id),
             event.priority,
         )
-        accepted = event.tokens <= room.available
+        expired = expires_at <= moment.clock
+        accepted = not expired and event.tokens <= room.available
+        reason = None if accepted else ("expired" if expired else room.window)
         record = ReservationRecord(
             reservation_id=rid,
             event_id=event.event_id,
@@ -195,12 +326,12 @@ class _Folder:
             tokens=event.tokens,
             priority=event.priority,
             status="accepted" if accepted else "rejected",
-            reason=None if accepted else room.window,
+            reason=reason,
             available_tokens=max(room.available, 0),
             limit_tokens=room.limit,
-            requested_at=at,
-            decided_at=at,
-            expires_at=event.expires_at,
+            requested_at=moment.at,
+            decided_at=moment.clock,
+            expires_at=expires_at,
         )
         self.reservations[rid] = record
         self.out.changed_reservations.add(rid)
@@ -209,39 +340,50 @@ class _Folder:
             session.reservations_accepted += 1
             self.held.setdefault(session.session_id, {})[rid] = record
             if event.task_id is not None:
-                self._task(session.session_id, event.task_id, at, allocated=event.tokens)
-        else:
-            session.reservations_rejected += 1
-            self._log(
-                event,
-                "reservation_rejected",
-                "rejected",
-                error=(
-                    f"requested {event.tokens} tokens, {max(room.available, 0)} available "
-                    f"under the {room.window.replace('_', ' ')} of {room.limit}"
-                ),
-                metadata={
-                    "reservation_id": str(rid),
-                    "requested": event.tokens,
-                    "available": max(room.available, 0),
-                    "limit": room.limit,
-                    "window": room.window,
-                    "priority": event.priority,
-                },
+                self._task(session.session_id, event.task_id, moment.at, allocated=event.tokens)
+            return
+        session.reservations_rejected += 1
+        metadata: dict[str, Any] = {
+            "reservation_id": str(rid),
+            "requested": event.tokens,
+            "available": max(room.available, 0),
+            "limit": room.limit,
+            "window": reason,
+            "priority": event.priority,
+        }
+        if expired:
+            error = (
+                f"expires_at {expires_at.isoformat()} is not after the log clock "
+                f"{moment.clock.isoformat()} when it was decided: the producer's clock is "
+                "behind, or the event reached the worker after its time to live"
             )
+            metadata["expires_at"] = expires_at.isoformat()
+            metadata["log_clock"] = moment.clock.isoformat()
+        else:
+            error = (
+                f"requested {event.tokens} tokens, {max(room.available, 0)} available "
+                f"under the {room.window.replace('_', ' ')} of {room.limit}"
+            )
+        self._log(
+            event, moment.at, "reservation_rejected", "rejected", error=error, metadata=metadata
+        )
 
-    def _used(self, session: SessionBudget, event: TokenUsed, day: date) -> None:
+    def _used(self, session: SessionBudget, event: TokenUsed, moment: _Moment) -> None:
         total = event.input_tokens + event.output_tokens
-        month = month_of(day)
-        # A late event (earlier day than the session's window) counts in its own day's
-        # rollup and in the totals, but not in today's window.
-        if day == session.current_day:
-            session.tokens_used_today += total
-        if month == session.current_month:
-            session.tokens_used_month += total
+        if session.tokens_used_total + total > BIGINT_MAX:
+            raise PoisonEventError(
+                event.event_id,
+                f"session {session.session_id!r} has used {session.tokens_used_total} tokens; "
+                f"{total} more would exceed the largest total a BIGINT holds ({BIGINT_MAX})",
+            )
+        # Every usage counts in the windows of the log clock (those the session is in
+        # now), whatever its occurred_at; the rollups date it by occurred_at.
+        session.tokens_used_today += total
+        session.tokens_used_month += total
         session.tokens_used_total += total
+        month = month_of(moment.day)
         for key, table in (
-            ((session.session_id, day), self.out.daily),
+            ((session.session_id, moment.day), self.out.daily),
             ((session.session_id, month), self.out.monthly),
         ):
             delta = table.get(key)
@@ -252,12 +394,12 @@ class _Folder:
             delta.tokens_used += total
             delta.usage_events += 1
         if event.task_id is not None:
-            self._task(session.session_id, event.task_id, event.occurred_at, used=total)
+            self._task(session.session_id, event.task_id, moment.at, used=total)
         if event.reservation_id is not None:
-            self._settle(session, event, total)
-        self._check_alerts(session, event)
+            self._settle(session, event, total, moment.at)
+        self._check_alerts(session, event, moment.at)
 
-    def _settle(self, session: SessionBudget, event: TokenUsed, total: int) -> None:
+    def _settle(self, session: SessionBudget, event: TokenUsed, total: int, at: datetime) -> None:
         rid = event.reservation_id
         assert rid is not None
         record = self.reservations.get(rid)
@@ -267,7 +409,7 @@ class _Folder:
             late = record.status == "expired"
             self.held.get(session.session_id, {}).pop(rid, None)
             record.status = "released" if total == 0 else "settled"
-            record.settled_at = event.occurred_at
+            record.settled_at = at
             record.settled_tokens = total
             record.overage_tokens = max(0, total - record.tokens)
             self.out.changed_reservations.add(rid)
@@ -275,6 +417,7 @@ class _Folder:
                 session.overage_tokens += record.overage_tokens
                 self._log(
                     event,
+                    at,
                     "overage",
                     "warning",
                     tokens=total,
@@ -284,6 +427,7 @@ class _Folder:
             if late:
                 self._log(
                     event,
+                    at,
                     "late_settlement",
                     "warning",
                     tokens=total,
@@ -295,6 +439,7 @@ class _Folder:
             problem = f"is already {record.status}"
         self._log(
             event,
+            at,
             "unmatched_settlement",
             "warning",
             tokens=total,
@@ -302,8 +447,8 @@ class _Folder:
             metadata={"reservation_id": str(rid)},
         )
 
-    def _api_cost(self, session: SessionBudget, event: ApiCost, day: date) -> None:
-        at = event.occurred_at
+    def _api_cost(self, session: SessionBudget, event: ApiCost, moment: _Moment) -> None:
+        at = moment.at
         key = (session.session_id, event.api)
         delta = self.out.apis.get(key)
         if delta is None:
@@ -319,7 +464,10 @@ class _Folder:
             delta.rate_limit_remaining = event.rate_limit_remaining
         if event.rate_limit_reset is not None:
             delta.rate_limit_reset = event.rate_limit_reset
-        for table, window in ((self.out.daily, day), (self.out.monthly, month_of(day))):
+        for table, window in (
+            (self.out.daily, moment.day),
+            (self.out.monthly, month_of(moment.day)),
+        ):
             table.setdefault((session.session_id, window), UsageDelta()).cost_usd += event.cost_usd
 
     # -- helpers ---------------------------------------------------------------------
@@ -336,17 +484,24 @@ class _Folder:
         delta.first_at = min(delta.first_at, at)
         delta.last_at = max(delta.last_at, at)
 
-    def _check_alerts(self, session: SessionBudget, event: Event) -> None:
+    def _check_alerts(
+        self, session: SessionBudget, event: Event, at: datetime, *, limits_changed: bool = False
+    ) -> None:
+        """Record each threshold a window crosses, once per window.
+
+        New limits can also lower a window's level (a raised budget): it is lowered
+        without a log row, and a later crossing is recorded again.
+        """
         limits = session.limits
         for name, used, limit, before in (
             ("daily", session.tokens_used_today, limits.daily_limit, session.daily_alert),
             ("monthly", session.tokens_used_month, limits.monthly_limit, session.monthly_alert),
             ("total", session.tokens_used_total, limits.hard_limit, session.total_alert),
         ):
-            if before == "critical":
+            if before == "critical" and not limits_changed:
                 continue
             after = alert_level(used, limit, limits)
-            if after == before or after == "none":
+            if after == before:
                 continue
             setattr(session, f"{name}_alert", after)
             for level in _LEVELS[_LEVELS.index(before) + 1 : _LEVELS.index(after) + 1]:
@@ -355,6 +510,7 @@ class _Folder:
                 )
                 self._log(
                     event,
+                    at,
                     f"{name}_{level}_threshold",
                     level,
                     tokens=used,
@@ -365,6 +521,7 @@ class _Folder:
     def _log(
         self,
         event: Event,
+        at: datetime,
         action: str,
         status: str,
         *,
@@ -384,6 +541,6 @@ class _Folder:
                 status=status,
                 error_message=error,
                 metadata=metadata,
-                created_at=event.occurred_at,
+                created_at=at,
             )
         )

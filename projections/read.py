@@ -14,9 +14,8 @@ from decimal import Decimal
 import asyncpg
 
 from .budget import Headroom, headroom, local_day, month_of
-from .fold import FoldConfig
-from .state import AlertLevel, Limits, ReservationRecord
-from .store import reservation_from_row
+from .state import BUILTIN_DEFAULTS, AlertLevel, FoldConfig, Limits, ReservationRecord
+from .store import defaults_from_row, reservation_from_row
 
 __all__ = ["SessionMetrics", "available_tokens", "reservation", "session_metrics"]
 
@@ -60,23 +59,41 @@ _METRICS = """
     SELECT q.session_id, b.*,
            (SELECT COALESCE(sum(r.tokens), 0)::bigint FROM reservations r
              WHERE r.session_id = q.session_id AND r.status = 'accepted'
-               AND r.expires_at > $2) AS tokens_held
+               AND r.expires_at > $2) AS tokens_held,
+           d.daily_limit AS default_daily_limit, d.monthly_limit AS default_monthly_limit,
+           d.hard_limit AS default_hard_limit,
+           d.warning_threshold AS default_warning_threshold,
+           d.critical_threshold AS default_critical_threshold, d.timezone AS default_timezone,
+           d.max_clock_skew_ms AS default_max_clock_skew_ms
       FROM (SELECT $1::varchar AS session_id) q
       LEFT JOIN session_token_budgets b ON b.session_id = q.session_id
+      LEFT JOIN LATERAL (SELECT * FROM partition_defaults
+                          ORDER BY set_at DESC, topic, kafka_partition LIMIT 1) d ON true
 """
+_DEFAULT_FIELDS = (
+    "daily_limit", "monthly_limit", "hard_limit", "warning_threshold", "critical_threshold",
+    "timezone", "max_clock_skew_ms",
+)  # fmt: skip
 
 
 async def session_metrics(
     conn: asyncpg.Connection,
     session_id: str,
-    config: FoldConfig,
+    config: FoldConfig | None = None,
     *,
     now: datetime | None = None,
 ) -> SessionMetrics:
-    """The session's metrics; a session with no events reads as unused, on default limits."""
+    """The session's metrics; a session with no events reads as unused, on default limits.
+
+    The default limits and the windows' zone are those of the log's latest DefaultsSet;
+    `config` stands in when the log holds none (the built-in defaults, as in the fold).
+    """
     now = now or datetime.now(UTC)
     row = await conn.fetchrow(_METRICS, session_id, now)
     assert row is not None
+    if row["default_timezone"] is not None:
+        config = defaults_from_row({name: row[f"default_{name}"] for name in _DEFAULT_FIELDS})
+    config = config or BUILTIN_DEFAULTS
     known = row["daily_limit"] is not None
     day = local_day(now, config.zone)
     if known:
@@ -135,7 +152,7 @@ def _utilization(limits: Limits, today: int, month: int, total: int) -> Decimal:
 async def available_tokens(
     conn: asyncpg.Connection,
     session_id: str,
-    config: FoldConfig,
+    config: FoldConfig | None = None,
     *,
     priority: str = "normal",
     now: datetime | None = None,

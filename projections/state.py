@@ -4,27 +4,37 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Literal
+from zoneinfo import ZoneInfo
+
+from tokenquota.schemas import Event
 
 __all__ = [
+    "BUILTIN_DEFAULTS",
     "AlertLevel",
     "ApiDelta",
     "BudgetSource",
     "Decision",
+    "FoldConfig",
     "Folded",
     "Limits",
+    "LogRecord",
     "LogRow",
+    "PartitionKey",
+    "PartitionState",
     "ProjectionState",
     "ReservationRecord",
     "ReservationStatus",
     "SessionBudget",
     "TaskDelta",
     "UsageDelta",
+    "log_time",
 ]
 
 _THRESHOLD_SCALE = Decimal("0.0001")
+_UTC = ZoneInfo("UTC")
 
 AlertLevel = Literal["none", "warning", "critical"]
 BudgetSource = Literal["default", "event"]
@@ -47,6 +57,63 @@ class Limits:
         # loaded from the table must be equal, down to Decimal('0.8') vs Decimal('0.8000').
         for name in ("warning_threshold", "critical_threshold"):
             object.__setattr__(self, name, getattr(self, name).quantize(_THRESHOLD_SCALE))
+
+
+@dataclass(frozen=True, slots=True)
+class FoldConfig:
+    """What decides besides the events of a session: the limits of sessions without a
+    BudgetSet, the windows' time zone, and how far occurred_at may run ahead of the log
+    clock. A partition takes them from its latest DefaultsSet; before any, the built-in
+    ones below."""
+
+    default_limits: Limits
+    zone: ZoneInfo = _UTC
+    max_clock_skew: timedelta = timedelta(minutes=5)
+
+
+#: The defaults of a partition whose log holds no DefaultsSet yet (the code's, never the
+#: configuration's: a replay decides the same whatever it is configured with).
+BUILTIN_DEFAULTS = FoldConfig(Limits(10_000, 300_000, 1_000_000, Decimal("0.8"), Decimal("0.95")))
+
+#: (topic, partition)
+PartitionKey = tuple[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class LogRecord:
+    """A decoded event, the raw bytes it came as, its place in the log, and the record's
+    timestamp (the broker's append time, or the producing client's send time where the
+    broker does not stamp records), in UTC."""
+
+    event: Event
+    payload: bytes
+    topic: str
+    partition: int
+    offset: int
+    timestamp: datetime
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def log_time(milliseconds: int) -> datetime:
+    """A Kafka record timestamp (milliseconds since the epoch) as a UTC datetime, exactly."""
+    return _EPOCH + timedelta(milliseconds=milliseconds)
+
+
+@dataclass(slots=True)
+class PartitionState:
+    """One partition: its log clock and the defaults in force there.
+
+    The log clock is the latest record timestamp among the events applied from the
+    partition; it only moves forward, and it decides window roll-over and expiry.
+    """
+
+    clock: datetime | None = None
+    defaults: FoldConfig = BUILTIN_DEFAULTS
+    #: The DefaultsSet in force (None: the built-in defaults) and its log time.
+    defaults_event: uuid.UUID | None = None
+    defaults_set_at: datetime | None = None
 
 
 @dataclass(slots=True)
@@ -98,11 +165,12 @@ class ProjectionState:
     """What the fold needs of the sessions a batch touches.
 
     `reservations` holds every accepted reservation of those sessions plus every
-    reservation the batch's events name.
+    reservation the batch's events name; `partitions` the partitions of the batch.
     """
 
     sessions: dict[str, SessionBudget] = field(default_factory=dict)
     reservations: dict[uuid.UUID, ReservationRecord] = field(default_factory=dict)
+    partitions: dict[PartitionKey, PartitionState] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -179,3 +247,7 @@ class Folded:
     apis: dict[tuple[str, str], ApiDelta] = field(default_factory=dict)
     logs: list[LogRow] = field(default_factory=list)
     decisions: list[Decision] = field(default_factory=list)
+    changed_partitions: set[PartitionKey] = field(default_factory=set)
+    changed_defaults: set[PartitionKey] = field(default_factory=set)
+    #: Events whose occurred_at was too far ahead of the log clock: counted at the clock.
+    clock_skewed: list[uuid.UUID] = field(default_factory=list)

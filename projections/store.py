@@ -1,7 +1,7 @@
 """The transaction that applies a batch: ledger, touched state, fold, writes, checkpoint.
 
-The worker and replay both apply through `apply_batch`; the statements that save a fold
-are in `projections/writes.py`.
+The worker and replay both apply through `apply_batch_isolating` (or `apply_batch`, one
+transaction); the statements that save a fold are in `projections/writes.py`.
 """
 
 from __future__ import annotations
@@ -10,18 +10,24 @@ import asyncio
 import contextlib
 import itertools
 import uuid
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+from zoneinfo import ZoneInfo
 
 import asyncpg
 
-from tokenquota.schemas import Event
+from tokenquota.schemas import DefaultsSet, Event
 
-from .fold import FoldConfig, fold
+from .fold import PoisonEventError, fold
 from .state import (
     Decision,
+    FoldConfig,
     Limits,
+    LogRecord,
+    PartitionKey,
+    PartitionState,
     ProjectionState,
     ReservationRecord,
     SessionBudget,
@@ -32,8 +38,12 @@ __all__ = [
     "PROJECTION_TABLES",
     "BatchResult",
     "LogRecord",
+    "PoisonHandler",
     "apply_batch",
+    "apply_batch_isolating",
     "decision_channel",
+    "defaults_from_row",
+    "is_permanent",
     "projection_lock_key",
     "reservation_from_row",
 ]
@@ -44,6 +54,7 @@ _T = TypeVar("_T")
 PROJECTION_TABLES = (
     "usage_events",
     "partition_checkpoints",
+    "partition_defaults",
     "session_token_budgets",
     "reservations",
     "task_token_allocations",
@@ -53,25 +64,30 @@ PROJECTION_TABLES = (
     "session_usage_monthly",
 )
 
+#: Called with an event that can never be applied and the reason; it is skipped after.
+PoisonHandler = Callable[[LogRecord, str], Awaitable[None]]
 
-@dataclass(frozen=True, slots=True)
-class LogRecord:
-    """A decoded event with the raw bytes it came as and its place in the log."""
-
-    event: Event
-    payload: bytes
-    topic: str
-    partition: int
-    offset: int
+#: SQLSTATE classes that the same batch would meet again however often it is retried:
+#: data exceptions, integrity constraint violations, program limits.
+_PERMANENT_CLASSES = frozenset({"22", "23", "54"})
 
 
 @dataclass(slots=True)
 class BatchResult:
-    """What one batch did: events applied, duplicates dropped, reservation decisions."""
+    """What one batch did: events applied, duplicates dropped, poison skipped, decisions."""
 
     applied: int = 0
     duplicates: int = 0
+    poisoned: int = 0
     decisions: list[Decision] = field(default_factory=list)
+
+    def add(self, other: BatchResult) -> BatchResult:
+        """This result with `other`'s counts and decisions added (in place)."""
+        self.applied += other.applied
+        self.duplicates += other.duplicates
+        self.poisoned += other.poisoned
+        self.decisions += other.decisions
+        return self
 
 
 def decision_channel(schema: str) -> str:
@@ -84,10 +100,65 @@ def projection_lock_key(schema: str) -> str:
     return f"tokenquota.projections:{schema}"
 
 
+def is_permanent(exc: BaseException) -> bool:
+    """True for a PostgreSQL error caused by the data (retrying the same batch cannot help),
+    False for a failing server or connection."""
+    return isinstance(exc, asyncpg.PostgresError) and (exc.sqlstate or "")[:2] in (
+        _PERMANENT_CLASSES
+    )
+
+
+async def apply_batch_isolating(
+    conn: asyncpg.Connection,
+    records: Sequence[LogRecord],
+    *,
+    schema: str,
+    on_poison: PoisonHandler,
+    notify: bool = True,
+    skipped: Sequence[tuple[str, int, int]] = (),
+) -> BatchResult:
+    """`apply_batch`, except that an event which can never be applied does not stop the rest.
+
+    When the fold refuses an event (PoisonEventError) it is split off directly; when
+    PostgreSQL refuses the batch permanently (`is_permanent`), the batch is bisected until
+    the event is found. The event is handed to `on_poison` with the reason and skipped
+    (its offset still counts as applied); everything around it is applied in log order,
+    each part in a transaction of its own. Any other error propagates.
+    """
+
+    async def part(
+        batch: Sequence[LogRecord], skip: Sequence[tuple[str, int, int]] = ()
+    ) -> BatchResult:
+        return await apply_batch_isolating(
+            conn, batch, schema=schema, on_poison=on_poison, notify=notify, skipped=skip
+        )
+
+    try:
+        return await apply_batch(conn, records, schema=schema, notify=notify, skipped=skipped)
+    except PoisonEventError as exc:
+        index = next(i for i, r in enumerate(records) if r.event.event_id == exc.event_id)
+        reason = exc.reason
+    except asyncpg.PostgresError as exc:
+        if not is_permanent(exc) or not records:
+            raise
+        if len(records) > 1:
+            half = len(records) // 2
+            return (await part(records[:half], skipped)).add(await part(records[half:]))
+        index = 0
+        reason = f"PostgreSQL refused it ({exc.sqlstate}): {exc}"
+    result = await part(records[:index], skipped) if index else BatchResult()
+    poison = records[index]
+    await on_poison(poison, reason)
+    result.poisoned += 1
+    position = (poison.topic, poison.partition, poison.offset)
+    return result.add(
+        await part(records[index + 1 :], [position] if index else [*skipped, position])
+    )
+
+
 async def apply_batch(
     conn: asyncpg.Connection,
     records: Sequence[LogRecord],
-    config: FoldConfig,
     *,
     schema: str,
     notify: bool = True,
@@ -97,20 +168,20 @@ async def apply_batch(
 
     A redelivered or re-sent event (same event_id) is already in the ledger and is not
     folded again. Decisions are announced with NOTIFY, delivered when the transaction
-    commits.
+    commits. `skipped` are the positions of messages that are not applied (dead letters):
+    they only advance the checkpoints.
     """
     try:
-        return await _apply(conn, records, config, schema, notify, skipped, direct=True)
+        return await _apply(conn, records, schema, notify, skipped, direct=True)
     except asyncpg.UniqueViolationError:
         # A redelivered event made the direct COPY fail (and roll back); go the way that
         # sorts duplicates out.
-        return await _apply(conn, records, config, schema, notify, skipped, direct=False)
+        return await _apply(conn, records, schema, notify, skipped, direct=False)
 
 
 async def _apply(
     conn: asyncpg.Connection,
     records: Sequence[LogRecord],
-    config: FoldConfig,
     schema: str,
     notify: bool,
     skipped: Sequence[tuple[str, int, int]],
@@ -120,26 +191,30 @@ async def _apply(
     result = BatchResult()
     if not records and not skipped:
         return result
+    clocks: dict[PartitionKey, datetime] = {}
     async with conn.transaction():
         await conn.execute(
             "SELECT pg_advisory_xact_lock_shared(hashtextextended($1, 0))",
             projection_lock_key(schema),
         )
         if records:
-            folded = await _ledger_and_fold(conn, records, config, direct=direct)
+            folded = await _ledger_and_fold(conn, records, direct=direct)
             result.applied = folded.applied
             result.duplicates = len(records) - folded.applied
             if folded.applied:
                 for write in folded.writes:
                     await execute_write(conn, *write)
                 result.decisions = folded.decisions
+                clocks = folded.clocks
             if notify and result.decisions:
                 await conn.execute(
                     "SELECT pg_notify($1, d) FROM unnest($2::text[]) AS d",
                     decision_channel(schema),
                     [f"{d.reservation_id} {d.status}" for d in result.decisions],
                 )
-        await _checkpoint(conn, [(r.topic, r.partition, r.offset) for r in records], skipped)
+        await _checkpoint(
+            conn, [(r.topic, r.partition, r.offset) for r in records], skipped, clocks
+        )
     return result
 
 
@@ -148,21 +223,24 @@ class _FoldedBatch:
     applied: int
     decisions: list[Decision]
     writes: list[Write]
+    clocks: dict[PartitionKey, datetime]
 
 
-def _fold_writes(state: ProjectionState, events: list[Event], config: FoldConfig) -> _FoldedBatch:
-    folded = fold(state, events, config)
-    return _FoldedBatch(len(events), folded.decisions, fold_writes(folded))
+def _fold_writes(state: ProjectionState, records: list[LogRecord]) -> _FoldedBatch:
+    folded = fold(state, records)
+    partitions = folded.state.partitions
+    clocks = {key: clock for key in folded.changed_partitions if (clock := partitions[key].clock)}
+    return _FoldedBatch(len(records), folded.decisions, fold_writes(folded), clocks)
 
 
 async def _fold_while(
-    statement: Awaitable[_T], state: ProjectionState, events: list[Event], config: FoldConfig
+    statement: Awaitable[_T], state: ProjectionState, records: list[LogRecord]
 ) -> tuple[_T, _FoldedBatch]:
-    """Fold `events` while PostgreSQL runs `statement`; return both results."""
+    """Fold `records` while PostgreSQL runs `statement`; return both results."""
     running = asyncio.ensure_future(statement)
     try:
         await asyncio.sleep(0)  # the statement goes out before the fold takes the CPU
-        guess = _fold_writes(state, events, config)
+        guess = _fold_writes(state, records)
     except BaseException:
         with contextlib.suppress(Exception):
             await running  # the connection must be idle before the transaction rolls back
@@ -171,7 +249,7 @@ async def _fold_while(
 
 
 async def _ledger_and_fold(
-    conn: asyncpg.Connection, records: Sequence[LogRecord], config: FoldConfig, *, direct: bool
+    conn: asyncpg.Connection, records: Sequence[LogRecord], *, direct: bool
 ) -> _FoldedBatch:
     """Insert the ledger rows and fold the events that were new to it.
 
@@ -183,8 +261,7 @@ async def _ledger_and_fold(
     for record in records:
         first.setdefault(record.event.event_id, record)
     unique = list(first.values())
-    events = [r.event for r in unique]
-    state = await _load_state(conn, events)
+    state = await _load_state(conn, unique)
     rows = [
         (
             r.event.event_id,
@@ -196,6 +273,7 @@ async def _ledger_and_fold(
             r.topic,
             r.partition,
             r.offset,
+            r.timestamp,
         )
         for r in unique
     ]
@@ -204,8 +282,7 @@ async def _ledger_and_fold(
         _, guess = await _fold_while(
             conn.copy_records_to_table("usage_events", records=rows, columns=_LEDGER_COLUMNS),
             state,
-            events,
-            config,
+            unique,
         )
         return guess
     if len(rows) >= _COPY_FROM:
@@ -215,11 +292,11 @@ async def _ledger_and_fold(
     else:
         columns = [list(column) for column in zip(*rows, strict=True)]
         inserting = conn.fetch(_LEDGER_BY_ARRAYS, *columns)
-    inserted, guess = await _fold_while(inserting, state, events, config)
+    inserted, guess = await _fold_while(inserting, state, unique)
     if len(inserted) == len(unique):
         return guess
     new_ids = {row["event_id"] for row in inserted}
-    return _fold_writes(state, [e for e in events if e.event_id in new_ids], config)
+    return _fold_writes(state, [r for r in unique if r.event.event_id in new_ids])
 
 
 #: Batches at least this large go to the ledger by COPY, which PostgreSQL ingests faster
@@ -228,13 +305,14 @@ async def _ledger_and_fold(
 _COPY_FROM = 500
 _LEDGER_COLUMNS = (
     "event_id", "event_type", "session_id", "task_id", "occurred_at", "payload", "topic",
-    "kafka_partition", "kafka_offset",
+    "kafka_partition", "kafka_offset", "log_time",
 )  # fmt: skip
 _LEDGER_BY_ARRAYS = """
     INSERT INTO usage_events (event_id, event_type, session_id, task_id, occurred_at,
-                              payload, topic, kafka_partition, kafka_offset)
+                              payload, topic, kafka_partition, kafka_offset, log_time)
     SELECT * FROM unnest($1::uuid[], $2::text[], $3::varchar[], $4::varchar[],
-                         $5::timestamptz[], $6::jsonb[], $7::text[], $8::int[], $9::bigint[])
+                         $5::timestamptz[], $6::jsonb[], $7::text[], $8::int[], $9::bigint[],
+                         $10::timestamptz[])
     ON CONFLICT (event_id) DO NOTHING
     RETURNING event_id"""
 # Emptied here too: a batch nested in a larger transaction (replay's catch-up) has no
@@ -246,20 +324,26 @@ _LEDGER_FROM_INCOMING = """
     RETURNING event_id"""
 #: For batches that may hold events the ledger already has; emptied by every commit.
 _CREATE_INCOMING = """
-    CREATE TEMP TABLE IF NOT EXISTS incoming_events (LIKE usage_events)
+    CREATE TEMP TABLE IF NOT EXISTS incoming_events (LIKE usage_events INCLUDING DEFAULTS)
     ON COMMIT DELETE ROWS"""
 
 
-async def _load_state(conn: asyncpg.Connection, events: Sequence[Event]) -> ProjectionState:
-    sessions = sorted({e.session_id for e in events})
+async def _load_state(conn: asyncpg.Connection, records: Sequence[LogRecord]) -> ProjectionState:
+    events: list[Event] = [r.event for r in records]
+    partitions = sorted({(r.topic, r.partition) for r in records})
+    sessions = sorted({e.session_id for e in events if type(e) is not DefaultsSet})
     # Only TokenReserved and TokenUsed name one (getattr: cheaper than isinstance on
     # pydantic models, which goes through ABCMeta, for every event).
     named = [rid for e in events if (rid := getattr(e, "reservation_id", None)) is not None]
-    # Serialises folds of one session should two workers ever hold its partition at once
-    # (a rebalance); the array is sorted, so locks are always taken in the same order.
+    # Serialises folds of one partition (and of one session) should two workers ever hold
+    # it at once (a rebalance): the second loads the state the first committed. Partition
+    # locks come first and each kind is sorted, so locks are always taken in one order.
     await conn.execute(
-        "SELECT count(pg_advisory_xact_lock(hashtextextended(s, 1))) FROM unnest($1::text[]) s",
-        sessions,
+        "SELECT count(pg_advisory_xact_lock(hashtextextended(k, 1))) FROM unnest($1::text[]) k",
+        [f"partition {t}/{p}" for t, p in partitions] + [f"session {s}" for s in sessions],
+    )
+    partition_rows = await conn.fetch(
+        _PARTITION_STATE, [t for t, _ in partitions], [p for _, p in partitions]
     )
     session_rows = await conn.fetch(
         "SELECT * FROM session_token_budgets WHERE session_id = ANY($1::varchar[])", sessions
@@ -276,6 +360,43 @@ async def _load_state(conn: asyncpg.Connection, events: Sequence[Event]) -> Proj
     return ProjectionState(
         sessions={row["session_id"]: _session(row) for row in session_rows},
         reservations={row["reservation_id"]: reservation_from_row(row) for row in reservation_rows},
+        partitions={
+            (row["topic"], row["kafka_partition"]): _partition(row) for row in partition_rows
+        },
+    )
+
+
+_PARTITION_STATE = """
+    SELECT p.topic, p.kafka_partition, c.log_clock, d.event_id, d.daily_limit, d.monthly_limit,
+           d.hard_limit, d.warning_threshold, d.critical_threshold, d.timezone,
+           d.max_clock_skew_ms, d.set_at
+      FROM unnest($1::text[], $2::int[]) AS p(topic, kafka_partition)
+      LEFT JOIN partition_checkpoints c USING (topic, kafka_partition)
+      LEFT JOIN partition_defaults d USING (topic, kafka_partition)
+     WHERE c.log_clock IS NOT NULL OR d.event_id IS NOT NULL"""
+
+
+def _partition(row: asyncpg.Record) -> PartitionState:
+    state = PartitionState(clock=row["log_clock"])
+    if row["event_id"] is not None:
+        state.defaults = defaults_from_row(row)
+        state.defaults_event = row["event_id"]
+        state.defaults_set_at = row["set_at"]
+    return state
+
+
+def defaults_from_row(row: Mapping[str, Any] | asyncpg.Record) -> FoldConfig:
+    """A partition_defaults row as the FoldConfig it sets."""
+    return FoldConfig(
+        Limits(
+            row["daily_limit"],
+            row["monthly_limit"],
+            row["hard_limit"],
+            row["warning_threshold"],
+            row["critical_threshold"],
+        ),
+        ZoneInfo(row["timezone"]),
+        timedelta(milliseconds=row["max_clock_skew_ms"]),
     )
 
 
@@ -312,8 +433,17 @@ def reservation_from_row(row: asyncpg.Record) -> ReservationRecord:
     return ReservationRecord(**{name: row[name] for name in RESERVATION_FIELDS})
 
 
-async def _checkpoint(conn: asyncpg.Connection, *places: Sequence[tuple[str, int, int]]) -> None:
-    positions: dict[tuple[str, int], int] = {}
-    for topic, partition, offset in itertools.chain(*places):
+async def _checkpoint(
+    conn: asyncpg.Connection,
+    applied: Sequence[tuple[str, int, int]],
+    skipped: Sequence[tuple[str, int, int]],
+    clocks: dict[PartitionKey, datetime],
+) -> None:
+    positions: dict[PartitionKey, int] = {}
+    for topic, partition, offset in itertools.chain(applied, skipped):
         positions[(topic, partition)] = max(positions.get((topic, partition), 0), offset + 1)
-    await execute_write(conn, CHECKPOINT, [(t, p, o) for (t, p), o in sorted(positions.items())])
+    await execute_write(
+        conn,
+        CHECKPOINT,
+        [(t, p, o, clocks.get((t, p))) for (t, p), o in sorted(positions.items())],
+    )

@@ -10,11 +10,12 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import Any
 
 import asyncpg
 
-from .state import Folded, LogRow, ReservationRecord, SessionBudget
+from .state import Folded, LogRow, PartitionKey, ReservationRecord, SessionBudget
 
 __all__ = ["CHECKPOINT", "RESERVATION_FIELDS", "Write", "execute_write", "fold_writes"]
 
@@ -141,6 +142,25 @@ _ADD_APIS = _bulk(
         rate_limit_remaining = COALESCE(EXCLUDED.rate_limit_remaining, t.rate_limit_remaining),
         rate_limit_reset = COALESCE(EXCLUDED.rate_limit_reset, t.rate_limit_reset)""",
 )
+_DEFAULTS_COLUMNS = (
+    ("topic", "text"), ("kafka_partition", "int"), ("event_id", "uuid"),
+    ("daily_limit", "bigint"), ("monthly_limit", "bigint"), ("hard_limit", "bigint"),
+    ("warning_threshold", "numeric"), ("critical_threshold", "numeric"), ("timezone", "text"),
+    ("max_clock_skew_ms", "bigint"), ("set_at", "timestamptz"),
+)  # fmt: skip
+_UPSERT_DEFAULTS = _bulk(
+    "partition_defaults",
+    _DEFAULTS_COLUMNS,
+    "topic, kafka_partition",
+    "DO UPDATE SET "
+    + ", ".join(
+        f"{name} = EXCLUDED.{name}"
+        for name, _ in _DEFAULTS_COLUMNS
+        if name not in ("topic", "kafka_partition")
+    ),
+)
+#: Flags the ledger rows of events counted at the log clock (occurred_at too far ahead).
+_FLAG_CLOCK_SKEWED = "UPDATE usage_events SET clock_skewed = true WHERE event_id = ANY($1::uuid[])"
 _INSERT_LOGS = _bulk(
     "integration_logs",
     (
@@ -222,7 +242,28 @@ def fold_writes(folded: Folded) -> list[Write]:
         )
     )  # fmt: skip
     writes.append((_INSERT_LOGS, [_log_args(row) for row in folded.logs]))
+    writes.append(
+        (_UPSERT_DEFAULTS, [_defaults_args(folded, key) for key in sorted(folded.changed_defaults)])
+    )
+    writes.append((_FLAG_CLOCK_SKEWED, [(event_id,) for event_id in folded.clock_skewed]))
     return [(statement, rows) for statement, rows in writes if rows]
+
+
+def _defaults_args(folded: Folded, key: PartitionKey) -> tuple[Any, ...]:
+    partition = folded.state.partitions[key]
+    config, limits = partition.defaults, partition.defaults.default_limits
+    return (
+        *key,
+        partition.defaults_event,
+        limits.daily_limit,
+        limits.monthly_limit,
+        limits.hard_limit,
+        limits.warning_threshold,
+        limits.critical_threshold,
+        config.zone.key,
+        config.max_clock_skew // timedelta(milliseconds=1),
+        partition.defaults_set_at,
+    )
 
 
 def _session_args(s: SessionBudget) -> tuple[Any, ...]:
@@ -268,10 +309,17 @@ def _log_args(row: LogRow) -> tuple[Any, ...]:
     )
 
 
-#: Advances partition_checkpoints (never backwards); rows (topic, partition, next_offset).
+#: Advances partition_checkpoints (never backwards); rows (topic, partition, next_offset,
+#: log clock or None when the batch applied nothing of that partition).
 CHECKPOINT = _bulk(
     "partition_checkpoints",
-    (("topic", "text"), ("kafka_partition", "int"), ("next_offset", "bigint")),
+    (
+        ("topic", "text"),
+        ("kafka_partition", "int"),
+        ("next_offset", "bigint"),
+        ("log_clock", "timestamptz"),
+    ),
     "topic, kafka_partition",
-    "DO UPDATE SET next_offset = GREATEST(t.next_offset, EXCLUDED.next_offset)",
+    """DO UPDATE SET next_offset = GREATEST(t.next_offset, EXCLUDED.next_offset),
+        log_clock = GREATEST(t.log_clock, EXCLUDED.log_clock)""",
 )

@@ -172,10 +172,10 @@ def start_worker(pipeline_settings: Settings, tmp_path: Path) -> Iterator[Worker
     """Start `tokenquota worker` processes on the pipeline's settings; all stopped at the end."""
     started: list[WorkerProcess] = []
 
-    def start(name: str = "worker") -> WorkerProcess:
+    def start(name: str = "worker", env: dict[str, str] | None = None) -> WorkerProcess:
         worker = WorkerProcess(log_path=tmp_path / f"{name}-{len(started)}.log")
         started.append(worker)
-        worker.start(settings_env(pipeline_settings))
+        worker.start({**settings_env(pipeline_settings), **(env or {})})
         return worker
 
     yield start

@@ -12,7 +12,7 @@ from typing import Any
 from tokenquota.config import DatabaseSettings, Settings
 from tokenquota.embedded import WorkerProcess, process_env
 from tokenquota.producers.reservations import TokenQuota
-from tokenquota.projections import PROJECTION_TABLES, connect
+from tokenquota.projections import PROJECTION_TABLES, LogRecord, connect
 from tokenquota.schemas import (
     ApiCost,
     BudgetSet,
@@ -21,6 +21,7 @@ from tokenquota.schemas import (
     Source,
     TokenReserved,
     TokenUsed,
+    encode,
     utc_now,
 )
 
@@ -29,6 +30,7 @@ __all__ = [
     "budget",
     "fetch_value",
     "live_workload",
+    "log_records",
     "reserved",
     "set_budget",
     "settings_env",
@@ -110,6 +112,29 @@ def used(
         operation="test",
         counted_by="provider",
     )
+
+
+def log_records(
+    events: Sequence[Event],
+    *,
+    at: Callable[[int, Event], datetime] | None = None,
+    topic: str = "usage",
+    partition: int = 0,
+    first_offset: int = 0,
+) -> list[LogRecord]:
+    """`events` as consecutive records of one partition. The record timestamp (the log
+    time) is `at(index, event)`, by default the event's own occurred_at (an honest clock)."""
+    return [
+        LogRecord(
+            event,
+            encode(event),
+            topic,
+            partition,
+            first_offset + i,
+            at(i, event) if at is not None else event.occurred_at,
+        )
+        for i, event in enumerate(events)
+    ]
 
 
 def live_workload(sessions: int = 12) -> list[Event]:

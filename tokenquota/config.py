@@ -15,6 +15,7 @@ import os
 import re
 from collections.abc import Mapping
 from contextvars import ContextVar
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
@@ -34,8 +35,7 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from tokenquota.projections.database import SCHEMA_NAME_PATTERN
-from tokenquota.projections.fold import FoldConfig
-from tokenquota.projections.state import Limits
+from tokenquota.projections.state import FoldConfig, Limits
 from tokenquota.schemas import check_limits
 from tokenquota.sections import (
     EmitterSettings,
@@ -429,9 +429,11 @@ def _origin(
 
 
 def fold_config(settings: Settings) -> FoldConfig:
-    """Default limits and the windows' time zone, as the fold and the read side use them."""
+    """The configured defaults (`token_limits`, `worker.max_clock_skew`), as `tokenquota init`
+    writes them into the log in a DefaultsSet. The fold decides with what the log holds."""
     t = settings.token_limits
     limits = Limits(
         t.daily_limit, t.monthly_limit, t.hard_limit, t.warning_threshold, t.critical_threshold
     )
-    return FoldConfig(limits, ZoneInfo(t.timezone))
+    skew = timedelta(milliseconds=round(settings.worker.max_clock_skew * 1000))
+    return FoldConfig(limits, ZoneInfo(t.timezone), skew)

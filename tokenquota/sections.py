@@ -138,6 +138,13 @@ class WorkerSettings(_Section):
     session_timeout: Seconds = 10
     commit_interval: Seconds = 1
     retry_backoff_max: Seconds = 30
+    max_clock_skew: Seconds = Field(
+        default=300,
+        description=(
+            "How far an event's occurred_at may run ahead of the log clock before it is "
+            "counted at the log clock and flagged (published into the log by init)"
+        ),
+    )
 
 
 class ReservationSettings(_Section):

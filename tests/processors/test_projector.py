@@ -7,11 +7,10 @@ import logging
 
 import pytest
 
-from tests.support import fetch_value, used, wait_until
+from tests.support import fetch_value, log_records, used, wait_until
 from tokenquota.config import DatabaseSettings, Settings, WorkerSettings
 from tokenquota.processors import Projector
 from tokenquota.projections import LogRecord, apply_migrations, connect
-from tokenquota.schemas import encode
 
 pytestmark = pytest.mark.integration
 
@@ -21,11 +20,15 @@ async def test_a_failing_database_is_retried_until_the_batch_is_applied(
 ) -> None:
     settings = Settings(database=database_settings, worker=WorkerSettings(retry_backoff_max=0.2))
     events = [used("retry", 10 + i) for i in range(5)]
-    records = [LogRecord(e, encode(e), "t", 0, i) for i, e in enumerate(events)]
+    records = log_records(events, topic="t")
     projector = Projector(settings)
     caplog.set_level(logging.WARNING, logger="tokenquota.worker")
+
+    async def no_poison(record: LogRecord, reason: str) -> None:
+        raise AssertionError(f"a failing server must not make {record} poison: {reason}")
+
     # The schema has no tables yet: every attempt fails inside PostgreSQL.
-    applying = asyncio.create_task(projector.apply(records, []))
+    applying = asyncio.create_task(projector.apply(records, [], no_poison))
 
     async def failed_twice() -> bool:
         return sum("not applied" in r.getMessage() for r in caplog.records) >= 2

@@ -6,6 +6,7 @@ import os
 import re
 import signal
 from datetime import timedelta
+from decimal import Decimal
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -14,7 +15,7 @@ from tests.support import T0, fetch_value, used, wait_until
 from tokenquota.config import Settings
 from tokenquota.processors import parse_dead_letter_headers
 from tokenquota.producers import Emitter
-from tokenquota.schemas import Event, encode
+from tokenquota.schemas import USAGE_TOKENS_MAX, ApiCost, Event, Source, encode
 
 pytestmark = pytest.mark.integration
 
@@ -37,6 +38,32 @@ async def total_used(settings: Settings) -> int:
 
 async def ledger_rows(settings: Settings) -> int:
     return int(await fetch_value(settings.database, "SELECT count(*) FROM usage_events"))
+
+
+async def consumed(settings: Settings) -> int:
+    """Messages the projections have read (applied, dropped as duplicates, or dead letters)."""
+    value = await fetch_value(
+        settings.database, "SELECT COALESCE(sum(next_offset), 0) FROM partition_checkpoints"
+    )
+    return int(value)
+
+
+async def dead_letters(settings: Settings, count: int) -> list[ConsumerRecord[bytes, bytes]]:
+    """The first `count` messages of the DLQ topic."""
+    kafka = settings.kafka
+    consumer = AIOKafkaConsumer(
+        kafka.dlq_topic, bootstrap_servers=kafka.bootstrap_servers, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    try:
+        letters: list[ConsumerRecord[bytes, bytes]] = []
+        while len(letters) < count:
+            batch = await consumer.getmany(timeout_ms=10_000)
+            assert batch, "the DLQ stayed empty"
+            letters += [m for messages in batch.values() for m in messages]
+    finally:
+        await consumer.stop()
+    return letters
 
 
 async def test_two_workers_share_the_partitions_and_apply_every_event_once(
@@ -70,7 +97,9 @@ async def test_a_worker_killed_mid_run_and_restarted_ends_with_exact_totals(
     pipeline_settings: Settings, start_worker: object
 ) -> None:
     events = workload(20_000, tokens=1)
-    worker = start_worker("victim")  # type: ignore[operator]
+    # The victim never commits its offsets (commit interval of an hour), so the restarted
+    # worker is given again every event the victim applied: a redelivery, for certain.
+    worker = start_worker("victim", {"WORKER_COMMIT_INTERVAL": "3600"})  # type: ignore[operator]
     async with Emitter.from_settings(pipeline_settings) as emitter:
         await emitter.emit_many(events[:10_000])
 
@@ -81,7 +110,7 @@ async def test_a_worker_killed_mid_run_and_restarted_ends_with_exact_totals(
         os.kill(worker.pid, signal.SIGKILL)
         await emitter.emit_many(events[10_000:])
     applied_when_killed = await ledger_rows(pipeline_settings)
-    assert applied_when_killed < len(events)
+    assert 0 < applied_when_killed < len(events)
     restarted = start_worker("restarted")  # type: ignore[operator]
 
     async def all_applied() -> bool:
@@ -89,6 +118,8 @@ async def test_a_worker_killed_mid_run_and_restarted_ends_with_exact_totals(
 
     await wait_until(all_applied, 90, "every event after the restart", [restarted])
     assert await total_used(pipeline_settings) == len(events)
+    starts = re.findall(r"projecting \S+\[\d+\] from offset (\d+)", restarted.log_path.read_text())
+    assert starts and set(starts) == {"0"}, starts  # it read again what the victim applied
 
 
 async def test_a_stopped_worker_has_committed_the_offsets_of_everything_it_applied(
@@ -140,10 +171,12 @@ async def test_the_same_event_sent_twice_counts_once(
         await producer.stop()
     worker = start_worker()  # type: ignore[operator]
 
-    async def marker_applied() -> bool:
-        return await ledger_rows(pipeline_settings) == 2
+    async def all_three_read() -> bool:
+        return await consumed(pipeline_settings) == 3
 
-    await wait_until(marker_applied, 60, "the marker event", [worker])
+    await wait_until(all_three_read, 60, "the three messages", [worker])
+    # The worker read the second copy (its offset is applied) and did not count it.
+    assert await ledger_rows(pipeline_settings) == 2
     assert await total_used(pipeline_settings) == 124
 
 
@@ -152,7 +185,8 @@ async def test_invalid_messages_go_to_the_dlq_and_later_events_are_applied(
 ) -> None:
     kafka = pipeline_settings.kafka
     worker = start_worker()  # type: ignore[operator]
-    garbage = [b"\xff\xfe not json", b'{"event_type": "TokenUsed", "session_id": "x"}']
+    nul = encode(used("bad", 5)).replace(b'"model":"gpt-4o"', b'"model":"gpt\\u0000"')
+    garbage = [b"\xff\xfe not json", b'{"event_type": "TokenUsed", "session_id": "x"}', nul]
     producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap_servers)
     await producer.start()
     try:
@@ -167,21 +201,48 @@ async def test_invalid_messages_go_to_the_dlq_and_later_events_are_applied(
 
     await wait_until(valid_applied, 60, "the valid event after the garbage", [worker])
     assert worker.exit_code() is None
-    consumer = AIOKafkaConsumer(
-        kafka.dlq_topic, bootstrap_servers=kafka.bootstrap_servers, auto_offset_reset="earliest"
-    )
-    await consumer.start()
-    try:
-        letters: list[ConsumerRecord[bytes, bytes]] = []
-        while len(letters) < 2:
-            batch = await consumer.getmany(timeout_ms=10_000)
-            assert batch, "the DLQ stayed empty"
-            letters += [m for messages in batch.values() for m in messages]
-    finally:
-        await consumer.stop()
+    letters = await dead_letters(pipeline_settings, 3)
     assert sorted(m.value for m in letters) == sorted(garbage)
     headers = [parse_dead_letter_headers(m.headers) for m in letters]
     assert {h["topic"] for h in headers} == {kafka.usage_topic}
-    assert {int(h["offset"]) for h in headers} == {0, 1}
+    assert {int(h["offset"]) for h in headers} == {0, 1, 2}
     assert any("JSON" in h["reason"] or "json" in h["reason"] for h in headers)
     assert any("source: Field required" in h["reason"] for h in headers)
+    assert any("model: must not contain control characters" in h["reason"] for h in headers)
+
+
+async def test_an_event_postgresql_refuses_goes_to_the_dlq_and_its_partition_goes_on(
+    pipeline_settings: Settings, start_worker: object
+) -> None:
+    """A valid event can still be one the tables cannot hold (here a sum beyond BIGINT); it
+    used to be retried forever, stalling its partition for good."""
+    huge = [
+        ApiCost(
+            session_id="rich",
+            source=Source(component="external_api", name="tests"),
+            api="openai",
+            model="gpt-4o",
+            input_tokens=USAGE_TOKENS_MAX,
+            output_tokens=USAGE_TOKENS_MAX,
+            cost_usd=Decimal("1"),
+            price_source="test",
+        )
+        for _ in range(2)
+    ]
+    events: list[Event] = [used("rich", 1), *huge, used("rich", 2)]
+    worker = start_worker()  # type: ignore[operator]
+    async with Emitter.from_settings(pipeline_settings) as emitter:
+        assert set(await emitter.emit_many(events)) == {"acked"}
+
+    async def after_it_applied() -> bool:
+        return await total_used(pipeline_settings) == 3
+
+    await wait_until(after_it_applied, 60, "the event after the poison", [worker])
+    [letter] = await dead_letters(pipeline_settings, 1)
+    assert letter.value == encode(huge[1])
+    assert letter.key == b"rich"
+    reason = parse_dead_letter_headers(letter.headers)["reason"]
+    assert "PostgreSQL refused it (22" in reason, reason
+    assert await ledger_rows(pipeline_settings) == 3
+    assert await consumed(pipeline_settings) == 4
+    assert worker.exit_code() is None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from tokenquota.config import DatabaseSettings
@@ -50,9 +51,9 @@ async def test_the_ledger_primary_key_drops_a_duplicate_event(
 ) -> None:
     conn = await connect(migrated_database.dsn(), migrated_database.schema_name)
     insert = """INSERT INTO usage_events (event_id, event_type, session_id, occurred_at, payload,
-                                          topic, kafka_partition, kafka_offset)
+                                          topic, kafka_partition, kafka_offset, log_time)
                 VALUES ('0192f0a4-1c2b-7d3e-8f40-123456789abc', 'TokenUsed', 's', now(), '{}',
-                        't', 0, $1)
+                        't', 0, $1, now())
                 ON CONFLICT (event_id) DO NOTHING"""
     try:
         assert await conn.execute(insert, 1) == "INSERT 0 1"
@@ -110,7 +111,7 @@ async def test_a_failing_migration_leaves_the_previous_version(
     broken = [*load_migrations(), Migration(9999, "broken", "CREATE TABLE x (; -- syntax error")]
     conn = await connect(database_settings.dsn(), schema)
     try:
-        with pytest.raises(Exception, match="syntax error"):
+        with pytest.raises(asyncpg.PostgresSyntaxError, match="syntax error"):
             await apply_migrations(conn, schema, broken)
         versions = await conn.fetch("SELECT version FROM tokenquota_schema_migrations")
         assert 9999 not in {r["version"] for r in versions}
