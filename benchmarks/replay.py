@@ -21,7 +21,6 @@ from benchmarks.baseline import copy_consume, prepare
 from benchmarks.report import print_throughput
 from benchmarks.servers import pipeline
 from benchmarks.workload import MIX, budgets, usage
-from tokenquota.config import fold_config
 from tokenquota.producers import Emitter
 from tokenquota.projections.replay import BATCH_SIZE, replay_into
 
@@ -50,7 +49,7 @@ async def run(args: argparse.Namespace) -> None:
         started = time.perf_counter()
         report = await replay_into(
             kafka.bootstrap_servers, kafka.usage_topic, db.dsn(), db.schema_name,
-            fold_config(settings), batch_size=args.batch,
+            batch_size=args.batch,
         )  # fmt: skip
         ours = time.perf_counter() - started
         if report.events != total:

@@ -187,14 +187,25 @@ def replay(
         bool,
         typer.Option(
             "--force",
-            help="Rebuild even when the topic holds less than the projections have applied.",
+            help="Rebuild from what the topic holds even when it is not all the projections "
+            "were built from (their balances then lose what the topic lost).",
+        ),
+    ] = False,
+    from_ledger: Annotated[
+        bool,
+        typer.Option(
+            "--from-ledger",
+            help="Rebuild from the ledger table usage_events instead of the topic (after "
+            "retention deleted events, or a broker lost them).",
         ),
     ] = False,
 ) -> None:
     """Rebuild every projection from the start of the usage topic and swap it in atomically.
 
-    The replaced tables are kept in the schema <schema>__previous until the next replay.
-    A running worker may keep running: its batches wait for the swap.
+    Replay refuses, changing nothing, when the topic no longer holds all of the log the
+    projections were built from. The replaced tables are kept in the schema
+    <schema>__previous until the next replay. A running worker may keep running: its
+    batches wait for the swap.
     """
     from rich.progress import (
         BarColumn,
@@ -204,11 +215,13 @@ def replay(
         TimeRemainingColumn,
     )
 
-    from .config import fold_config
+    from .projections.ledger_replay import replay_from_ledger
     from .projections.replay import ReplayError, replay_into
 
     settings = _settings(ctx)
-    if settings.kafka.bootstrap_servers is None:
+    if from_ledger and force:
+        _fail("--force and --from-ledger exclude each other: the ledger holds the whole log")
+    if settings.kafka.bootstrap_servers is None and not from_ledger:
         _fail("kafka.bootstrap_servers is not set (KAFKA_BOOTSTRAP_SERVERS)", code=2)
     columns = (
         TextColumn("replaying"),
@@ -228,24 +241,30 @@ def replay(
             bar.update(task, rate=f"{speed:,.0f}" if speed else "-")
 
         try:
-            report = asyncio.run(
-                replay_into(
-                    settings.kafka.bootstrap_servers,
+            database = settings.database
+            if from_ledger:
+                running = replay_from_ledger(
+                    database.dsn(), database.schema_name, on_progress=on_progress
+                )
+            else:
+                running = replay_into(
+                    settings.kafka.bootstrap_servers or "",
                     settings.kafka.usage_topic,
-                    settings.database.dsn(),
-                    settings.database.schema_name,
-                    fold_config(settings),
+                    database.dsn(),
+                    database.schema_name,
                     force=force,
                     on_progress=on_progress,
                 )
-            )
+            report = asyncio.run(running)
         except (ReplayError, ConfigError, MigrationError) as exc:
             _fail(str(exc))
         except (OSError, asyncpg.PostgresError, KafkaError) as exc:
             _fail(f"replay failed, live projections unchanged: {exc}")
+    source = "ledger rows" if from_ledger else "messages"
     out.print(
-        f"[bold green]replayed[/] {report.events} messages: {report.applied} events applied, "
-        f"{report.skipped} invalid skipped; projections swapped in"
+        f"[bold green]replayed[/] {report.events} {source}: {report.applied} events applied, "
+        f"{report.skipped} skipped (invalid or refused, as the worker did); projections "
+        "swapped in"
     )
 
 

@@ -1,0 +1,96 @@
+"""Where a replay builds (`<schema>__replay`) and how it swaps its tables in atomically.
+
+Both replays (from the topic and from the ledger) fold into fresh tables in the staging
+schema, then take the projection lock exclusively (every worker batch holds it shared),
+catch up with what the worker applied meanwhile, and move the live tables to
+`<schema>__previous` and the rebuilt ones into place in one transaction: readers see the
+old projections or the new ones, never a half-built state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import asyncpg
+
+from .database import quote_schema
+from .migrator import apply_migrations
+from .state import LogRecord
+from .store import PROJECTION_TABLES, projection_lock_key
+
+__all__ = [
+    "BeforeSwap",
+    "ReplayError",
+    "ReplayReport",
+    "prepare_staging",
+    "skip_poison",
+    "staging_schemas",
+    "swap_in",
+]
+
+#: Awaited after the read and before the swap (the worker may still be applying).
+BeforeSwap = Callable[[], Awaitable[None]]
+
+
+class ReplayError(Exception):
+    """Replay cannot rebuild the projections faithfully (and changed nothing)."""
+
+
+@dataclass(slots=True)
+class ReplayReport:
+    """What a replay read and rebuilt."""
+
+    events: int = 0
+    skipped: int = 0
+    applied: int = 0
+    end_offsets: dict[int, int] = field(default_factory=dict)
+
+
+def staging_schemas(schema: str) -> tuple[str, str]:
+    """The schema replay builds in, and the one the replaced tables are kept in."""
+    return f"{schema[:50]}__replay", f"{schema[:50]}__previous"
+
+
+async def prepare_staging(conn: asyncpg.Connection, schema: str) -> str:
+    """Create an empty, migrated staging schema and make it the connection's search_path."""
+    staging, _ = staging_schemas(schema)
+    # The staging tables are thrown away if the server crashes mid-replay, so their
+    # batches need not wait for the WAL flush; the swap does wait for it.
+    await conn.execute("SET synchronous_commit TO off")
+    await conn.execute(f"DROP SCHEMA IF EXISTS {quote_schema(staging)} CASCADE")
+    await conn.execute(f"CREATE SCHEMA {quote_schema(staging)}")
+    await conn.execute(f"SET search_path TO {quote_schema(staging)}")
+    await apply_migrations(conn, staging)
+    return staging
+
+
+def skip_poison(report: ReplayReport) -> Callable[[LogRecord, str], Awaitable[None]]:
+    """An on_poison handler for replay: the live worker sent that event to the DLQ."""
+
+    async def skip(record: LogRecord, reason: str) -> None:
+        report.skipped += 1
+
+    return skip
+
+
+async def swap_in(
+    conn: asyncpg.Connection,
+    schema: str,
+    catch_up: Callable[[], Awaitable[None]],
+) -> None:
+    """Catch up under the exclusive projection lock, then swap the staging tables in."""
+    staging, previous = staging_schemas(schema)
+    live, stage, old = quote_schema(schema), quote_schema(staging), quote_schema(previous)
+    async with conn.transaction():
+        await conn.execute("SET LOCAL synchronous_commit TO on")
+        await conn.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", projection_lock_key(schema)
+        )
+        await catch_up()
+        await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {old}")
+        for table in PROJECTION_TABLES:
+            await conn.execute(f"DROP TABLE IF EXISTS {old}.{table}")
+            await conn.execute(f"ALTER TABLE {live}.{table} SET SCHEMA {old}")
+            await conn.execute(f"ALTER TABLE {stage}.{table} SET SCHEMA {live}")
+    await conn.execute(f"DROP SCHEMA IF EXISTS {stage} CASCADE")
