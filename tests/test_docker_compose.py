@@ -26,6 +26,15 @@ def test_kafka_runs_in_kraft_mode_without_auto_created_topics(compose: dict[str,
     assert kafka["environment"]["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
 
 
+def test_kafka_keeps_every_event_and_stamps_records_itself(compose: dict[str, Any]) -> None:
+    environment = compose["services"]["kafka"]["environment"]
+    assert (environment["KAFKA_LOG_RETENTION_MS"], environment["KAFKA_LOG_RETENTION_BYTES"]) == (
+        "-1",
+        "-1",
+    )
+    assert environment["KAFKA_LOG_MESSAGE_TIMESTAMP_TYPE"] == "LogAppendTime"
+
+
 def test_servers_have_health_checks_and_named_volumes(compose: dict[str, Any]) -> None:
     for name in ("kafka", "postgres"):
         service = compose["services"][name]

@@ -71,15 +71,41 @@ def _root(
 def _print_report(settings: Settings, report: ProvisionReport) -> None:
     for topic in report.topics:
         state = "created" if topic.created else "exists"
-        out.print(f"  topic    {topic.name}: {state}, {topic.partitions} partitions")
+        found = ", ".join(
+            f"{name}={topic.configs.get(name, 'the broker default')}"
+            for name in topic.wanted_configs
+        )
+        out.print(f"  topic    {topic.name}: {state}, {topic.partitions} partitions, {found}")
         if topic.mismatch:
             out.print(
                 f"  [yellow]warning:[/] {topic.name} has {topic.partitions} partitions, "
                 f"configured {topic.wanted_partitions}; left unchanged (changing it would "
                 "move sessions to other partitions)"
             )
+        for name, value in topic.differing_configs.items():
+            out.print(
+                f"  [yellow]warning:[/] {topic.name} has {name}={value or 'the broker default'}"
+                f", tokenquota creates it with {topic.wanted_configs[name]}; left unchanged. "
+                + _CONFIG_ADVICE.get(name, "")
+                + f" To change it: kafka-configs.sh --alter --entity-type topics --entity-name "
+                f"{topic.name} --add-config {name}={topic.wanted_configs[name]}",
+                highlight=False,
+            )
     applied = ", ".join(report.migrations_applied) or "none pending"
     out.print(f"  database schema {settings.database.schema_name!r}: migrations applied: {applied}")
+    out.print(
+        f"  defaults (token_limits, worker.max_clock_skew) in the log: {report.defaults.reason}"
+    )
+
+
+_CONFIG_ADVICE = {
+    "retention.ms": "Events the broker deletes can no longer be replayed from the topic "
+    "(`tokenquota replay --from-ledger` still can).",
+    "retention.bytes": "Events the broker deletes can no longer be replayed from the topic "
+    "(`tokenquota replay --from-ledger` still can).",
+    "message.timestamp.type": "Without broker timestamps the log clock follows the producing "
+    "clients' send times.",
+}
 
 
 @app.command()
@@ -172,9 +198,14 @@ def worker(ctx: typer.Context) -> None:
     """
     settings = _settings(ctx)
     try:
-        asyncio.run(provision(settings))
+        report = asyncio.run(provision(settings, publish_defaults=False))
     except (IntegrationError, MigrationError, ConfigError) as exc:
         _fail(str(exc))
+    if not report.defaults.published and report.defaults.reason not in (
+        "unchanged",
+        "not applied yet",
+    ):
+        err.print(f"[yellow]warning:[/] {report.defaults.reason}", highlight=False)
     from .processors import run_worker
 
     run_worker(settings)

@@ -8,6 +8,7 @@ import asyncpg
 
 from .config import DatabaseSettings, Settings
 from .errors import IntegrationError
+from .log_defaults import DefaultsReport, ensure_defaults
 from .projections import apply_migrations, connect, schema_drift
 from .topics import TopicState, ensure_topics
 
@@ -20,6 +21,7 @@ class ProvisionReport:
 
     topics: list[TopicState]
     migrations_applied: list[str]
+    defaults: DefaultsReport
 
 
 async def migrate_database(database: DatabaseSettings) -> list[str]:
@@ -41,8 +43,16 @@ async def migrate_database(database: DatabaseSettings) -> list[str]:
     return [str(m) for m in applied]
 
 
-async def provision(settings: Settings) -> ProvisionReport:
-    """Create missing topics and apply pending migrations; a second run changes nothing."""
+async def provision(settings: Settings, *, publish_defaults: bool = True) -> ProvisionReport:
+    """Create missing topics, apply pending migrations and write the configured defaults
+    into the log (see log_defaults); a second run changes nothing.
+
+    `publish_defaults=False` (a worker starting) writes them only to a topic it created.
+    """
     topics = await ensure_topics(settings.kafka)
     applied = await migrate_database(settings.database)
-    return ProvisionReport(topics=topics, migrations_applied=applied)
+    usage = next(t for t in topics if t.name == settings.kafka.usage_topic)
+    defaults = await ensure_defaults(
+        settings, usage.partitions, created=usage.created, publish_changes=publish_defaults
+    )
+    return ProvisionReport(topics=topics, migrations_applied=applied, defaults=defaults)

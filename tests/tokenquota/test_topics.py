@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from tokenquota.config import KafkaSettings
 from tokenquota.embedded import free_port
@@ -37,6 +38,44 @@ async def test_topics_are_created_once_with_the_configured_partitions(
     ]
     resized = await ensure_topics(kafka.model_copy(update={"partitions": 9}))
     assert resized[0].partitions == 7 and resized[0].mismatch
+
+
+async def test_topics_keep_every_event_and_ask_the_broker_to_stamp_records(
+    bootstrap_servers: str,
+) -> None:
+    name = f"tq-topics-{uuid.uuid4().hex[:8]}"
+    kafka = KafkaSettings(
+        bootstrap_servers=bootstrap_servers, usage_topic=f"{name}.usage", dlq_topic=f"{name}.dlq"
+    )
+    usage, dlq = await ensure_topics(kafka)
+    assert usage.configs == {
+        "retention.ms": "-1",
+        "retention.bytes": "-1",
+        "message.timestamp.type": "LogAppendTime",
+    }
+    assert dlq.configs == {"retention.ms": "-1", "retention.bytes": "-1"}
+    assert not usage.differing_configs and not dlq.differing_configs
+
+
+async def test_an_existing_topic_that_deletes_events_is_reported(bootstrap_servers: str) -> None:
+    name = f"tq-topics-{uuid.uuid4().hex[:8]}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    await admin.start()
+    try:  # as Apache Kafka creates a topic by default: seven days of retention
+        await admin.create_topics(
+            [NewTopic(f"{name}.usage", 3, 1, topic_configs={"retention.ms": "604800000"})]
+        )
+    finally:
+        await admin.close()
+    kafka = KafkaSettings(
+        bootstrap_servers=bootstrap_servers, usage_topic=f"{name}.usage", dlq_topic=f"{name}.dlq"
+    )
+    usage, _ = await ensure_topics(kafka)
+    assert not usage.created
+    assert usage.differing_configs == {
+        "retention.ms": "604800000",
+        "message.timestamp.type": None,
+    }
 
 
 async def test_an_unreachable_broker_is_a_clear_error() -> None:
