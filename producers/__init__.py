@@ -32,7 +32,7 @@ from .orchestrator import (
     setup_token_hooks,
 )
 from .reservations import Reservation, TokenQuota, reserve
-from .spool import SpoolFullError
+from .spool import SpoolFullError, SpoolWriteError
 from .token_counter import TokenCounter, Tokens, token_counter
 
 __all__ = [
@@ -44,6 +44,7 @@ __all__ = [
     "MemoryStorage",
     "Reservation",
     "SpoolFullError",
+    "SpoolWriteError",
     "TaskOrchestrator",
     "TokenAwareMemoryStorage",
     "TokenCounter",

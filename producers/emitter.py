@@ -1,19 +1,43 @@
-"""The emitter: events to Kafka keyed by session, with a durable spool when the broker is away."""
+"""The emitter: events to Kafka keyed by session, with a durable spool when the broker is away.
+
+How events travel. `emit_many` queues a call's events and awaits their outcome; one
+sender task (group commit) sends what callers queued in *rounds*: a round takes, for every
+partition, the oldest queued events that fit one ready-made batch (`max_batch_bytes`;
+the rest wait for the next round), hands those batches to aiokafka closed (one produce
+request per broker) and waits for all their acknowledgements before the next round
+starts. So at most one batch per partition is ever in flight, and a batch that fails or
+expires cannot be overtaken by a later batch of its partition, which aiokafka would
+otherwise still send. On any failure the sender spools the round's unacknowledged events
+and everything queued after them, in emit order, stops that producer before anything
+else is sent and re-sends the spool with a new one; while anything is spooled, new
+events are appended to the spool behind it. A timed-out batch may still be appended by
+the broker later, before or after its re-sent copy: a duplicate, which the ledger drops
+by event_id. Either way its partition's events before the batch were acknowledged before
+it was sent, and those after it are sent only once its re-sent copy is acknowledged.
+
+`emitter.linger_ms` is how long the oldest queued event waits for company before its
+round starts: a lone emit waits linger_ms, as it did in aiokafka's accumulator, and
+concurrent callers share its produce request. A round starts at once when a batch's
+worth (`max_batch_bytes`) is queued or events were left over from a full batch, and on
+`flush` or `close`. Events queued while a round is in flight go out in the next round,
+as soon as the first of them has waited linger_ms. aiokafka's own linger is not used: its
+batches arrive closed.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable
+from collections import deque
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import TracebackType
-from typing import Literal, Self
+from typing import Any, Literal, Self, TypeVar
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner
-from aiokafka.producer.message_accumulator import BatchBuilder
 
 from tokenquota.config import EmitterSettings, KafkaSettings, Settings
 from tokenquota.errors import IntegrationError
@@ -29,15 +53,41 @@ log = logging.getLogger("tokenquota.emitter")
 #: will be re-sent, in order, when the broker is back.
 Delivery = Literal["acked", "spooled"]
 
+_T = TypeVar("_T")
+
+
+class _Call:
+    """One `emit_many` call waiting for its events' outcomes."""
+
+    __slots__ = ("future", "messages", "queued_at", "results", "seq", "unsettled")
+
+    def __init__(
+        self,
+        seq: int,
+        messages: list[SpooledMessage],
+        queued_at: float,
+        future: asyncio.Future[list[Delivery]],
+    ) -> None:
+        self.seq = seq
+        self.messages = messages
+        self.queued_at = queued_at
+        self.future = future
+        self.results: list[Delivery] = ["acked"] * len(messages)  # "spooled" where spooled
+        self.unsettled = len(messages)
+
+
+#: One queued event: its call and its index there (the pair is its place in emit order).
+_Item = tuple[_Call, int]
+
 
 class Emitter:
     """Sends events to the usage topic; never loses one it has accepted.
 
     `await emit(event)` returns "acked" once the broker has acknowledged it (acks=all),
     or "spooled" once it is durable in the local spool because the broker could not be
-    reached. While anything is spooled, new events are spooled behind it, so a session's
-    events reach the topic in the order they were emitted. A new Emitter re-sends what
-    an earlier one left in the spool before anything else.
+    reached. A session's events reach the topic in the order they were emitted, through
+    failures and spooling (see the module docstring). A new Emitter re-sends what an
+    earlier one left in the spool before anything else.
     """
 
     def __init__(self, kafka: KafkaSettings, options: EmitterSettings, spool_dir: Path) -> None:
@@ -51,10 +101,26 @@ class Emitter:
         self._options = options
         self._spool = Spool(spool_dir, options.spool_max_bytes)
         self._producer: AIOKafkaProducer | None = None
-        self._lock = asyncio.Lock()
-        self._drained = asyncio.Event()
-        self._drainer: asyncio.Task[None] | None = None
         self._closed = False
+        # Calls not yet taken by a round, and events taken but not yet sent, per partition.
+        self._intake: deque[_Call] = deque()
+        self._intake_bytes = 0
+        self._queues: dict[int, deque[_Item]] = {}
+        self._unsettled = 0  # events of calls in memory: neither acked nor spooled yet
+        self._calls: set[_Call] = set()
+        self._seq = 0
+        self._partitions: list[int] = []
+        self._partition_of: dict[bytes, int] = {}
+        self._urgent = 0  # flush or close is waiting: no lingering
+        self._resent = 0
+        # The spool's oldest chunk while it is being re-sent: what is not acked yet, and
+        # the byte length to discard once all of it is.
+        self._chunk: tuple[list[SpooledMessage], int] | None = None
+        self._wake = asyncio.Event()
+        self._settled = asyncio.Event()  # nothing in memory
+        self._idle = asyncio.Event()  # nothing in memory, nothing spooled
+        self._sender: asyncio.Task[None] | None = None
+        self._update_state()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Self:
@@ -72,10 +138,7 @@ class Emitter:
             self._producer = await self._new_producer()
         except (KafkaError, OSError, TimeoutError, IntegrationError) as exc:
             log.warning("cannot send to %s at start (%s); spooling", self._servers, exc)
-        if self._spool.size:
-            self._start_drainer()
-        else:
-            self._drained.set()
+        self._ensure_sender()
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -94,132 +157,396 @@ class Emitter:
         return (await self.emit_many([event]))[0]
 
     async def emit_many(self, events: Iterable[Event]) -> list[Delivery]:
-        """Send events in order; all are acked, or the unacked rest is spooled in order."""
+        """Send events in order; each is acked or, with what follows it, spooled in order.
+
+        Raises SpoolFullError or SpoolWriteError when events that had to be spooled could
+        not be (none of this call's unacknowledged events was accepted then), and
+        IntegrationError for an event larger than emitter.max_batch_bytes (nothing sent).
+        """
         if self._closed:
             raise IntegrationError("this Emitter is closed")
         messages = [SpooledMessage(e.session_id.encode(), encode(e)) for e in events]
         if not messages:
             return []
-        futures: list[asyncio.Future[object]] = []
-        async with self._lock:
-            if self._spool.size or self._producer is None:
-                return self._to_spool(messages, acked=0)
-            try:
-                # Enqueued under the lock, so concurrent callers keep their order per
-                # partition; acknowledgements are awaited outside it.
-                futures = await self._send_batches(messages)
-            except (KafkaError, OSError, TimeoutError) as exc:
-                log.warning("send to %s failed (%s); spooling", self._servers, exc)
-                return self._to_spool(messages, acked=0)
-        try:
-            async with asyncio.timeout(self._options.send_timeout):
-                await asyncio.gather(*futures)
-        except (KafkaError, OSError, TimeoutError) as exc:
-            acked = _leading_done(futures)
-            log.warning("send to %s failed (%s); spooling", self._servers, exc)
-            async with self._lock:
-                return self._to_spool(messages[acked:], acked=acked)
-        return ["acked"] * len(messages)
+        largest = max(len(m.key) + len(m.value) for m in messages)
+        if largest + _BATCH_OVERHEAD > self._options.max_batch_bytes:
+            raise IntegrationError(
+                f"an event of {largest} bytes does not fit a batch of emitter.max_batch_bytes "
+                f"({self._options.max_batch_bytes}); none of the {len(messages)} event(s) "
+                "was sent"
+            )
+        self._ensure_sender()
+        if not self._unsettled and (self._spool.size or self._producer is None):
+            # Nothing of ours is in memory ahead of these: they queue in the spool.
+            self._spool.append(messages)  # SpoolFullError / SpoolWriteError: none accepted
+            self._update_state()
+            self._wake.set()
+            return ["spooled"] * len(messages)
+        loop = asyncio.get_running_loop()
+        call = _Call(self._seq, messages, loop.time(), loop.create_future())
+        self._seq += 1
+        self._intake.append(call)
+        self._intake_bytes += sum(len(m.value) for m in messages)
+        self._calls.add(call)
+        self._unsettled += len(messages)
+        self._update_state()
+        self._wake.set()
+        return await call.future
 
     async def flush(self, timeout: float | None = None) -> None:
         """Wait until nothing is spooled and every sent event is acknowledged."""
+        if not self._closed:
+            self._ensure_sender()
+        self._urgent += 1
+        self._wake.set()
         try:
             async with asyncio.timeout(timeout):
-                await self._drained.wait()
-                if self._producer is not None:
-                    await self._producer.flush()
+                await self._idle.wait()
         except TimeoutError:
             raise IntegrationError(
                 f"{self._spool.size} spooled bytes not delivered within {timeout} s; "
                 f"they stay in {self._spool.path}"
             ) from None
+        finally:
+            self._urgent -= 1
 
-    async def close(self) -> None:
-        """Flush what the producer holds and stop; spooled events stay on disk for later."""
+    def abandon(self) -> None:
+        """Give up this emitter without flushing, e.g. when its event loop is gone.
+
+        The spool's lock is released (its contents stay on disk for the next emitter).
+        Callers still waiting for events that were neither acknowledged nor spooled get
+        an IntegrationError (such events may still reach the topic, or not).
+        """
         if self._closed:
             return
         self._closed = True
-        if self._drainer is not None:
-            self._drainer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._drainer
-        if self._producer is not None:
-            with contextlib.suppress(KafkaError, OSError, TimeoutError):
-                async with asyncio.timeout(self._options.send_timeout):
-                    await self._producer.stop()
+        sender, self._sender = self._sender, None
+        if sender is not None and not sender.done():
+            with contextlib.suppress(RuntimeError):  # its loop is closed: it cannot run
+                sender.cancel()
+        self._fail_waiting("the emitter was abandoned")
+        self._producer = None
         self._spool.close()
 
-    # -- internals ---------------------------------------------------------------------
+    async def close(self) -> None:
+        """Send what callers queued (acked or spooled) and stop; spooled events stay on
+        disk for the next emitter."""
+        if self._closed:
+            return
+        self._closed = True
+        self._urgent += 1
+        self._wake.set()
+        sender, self._sender = self._sender, None
+        if sender is not None:
+            if self._unsettled and not sender.done():
+                settled = asyncio.ensure_future(self._settled.wait())
+                await asyncio.wait([settled, sender], return_when=asyncio.FIRST_COMPLETED)
+                settled.cancel()
+            sender.cancel()
+            await asyncio.wait([sender])  # its failure, if any, was logged when it ended
+        self._fail_waiting("the emitter closed")  # only if its sender died
+        await self._drop_producer(flush=True)
+        self._spool.close()
 
-    def _to_spool(self, messages: list[SpooledMessage], acked: int) -> list[Delivery]:
-        self._spool.append(messages)  # SpoolFullError: nothing of `messages` was accepted
-        self._drained.clear()
-        self._start_drainer()
-        result: list[Delivery] = ["acked"] * acked
-        return result + ["spooled"] * len(messages)
+    # -- the sender --------------------------------------------------------------------
 
-    async def _send(self, message: SpooledMessage) -> asyncio.Future[object]:
-        assert self._producer is not None
-        async with asyncio.timeout(self._options.send_timeout):
-            future: asyncio.Future[object] = await self._producer.send(
-                self.topic, value=message.value, key=message.key
+    def _ensure_sender(self) -> None:
+        if self._sender is None or self._sender.done():
+            self._sender = asyncio.get_running_loop().create_task(
+                self._send_forever(), name="tokenquota-emitter"
             )
-        return future
+            self._sender.add_done_callback(self._sender_done)
 
-    async def _send_batches(self, messages: list[SpooledMessage]) -> list[asyncio.Future[object]]:
-        """Send `messages` as one batch per partition (split when full), in order.
+    def _sender_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        log.error("the emitter's sender failed", exc_info=task.exception())
+        self._fail_waiting(f"the emitter's sender failed ({task.exception()!r})")
 
-        Returns each message's acknowledgement (its batch's), in message order. Batches
-        skip aiokafka's per-message path, which costs most of the time of a large call.
-        Calls of up to `_FEW` messages go through that path instead: it adds them to the
-        batch each partition has open, so concurrent and successive small calls (a
-        reservation each, a steady stream of usage) share produce requests. aiokafka
-        sends one request at a time per broker, and each ready-made batch waits for a
-        request of its own, so small batches would queue one round trip per call.
-        """
+    async def _send_forever(self) -> None:
+        while True:
+            if self._unsettled:
+                if self._spool.size or self._producer is None:
+                    self._spool_unsettled([])  # not expected: keep them behind the spool
+                    continue
+                await self._linger()
+                await self._send_round()
+            elif self._spool.size:
+                await self._drain_chunk()
+            else:
+                self._update_state()
+                self._wake.clear()
+                await self._wake.wait()
+
+    async def _linger(self) -> None:
+        """Wait until the oldest queued call has waited linger_ms, unless a round's worth
+        is queued, events were left over from a full batch, or flush/close is waiting."""
+        loop = asyncio.get_running_loop()
+        linger = self._options.linger_ms / 1000
+        full = self._options.max_batch_bytes
+        while not (self._urgent or self._queues or self._intake_bytes >= full):
+            remaining = self._intake[0].queued_at + linger - loop.time()
+            if remaining <= 0:
+                return
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(remaining):
+                    await self._wake.wait()
+
+    async def _send_round(self) -> None:
+        """One round of what callers queued; on failure, spool from the first unacked."""
         producer = self._producer
         assert producer is not None
+        try:
+            partitions = await self._partitions_of(producer)
+        except Exception as exc:  # any failure: spool, never lose
+            await self._send_failed(exc, [])
+            return
+        queues = self._queues
+        while self._intake:
+            call = self._intake.popleft()
+            for index, message in enumerate(call.messages):
+                partition = self._partition(message.key, partitions)
+                queue = queues.get(partition)
+                if queue is None:
+                    queue = queues[partition] = deque()
+                queue.append((call, index))
+        self._intake_bytes = 0
+        outcome, error = await self._round(producer, queues, _item_message)
+        failed: list[_Item] = []
+        for items, acked in outcome:
+            if not acked:
+                failed += items
+                continue
+            for call, _ in items:
+                call.unsettled -= 1
+                if not call.unsettled:
+                    self._finish(call)
+            self._unsettled -= len(items)
+        if failed:
+            await self._send_failed(error, failed)
+        self._update_state()
+
+    async def _send_failed(self, error: BaseException | None, failed: list[_Item]) -> None:
+        log.warning(
+            "send to %s failed (%s); spooling %d event(s) and what was queued behind them",
+            self._servers,
+            _describe(error),
+            len(failed),
+        )
+        self._spool_unsettled(failed)
+        await self._drop_producer()  # before anything else is sent
+
+    def _spool_unsettled(self, failed: list[_Item]) -> None:
+        """Spool `failed` and every event still in memory, in emit order, and tell their
+        callers; a call whose events cannot be spooled gets the error instead."""
+        items = failed
+        for queue in self._queues.values():
+            items += queue
+        self._queues.clear()
+        for call in self._intake:
+            items += [(call, index) for index in range(len(call.messages))]
+        self._intake.clear()
+        self._intake_bytes = 0
+        items.sort(key=_emit_order)
+        groups: list[tuple[_Call, list[int]]] = []
+        for call, index in items:
+            if groups and groups[-1][0] is call:
+                groups[-1][1].append(index)
+            else:
+                groups.append((call, [index]))
+        try:
+            self._spool.append([call.messages[i] for call, indexes in groups for i in indexes])
+            accepted = groups
+        except IntegrationError:  # full, or the write failed: accept what fits, call by call
+            accepted = []
+            for call, indexes in groups:
+                try:
+                    self._spool.append([call.messages[i] for i in indexes])
+                except IntegrationError as exc:
+                    call.unsettled -= len(indexes)
+                    self._calls.discard(call)
+                    if not call.future.done():
+                        call.future.set_exception(exc)
+                else:
+                    accepted.append((call, indexes))
+        for call, indexes in accepted:
+            for index in indexes:
+                call.results[index] = "spooled"
+            call.unsettled -= len(indexes)
+            if not call.unsettled:
+                self._finish(call)
+        self._unsettled -= len(items)
+        self._update_state()
+
+    async def _drain_chunk(self) -> None:
+        """Re-send the oldest chunk of the spool and discard it once it is acknowledged."""
+        retry = self._options.retry_interval
+        if self._producer is None:
+            try:
+                self._producer = await self._new_producer()
+            except (KafkaError, OSError, TimeoutError, IntegrationError) as exc:
+                log.info("spool not delivered yet (%s); retrying in %s s", exc, retry)
+                await asyncio.sleep(retry)
+                return
+        if self._chunk is None:
+            try:
+                self._chunk = self._spool.read_chunk(self._options.max_batch_bytes, _CHUNK)
+            except (OSError, IntegrationError) as exc:
+                log.error(
+                    "cannot read the spool %s (%s); retrying in %s s", self._spool.path, exc, retry
+                )
+                await asyncio.sleep(retry)
+                return
+        waiting, length = self._chunk
+        if not length:  # not expected: a spool holding bytes yields some; never spin on it
+            self._chunk = None
+            log.error("the spool %s yielded nothing to re-send; retrying", self._spool.path)
+            await asyncio.sleep(retry)
+            return
+        if waiting:
+            unacked, error = await self._send_all(self._producer, waiting)
+            if error is not None:
+                # The next attempt sends only what this one did not get acknowledged.
+                self._chunk = (unacked, length)
+                log.info("spool not delivered yet (%s); retrying in %s s", _describe(error), retry)
+                await self._drop_producer()
+                await asyncio.sleep(retry)
+                return
+        try:
+            self._spool.discard_head(length)
+        except (OSError, IntegrationError) as exc:
+            self._chunk = ([], length)  # delivered: only the discard is left to do
+            log.error("cannot discard from the spool (%s); retrying in %s s", exc, retry)
+            await asyncio.sleep(retry)
+            return
+        self._chunk = None
+        self._resent += len(waiting)
+        if not self._spool.size:
+            log.info("re-sent %d spooled event(s)", self._resent)
+            self._resent = 0
+            self._update_state()
+
+    async def _send_all(
+        self, producer: AIOKafkaProducer, messages: list[SpooledMessage]
+    ) -> tuple[list[SpooledMessage], BaseException | None]:
+        """Send `messages` in rounds until all are acknowledged. Returns the ones that
+        were not (in order) and the first failure, or ([], None)."""
+        try:
+            partitions = await self._partitions_of(producer)
+        except Exception as exc:  # reported; the chunk is retried
+            return messages, exc
+        queues: dict[int, deque[tuple[int, SpooledMessage]]] = {}
+        for item in enumerate(messages):
+            partition = self._partition(item[1].key, partitions)
+            queue = queues.get(partition)
+            if queue is None:
+                queue = queues[partition] = deque()
+            queue.append(item)
+        while queues:
+            outcome, error = await self._round(producer, queues, _second)
+            failed = [item for items, acked in outcome if not acked for item in items]
+            if error is not None or failed:
+                failed += [item for queue in queues.values() for item in queue]
+                failed.sort(key=_first)
+                return [m for _, m in failed], error or KafkaError("a batch was not acked")
+        return [], None
+
+    async def _round(
+        self,
+        producer: AIOKafkaProducer,
+        queues: dict[int, deque[_T]],
+        message_of: Callable[[_T], SpooledMessage],
+    ) -> tuple[list[tuple[list[_T], bool]], BaseException | None]:
+        """Send one batch per partition from the heads of `queues` (taking what fits) and
+        wait up to send_timeout for every acknowledgement. Returns each batch's events and
+        whether it was acknowledged, and the first error."""
+        batches: list[tuple[int, Any, list[_T]]] = []
+        for partition in list(queues):
+            queue = queues[partition]
+            batch = producer.create_batch()
+            taken: list[_T] = []
+            while queue:
+                message = message_of(queue[0])
+                if batch.append(key=message.key, value=message.value, timestamp=None) is None:
+                    break
+                taken.append(queue.popleft())
+            if not queue:
+                del queues[partition]
+            batch.close()  # sent as it is, not held for aiokafka's linger
+            batches.append((partition, batch, taken))
+        acks: list[asyncio.Future[Any]] = []
+        error: BaseException | None = None
+        try:
+            async with asyncio.timeout(self._options.send_timeout):
+                for partition, batch, _ in batches:
+                    acks.append(await producer.send_batch(batch, self.topic, partition=partition))
+                await asyncio.wait(acks)
+        except Exception as exc:  # TimeoutError, KafkaError, OSError, ...
+            error = exc
+        outcome: list[tuple[list[_T], bool]] = []
+        for index, (_, _, taken) in enumerate(batches):
+            ack = acks[index] if index < len(acks) else None
+            acked = ack is not None and ack.done() and not ack.cancelled()
+            if acked and ack is not None and ack.exception() is not None:
+                acked = False
+                error = error or ack.exception()
+            outcome.append((taken, acked))
+        for ack in acks:
+            if not ack.done():
+                ack.add_done_callback(_retrieve)
+        return outcome, error
+
+    async def _partitions_of(self, producer: AIOKafkaProducer) -> list[int]:
         async with asyncio.timeout(self._options.send_timeout):
             partitions = sorted(await producer.partitions_for(self.topic))
-        if len(messages) <= _FEW:
-            async with asyncio.timeout(self._options.send_timeout):
-                return [
-                    await producer.send(
-                        self.topic,
-                        m.value,
-                        m.key,
-                        partition=_PARTITIONER(m.key, partitions, partitions),
-                    )
-                    for m in messages
-                ]
-        open_batches: dict[int, tuple[BatchBuilder, list[int]]] = {}
-        acks: list[asyncio.Future[object] | None] = [None] * len(messages)
+        if partitions != self._partitions:
+            self._partitions = partitions
+            self._partition_of = {}
+        return partitions
 
-        async def send(partition: int) -> None:
-            batch, members = open_batches.pop(partition)
-            async with asyncio.timeout(self._options.send_timeout):
-                ack = await producer.send_batch(batch, self.topic, partition=partition)
-            for index in members:
-                acks[index] = ack
+    def _partition(self, key: bytes, partitions: list[int]) -> int:
+        """The producer's default partition for `key`, cached (murmur2 is pure Python)."""
+        partition = self._partition_of.get(key)
+        if partition is None:
+            if len(self._partition_of) >= _PARTITION_CACHE:
+                self._partition_of = {}
+            partition = self._partition_of[key] = _PARTITIONER(key, partitions, partitions)
+        return partition
 
-        for index, message in enumerate(messages):
-            partition = _PARTITIONER(message.key, partitions, partitions)
-            if partition not in open_batches:
-                open_batches[partition] = (producer.create_batch(), [])
-            batch, members = open_batches[partition]
-            if batch.append(key=message.key, value=message.value, timestamp=None) is None:
-                await send(partition)  # full: send it, start the next one
-                open_batches[partition] = (producer.create_batch(), [])
-                batch, members = open_batches[partition]
-                if batch.append(key=message.key, value=message.value, timestamp=None) is None:
-                    raise IntegrationError(
-                        f"an event of {len(message.value)} bytes exceeds "
-                        f"emitter.max_batch_bytes ({self._options.max_batch_bytes})"
-                    )
-            members.append(index)
-        for partition in list(open_batches):
-            await send(partition)
-        return [ack for ack in acks if ack is not None]
+    def _finish(self, call: _Call) -> None:
+        self._calls.discard(call)
+        if not call.future.done():
+            call.future.set_result(call.results)
+
+    def _fail_waiting(self, why: str) -> None:
+        """Fail every call still waiting (its events neither acked nor spooled)."""
+        calls, self._calls = self._calls, set()
+        for call in calls:
+            if call.future.done():
+                continue
+            error = IntegrationError(
+                f"{why}: {call.unsettled} event(s) were neither acknowledged nor spooled; "
+                "they were NOT accepted (they may still reach the topic)"
+            )
+            with contextlib.suppress(RuntimeError):  # the future's loop is closed
+                call.future.set_exception(error)
+        self._intake.clear()
+        self._intake_bytes = 0
+        self._queues.clear()
+        self._unsettled = 0
+        self._update_state()
+
+    def _update_state(self) -> None:
+        if self._unsettled:
+            self._settled.clear()
+            self._idle.clear()
+            return
+        self._settled.set()
+        if self._spool.size:
+            self._idle.clear()
+        else:
+            self._idle.set()
 
     async def _new_producer(self) -> AIOKafkaProducer:
         timeout_ms = int(self._options.send_timeout * 1000)
@@ -228,7 +555,7 @@ class Emitter:
             client_id="tokenquota-emitter",
             acks="all",
             enable_idempotence=self._options.enable_idempotence,
-            linger_ms=self._options.linger_ms,
+            linger_ms=0,  # batches arrive closed; the sender lingers (module docstring)
             max_batch_size=self._options.max_batch_bytes,
             request_timeout_ms=timeout_ms,
         )
@@ -249,55 +576,81 @@ class Emitter:
             )
         return producer
 
-    def _start_drainer(self) -> None:
-        if self._drainer is None or self._drainer.done():
-            self._drainer = asyncio.create_task(self._drain(), name="tokenquota-spool-drain")
+    async def _drop_producer(self, *, flush: bool = False) -> None:
+        """Stop the producer: with `flush`, first let it deliver what it holds (for close).
 
-    async def _drain(self) -> None:
-        """Re-send the spool, oldest first, until it is empty."""
-        while True:
-            async with self._lock:
-                if not self._spool.size:
-                    self._drained.set()
-                    return
-                try:
-                    await self._drain_once()
-                    continue
-                except (KafkaError, OSError, TimeoutError, IntegrationError) as exc:
-                    log.info("spool not delivered yet (%s); retrying", exc)
-                    await self._drop_producer()
-            await asyncio.sleep(self._options.retry_interval)
-
-    async def _drain_once(self) -> None:
-        if self._producer is None:
-            self._producer = await self._new_producer()
-        messages, length = self._spool.read()
-        futures = [await self._send(m) for m in messages]
-        async with asyncio.timeout(self._options.send_timeout):
-            await asyncio.gather(*futures)
-        self._spool.discard_head(length)
-        log.info("re-sent %d spooled event(s)", len(messages))
-
-    async def _drop_producer(self) -> None:
+        Otherwise, or when that does not finish within send_timeout, it is halted: its
+        sending task is cancelled before anything else, so it can send nothing more (not
+        even a batch it was retrying), and what it holds is dropped: those events are
+        acknowledged or spooled already. This reads two of aiokafka's internals
+        (`_sender.sender_task`, `_message_accumulator`); without them it just stops.
+        """
         producer, self._producer = self._producer, None
-        if producer is not None:
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(2):
+        if producer is None:
+            return
+        interrupted = False
+        if flush:
+            try:
+                async with asyncio.timeout(self._options.send_timeout):
                     await producer.stop()
+                return
+            except Exception as exc:  # TimeoutError, KafkaError, OSError
+                log.warning("the producer did not flush (%s); dropping it", _describe(exc))
+                interrupted = True
+        sending: asyncio.Task[None] | None = getattr(
+            getattr(producer, "_sender", None), "sender_task", None
+        )
+        accumulator = getattr(producer, "_message_accumulator", None)
+        try:
+            async with asyncio.timeout(self._options.send_timeout):
+                if sending is not None and not sending.done():
+                    sending.cancel()  # it lets its requests in flight finish, sends no more
+                    await asyncio.wait([sending])
+                if accumulator is not None:
+                    accumulator.fail_all(KafkaError("the emitter gave this producer up"))
+                await producer.stop()
+                if interrupted:  # stop() had begun and does nothing a second time
+                    await producer.client.close()
+        except Exception as exc:  # TimeoutError, KafkaError, OSError
+            log.warning("could not stop a failed producer cleanly (%s)", _describe(exc))
 
 
-#: Calls with at most this many events are added to the partitions' open batches.
-_FEW = 1000
-# The producer's own default: murmur2 of the key over all partitions, so events sent
-# through `emit` and through `emit_many` land on the same partition for a session.
+#: A chunk of the spool re-sent at a time: at most this many events (and about
+#: emitter.max_batch_bytes); a failure re-sends only the chunk it interrupted.
+_CHUNK = 5000
+#: A record batch's header (61 bytes) and one record's framing (at most 33), rounded up.
+_BATCH_OVERHEAD = 100
+_PARTITION_CACHE = 100_000
+# The producer's own default: murmur2 of the key over all partitions, so a session's
+# events land on the partition any Kafka client would pick for its key.
 _PARTITIONER = DefaultPartitioner()
 
 
-def _leading_done(futures: list[asyncio.Future[object]]) -> int:
-    """How many futures, from the first, completed without error."""
-    count = 0
-    for future in futures:
-        if not future.done() or future.cancelled() or future.exception() is not None:
-            break
-        count += 1
-    return count
+def _item_message(item: _Item) -> SpooledMessage:
+    return item[0].messages[item[1]]
+
+
+def _first(item: tuple[int, SpooledMessage]) -> int:
+    return item[0]
+
+
+def _second(item: tuple[int, SpooledMessage]) -> SpooledMessage:
+    return item[1]
+
+
+def _emit_order(item: _Item) -> tuple[int, int]:
+    return item[0].seq, item[1]
+
+
+def _describe(error: BaseException | None) -> str:
+    if error is None:
+        return "no acknowledgement"
+    if isinstance(error, TimeoutError):
+        return "no acknowledgement within emitter.send_timeout"
+    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Mark a late acknowledgement's error as seen (nobody waits for it any more)."""
+    if not future.cancelled():
+        future.exception()
