@@ -6,6 +6,11 @@ The integration functions keep the design's short signatures
 a session they are not handed. The client is built from `load_settings()` on first
 use in a running event loop (or set with `use_quota`); the session is the innermost
 `with session_scope(...)` block.
+
+A client belongs to the event loop it was started in. When hooks run in another loop
+(a second `asyncio.run`), the client this module started in the old one is abandoned
+(`TokenQuota.abandon`: its spool's lock released, its connections dropped) and a new one
+is started.
 """
 
 from __future__ import annotations
@@ -72,9 +77,9 @@ async def get_quota(
     if _quota is not None and _quota_loop is loop:
         return _quota
     if _lock is None or _quota_loop is not loop:
+        _retire()
         _lock = asyncio.Lock()
         _quota_loop = loop
-        _quota = None
     async with _lock:
         if _quota is None:
             client = TokenQuota(settings or load_settings(), source=source)
@@ -84,9 +89,33 @@ async def get_quota(
 
 
 async def close_default_quota() -> None:
-    """Close the default client if this module started it (spooled events stay on disk)."""
+    """Close the default client if this module started it (spooled events stay on disk).
+
+    A client of another event loop, which cannot be awaited here, is abandoned instead.
+    """
     global _quota, _quota_loop, _owned
-    client, owned = _quota, _owned
+    client, owned, client_loop = _quota, _owned, _quota_loop
     _quota, _quota_loop, _owned = None, None, False
-    if client is not None and owned:
+    if client is None or not owned:
+        return
+    if client_loop is asyncio.get_running_loop():
         await client.close()
+    else:
+        client.abandon()
+
+
+def _retire() -> None:
+    """Drop the default client of another loop; abandon it if this module started it."""
+    global _quota, _owned
+    client, owned, client_loop = _quota, _owned, _quota_loop
+    if client is None:
+        return
+    if owned and client_loop is not None and client_loop.is_running():
+        # Another thread's loop is using it: abandoning it would break that thread.
+        raise IntegrationError(
+            "the default TokenQuota is in use by an event loop running in another thread; "
+            "give each thread's hooks a client of its own (quota=... or use_quota)"
+        )
+    _quota, _owned = None, False
+    if owned:
+        client.abandon()

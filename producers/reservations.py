@@ -10,6 +10,12 @@ event is emitted). Step 2 emits `TokenReserved`. In strict mode the call then wa
 the worker's decision (LISTEN/NOTIFY, with a short poll as a fallback), so concurrent
 callers can never be granted more than the budget; in optimistic mode it returns once
 the broker has the event.
+
+The decision maps to the caller as `decision_error` says: a grant, a
+TokenQuotaExceededError naming the window that refused, a ReservationExpiredError, or an
+IntegrationError. With no decision within `reservations.decision_timeout` the
+reservation is released and IntegrationError raised; with `reservations.fail_open` it
+is handed back pending and unverified instead, and its settle or release closes it.
 """
 
 from __future__ import annotations
@@ -18,16 +24,17 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator
-from datetime import timedelta
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Literal, Self
 
 import asyncpg
 
-from tokenquota.config import Settings, fold_config
+from tokenquota.config import Settings
 from tokenquota.errors import (
     IntegrationError,
+    ReservationExpiredError,
     TokenQuotaExceededError,
 )
 from tokenquota.projections import (
@@ -50,12 +57,15 @@ from tokenquota.schemas import (
 
 from .emitter import Delivery, Emitter
 
-__all__ = ["Reservation", "TokenQuota", "reserve"]
+__all__ = ["Reservation", "TokenQuota", "decision_error", "reserve"]
 
 log = logging.getLogger("tokenquota.reservations")
 
 Mode = Literal["strict", "optimistic"]
 _POLL_INTERVAL = 0.25
+_RELISTEN_BACKOFF_MAX = 5.0
+#: The reasons a refusal names a budget window for (TokenQuotaExceededError).
+_WINDOWS = frozenset({"daily_limit", "monthly_limit", "hard_limit", "critical_threshold"})
 
 
 class Reservation:
@@ -76,7 +86,9 @@ class Reservation:
         self.event = event
         self.status = status
         self.delivery = delivery
-        #: False when the pipeline was unreachable and `reservations.fail_open` let it pass.
+        #: False when the pipeline was unreachable or did not decide in time and
+        #: `reservations.fail_open` let it pass: it is then `pending`, not released, and
+        #: its settle or release closes it like any other.
         self.verified = verified
         self._closed = False
 
@@ -116,6 +128,7 @@ class Reservation:
             session_id=self.event.session_id,
             task_id=self.event.task_id,
             source=self.event.source,
+            occurred_at=self._quota.clock(),
             reservation_id=self.reservation_id,
             model=model,
             input_tokens=input_tokens,
@@ -140,24 +153,44 @@ class Reservation:
 
 
 class TokenQuota:
-    """A connection to tokenquota's pipeline: the emitter, the projections, the decisions."""
+    """A connection to tokenquota's pipeline: the emitter, the projections, the decisions.
 
-    def __init__(self, settings: Settings, *, source: Source | None = None) -> None:
+    Decisions arrive by NOTIFY on a LISTEN connection of their own. When PostgreSQL
+    drops it (a restart), it is reconnected in the background with backoff and the
+    channel listened to again; decisions are polled from the table meanwhile.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        source: Source | None = None,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
         self.settings = settings
-        self.config = fold_config(settings)
         self.source = source or Source(component="sdk", name="tokenquota")
+        #: Stamps the events' occurred_at and expires_at (the machine's UTC clock). The
+        #: worker never lets it move a budget: its windows and expiries run on the log clock.
+        self.clock = clock
         self._emitter = Emitter.from_settings(settings)
         self._pool: asyncpg.Pool | None = None
         self._listener: asyncpg.Connection | None = None
+        self._relisten: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closing = False
         self._waiting: dict[uuid.UUID, asyncio.Future[str]] = {}
         # asyncpg's pool hands a returned connection to whichever task asks next, so
         # under load a caller can lose it again and again; this semaphore queues callers
         # in order (first come, first served) and lets no more in than there are connections.
         self._turns = asyncio.Semaphore(settings.database.pool_size)
+        #: Decisions that reached a waiting `reserve()` by NOTIFY (the others were polled).
+        self.decisions_notified = 0
 
     async def start(self) -> None:
         """Connect to PostgreSQL (a pool and a LISTEN connection) and start the emitter."""
         db = self.settings.database
+        self._loop = asyncio.get_running_loop()
+        self._closing = False
         try:
             self._pool = await asyncpg.create_pool(
                 db.dsn(),
@@ -166,8 +199,7 @@ class TokenQuota:
                 server_settings={"search_path": db.schema_name},
                 timeout=10,
             )
-            self._listener = await asyncpg.connect(db.dsn(), timeout=10)
-            await self._listener.add_listener(decision_channel(db.schema_name), self._on_notify)
+            self._listener = await self._listen()
         except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
             await self.close()
             raise IntegrationError(f"cannot connect to PostgreSQL: {exc}") from None
@@ -175,12 +207,41 @@ class TokenQuota:
 
     async def close(self) -> None:
         """Stop the emitter (spooled events stay on disk) and close the connections."""
+        self._closing = True
         await self._emitter.close()
-        if self._listener is not None:
+        relisten, self._relisten = self._relisten, None
+        if relisten is not None:
+            relisten.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await relisten
+        listener, self._listener = self._listener, None
+        if listener is not None:
             with contextlib.suppress(Exception):
-                await self._listener.close()
+                await listener.close()
         if self._pool is not None:
             await self._pool.close()
+
+    def abandon(self) -> None:
+        """Give this client up without awaiting anything, e.g. once its event loop is gone.
+
+        The emitter is abandoned: its spool's lock is released and spooled events stay on
+        disk for the next emitter. The PostgreSQL connections are terminated or, when
+        their loop is closed, dropped (their sockets close when they are collected). Call
+        it from the client's own loop or while that loop is not running.
+        """
+        self._closing = True
+        self._emitter.abandon()
+        relisten, self._relisten = self._relisten, None
+        listener, self._listener = self._listener, None
+        pool, self._pool = self._pool, None
+        if self._loop is None or self._loop.is_closed():
+            return  # nothing can run on a closed loop, not even a socket's close
+        if relisten is not None:
+            relisten.cancel()
+        if listener is not None:
+            listener.terminate()
+        if pool is not None:
+            pool.terminate()
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -199,6 +260,11 @@ class TokenQuota:
         """The emitter this client sends with."""
         return self._emitter
 
+    @property
+    def listening(self) -> bool:
+        """True while the LISTEN connection is up, so that decisions arrive by NOTIFY."""
+        return self._listener is not None and not self._listener.is_closed()
+
     async def emit(self, event: Event) -> Delivery:
         """Send any event through this client's emitter."""
         return await self._emitter.emit(event)
@@ -206,12 +272,12 @@ class TokenQuota:
     async def session_metrics(self, session_id: str) -> SessionMetrics:
         """The session's budget right now."""
         async with self._acquire() as conn:
-            return await session_metrics(conn, session_id, self.config)
+            return await session_metrics(conn, session_id)
 
     async def available_tokens(self, session_id: str, priority: Priority = "normal") -> int:
         """Tokens a reservation of `priority` could take right now."""
         async with self._acquire() as conn:
-            return await available_tokens(conn, session_id, self.config, priority=priority)
+            return await available_tokens(conn, session_id, priority=priority)
 
     async def reservation(self, reservation_id: uuid.UUID) -> ReservationRecord | None:
         """The worker's record of a reservation, None until it has applied it."""
@@ -233,8 +299,13 @@ class TokenQuota:
 
         `source` names the integration on the events (default: this client's source).
 
-        Raises TokenBudgetExhaustedError when the hard limit is reached, and
-        IntegrationError when the pipeline cannot decide (unless reservations.fail_open).
+        Raises TokenBudgetExhaustedError when the hard limit is reached,
+        ReservationExpiredError when the reservation expired before it was decided or
+        its decision read, and IntegrationError when the pipeline cannot decide within
+        `reservations.decision_timeout` (the reservation is then released). With
+        `reservations.fail_open`, an unreachable pipeline or a missing decision hands
+        back the reservation pending and unverified instead (not released: settle or
+        release it as any other).
         """
         options = self.settings.reservations
         mode = mode or options.mode
@@ -251,7 +322,7 @@ class TokenQuota:
                 raise TokenQuotaExceededError.for_window(
                     session_id, tokens, room.available, room.limit, room.window
                 )
-        now = utc_now()
+        now = self.clock()
         event = TokenReserved(
             session_id=session_id,
             task_id=task_id,
@@ -268,56 +339,120 @@ class TokenQuota:
         decided: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._waiting[event.reservation_id] = decided
         try:
+            # An emitter that refuses the event (a full spool) raises here, fail_open or
+            # not: nothing of this reservation, nor of its settlement, could be recorded.
             delivery = await self._emitter.emit(event)
-            status = await self._decision(event, decided, options.decision_timeout)
-        except IntegrationError as exc:
-            if not options.fail_open:
-                raise
-            log.warning("reservation %s not verified (%s); fail_open", event.reservation_id, exc)
-            return Reservation(self, event, "pending", "spooled", verified=False)
+            outcome = await self._decision(event, decided, options.decision_timeout)
         finally:
             self._waiting.pop(event.reservation_id, None)
-        if status != "accepted":
+        if outcome is None:
+            return await self._undecided(event, delivery)
+        status, record = outcome
+        if record is None and status != "accepted":
             record = await self.reservation(event.reservation_id)
-            assert record is not None
-            raise TokenQuotaExceededError.for_window(
-                record.session_id,
-                record.tokens,
-                record.available_tokens,
-                record.limit_tokens,
-                record.reason or "hard_limit",
-            )
+        error = decision_error(event, status, record, self.clock())
+        if error is not None:
+            raise error
         return Reservation(self, event, status, delivery)
+
+    async def _undecided(self, event: TokenReserved, delivery: Delivery) -> Reservation:
+        """No decision came in time: fail open with the reservation pending, or release it."""
+        options = self.settings.reservations
+        if options.fail_open:
+            # Not released: the worker may still accept it, and the caller's settle or
+            # release is what closes it (a release here would make that settle unmatched).
+            log.warning(
+                "no decision on reservation %s within %s s; fail_open: handed back unverified",
+                event.reservation_id,
+                options.decision_timeout,
+            )
+            return Reservation(self, event, "pending", delivery, verified=False)
+        # Give the tokens back should the worker accept it later.
+        with contextlib.suppress(IntegrationError):
+            await Reservation(self, event, "pending", delivery).release()
+        raise IntegrationError(
+            f"no decision on reservation {event.reservation_id} within "
+            f"{options.decision_timeout} s (it was released): is `tokenquota worker` running "
+            "and the broker reachable?"
+        )
 
     async def _decision(
         self, event: TokenReserved, decided: asyncio.Future[str], timeout: float
-    ) -> str:
+    ) -> tuple[str, ReservationRecord | None] | None:
+        """The decision's status (and the record, when it was polled); None at the deadline."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while True:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                break
+        while (remaining := deadline - loop.time()) > 0:
             with contextlib.suppress(TimeoutError):
-                return await asyncio.wait_for(
+                status = await asyncio.wait_for(
                     asyncio.shield(decided), min(_POLL_INTERVAL * 4, remaining)
                 )
-            # A notification can be missed (listener reconnect): ask the table.
-            record = await self.reservation(event.reservation_id)
+                return status, None
+            # No notification: the LISTEN connection may be down; ask the table.
+            self._ensure_listening()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    record = await self.reservation(event.reservation_id)
+            except TimeoutError:
+                break
+            except IntegrationError as exc:  # PostgreSQL away (a restart?): until the deadline
+                log.info("reservation %s not polled (%s); waiting", event.reservation_id, exc)
+                continue
             if record is not None:
-                return record.status
-        # Undecided: give the tokens back should the worker accept it later.
-        with contextlib.suppress(IntegrationError):
-            await Reservation(self, event, "pending", "acked").release()
-        raise IntegrationError(
-            f"no decision on reservation {event.reservation_id} within {timeout} s: "
-            "is `tokenquota worker` running and the broker reachable?"
-        )
+                return record.status, record
+        return None
+
+    # -- the LISTEN connection ---------------------------------------------------------
+
+    async def _listen(self) -> asyncpg.Connection:
+        db = self.settings.database
+        conn = await asyncpg.connect(db.dsn(), timeout=10)
+        try:
+            await conn.add_listener(decision_channel(db.schema_name), self._on_notify)
+        except BaseException:
+            conn.terminate()
+            raise
+        conn.add_termination_listener(self._on_listener_lost)
+        return conn
+
+    def _on_listener_lost(self, conn: object) -> None:
+        if conn is self._listener and not self._closing:
+            log.warning("the LISTEN connection to PostgreSQL was lost; reconnecting")
+            self._start_relisten()
+
+    def _ensure_listening(self) -> None:
+        """Reconnect the LISTEN connection if it is down and no reconnect is under way."""
+        if not self._closing and not self.listening:
+            self._start_relisten()
+
+    def _start_relisten(self) -> None:
+        if self._relisten is None or self._relisten.done():
+            self._relisten = asyncio.create_task(self._relisten_loop(), name="tokenquota-relisten")
+
+    async def _relisten_loop(self) -> None:
+        delay = 0.1
+        while True:
+            try:
+                listener = await self._listen()
+            except Exception as exc:  # any failure is retried: this task must never die
+                log.info("LISTEN connection not restored (%s); retrying in %.1f s", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _RELISTEN_BACKOFF_MAX)
+                continue
+            if self._closing:  # closed or abandoned meanwhile
+                listener.terminate()
+                return
+            old, self._listener = self._listener, listener
+            if old is not None:
+                old.terminate()
+            log.info("LISTEN connection to PostgreSQL restored")
+            return
 
     def _on_notify(self, connection: object, pid: int, channel: str, payload: object) -> None:
         rid_text, _, status = str(payload).partition(" ")
         future = self._waiting.get(uuid.UUID(rid_text))
         if future is not None and not future.done():
+            self.decisions_notified += 1
             future.set_result(status)
 
     @contextlib.asynccontextmanager
@@ -329,6 +464,47 @@ class TokenQuota:
                 yield conn  # type: ignore[misc]  # a pool proxy behaves as a Connection
         except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
             raise IntegrationError(f"PostgreSQL unreachable: {exc}") from None
+
+
+def decision_error(
+    event: TokenReserved, status: str, record: ReservationRecord | None, now: datetime
+) -> Exception | None:
+    """The error `reserve` raises for the decision `status` on `event`; None for a grant.
+
+    `record` is the reservation as the table holds it (what a refusal is explained
+    with), `now` when the decision was read:
+
+    - `accepted` is a grant, unless the reservation has expired by `now` (it holds
+      nothing then): ReservationExpiredError;
+    - `rejected` for a budget window (daily_limit, monthly_limit, hard_limit,
+      critical_threshold): TokenQuotaExceededError.for_window;
+    - `rejected` for `expired` (it had expired by the log's clock when the worker came
+      to it), or a polled `expired`: ReservationExpiredError;
+    - anything else: IntegrationError naming the status.
+    """
+    rid = event.reservation_id
+    if status == "accepted":
+        if event.expires_at > now:
+            return None
+        return ReservationExpiredError(event.session_id, rid, event.expires_at, decided=True)
+    reason = record.reason if record is not None else None
+    if status == "expired":
+        return ReservationExpiredError(event.session_id, rid, event.expires_at, decided=True)
+    if status == "rejected" and reason == "expired":
+        return ReservationExpiredError(event.session_id, rid, event.expires_at, decided=False)
+    if status == "rejected" and record is not None and reason in _WINDOWS:
+        return TokenQuotaExceededError.for_window(
+            record.session_id,
+            record.tokens,
+            record.available_tokens,
+            record.limit_tokens,
+            reason,
+        )
+    because = f" (reason {reason!r})" if reason else ""
+    return IntegrationError(
+        f"reservation {rid} of session {event.session_id!r} came back {status!r}{because}, "
+        "which reserve() does not know: are the worker and this client the same version?"
+    )
 
 
 async def reserve(

@@ -12,6 +12,7 @@ from .config import ConfigError, Settings, load_settings
 from .errors import (
     DevStackError,
     IntegrationError,
+    ReservationExpiredError,
     TokenBudgetExhaustedError,
     TokenQuotaExceededError,
 )
@@ -25,6 +26,7 @@ __all__ = [
     "ConfigError",
     "DevStackError",
     "IntegrationError",
+    "ReservationExpiredError",
     "Settings",
     "TokenBudgetExhaustedError",
     "TokenQuotaExceededError",

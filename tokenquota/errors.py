@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import uuid
+from datetime import datetime
+
 __all__ = [
     "DevStackError",
     "IntegrationError",
+    "ReservationExpiredError",
     "TokenBudgetExhaustedError",
     "TokenQuotaExceededError",
 ]
@@ -12,6 +16,31 @@ __all__ = [
 
 class IntegrationError(Exception):
     """A server tokenquota depends on (Kafka, PostgreSQL) is unreachable or misbehaves."""
+
+
+class ReservationExpiredError(IntegrationError):
+    """A reservation expired before it was decided, or before its decision was read.
+
+    Nothing is held for it. Carries `session_id`, `reservation_id` and `expires_at`;
+    `decided` is False when the worker refused it because it had expired by the log's
+    clock, True when it was decided in time but had expired by the time it was read.
+    """
+
+    def __init__(
+        self, session_id: str, reservation_id: uuid.UUID, expires_at: datetime, *, decided: bool
+    ) -> None:
+        self.session_id = session_id
+        self.reservation_id = reservation_id
+        self.expires_at = expires_at
+        self.decided = decided
+        when = "before its decision was read" if decided else "before the worker decided it"
+        super().__init__(
+            f"reservation {reservation_id} of session {session_id!r} expired at "
+            f"{expires_at.isoformat()} {when}, so it holds nothing: check that this host's "
+            "clock agrees with the worker's and the other producers' (the log's clock is the "
+            "events' occurred_at), that `tokenquota worker` keeps up with the topic (lag), "
+            "and that the ttl (reservations.ttl) is longer than a decision takes"
+        )
 
 
 class DevStackError(RuntimeError):

@@ -6,16 +6,34 @@ import asyncio
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 
 import pytest
 
-from tests.support import fetch_value, set_budget, settings_env, snapshot, wait_until
+from tests.support import (
+    fetch_value,
+    set_budget,
+    settings_env,
+    snapshot,
+    used,
+    wait_for_usage,
+    wait_until,
+)
 from tokenquota.config import ReservationSettings, Settings
-from tokenquota.errors import TokenBudgetExhaustedError, TokenQuotaExceededError
+from tokenquota.embedded import WorkerProcess
+from tokenquota.errors import (
+    IntegrationError,
+    ReservationExpiredError,
+    TokenBudgetExhaustedError,
+    TokenQuotaExceededError,
+)
 from tokenquota.producers import Reservation
-from tokenquota.producers.reservations import TokenQuota
+from tokenquota.producers.reservations import TokenQuota, decision_error
+from tokenquota.schemas import utc_now
 
 pytestmark = pytest.mark.integration
+
+WorkerStarter = Callable[..., WorkerProcess]  # the start_worker fixture
 
 
 def strict(settings: Settings) -> Settings:
@@ -99,10 +117,97 @@ async def test_a_plainly_short_budget_is_refused_without_emitting(
         await optimistic.release()
 
 
-async def test_no_worker_means_a_clear_error_in_strict_mode(pipeline_settings: Settings) -> None:
-    settings = pipeline_settings.model_copy(
-        update={"reservations": ReservationSettings(decision_timeout=1)}
-    )
-    async with TokenQuota(settings) as quota:
-        with pytest.raises(Exception, match="is `tokenquota worker` running"):
+def undecided(settings: Settings, *, fail_open: bool) -> Settings:
+    """Settings whose strict reservations give up on a decision after half a second."""
+    options = ReservationSettings(decision_timeout=0.5, fail_open=fail_open)
+    return settings.model_copy(update={"reservations": options})
+
+
+async def test_no_worker_means_a_clear_error_in_strict_mode_and_the_reservation_is_released(
+    pipeline_settings: Settings, start_worker: WorkerStarter
+) -> None:
+    async with TokenQuota(undecided(pipeline_settings, fail_open=False)) as quota:
+        with pytest.raises(IntegrationError, match="is `tokenquota worker` running") as caught:
             await quota.reserve("nobody-decides", 10)
+        assert type(caught.value) is IntegrationError
+        worker = start_worker()
+
+        async def released() -> bool:
+            status: str | None = await fetch_value(
+                pipeline_settings.database,
+                "SELECT status FROM reservations WHERE session_id = 'nobody-decides'",
+            )
+            return status == "released"
+
+        await wait_until(released, 60, "the undecided reservation to be released", [worker])
+
+
+async def test_fail_open_hands_back_the_undecided_reservation_and_its_settle_closes_it(
+    pipeline_settings: Settings, start_worker: WorkerStarter
+) -> None:
+    async with TokenQuota(undecided(pipeline_settings, fail_open=True)) as quota:
+        held = await quota.reserve("decided-later", 100)  # no worker: no decision comes
+        assert (held.status, held.verified, held.delivery) == ("pending", False, "acked")
+        await held.settle(60, 20, model="gpt-4o")
+        worker = start_worker()
+        await wait_for_usage(quota, "decided-later", 80)
+        record = await quota.reservation(held.reservation_id)
+        assert record is not None
+        assert (record.status, record.settled_tokens) == ("settled", 80)
+        unmatched = await fetch_value(
+            pipeline_settings.database,
+            "SELECT count(*) FROM integration_logs WHERE action = 'unmatched_settlement'",
+        )
+        assert unmatched == 0
+        assert worker.exit_code() is None
+
+
+async def test_an_acceptance_that_arrives_after_the_expiry_is_an_expiry_error(
+    pipeline_settings: Settings, start_worker: WorkerStarter
+) -> None:
+    worker = start_worker()
+    async with TokenQuota(strict(pipeline_settings)) as quota:
+        await set_budget(quota, "short-lived", 10_000)
+        # A millisecond is less than any round trip through broker, worker and PostgreSQL.
+        with pytest.raises(ReservationExpiredError, match=r"expired at .* before") as caught:
+            await quota.reserve("short-lived", 100, ttl=0.001)
+        assert caught.value.session_id == "short-lived"
+        record = await quota.reservation(caught.value.reservation_id)
+        assert record is not None and record.status in ("accepted", "rejected")
+        metrics = await quota.session_metrics("short-lived")
+        assert (metrics.tokens_held, metrics.available_tokens) == (0, 10_000)
+        assert worker.exit_code() is None
+
+
+async def test_a_polled_expired_status_is_an_expiry_error_not_a_budget_error(
+    pipeline_settings: Settings, start_worker: WorkerStarter
+) -> None:
+    worker = start_worker()
+    async with TokenQuota(strict(pipeline_settings)) as quota:
+        await set_budget(quota, "lapsed", 10_000)
+        held = await quota.reserve("lapsed", 100, ttl=1, mode="optimistic")
+
+        async def decided() -> bool:
+            return await quota.reservation(held.reservation_id) is not None
+
+        await wait_until(decided, 60, "the worker's decision", [worker])
+
+        async def past_its_expiry() -> bool:
+            return utc_now() > held.event.expires_at
+
+        await wait_until(past_its_expiry, 30, "the reservation's expiry")
+        # Any later event of the session makes the worker mark it expired in the table.
+        await quota.emit(used("lapsed", 5, utc_now()))
+
+        async def expired() -> bool:
+            record = await quota.reservation(held.reservation_id)
+            assert record is not None
+            return record.status == "expired" or record.reason == "expired"
+
+        await wait_until(expired, 60, "the reservation to be marked expired", [worker])
+        # What the poll of a strict reserve() reads, and what it makes of it:
+        record = await quota.reservation(held.reservation_id)
+        assert record is not None
+        error = decision_error(held.event, record.status, record, utc_now())
+        assert type(error) is ReservationExpiredError
+        assert error.reservation_id == held.reservation_id
