@@ -36,8 +36,35 @@ async def test_an_empty_queue_waits_for_the_first_fetch() -> None:
     assert await asyncio.wait_for(taking, 1) == [7]
 
 
+class _RefilledWhenTaken(asyncio.Queue[list[int]]):
+    """A queue that is handed `refill` one loop iteration after its first fetch is taken,
+    so the refill can only be in the batch if take_ready waited after taking that fetch."""
+
+    def __init__(self, first: list[int], refill: list[int]) -> None:
+        super().__init__()
+        self.put_nowait(first)
+        self._refill: list[int] | None = refill
+
+    def get_nowait(self) -> list[int]:
+        item = super().get_nowait()
+        if self._refill is not None:
+            refill, self._refill = self._refill, None
+            asyncio.get_running_loop().call_soon(self.put_nowait, refill)
+        return item
+
+
 async def test_linger_lets_a_batch_that_is_not_full_gather_more() -> None:
-    queue = _fetches([1])
-    loop = asyncio.get_running_loop()
-    loop.call_soon(queue.put_nowait, [2])
+    queue = _RefilledWhenTaken([1], [2])
     assert await asyncio.wait_for(take_ready(queue, 10, 0.05), 1) == [1, 2]
+    assert queue.empty()
+
+
+async def test_without_linger_a_batch_is_only_what_had_arrived() -> None:
+    queue = _RefilledWhenTaken([1], [2])
+    assert await asyncio.wait_for(take_ready(queue, 10, 0), 1) == [1]
+    assert await asyncio.wait_for(take_ready(queue, 10, 0), 1) == [2]
+
+
+async def test_a_full_batch_does_not_linger() -> None:
+    queue = _RefilledWhenTaken([1, 2, 3], [4])
+    assert await asyncio.wait_for(take_ready(queue, 3, 60), 10) == [1, 2, 3]

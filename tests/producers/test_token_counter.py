@@ -6,6 +6,8 @@ import asyncio
 import subprocess
 import sys
 import textwrap
+import threading
+from collections.abc import Sequence
 from typing import Any
 
 import bpe_openai
@@ -176,30 +178,52 @@ async def test_batches_match_single_counts_in_order() -> None:
     assert all(isinstance(c, Tokens) and c.counted_by == "tiktoken" for c in counts)
 
 
+class _GatedCounter(TokenCounter):
+    """Counts only once the event loop has opened its gate: a count that blocked the
+    loop could never see the gate open."""
+
+    def __init__(self) -> None:
+        super().__init__(cache_size=0)
+        self.gate = threading.Event()
+        self.threads: list[int] = []
+        self.waited_for_the_loop: list[bool] = []
+
+    def _through_the_gate(self) -> None:
+        self.threads.append(threading.get_ident())
+        self.waited_for_the_loop.append(self.gate.wait(timeout=30))
+
+    def count(self, text: str, model: str | None = None) -> Tokens:
+        self._through_the_gate()
+        return super().count(text, model)
+
+    def count_many(self, texts: Sequence[str], model: str | None = None) -> list[Tokens]:
+        self._through_the_gate()
+        return super().count_many(texts, model)
+
+
 async def test_a_large_text_is_counted_off_the_event_loop() -> None:
-    counter = TokenCounter(cache_size=0)
     big = "the quick brown fox jumps over the lazy dog " * 60_000  # about 2.6 MB
-    beats = 0
-    gaps: list[float] = []
-    loop = asyncio.get_running_loop()
+    loop_thread = threading.get_ident()
+    expected = len(get_encoding("o200k_base").encode_ordinary(big))
+    for count_on in ("count_tokens", "count_tokens_batch"):
+        counter = _GatedCounter()
 
-    async def heartbeat() -> None:
-        nonlocal beats
-        last = loop.time()
-        while True:
-            await asyncio.sleep(0.01)
-            now = loop.time()
-            gaps.append(now - last)
-            last = now
-            beats += 1
+        async def open_gate(counter: _GatedCounter = counter) -> None:
+            counter.gate.set()  # runs only if the loop is free while the count waits
 
-    beat = asyncio.create_task(heartbeat())
-    try:
-        count = await counter.count_tokens(big, model="gpt-4o")
-        batch = await counter.count_tokens_batch([big, "small"], model="gpt-4o")
-    finally:
-        beat.cancel()
-    assert count == len(get_encoding("o200k_base").encode_ordinary(big))
-    assert batch[0] == count
-    assert beats > 0
-    assert max(gaps) < 0.5, f"the event loop stalled for {max(gaps):.2f} s"
+        opener = asyncio.create_task(open_gate())
+        if count_on == "count_tokens":
+            counted = [await counter.count_tokens(big, model="gpt-4o")]
+        else:
+            counted = await counter.count_tokens_batch([big, "small"], model="gpt-4o")
+        await opener
+        assert counted[0] == expected
+        assert counter.waited_for_the_loop == [True], f"{count_on} blocked the event loop"
+        assert loop_thread not in counter.threads
+
+
+async def test_a_small_text_is_counted_on_the_event_loop() -> None:
+    counter = _GatedCounter()
+    counter.gate.set()
+    assert await counter.count_tokens("small", model="gpt-4o") == 1
+    assert counter.threads == [threading.get_ident()]
