@@ -30,6 +30,7 @@ from .orchestrator import (
     release_task_budget,
     route_with_token_budget,
     setup_token_hooks,
+    waiting_tasks,
 )
 from .reservations import Reservation, TokenQuota, reserve
 from .spool import SpoolFullError, SpoolWriteError
@@ -67,4 +68,5 @@ __all__ = [
     "token_counter",
     "track_memory_operation",
     "use_quota",
+    "waiting_tasks",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -10,12 +11,12 @@ from typing import TYPE_CHECKING, Any, Literal, Self
 
 from tokenquota.errors import IntegrationError
 
-from .reservations import Reservation
+from .reservations import Reservation, TokenQuota
 
 if TYPE_CHECKING:
     from .external_apis import MeteredAPI
 
-__all__ = ["Call", "Flavor", "MeteredStream"]
+__all__ = ["Call", "Flavor", "MeteredStream", "release_unsettled"]
 
 log = logging.getLogger("tokenquota.external_apis")
 
@@ -32,16 +33,32 @@ class Call:
     kwargs: dict[str, Any]
     prompt_tokens: int
     reservation: Reservation
+    quota: TokenQuota  # the client that made the reservation
     cache_key: str | None  # set only when replies are cached for the fallback
     streamed_text: list[str] = field(default_factory=list)
+
+
+async def release_unsettled(call: Call) -> None:
+    """Release the call's reservation after the call or its accounting failed, even when
+    cancelled. A failure to release is logged, not raised (the call's error is the one
+    to see; the reservation's TTL frees the tokens in the end)."""
+    held = call.reservation
+    # A fresh handle: a settle that raised has already marked `held` closed.
+    handle = Reservation(call.quota, held.event, held.status, held.delivery)
+    try:
+        await asyncio.shield(handle.release())  # runs to its end when the caller is cancelled
+    except Exception as exc:
+        log.error("could not release reservation %s: %s", held.reservation_id, exc)
 
 
 class MeteredStream:
     """A streaming answer: iterate it as the SDK's stream; it is accounted when it ends.
 
     The usage comes from the stream itself (OpenAI chat streams are asked for it with
-    `stream_options.include_usage`); a stream closed early is settled with a count
-    of the text it delivered.
+    `stream_options.include_usage`); a stream closed early, broken off by an error or
+    cancelled is settled with the usage it reported or a count of the text it delivered.
+    Iterate it to its end or close it (`async with`, `aclose`): a stream dropped unread
+    holds its reservation until the reservation's TTL.
     """
 
     def __init__(self, call: Call, stream: Any, headers: Any) -> None:
@@ -108,17 +125,21 @@ class MeteredStream:
         if self._usage:
             body["usage"] = self._usage
         try:
-            await self._call.api._account(self._call, body, self._headers)
+            # Shielded: a reader cancelled mid-stream still has what it read accounted
+            # (a failed accounting releases the reservation, see MeteredAPI._account).
+            await asyncio.shield(self._call.api._account(self._call, body, self._headers))
         except (IntegrationError, ValueError) as exc:
             log.error("could not account a %s stream: %s", self._call.api.name, exc)
             raise
 
     async def aclose(self) -> None:
         """Stop reading; what was delivered is accounted."""
-        close = getattr(self._stream, "close", None)
-        if close is not None:
-            await close()
-        await self._finish()
+        try:
+            close = getattr(self._stream, "close", None)
+            if close is not None:
+                await close()
+        finally:
+            await self._finish()
 
     async def __aenter__(self) -> Self:
         return self

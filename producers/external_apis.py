@@ -13,6 +13,8 @@ client-side rate limit is waited on. After it: a TokenUsed with the provider's u
 genai-prices cost and the provider's rate-limit headers. 429 and 5xx answers are
 retried with backoff, honouring Retry-After. When the budget is exhausted,
 `external_apis.fallback` decides: `error`, a cheaper `model`, or a `cache`d reply.
+A call that fails or is cancelled (while it waits on the rate limit, is sent, or is
+read) releases its reservation; so does an answer that cannot be accounted.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from tokenquota.config import Settings
 from tokenquota.errors import IntegrationError, TokenQuotaExceededError
 from tokenquota.schemas import ApiCost, CountedBy, Priority, Source, utc_now
 
-from .api_streams import Call, Flavor, MeteredStream
+from .api_streams import Call, Flavor, MeteredStream, release_unsettled
 from .defaults import current_session, get_quota
 from .pricing import PricedUsage, Provider, price_usage, rate_limit_state, retry_after
 from .rate_limit import RateLimiter
@@ -139,19 +141,20 @@ class MeteredAPI:
             if kind == "cached":
                 return value
             reservation = value
-        call = Call(self, flavor, session_id, kwargs, prompt, reservation, cache_key)
-        await self.limiter.acquire(reservation.tokens)
+        call = Call(self, flavor, session_id, kwargs, prompt, reservation, quota, cache_key)
         try:
+            await self.limiter.acquire(reservation.tokens)
             raw = await self._send(flavor, kwargs)
+            parsed = raw.parse()
+            if inspect.isawaitable(parsed):  # anthropic's raw responses parse asynchronously
+                parsed = await parsed
+            body = None if kwargs.get("stream") else parsed.model_dump(mode="json")
         except BaseException:
-            await asyncio.shield(reservation.release())
+            await release_unsettled(call)
             raise
-        parsed = raw.parse()
-        if inspect.isawaitable(parsed):  # anthropic's raw responses parse asynchronously
-            parsed = await parsed
-        if kwargs.get("stream"):
+        if body is None:
             return MeteredStream(call, parsed, raw.headers)
-        await self._account(call, parsed.model_dump(mode="json"), raw.headers, parsed)
+        await self._account(call, body, raw.headers, parsed)
         return parsed
 
     def _method(self, flavor: Flavor) -> Any:
@@ -270,33 +273,46 @@ class MeteredAPI:
     async def _account(
         self, call: Call, body: dict[str, Any], headers: Any, parsed: Any = None
     ) -> None:
-        flavor = "chat" if call.flavor == "messages" else call.flavor
-        priced = price_usage(self.provider, flavor, body)
-        model = str(body.get("model") or self._model(call.kwargs))
-        if priced is None:  # a server that reports no usage: count what we can
-            text = "".join(call.streamed_text) or payload_text(body.get("choices") or body)
-            output = token_counter.count(text, model)
-            by: CountedBy = "estimate" if not output.exact else "tiktoken"
-            await call.reservation.settle(
-                call.prompt_tokens,
-                int(output),
-                model,
-                operation=f"{self.name}.{call.flavor}",
-                counted_by=by,
-            )
+        """Settle the call's reservation with its usage and record its cost.
+
+        Should the usage not be read, counted or settled, the reservation is released
+        and the error raised.
+        """
+        try:
+            priced = await self._settle(call, body)
+        except BaseException:
+            await release_unsettled(call)
+            raise
+        if priced is None:
             return
-        await call.reservation.settle(
-            priced.input_tokens,
-            priced.output_tokens,
-            priced.model,
-            operation=f"{self.name}.{call.flavor}",
-            counted_by="provider",
-        )
         await self._emit_cost(call, priced, headers, body.get("id"))
         if parsed is not None and call.cache_key is not None:
             self._cache[call.cache_key] = parsed
             while len(self._cache) > 128:
                 self._cache.popitem(last=False)
+
+    async def _settle(self, call: Call, body: dict[str, Any]) -> PricedUsage | None:
+        """Settle with the provider's usage (returned, priced) or, without one, a count."""
+        flavor = "chat" if call.flavor == "messages" else call.flavor
+        priced = price_usage(self.provider, flavor, body)
+        model = str(body.get("model") or self._model(call.kwargs))
+        operation = f"{self.name}.{call.flavor}"[:100]
+        if priced is None:  # a server that reports no usage: count what we can
+            text = "".join(call.streamed_text) or payload_text(body.get("choices") or body)
+            output = token_counter.count(text, model)
+            by: CountedBy = "estimate" if not output.exact else "tiktoken"
+            await call.reservation.settle(
+                call.prompt_tokens, int(output), model, operation=operation, counted_by=by
+            )
+            return None
+        await call.reservation.settle(
+            priced.input_tokens,
+            priced.output_tokens,
+            priced.model,
+            operation=operation,
+            counted_by="provider",
+        )
+        return priced
 
     async def _emit_cost(
         self, call: Call, priced: PricedUsage, headers: Any, response_id: object

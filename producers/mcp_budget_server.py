@@ -2,6 +2,12 @@
 
 Tools: `check_budget`, `reserve_tokens`, `record_usage`, `usage_report`. Refusals
 and bad input come back as tool errors (`isError`) with the reason; the server stays up.
+
+Whose budget a tool acts on follows the MCP hooks' rules (`resolve_session`), with the
+tools' `session_id` argument in the place of the `_meta` source: by default a configured
+`mcp.session_id` is used, and a call naming a different session is refused; a client
+may name its session when none is configured or `mcp.session_sources` lists `meta`
+before `config`, within `mcp.client_session_prefix`.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from tokenquota.config import Settings
 from tokenquota.errors import IntegrationError, TokenQuotaExceededError
 from tokenquota.schemas import CountedBy, Priority, Source, TokenUsed
 
+from .mcp_hooks import SessionNotAllowedError, check_client_session, resolve_session
 from .reservations import Reservation, TokenQuota
 
 __all__ = ["BudgetTools", "create_budget_server"]
@@ -77,11 +84,18 @@ def create_budget_server(settings: Settings, *, quota: TokenQuota | None = None)
         assert isinstance(state, BudgetTools)
         return state
 
+    def session_of(ctx: Context[Any, Any], requested: str | None) -> str:
+        return _session(ctx, requested, settings)
+
     @server.tool()
     async def check_budget(
-        session_id: str, ctx: Context[Any, Any], priority: Priority = "normal"
+        ctx: Context[Any, Any], session_id: str | None = None, priority: Priority = "normal"
     ) -> dict[str, Any]:
-        """Tokens the session can still reserve now, and the limit that binds."""
+        """Tokens the session can still reserve now, and the limit that binds.
+
+        `session_id` may be left out when the server has one configured.
+        """
+        session_id = session_of(ctx, session_id)
         metrics = await _metrics(tools_of(ctx).quota, session_id)
         room = metrics.headroom(priority)
         return {
@@ -95,13 +109,17 @@ def create_budget_server(settings: Settings, *, quota: TokenQuota | None = None)
 
     @server.tool()
     async def reserve_tokens(
-        session_id: str,
         tokens: int,
         ctx: Context[Any, Any],
+        session_id: str | None = None,
         task_id: str | None = None,
         priority: Priority = "normal",
     ) -> dict[str, Any]:
-        """Hold `tokens` for the session; settle them later with record_usage."""
+        """Hold `tokens` for the session; settle them later with record_usage.
+
+        `session_id` may be left out when the server has one configured.
+        """
+        session_id = session_of(ctx, session_id)
         if tokens <= 0:
             raise ToolError(f"tokens must be a positive integer, got {tokens}")
         state = tools_of(ctx)
@@ -119,17 +137,21 @@ def create_budget_server(settings: Settings, *, quota: TokenQuota | None = None)
 
     @server.tool()
     async def record_usage(
-        session_id: str,
         input_tokens: int,
         output_tokens: int,
         ctx: Context[Any, Any],
+        session_id: str | None = None,
         model: str = "unknown",
         reservation_id: str | None = None,
         task_id: str | None = None,
         operation: str = "agent",
         counted_by: CountedBy = "estimate",
     ) -> dict[str, Any]:
-        """Record tokens used; naming a reservation settles it (the unused rest is freed)."""
+        """Record tokens used; naming a reservation settles it (the unused rest is freed).
+
+        `session_id` may be left out when the server has one configured.
+        """
+        session_id = session_of(ctx, session_id)
         state = tools_of(ctx)
         rid = None
         if reservation_id is not None:
@@ -166,14 +188,48 @@ def create_budget_server(settings: Settings, *, quota: TokenQuota | None = None)
         return {"recorded": input_tokens + output_tokens, "delivery": delivery}
 
     @server.tool()
-    async def usage_report(session_id: str, ctx: Context[Any, Any]) -> dict[str, Any]:
-        """The session's limits, usage per window, held tokens, alerts and reservations."""
+    async def usage_report(ctx: Context[Any, Any], session_id: str | None = None) -> dict[str, Any]:
+        """The session's limits, usage per window, held tokens, alerts and reservations.
+
+        `session_id` may be left out when the server has one configured.
+        """
+        session_id = session_of(ctx, session_id)
         metrics = await _metrics(tools_of(ctx).quota, session_id)
         report = dataclasses.asdict(metrics)
         report["limits"] = dataclasses.asdict(metrics.limits)
         return _plain(report)  # type: ignore[no-any-return]
 
     return server
+
+
+def _session(ctx: Context[Any, Any], requested: str | None, settings: Settings) -> str:
+    """The session a tool call acts on; a ToolError when it names one it may not."""
+    mcp = settings.mcp
+    request = ctx.request_context
+    named = requested.strip() if requested is not None and requested.strip() else None
+    # The argument stands where the request's _meta session would.
+    meta = {mcp.session_meta_key: named} if named is not None else request.meta
+    try:
+        try:
+            session = resolve_session(request, meta, mcp)
+        except SessionNotAllowedError as exc:
+            if exc.session_id == named:  # say which way the client named it
+                check_client_session(exc.session_id, "the argument session_id", mcp)
+            raise
+    except SessionNotAllowedError as exc:
+        raise ToolError(str(exc)) from None
+    if session is None:
+        raise ToolError(
+            "no session: pass session_id, or start the server with --session "
+            "(mcp.session_id, MCP_SESSION_ID)"
+        )
+    if named is not None and session != named:
+        raise ToolError(
+            f"session {named!r} is not allowed: this server acts for session {session!r}; "
+            "a client may name another session only when mcp.session_sources lists meta "
+            "before config"
+        )
+    return session
 
 
 def _worst(*levels: str) -> str:

@@ -4,11 +4,19 @@ Every metered call counts its arguments, reserves `mcp.token_budget_per_request`
 tokens (or the argument tokens, if more) for its session, runs the tool, counts the
 result and settles the reservation with both counts. A call that does not fit gets a
 tool error (`isError`) naming the session, the tokens requested and those available;
-the server keeps serving.
+the server keeps serving. A call whose tool fails, is cancelled, or whose result cannot
+be counted releases its reservation.
+
+The session comes from the sources `mcp.session_sources` lists, first found wins; by
+default the configured `mcp.session_id` comes first, so a client can only name its
+session (`_meta`, header, clientInfo) when none is configured or the configuration
+lists a client source before `config`. `mcp.client_session_prefix` limits the sessions
+a client may name.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 import logging
@@ -26,15 +34,17 @@ from pydantic import BaseModel
 from tokenquota.config import Settings, load_settings
 from tokenquota.errors import IntegrationError, TokenQuotaExceededError
 from tokenquota.schemas import CountedBy, Source
-from tokenquota.sections import McpSettings
+from tokenquota.sections import McpSettings, SessionSource
 
 from .defaults import get_quota
-from .reservations import TokenQuota
+from .reservations import Reservation, TokenQuota
 from .token_counter import TokenCounter, payload_text, token_counter
 
 __all__ = [
     "McpMeter",
+    "SessionNotAllowedError",
     "TokenMeteringMiddleware",
+    "check_client_session",
     "mcp_token_decorator",
     "resolve_session",
     "result_text",
@@ -51,6 +61,35 @@ R = TypeVar("R")
 _metered: ContextVar[bool] = ContextVar("tokenquota_mcp_metered", default=False)
 
 
+class SessionNotAllowedError(Exception):
+    """The session an MCP client named may not be billed (the message says which rule)."""
+
+    def __init__(self, session_id: str, message: str) -> None:
+        self.session_id = session_id
+        super().__init__(message)
+
+
+def _origin(source: SessionSource, settings: McpSettings) -> str:
+    if source == "meta":
+        return f"the request _meta key {settings.session_meta_key!r}"
+    if source == "header":
+        return f"the HTTP header {settings.session_header!r}"
+    return "the client's clientInfo.name"
+
+
+def check_client_session(session_id: str, origin: str, settings: McpSettings) -> str:
+    """`session_id`, named by the client through `origin`, if `mcp.client_session_prefix`
+    allows it; SessionNotAllowedError otherwise."""
+    prefix = settings.client_session_prefix
+    if prefix is not None and not session_id.startswith(prefix):
+        raise SessionNotAllowedError(
+            session_id,
+            f"session {session_id!r} from {origin} is not allowed: a session named by the "
+            f"client must start with {prefix!r} (mcp.client_session_prefix)",
+        )
+    return session_id
+
+
 def resolve_session(
     request: ServerRequestContext[Any, Any] | None,
     meta: Mapping[str, Any] | None,
@@ -58,9 +97,11 @@ def resolve_session(
 ) -> str | None:
     """The session of an MCP call, from the sources `mcp.session_sources` lists, in order.
 
-    `meta`: the request's `_meta` key `mcp.session_meta_key`; `header`: the HTTP header
-    `mcp.session_header` (streamable HTTP); `config`: `mcp.session_id`; `client`: the
-    name the client gave in its `clientInfo`.
+    `config`: `mcp.session_id`; `meta`: the request's `_meta` key `mcp.session_meta_key`;
+    `header`: the HTTP header `mcp.session_header` (streamable HTTP); `client`: the name
+    the client gave in its `clientInfo`. The first source that names a session wins; a
+    session from one of the client's sources must pass `check_client_session`, else
+    SessionNotAllowedError is raised (the next source is not tried).
     """
     for source in settings.session_sources:
         value: object = None
@@ -75,8 +116,27 @@ def resolve_session(
             params = request.session.client_params
             value = params.client_info.name if params is not None else None
         if isinstance(value, str) and value.strip():
-            return value.strip()
+            session = value.strip()
+            if source == "config":
+                return session
+            return check_client_session(session, _origin(source, settings), settings)
     return None
+
+
+async def _release_unsettled(quota: TokenQuota, reservation: Reservation) -> None:
+    """Release `reservation` after its work or its settlement failed, even when cancelled.
+
+    A failure to release is logged, not raised: the caller's error is the one to see
+    (and the reservation's TTL frees the tokens in the end).
+    """
+    # A fresh handle on the same reservation: a settle that raised has already marked
+    # `reservation` closed. Should that settle have reached the log after all, this
+    # release is recorded as an unmatched zero-token settlement and changes nothing.
+    handle = Reservation(quota, reservation.event, reservation.status, reservation.delivery)
+    try:
+        await asyncio.shield(handle.release())  # runs to its end when the caller is cancelled
+    except Exception as exc:
+        log.error("could not release reservation %s: %s", reservation.reservation_id, exc)
 
 
 def result_text(result: Any) -> tuple[str, bool]:
@@ -145,23 +205,27 @@ class McpMeter:
         quota = await get_quota(self._quota, settings=self.settings)
         wanted = max(mcp.token_budget_per_request, input_tokens)
         reservation = await quota.reserve(session_id, wanted, source=self.source)
+        # Until the settlement is emitted, any failure (the tool's, a cancellation, a
+        # result that cannot be counted) releases the tokens instead of holding them
+        # until the reservation's TTL. An uncounted result's usage is not known: nothing
+        # is billed for it.
         try:
             result = await call()
+            text, exact = output(result)
+            output_tokens = await self.counter.count_tokens(text, mcp.model)
+            by: CountedBy = (
+                "tiktoken" if exact and input_tokens.exact and output_tokens.exact else "estimate"
+            )
+            await reservation.settle(
+                input_tokens,
+                output_tokens,
+                mcp.model,
+                operation=f"mcp.tool:{tool}"[:100],
+                counted_by=by,
+            )
         except BaseException:
-            await reservation.release()
+            await _release_unsettled(quota, reservation)
             raise
-        text, exact = output(result)
-        output_tokens = await self.counter.count_tokens(text, mcp.model)
-        by: CountedBy = (
-            "tiktoken" if exact and input_tokens.exact and output_tokens.exact else "estimate"
-        )
-        await reservation.settle(
-            input_tokens,
-            output_tokens,
-            mcp.model,
-            operation=f"mcp.tool:{tool}"[:100],
-            counted_by=by,
-        )
         return result
 
 
@@ -173,9 +237,10 @@ def _budget_error(error: Exception) -> str:
 
 def _missing_session(settings: McpSettings) -> IntegrationError:
     return IntegrationError(
-        "no tokenquota session for this MCP call: set the request _meta key "
-        f"{settings.session_meta_key!r}, the HTTP header {settings.session_header!r}, "
-        "or mcp.session_id (MCP_SESSION_ID)"
+        "no tokenquota session for this MCP call: set mcp.session_id (MCP_SESSION_ID), "
+        f"the request _meta key {settings.session_meta_key!r} or the HTTP header "
+        f"{settings.session_header!r} (mcp.session_sources: "
+        f"{','.join(settings.session_sources)})"
     )
 
 
@@ -187,9 +252,10 @@ def mcp_token_decorator(
 ) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Awaitable[R]]]:
     """Meter an async MCP tool: put it under `@server.tool()`.
 
-    The session comes from the tool's `Context` parameter (the request's `_meta`,
-    header or client) or from `mcp.session_id`. Over budget, the call ends in a
-    `ToolError`, which the client receives as an `isError` result.
+    The session comes from `mcp.session_id` or the tool's `Context` parameter (the
+    request's `_meta`, header or client), as `resolve_session` says. Over budget or
+    with a session that is not allowed, the call ends in a `ToolError`, which the
+    client receives as an `isError` result.
     """
 
     def decorate(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
@@ -207,7 +273,10 @@ def mcp_token_decorator(
                 None,
             )
             meta = request.meta if request is not None else None
-            session_id = resolve_session(request, meta, mcp)
+            try:
+                session_id = resolve_session(request, meta, mcp)
+            except SessionNotAllowedError as exc:
+                raise ToolError(str(exc)) from exc
             if session_id is None:
                 raise ToolError(str(_missing_session(mcp)))
             arguments = {k: v for k, v in kwargs.items() if not isinstance(v, Context)}
@@ -242,7 +311,11 @@ class TokenMeteringMiddleware:
         tool = str(params.get("name", "?"))
         meta = params.get("_meta") if isinstance(params.get("_meta"), Mapping) else ctx.meta
         mcp = self.meter.settings.mcp
-        session_id = resolve_session(ctx, meta, mcp)
+        try:
+            session_id = resolve_session(ctx, meta, mcp)
+        except SessionNotAllowedError as exc:
+            log.info("tool %r refused: %s", tool, exc)
+            return _error_result(str(exc))
         if session_id is None:
             return _error_result(str(_missing_session(mcp)))
 

@@ -4,8 +4,9 @@
 be overtaken by a concurrent caller); `route_with_token_budget` runs a task under a
 reservation — the held one, or one of the given or counted estimate — and settles it
 with the usage the task reports, or with its counted result. A task that raises or
-is cancelled releases its tokens. At most `orchestrator.max_concurrent_tasks` tasks
-of a session run at once; the others wait, higher priority first.
+is cancelled, or whose result can be neither read for usage nor counted, releases its
+tokens. At most `orchestrator.max_concurrent_tasks` tasks of a session run at once;
+the others wait, higher priority first (`waiting_tasks` says how many wait).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import functools
 import heapq
 import inspect
 import itertools
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, ParamSpec, Protocol, TypeVar
 
@@ -34,7 +36,10 @@ __all__ = [
     "reported_usage",
     "route_with_token_budget",
     "setup_token_hooks",
+    "waiting_tasks",
 ]
+
+log = logging.getLogger("tokenquota.orchestrator")
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -72,6 +77,11 @@ class _Slots:
         """No task holds a slot and none waits."""
         return not self._waiters and self.free == self.size
 
+    @property
+    def waiting(self) -> int:
+        """Tasks waiting for a slot."""
+        return sum(not future.done() for _, _, future in self._waiters)
+
     def release(self) -> None:
         while self._waiters:
             _, _, future = heapq.heappop(self._waiters)
@@ -82,6 +92,12 @@ class _Slots:
 
 
 _slots: dict[tuple[int, str], _Slots] = {}
+
+
+def waiting_tasks(session_id: str) -> int:
+    """How many of the session's tasks wait for a slot (in the running event loop)."""
+    slots = _slots.get((id(asyncio.get_running_loop()), session_id))
+    return slots.waiting if slots is not None else 0
 
 
 @contextlib.asynccontextmanager
@@ -198,23 +214,39 @@ async def _run_task(
         if reservation is None:
             wanted = estimated_tokens if estimated_tokens is not None else max(int(input_count), 1)
             reservation = await client.reserve(session_id, wanted, task, priority, source=SOURCE)
+        # Until the settlement is emitted, a failure (the task's, a cancellation, a result
+        # that reports no usage and cannot be counted) releases the tokens rather than
+        # holding them until the reservation's TTL.
         try:
             result = await task_func(*args, **kwargs)
+            reported = reported_usage(result)
+            by: CountedBy
+            if reported is not None:
+                (used_in, used_out), by = reported, "provider"
+            else:
+                output_count = await token_counter.count_tokens(payload_text(result), counted_model)
+                used_in, used_out = int(input_count), int(output_count)
+                by = "tiktoken" if input_count.exact and output_count.exact else "estimate"
+            await reservation.settle(
+                used_in, used_out, counted_model, operation=f"task:{task}"[:100], counted_by=by
+            )
         except BaseException:
-            await asyncio.shield(reservation.release())
+            await _release_unsettled(client, reservation)
             raise
-        reported = reported_usage(result)
-        by: CountedBy
-        if reported is not None:
-            (used_in, used_out), by = reported, "provider"
-        else:
-            output_count = await token_counter.count_tokens(payload_text(result), counted_model)
-            used_in, used_out = int(input_count), int(output_count)
-            by = "tiktoken" if input_count.exact and output_count.exact else "estimate"
-        await reservation.settle(
-            used_in, used_out, counted_model, operation=f"task:{task}"[:100], counted_by=by
-        )
         return result
+
+
+async def _release_unsettled(quota: TokenQuota, reservation: Reservation) -> None:
+    """Release `reservation` after its task or its settlement failed, even when cancelled.
+
+    A failure to release is logged, not raised (the task's error is the one to see).
+    """
+    # A fresh handle: a settle that raised has already marked `reservation` closed.
+    handle = Reservation(quota, reservation.event, reservation.status, reservation.delivery)
+    try:
+        await asyncio.shield(handle.release())  # runs to its end when the caller is cancelled
+    except Exception as exc:
+        log.error("could not release reservation %s: %s", reservation.reservation_id, exc)
 
 
 class TaskOrchestrator(Protocol):

@@ -313,13 +313,21 @@ def mcp_proxy(
     session: Annotated[
         str | None,
         typer.Option(
-            help="Bill every call without a _meta session to this session [env: MCP_SESSION_ID]."
+            help=(
+                "Bill every call to this session, whatever session the client names, "
+                "unless mcp.session_sources lists a client source before config "
+                "[env: MCP_SESSION_ID]."
+            )
         ),
     ] = None,
 ) -> None:
     """Serve any stdio MCP server unchanged, with budgets on every tool call.
 
     Usage: tokenquota mcp-proxy [--session ID] [--http] -- <command> [args...]
+
+    Without --session (or mcp.session_id) the client names the session: the _meta key
+    tokenquota/session, the header x-tokenquota-session, or its clientInfo name, each
+    limited to mcp.client_session_prefix when that is set.
     """
     from .producers.mcp_proxy import run_proxy_sync
     from .sections import McpSettings
@@ -347,11 +355,30 @@ def mcp_server(
     ] = False,
     host: Annotated[str, typer.Option(help="HTTP host (with --http).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="HTTP port (with --http).")] = 8766,
+    session: Annotated[
+        str | None,
+        typer.Option(
+            help=(
+                "Act for this session only: tools may leave session_id out, and a call "
+                "naming another session is refused unless mcp.session_sources lists meta "
+                "before config [env: MCP_SESSION_ID]."
+            )
+        ),
+    ] = None,
 ) -> None:
-    """An MCP server with budget tools: check_budget, reserve_tokens, record_usage, usage_report."""
-    from .producers.mcp_budget_server import create_budget_server
+    """An MCP server with budget tools: check_budget, reserve_tokens, record_usage, usage_report.
 
-    server = create_budget_server(_settings(ctx))
+    Without --session (or mcp.session_id) each call names its session_id, limited to
+    mcp.client_session_prefix when that is set.
+    """
+    from .producers.mcp_budget_server import create_budget_server
+    from .sections import McpSettings
+
+    settings = _settings(ctx)
+    if session is not None:
+        mcp = McpSettings(**{**settings.mcp.model_dump(), "session_id": session})
+        settings = settings.model_copy(update={"mcp": mcp})
+    server = create_budget_server(settings)
     if http:
         server.run("streamable-http", host=host, port=port)
     else:

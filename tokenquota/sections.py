@@ -11,6 +11,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from tokenquota.schemas.envelope import NO_CONTROL_CHARACTERS
+
 __all__ = [
     "EmitterSettings",
     "ExternalApiSettings",
@@ -44,9 +46,12 @@ class McpSettings(_Section):
     max_retries: Annotated[int, Field(ge=0)] = 3
     token_budget_per_request: Annotated[int, Field(gt=0)] = 4000
     session_sources: tuple[SessionSource, ...] = Field(
-        default=("meta", "header", "config", "client"),
+        default=("config", "meta", "header", "client"),
         min_length=1,
-        description="Where a call's session id comes from, first found wins",
+        description=(
+            "Where a call's session id comes from, first found wins; a client source "
+            "(meta, header, client) before config trusts the client over mcp.session_id"
+        ),
     )
 
     @field_validator("session_sources", mode="before")
@@ -54,6 +59,14 @@ class McpSettings(_Section):
     def _comma_separated(cls, value: Any) -> Any:
         if isinstance(value, str):  # MCP_SESSION_SOURCES=meta,config
             return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("session_sources")
+    @classmethod
+    def _each_once(cls, value: tuple[SessionSource, ...]) -> tuple[SessionSource, ...]:
+        repeated = sorted({source for source in value if value.count(source) > 1})
+        if repeated:
+            raise ValueError(f"each source may be listed once, got {', '.join(repeated)} twice")
         return value
 
     session_meta_key: str = Field(
@@ -65,6 +78,16 @@ class McpSettings(_Section):
         description="The HTTP header (streamable HTTP transport)",
     )
     session_id: str | None = Field(default=None, description="A fixed session ('config')")
+    client_session_prefix: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=254,
+        pattern=NO_CONTROL_CHARACTERS,
+        description=(
+            "When set, a session named by the client (meta, header, client) must start "
+            "with it, or the call is refused; unset: any"
+        ),
+    )
     model: _Model = Field(default="gpt-4o", description="Whose tokenizer counts tool payloads")
 
 

@@ -255,3 +255,38 @@ async def test_manage_api_tokens_checks_rate_limit_and_budget(
             "limited", 1, session_id="m", quota=quota
         )  # 2 per minute
         assert not await manage_api_tokens("limited", 1)
+
+
+async def test_a_call_cancelled_while_it_waits_on_the_rate_limit_releases_its_tokens(
+    pipeline_settings: Settings, start_worker: Any
+) -> None:
+    settings = llm_settings(pipeline_settings, rate_limit=1)
+    start_worker()
+    async with TokenQuota(settings) as quota, running_fake_llm() as fake:
+        await set_budget(quota, "w", 100_000)
+        paced = openai.AsyncOpenAI(api_key="k", base_url=f"{fake.url}/v1")
+        OPEN_CLIENTS.append(paced)
+        api = await integrate_with_external_apis(APIConfig("paced", paced), quota=quota)
+        call = {"model": "gpt-4o", "messages": MESSAGES, "max_tokens": 10, "session_id": "w"}
+        await api["paced"].create("chat", dict(call))
+        await wait_for_usage(quota, "w", 150)
+        # One request a minute: the second call holds its reservation while it waits.
+        waiting = asyncio.create_task(api["paced"].create("chat", dict(call)))
+
+        async def second_is(status: str) -> bool:
+            # The first call's reservation is settled; the second's is the only other.
+            count = await fetch_value(
+                settings.database,
+                "SELECT count(*) FROM reservations WHERE session_id = 'w' AND status = $1",
+                status,
+            )
+            return bool(count == 1)
+
+        await wait_until(lambda: second_is("accepted"), 60, "the waiting call's reservation")
+        assert not waiting.done() and len(fake.requests) == 1
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        await wait_until(lambda: second_is("released"), 60, "the cancelled call's release")
+        assert len(fake.requests) == 1  # it never went out
+        await wait_for_usage(quota, "w", 150)

@@ -9,7 +9,7 @@ from mcp import Client
 from mcp.server.mcpserver import Context, MCPServer
 
 from tests.producers.mcp_support import session_meta, text_of, tokens
-from tests.support import fetch_value, set_budget, wait_for_usage
+from tests.support import fetch_value, set_budget, wait_for_usage, wait_until
 from tokenquota.config import ReservationSettings, Settings
 from tokenquota.producers import TokenQuota, mcp_token_decorator, setup_mcp_token_hooks
 from tokenquota.sections import McpSettings
@@ -126,8 +126,11 @@ async def test_server_hooks_meter_every_tool_once_with_a_configured_session(
             )
             late_result = await client.call_tool("late", {"x": "y"})
             assert not late_result.is_error
-            meta_wins = await client.call_tool("add", {"a": 1, "b": 1}, meta=session_meta("other"))
-            assert meta_wins.is_error and "'other'" in text_of(meta_wins)  # _meta before config
+            # A client naming another session is billed to the configured one.
+            config_wins = await client.call_tool(
+                "add", {"a": 1, "b": 1}, meta=session_meta("other")
+            )
+            assert not config_wins.is_error and text_of(config_wins) == "2"
         expected = (
             tokens({"a": 2, "b": 3})
             + tokens("5")
@@ -135,6 +138,8 @@ async def test_server_hooks_meter_every_tool_once_with_a_configured_session(
             + tokens("ok ok ok")
             + tokens({"x": "y"})
             + tokens(text_of(late_result))
+            + tokens({"a": 1, "b": 1})
+            + tokens("2")
         )
         await wait_for_usage(quota, "ide", expected)
         used_events = await fetch_value(
@@ -142,4 +147,101 @@ async def test_server_hooks_meter_every_tool_once_with_a_configured_session(
             "SELECT count(*) FROM usage_events"
             " WHERE event_type = 'TokenUsed' AND session_id = 'ide'",
         )
-        assert used_events == 3  # one per call: the decorated tool was not counted twice
+        assert used_events == 4  # one per call: the decorated tool was not counted twice
+        assert (await quota.session_metrics("other")).tokens_used_total == 0
+        assert (
+            await fetch_value(
+                settings.database, "SELECT count(*) FROM usage_events WHERE session_id = 'other'"
+            )
+            == 1
+        )  # its BudgetSet, nothing else
+
+
+async def test_a_trusted_client_names_its_session_within_the_allowed_prefix(
+    pipeline_settings: Settings, start_worker: Any
+) -> None:
+    base = metered_settings(pipeline_settings, per_request=200)
+    trusting = base.mcp.model_copy(
+        update={
+            "session_id": "ide",
+            "session_sources": ("meta", "config"),  # the client's _meta before the config
+            "client_session_prefix": "team-",
+        }
+    )
+    settings = base.model_copy(update={"mcp": trusting})
+    start_worker()
+    async with TokenQuota(settings) as quota:
+        server = MCPServer(name="tools")
+
+        @server.tool()
+        async def add(a: int, b: int) -> int:
+            """Add two numbers."""
+            return a + b
+
+        setup_mcp_token_hooks(server, settings=settings, quota=quota)
+        client_info = settings.model_copy(
+            update={"mcp": trusting.model_copy(update={"session_sources": ("client",)})}
+        )
+        decorated = MCPServer(name="decorated")
+
+        @decorated.tool()
+        @mcp_token_decorator(settings=client_info, quota=quota)
+        async def double(n: int, ctx: Context) -> int:
+            """Double a number."""
+            return 2 * n
+
+        await set_budget(quota, "ide", 10_000)
+        await set_budget(quota, "team-a", 10_000)
+        await set_budget(quota, "outsider", 10_000)
+        async with Client(server) as client:
+            own = await client.call_tool("add", {"a": 1, "b": 2}, meta=session_meta("team-a"))
+            assert not own.is_error and text_of(own) == "3"
+            outside = await client.call_tool("add", {"a": 1, "b": 3}, meta=session_meta("outsider"))
+            assert outside.is_error
+            assert text_of(outside) == (
+                "session 'outsider' from the request _meta key 'tokenquota/session' is not "
+                "allowed: a session named by the client must start with 'team-' "
+                "(mcp.client_session_prefix)"
+            )
+            configured = await client.call_tool("add", {"a": 2, "b": 2})
+            assert not configured.is_error and text_of(configured) == "4"
+        async with Client(decorated) as client:
+            named = await client.call_tool("double", {"n": 4})
+            assert named.is_error  # the client's clientInfo name is not under 'team-'
+            assert "from the client's clientInfo.name is not allowed" in text_of(named)
+        await wait_for_usage(quota, "team-a", tokens({"a": 1, "b": 2}) + tokens("3"))
+        await wait_for_usage(quota, "ide", tokens({"a": 2, "b": 2}) + tokens("4"))
+        assert (await quota.session_metrics("outsider")).tokens_used_total == 0
+        reservations = await fetch_value(settings.database, "SELECT count(*) FROM reservations")
+        assert reservations == 2  # the refused calls reserved nothing
+
+
+async def test_a_result_that_cannot_be_counted_releases_its_reservation(
+    pipeline_settings: Settings, start_worker: Any
+) -> None:
+    settings = metered_settings(pipeline_settings, per_request=300)
+    start_worker()
+    async with TokenQuota(settings) as quota:
+        server = MCPServer(name="tables")
+
+        @server.tool()
+        @mcp_token_decorator(settings=settings, quota=quota)
+        async def table(ctx: Context) -> Any:
+            """A result the meter cannot encode to count it (tuple keys)."""
+            return {("row", 1): "x"}
+
+        await set_budget(quota, "carol", 1_000)
+        async with Client(server) as client:
+            failed = await client.call_tool("table", {}, meta=session_meta("carol"))
+            assert failed.is_error
+
+        async def released() -> bool:
+            status = await fetch_value(
+                settings.database,
+                "SELECT string_agg(status, ',') FROM reservations WHERE session_id = 'carol'",
+            )
+            return bool(status == "released")
+
+        await wait_until(released, 60, "the release of the uncounted call's reservation")
+        metrics = await quota.session_metrics("carol")
+        assert (metrics.tokens_used_total, metrics.tokens_held) == (0, 0)

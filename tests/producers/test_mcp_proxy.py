@@ -15,7 +15,7 @@ from mcp.client.stdio import StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 
 from tests.producers.mcp_support import session_meta, text_of, tokens
-from tests.support import set_budget, settings_env, wait_for_usage, wait_until
+from tests.support import fetch_value, set_budget, settings_env, wait_for_usage, wait_until
 from tokenquota.config import ReservationSettings, Settings
 from tokenquota.producers import TokenQuota
 
@@ -24,8 +24,15 @@ pytestmark = pytest.mark.integration
 UPSTREAM = Path(__file__).parents[2] / "examples" / "plain_mcp_server.py"
 
 
-def command(settings: Settings, *args: str) -> StdioServerParameters:
-    env = {**settings_env(settings), "MCP_TOKEN_BUDGET_PER_REQUEST": "300", "LOG_LEVEL": "WARNING"}
+def command(
+    settings: Settings, *args: str, env: dict[str, str] | None = None
+) -> StdioServerParameters:
+    env = {
+        **settings_env(settings),
+        "MCP_TOKEN_BUDGET_PER_REQUEST": "300",
+        "LOG_LEVEL": "WARNING",
+        **(env or {}),
+    }
     return StdioServerParameters(
         command=sys.executable, args=["-m", "tokenquota", *args], env=env, cwd=Path.cwd()
     )
@@ -67,9 +74,9 @@ async def test_the_proxy_serves_upstream_unchanged_and_meters_every_call(
             assert not result.is_error and text_of(result) == "tegdub"
             failed = await client.call_tool("fail", {"reason": "boom"})
             assert failed.is_error  # the upstream's own error passes through, and is metered
-            refused = await client.call_tool("reverse", {"text": "x"}, meta=session_meta("tiny"))
-            assert refused.is_error
-            assert "'tiny'" in text_of(refused) and "requested 300 tokens" in text_of(refused)
+            # A client naming another session in _meta is billed to --session all the same.
+            foreign = await client.call_tool("reverse", {"text": "x y"}, meta=session_meta("tiny"))
+            assert not foreign.is_error and text_of(foreign) == "y x"
             again = await client.call_tool("reverse", {"text": "still serving"})
             assert text_of(again) == "gnivres llits"
         expected = (
@@ -77,11 +84,58 @@ async def test_the_proxy_serves_upstream_unchanged_and_meters_every_call(
             + tokens("tegdub")
             + tokens({"reason": "boom"})
             + tokens(text_of(failed))
+            + tokens({"text": "x y"})
+            + tokens("y x")
             + tokens({"text": "still serving"})
             + tokens("gnivres llits")
         )
         await wait_for_usage(quota, "ide-user", expected)
         assert (await quota.session_metrics("tiny")).tokens_used_total == 0
+
+
+async def test_a_proxy_that_trusts_the_client_bills_its_session_within_the_prefix(
+    pipeline_settings: Settings, start_worker: Any
+) -> None:
+    settings = pipeline_settings.model_copy(
+        update={"reservations": ReservationSettings(decision_timeout=60)}
+    )
+    start_worker()
+    trusting = {"MCP_SESSION_SOURCES": "meta,config", "MCP_CLIENT_SESSION_PREFIX": "team-"}
+    proxied = command(
+        settings,
+        "mcp-proxy",
+        "--session",
+        "ide-user",
+        "--",
+        sys.executable,
+        str(UPSTREAM),
+        "--stdio",
+        env=trusting,
+    )
+    async with TokenQuota(settings) as quota:
+        await set_budget(quota, "ide-user", 10_000)
+        await set_budget(quota, "team-tiny", 100)
+        await set_budget(quota, "tiny", 10_000)
+        async with Client(proxied, cache=None, read_timeout_seconds=90) as client:
+            refused = await client.call_tool(
+                "reverse", {"text": "x"}, meta=session_meta("team-tiny")
+            )
+            assert refused.is_error  # the client's session is used: its budget refuses
+            assert "'team-tiny'" in text_of(refused)
+            assert "requested 300 tokens" in text_of(refused)
+            outside = await client.call_tool("reverse", {"text": "x"}, meta=session_meta("tiny"))
+            assert outside.is_error
+            assert text_of(outside) == (
+                "session 'tiny' from the request _meta key 'tokenquota/session' is not "
+                "allowed: a session named by the client must start with 'team-' "
+                "(mcp.client_session_prefix)"
+            )
+            configured = await client.call_tool("reverse", {"text": "own"})
+            assert text_of(configured) == "nwo"
+        await wait_for_usage(quota, "ide-user", tokens({"text": "own"}) + tokens("nwo"))
+        for other in ("team-tiny", "tiny"):
+            metrics = await quota.session_metrics(other)
+            assert (metrics.tokens_used_total, metrics.tokens_held) == (0, 0)
 
 
 async def test_the_budget_server_tools_check_reserve_record_and_report(
@@ -93,11 +147,18 @@ async def test_the_budget_server_tools_check_reserve_record_and_report(
     start_worker()
     async with TokenQuota(settings) as quota:
         await set_budget(quota, "agent-7", 2_000)
-        async with Client(
-            command(settings, "mcp-server"), cache=None, read_timeout_seconds=90
-        ) as client:
+        await set_budget(quota, "boss", 2_000)
+        server = command(settings, "mcp-server", env={"MCP_CLIENT_SESSION_PREFIX": "agent-"})
+        async with Client(server, cache=None, read_timeout_seconds=90) as client:
             names = {tool.name for tool in (await client.list_tools()).tools}
             assert names == {"check_budget", "reserve_tokens", "record_usage", "usage_report"}
+            outside = await client.call_tool("reserve_tokens", {"session_id": "boss", "tokens": 1})
+            assert outside.is_error
+            assert text_of(outside) == (
+                "Error executing tool reserve_tokens: "
+                "session 'boss' from the argument session_id is not allowed: a session named "
+                "by the client must start with 'agent-' (mcp.client_session_prefix)"
+            )
 
             check = (
                 await client.call_tool("check_budget", {"session_id": "agent-7"})
@@ -142,6 +203,65 @@ async def test_the_budget_server_tools_check_reserve_record_and_report(
             assert report["tokens_used_total"] == 1_000
             assert report["available_tokens"] == 1_000
             assert report["limits"]["daily_limit"] == 2_000
+        assert (
+            await fetch_value(
+                settings.database, "SELECT count(*) FROM usage_events WHERE session_id = 'boss'"
+            )
+            == 1
+        )  # its BudgetSet: the refused call emitted nothing
+
+
+async def test_a_budget_server_with_a_session_refuses_to_act_for_another(
+    pipeline_settings: Settings, start_worker: Any
+) -> None:
+    settings = pipeline_settings.model_copy(
+        update={"reservations": ReservationSettings(decision_timeout=60)}
+    )
+    start_worker()
+    async with TokenQuota(settings) as quota:
+        await set_budget(quota, "agent-7", 2_000)
+        await set_budget(quota, "victim", 2_000)
+        server = command(settings, "mcp-server", "--session", "agent-7")
+        async with Client(server, cache=None, read_timeout_seconds=90) as client:
+            check = await client.call_tool("check_budget", {})
+            assert not check.is_error, text_of(check)
+            assert check.structured_content["session_id"] == "agent-7"
+            foreign = (
+                ("check_budget", {"session_id": "victim"}),
+                ("reserve_tokens", {"session_id": "victim", "tokens": 1_000}),
+                ("record_usage", {"session_id": "victim", "input_tokens": 5, "output_tokens": 5}),
+                ("usage_report", {"session_id": "victim"}),
+            )
+            for tool, arguments in foreign:
+                refused = await client.call_tool(tool, arguments)
+                assert refused.is_error, tool
+                assert text_of(refused) == (
+                    f"Error executing tool {tool}: "
+                    "session 'victim' is not allowed: this server acts for session 'agent-7'; "
+                    "a client may name another session only when mcp.session_sources lists "
+                    "meta before config"
+                )
+            held = await client.call_tool("reserve_tokens", {"tokens": 500})
+            assert not held.is_error, text_of(held)
+            recorded = await client.call_tool(
+                "record_usage",
+                {
+                    "session_id": "agent-7",  # its own session may be named
+                    "input_tokens": 200,
+                    "output_tokens": 100,
+                    "reservation_id": held.structured_content["reservation_id"],
+                },
+            )
+            assert not recorded.is_error, text_of(recorded)
+        await wait_for_usage(quota, "agent-7", 300)
+        victim = await quota.session_metrics("victim")
+        assert (victim.tokens_used_total, victim.tokens_held) == (0, 0)
+        assert (
+            await fetch_value(
+                settings.database, "SELECT count(*) FROM usage_events WHERE session_id = 'victim'"
+            )
+            == 1
+        )  # its BudgetSet only
 
 
 async def test_the_proxy_over_streamable_http_takes_the_session_from_a_header(

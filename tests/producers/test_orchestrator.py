@@ -17,6 +17,7 @@ from tokenquota.producers.orchestrator import (
     release_task_budget,
     route_with_token_budget,
     setup_token_hooks,
+    waiting_tasks,
 )
 from tokenquota.producers.token_counter import TokenCounter, payload_text
 from tokenquota.sections import OrchestratorSettings
@@ -142,6 +143,32 @@ async def test_a_failing_or_cancelled_task_releases_its_tokens(
             await route_with_token_budget("s2", crash, estimated_tokens=1_001, quota=quota)
 
 
+async def test_a_result_that_cannot_be_counted_releases_its_tokens(
+    pipeline_settings: Settings, start_worker: Any
+) -> None:
+    settings = orchestrated(pipeline_settings)
+    start_worker()
+    async with TokenQuota(settings) as quota:
+        await set_budget(quota, "s5", 1_000)
+
+        async def tabulate() -> dict[Any, str]:
+            return {("row", 1): "no usage reported, and tuple keys cannot be encoded"}
+
+        with pytest.raises(TypeError, match="keys must be"):
+            await route_with_token_budget("s5", tabulate, estimated_tokens=900, quota=quota)
+
+        async def released() -> bool:
+            status = await fetch_value(
+                settings.database,
+                "SELECT string_agg(status, ',') FROM reservations WHERE session_id = 's5'",
+            )
+            return bool(status == "released")
+
+        await wait_until(released, 60, "the release of the uncounted task's reservation")
+        metrics = await quota.session_metrics("s5")
+        assert (metrics.tokens_used_total, metrics.tokens_held) == (0, 0)
+
+
 async def test_tasks_beyond_the_limit_wait_and_start_by_priority(
     pipeline_settings: Settings, start_worker: Any
 ) -> None:
@@ -174,9 +201,9 @@ async def test_tasks_beyond_the_limit_wait_and_start_by_priority(
         first = [start("a", "normal"), start("b", "normal")]
         await wait_until(_true_when(lambda: len(order) == 2), 60, "two tasks running")
         queued = [start("low", "low"), start("normal", "normal"), start("high", "high")]
-        for _ in range(5):  # let all three reach the queue
-            await asyncio.sleep(0)
-        assert order == ["a", "b"]  # the limit holds them back
+        # All three wait for a slot before one frees: the limit holds them back.
+        await wait_until(_true_when(lambda: waiting_tasks("s3") == 3), 60, "three tasks queued")
+        assert order == ["a", "b"]
         # One slot frees: the queue drains through it one task at a time, by priority.
         gates["a"].set()
         await asyncio.wait_for(asyncio.gather(first[0], *queued), 60)

@@ -47,7 +47,9 @@ def test_defaults_are_those_of_the_original_design() -> None:
         "max_retries": 3,
         "token_budget_per_request": 4000,
     }
-    assert settings.mcp.session_sources == ("meta", "header", "config", "client")
+    # The operator's configured session comes first: a client cannot pick whose budget
+    # it spends unless the configuration trusts it (a client source before config).
+    assert settings.mcp.session_sources == ("config", "meta", "header", "client")
     assert settings.external_apis.default_max_output_tokens == 4096
     assert settings.orchestrator.max_concurrent_tasks == 10
     assert settings.orchestrator.session_timeout == 3600
@@ -234,3 +236,12 @@ def test_secrets_are_masked_when_dumped(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setenv("DATABASE_PASSWORD", "hunter2")
     dumped = json.dumps(load_settings().model_dump(mode="json"))
     assert "hunter2" not in dumped
+
+
+def test_the_configured_defaults_are_the_folds_built_in_ones() -> None:
+    # A log without a DefaultsSet decides with the built-in defaults; with an unchanged
+    # configuration, what init writes is the same.
+    from tokenquota.config import fold_config
+    from tokenquota.projections import BUILTIN_DEFAULTS
+
+    assert fold_config(load_settings()) == BUILTIN_DEFAULTS
