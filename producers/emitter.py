@@ -30,19 +30,27 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, Self, TypeVar
+from typing import Literal, Self
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
-from aiokafka.partitioner import DefaultPartitioner
 
 from tokenquota.config import EmitterSettings, KafkaSettings, Settings
 from tokenquota.errors import IntegrationError
 from tokenquota.schemas import Event, encode
 
+from .kafka_rounds import (
+    BATCH_OVERHEAD,
+    PartitionMap,
+    describe,
+    halt_producer,
+    new_producer,
+    send_all,
+    send_round,
+)
 from .spool import Spool, SpooledMessage
 
 __all__ = ["Delivery", "Emitter"]
@@ -52,8 +60,6 @@ log = logging.getLogger("tokenquota.emitter")
 #: "acked": the broker has the event. "spooled": it is fsync'd in the local spool and
 #: will be re-sent, in order, when the broker is back.
 Delivery = Literal["acked", "spooled"]
-
-_T = TypeVar("_T")
 
 
 class _Call:
@@ -109,8 +115,7 @@ class Emitter:
         self._unsettled = 0  # events of calls in memory: neither acked nor spooled yet
         self._calls: set[_Call] = set()
         self._seq = 0
-        self._partitions: list[int] = []
-        self._partition_of: dict[bytes, int] = {}
+        self._partitions = PartitionMap(self.topic, options.send_timeout)
         self._urgent = 0  # flush or close is waiting: no lingering
         self._resent = 0
         # The spool's oldest chunk while it is being re-sent: what is not acked yet, and
@@ -169,7 +174,7 @@ class Emitter:
         if not messages:
             return []
         largest = max(len(m.key) + len(m.value) for m in messages)
-        if largest + _BATCH_OVERHEAD > self._options.max_batch_bytes:
+        if largest + BATCH_OVERHEAD > self._options.max_batch_bytes:
             raise IntegrationError(
                 f"an event of {largest} bytes does not fit a batch of emitter.max_batch_bytes "
                 f"({self._options.max_batch_bytes}); none of the {len(messages)} event(s) "
@@ -298,7 +303,7 @@ class Emitter:
         producer = self._producer
         assert producer is not None
         try:
-            partitions = await self._partitions_of(producer)
+            partitions = await self._partitions.partitions(producer)
         except Exception as exc:  # any failure: spool, never lose
             await self._send_failed(exc, [])
             return
@@ -306,13 +311,15 @@ class Emitter:
         while self._intake:
             call = self._intake.popleft()
             for index, message in enumerate(call.messages):
-                partition = self._partition(message.key, partitions)
+                partition = self._partitions.of(message.key, partitions)
                 queue = queues.get(partition)
                 if queue is None:
                     queue = queues[partition] = deque()
                 queue.append((call, index))
         self._intake_bytes = 0
-        outcome, error = await self._round(producer, queues, _item_message)
+        outcome, error = await send_round(
+            producer, self.topic, queues, _item_message, self._options.send_timeout
+        )
         failed: list[_Item] = []
         for items, acked in outcome:
             if not acked:
@@ -331,7 +338,7 @@ class Emitter:
         log.warning(
             "send to %s failed (%s); spooling %d event(s) and what was queued behind them",
             self._servers,
-            _describe(error),
+            describe(error),
             len(failed),
         )
         self._spool_unsettled(failed)
@@ -405,11 +412,13 @@ class Emitter:
             await asyncio.sleep(retry)
             return
         if waiting:
-            unacked, error = await self._send_all(self._producer, waiting)
+            unacked, error = await send_all(
+                self._producer, self._partitions, waiting, self._options.send_timeout
+            )
             if error is not None:
                 # The next attempt sends only what this one did not get acknowledged.
                 self._chunk = (unacked, length)
-                log.info("spool not delivered yet (%s); retrying in %s s", _describe(error), retry)
+                log.info("spool not delivered yet (%s); retrying in %s s", describe(error), retry)
                 await self._drop_producer()
                 await asyncio.sleep(retry)
                 return
@@ -427,92 +436,14 @@ class Emitter:
             self._resent = 0
             self._update_state()
 
-    async def _send_all(
-        self, producer: AIOKafkaProducer, messages: list[SpooledMessage]
-    ) -> tuple[list[SpooledMessage], BaseException | None]:
-        """Send `messages` in rounds until all are acknowledged. Returns the ones that
-        were not (in order) and the first failure, or ([], None)."""
-        try:
-            partitions = await self._partitions_of(producer)
-        except Exception as exc:  # reported; the chunk is retried
-            return messages, exc
-        queues: dict[int, deque[tuple[int, SpooledMessage]]] = {}
-        for item in enumerate(messages):
-            partition = self._partition(item[1].key, partitions)
-            queue = queues.get(partition)
-            if queue is None:
-                queue = queues[partition] = deque()
-            queue.append(item)
-        while queues:
-            outcome, error = await self._round(producer, queues, _second)
-            failed = [item for items, acked in outcome if not acked for item in items]
-            if error is not None or failed:
-                failed += [item for queue in queues.values() for item in queue]
-                failed.sort(key=_first)
-                return [m for _, m in failed], error or KafkaError("a batch was not acked")
-        return [], None
+    async def _new_producer(self) -> AIOKafkaProducer:
+        return await new_producer(self._servers, self.topic, self._options)
 
-    async def _round(
-        self,
-        producer: AIOKafkaProducer,
-        queues: dict[int, deque[_T]],
-        message_of: Callable[[_T], SpooledMessage],
-    ) -> tuple[list[tuple[list[_T], bool]], BaseException | None]:
-        """Send one batch per partition from the heads of `queues` (taking what fits) and
-        wait up to send_timeout for every acknowledgement. Returns each batch's events and
-        whether it was acknowledged, and the first error."""
-        batches: list[tuple[int, Any, list[_T]]] = []
-        for partition in list(queues):
-            queue = queues[partition]
-            batch = producer.create_batch()
-            taken: list[_T] = []
-            while queue:
-                message = message_of(queue[0])
-                if batch.append(key=message.key, value=message.value, timestamp=None) is None:
-                    break
-                taken.append(queue.popleft())
-            if not queue:
-                del queues[partition]
-            batch.close()  # sent as it is, not held for aiokafka's linger
-            batches.append((partition, batch, taken))
-        acks: list[asyncio.Future[Any]] = []
-        error: BaseException | None = None
-        try:
-            async with asyncio.timeout(self._options.send_timeout):
-                for partition, batch, _ in batches:
-                    acks.append(await producer.send_batch(batch, self.topic, partition=partition))
-                await asyncio.wait(acks)
-        except Exception as exc:  # TimeoutError, KafkaError, OSError, ...
-            error = exc
-        outcome: list[tuple[list[_T], bool]] = []
-        for index, (_, _, taken) in enumerate(batches):
-            ack = acks[index] if index < len(acks) else None
-            acked = ack is not None and ack.done() and not ack.cancelled()
-            if acked and ack is not None and ack.exception() is not None:
-                acked = False
-                error = error or ack.exception()
-            outcome.append((taken, acked))
-        for ack in acks:
-            if not ack.done():
-                ack.add_done_callback(_retrieve)
-        return outcome, error
-
-    async def _partitions_of(self, producer: AIOKafkaProducer) -> list[int]:
-        async with asyncio.timeout(self._options.send_timeout):
-            partitions = sorted(await producer.partitions_for(self.topic))
-        if partitions != self._partitions:
-            self._partitions = partitions
-            self._partition_of = {}
-        return partitions
-
-    def _partition(self, key: bytes, partitions: list[int]) -> int:
-        """The producer's default partition for `key`, cached (murmur2 is pure Python)."""
-        partition = self._partition_of.get(key)
-        if partition is None:
-            if len(self._partition_of) >= _PARTITION_CACHE:
-                self._partition_of = {}
-            partition = self._partition_of[key] = _PARTITIONER(key, partitions, partitions)
-        return partition
+    async def _drop_producer(self, *, flush: bool = False) -> None:
+        """Stop the producer (see halt_producer): nothing it holds is sent after this."""
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            await halt_producer(producer, self._options.send_timeout, flush=flush)
 
     def _finish(self, call: _Call) -> None:
         self._calls.discard(call)
@@ -548,109 +479,15 @@ class Emitter:
         else:
             self._idle.set()
 
-    async def _new_producer(self) -> AIOKafkaProducer:
-        timeout_ms = int(self._options.send_timeout * 1000)
-        producer = AIOKafkaProducer(
-            bootstrap_servers=self._servers,
-            client_id="tokenquota-emitter",
-            acks="all",
-            enable_idempotence=self._options.enable_idempotence,
-            linger_ms=0,  # batches arrive closed; the sender lingers (module docstring)
-            max_batch_size=self._options.max_batch_bytes,
-            request_timeout_ms=timeout_ms,
-        )
-        try:
-            async with asyncio.timeout(self._options.send_timeout):
-                await producer.start()
-                # Never let the first send auto-create the topic with the broker's own
-                # partition count: wait for `tokenquota init` instead.
-                cluster = await producer.client.fetch_all_metadata()
-        except BaseException:
-            with contextlib.suppress(Exception):
-                await producer.stop()
-            raise
-        if self.topic not in cluster.topics():
-            await producer.stop()
-            raise IntegrationError(
-                f"topic {self.topic!r} does not exist on {self._servers}; run `tokenquota init`"
-            )
-        return producer
-
-    async def _drop_producer(self, *, flush: bool = False) -> None:
-        """Stop the producer: with `flush`, first let it deliver what it holds (for close).
-
-        Otherwise, or when that does not finish within send_timeout, it is halted: its
-        sending task is cancelled before anything else, so it can send nothing more (not
-        even a batch it was retrying), and what it holds is dropped: those events are
-        acknowledged or spooled already. This reads two of aiokafka's internals
-        (`_sender.sender_task`, `_message_accumulator`); without them it just stops.
-        """
-        producer, self._producer = self._producer, None
-        if producer is None:
-            return
-        interrupted = False
-        if flush:
-            try:
-                async with asyncio.timeout(self._options.send_timeout):
-                    await producer.stop()
-                return
-            except Exception as exc:  # TimeoutError, KafkaError, OSError
-                log.warning("the producer did not flush (%s); dropping it", _describe(exc))
-                interrupted = True
-        sending: asyncio.Task[None] | None = getattr(
-            getattr(producer, "_sender", None), "sender_task", None
-        )
-        accumulator = getattr(producer, "_message_accumulator", None)
-        try:
-            async with asyncio.timeout(self._options.send_timeout):
-                if sending is not None and not sending.done():
-                    sending.cancel()  # it lets its requests in flight finish, sends no more
-                    await asyncio.wait([sending])
-                if accumulator is not None:
-                    accumulator.fail_all(KafkaError("the emitter gave this producer up"))
-                await producer.stop()
-                if interrupted:  # stop() had begun and does nothing a second time
-                    await producer.client.close()
-        except Exception as exc:  # TimeoutError, KafkaError, OSError
-            log.warning("could not stop a failed producer cleanly (%s)", _describe(exc))
-
 
 #: A chunk of the spool re-sent at a time: at most this many events (and about
 #: emitter.max_batch_bytes); a failure re-sends only the chunk it interrupted.
 _CHUNK = 5000
-#: A record batch's header (61 bytes) and one record's framing (at most 33), rounded up.
-_BATCH_OVERHEAD = 100
-_PARTITION_CACHE = 100_000
-# The producer's own default: murmur2 of the key over all partitions, so a session's
-# events land on the partition any Kafka client would pick for its key.
-_PARTITIONER = DefaultPartitioner()
 
 
 def _item_message(item: _Item) -> SpooledMessage:
     return item[0].messages[item[1]]
 
 
-def _first(item: tuple[int, SpooledMessage]) -> int:
-    return item[0]
-
-
-def _second(item: tuple[int, SpooledMessage]) -> SpooledMessage:
-    return item[1]
-
-
 def _emit_order(item: _Item) -> tuple[int, int]:
     return item[0].seq, item[1]
-
-
-def _describe(error: BaseException | None) -> str:
-    if error is None:
-        return "no acknowledgement"
-    if isinstance(error, TimeoutError):
-        return "no acknowledgement within emitter.send_timeout"
-    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
-
-
-def _retrieve(future: asyncio.Future[Any]) -> None:
-    """Mark a late acknowledgement's error as seen (nobody waits for it any more)."""
-    if not future.cancelled():
-        future.exception()

@@ -34,7 +34,6 @@ import asyncpg
 from tokenquota.config import Settings
 from tokenquota.errors import (
     IntegrationError,
-    ReservationExpiredError,
     TokenQuotaExceededError,
 )
 from tokenquota.projections import (
@@ -55,17 +54,16 @@ from tokenquota.schemas import (
     utc_now,
 )
 
+from .decisions import decision_error
 from .emitter import Delivery, Emitter
 
-__all__ = ["Reservation", "TokenQuota", "decision_error", "reserve"]
+__all__ = ["Reservation", "TokenQuota", "reserve"]
 
 log = logging.getLogger("tokenquota.reservations")
 
 Mode = Literal["strict", "optimistic"]
 _POLL_INTERVAL = 0.25
 _RELISTEN_BACKOFF_MAX = 5.0
-#: The reasons a refusal names a budget window for (TokenQuotaExceededError).
-_WINDOWS = frozenset({"daily_limit", "monthly_limit", "hard_limit", "critical_threshold"})
 
 
 class Reservation:
@@ -464,47 +462,6 @@ class TokenQuota:
                 yield conn  # type: ignore[misc]  # a pool proxy behaves as a Connection
         except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
             raise IntegrationError(f"PostgreSQL unreachable: {exc}") from None
-
-
-def decision_error(
-    event: TokenReserved, status: str, record: ReservationRecord | None, now: datetime
-) -> Exception | None:
-    """The error `reserve` raises for the decision `status` on `event`; None for a grant.
-
-    `record` is the reservation as the table holds it (what a refusal is explained
-    with), `now` when the decision was read:
-
-    - `accepted` is a grant, unless the reservation has expired by `now` (it holds
-      nothing then): ReservationExpiredError;
-    - `rejected` for a budget window (daily_limit, monthly_limit, hard_limit,
-      critical_threshold): TokenQuotaExceededError.for_window;
-    - `rejected` for `expired` (it had expired by the log's clock when the worker came
-      to it), or a polled `expired`: ReservationExpiredError;
-    - anything else: IntegrationError naming the status.
-    """
-    rid = event.reservation_id
-    if status == "accepted":
-        if event.expires_at > now:
-            return None
-        return ReservationExpiredError(event.session_id, rid, event.expires_at, decided=True)
-    reason = record.reason if record is not None else None
-    if status == "expired":
-        return ReservationExpiredError(event.session_id, rid, event.expires_at, decided=True)
-    if status == "rejected" and reason == "expired":
-        return ReservationExpiredError(event.session_id, rid, event.expires_at, decided=False)
-    if status == "rejected" and record is not None and reason in _WINDOWS:
-        return TokenQuotaExceededError.for_window(
-            record.session_id,
-            record.tokens,
-            record.available_tokens,
-            record.limit_tokens,
-            reason,
-        )
-    because = f" (reason {reason!r})" if reason else ""
-    return IntegrationError(
-        f"reservation {rid} of session {event.session_id!r} came back {status!r}{because}, "
-        "which reserve() does not know: are the worker and this client the same version?"
-    )
 
 
 async def reserve(

@@ -28,7 +28,8 @@ from tokenquota.errors import (
     TokenQuotaExceededError,
 )
 from tokenquota.producers import Reservation
-from tokenquota.producers.reservations import TokenQuota, decision_error
+from tokenquota.producers.decisions import decision_error
+from tokenquota.producers.reservations import TokenQuota
 from tokenquota.schemas import utc_now
 
 pytestmark = pytest.mark.integration

@@ -13,7 +13,7 @@ from tokenquota.errors import (
     TokenBudgetExhaustedError,
     TokenQuotaExceededError,
 )
-from tokenquota.producers.reservations import decision_error
+from tokenquota.producers.decisions import decision_error
 from tokenquota.projections import ReservationRecord
 from tokenquota.schemas import TokenReserved
 
