@@ -3,13 +3,11 @@
 
 No I/O, no wall clock, no globals: the same fold serves the worker, replay and the
 property tests, so every decision it makes is the same on every replay. Time comes from
-the log. Each partition has a log clock, the latest record timestamp among the events
-applied from it (the broker's append time where the broker stamps records); it only
-moves forward and no event's `occurred_at` can move it. The log clock decides window
+the log (`projections/log_clock.py`): each partition's log clock decides window
 roll-over, reservation expiry and when a decision was made, and every usage counts in
-the windows of the log clock. `occurred_at` dates an event in the rollups and reports,
-unless it runs ahead of the log clock by more than the partition's `max_clock_skew`:
-such an event is counted at the log clock and flagged.
+the windows of the log clock; `occurred_at` dates an event in the rollups and reports,
+unless it runs too far ahead of the log clock (it is then counted at the log clock and
+flagged).
 """
 
 from __future__ import annotations
@@ -17,11 +15,9 @@ from __future__ import annotations
 import copy
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from tokenquota.schemas import (
     BIGINT_MAX,
@@ -34,6 +30,7 @@ from tokenquota.schemas import (
 )
 
 from .budget import alert_level, headroom, local_day, month_of, start_of_day
+from .log_clock import Moment, advance, moment_of
 from .state import (
     AlertLevel,
     ApiDelta,
@@ -54,6 +51,10 @@ from .state import (
 __all__ = ["FoldConfig", "PoisonEventError", "fold", "new_session"]
 
 _LEVELS: tuple[AlertLevel, ...] = ("none", "warning", "critical")
+#: What a DefaultsSet's log row leaves out of its metadata (the row has them already).
+_ENVELOPE = {
+    "event_id", "schema_version", "occurred_at", "session_id", "task_id", "source", "event_type"
+}  # fmt: skip
 
 
 class PoisonEventError(Exception):
@@ -100,22 +101,6 @@ def fold(state: ProjectionState, records: Sequence[LogRecord]) -> Folded:
     return _Folder(state).run(records)
 
 
-@dataclass(frozen=True, slots=True)
-class _Moment:
-    """When one event counts: the log clock at its record, and the time it is dated at."""
-
-    clock: datetime
-    #: occurred_at, or the log clock when occurred_at ran too far ahead of it.
-    at: datetime
-    #: The calendar day of `at`, in the partition's zone (the event's rollup rows).
-    day: date
-    #: How far occurred_at was moved back to the log clock (zero unless flagged).
-    shift: timedelta
-
-
-_NO_SHIFT = timedelta(0)
-
-
 class _Folder:
     def __init__(self, state: ProjectionState) -> None:
         self.out = Folded(
@@ -148,31 +133,21 @@ class _Folder:
             partition = self.partitions.get(key)
             if partition is None:
                 partition = self.partitions[key] = PartitionState()
-            clock = record.timestamp
-            if partition.clock is not None and partition.clock > clock:
-                clock = partition.clock
-            partition.clock = clock
+            clock = partition.clock = advance(partition.clock, record.timestamp)
             self.out.changed_partitions.add(key)
             if type(event) is DefaultsSet:
                 self._defaults_set(key, partition, event, clock)
                 continue
             config = partition.defaults
-            moment = self._moment(event, clock, config)
+            moment = moment_of(event, clock, config)
+            if moment.shift:
+                self._flag_skew(event, clock, config, moment.shift)
             session = self._session(event.session_id, clock, config)
             self._expire(session.session_id, clock)
             handlers[type(event)](session, event, moment)
         return self.out
 
     # -- the log clock ---------------------------------------------------------------
-
-    def _moment(self, event: Event, clock: datetime, config: FoldConfig) -> _Moment:
-        at = event.occurred_at
-        shift = _NO_SHIFT
-        if at - clock > config.max_clock_skew:
-            shift = at - clock
-            at = clock
-            self._flag_skew(event, clock, config, shift)
-        return _Moment(clock, at, local_day(at, config.zone), shift)
 
     def _flag_skew(
         self, event: Event, clock: datetime, config: FoldConfig, ahead: timedelta
@@ -237,39 +212,15 @@ class _Folder:
     def _defaults_set(
         self, key: tuple[str, int], partition: PartitionState, event: DefaultsSet, clock: datetime
     ) -> None:
-        partition.defaults = FoldConfig(
-            Limits(
-                event.daily_limit,
-                event.monthly_limit,
-                event.hard_limit,
-                event.warning_threshold,
-                event.critical_threshold,
-            ),
-            ZoneInfo(event.timezone),
-            timedelta(milliseconds=event.max_clock_skew_ms),
-        )
+        partition.defaults = FoldConfig.of(event)
         partition.defaults_event = event.event_id
         partition.defaults_set_at = clock
         self.out.changed_defaults.add(key)
-        self._log(
-            event,
-            clock,
-            "defaults_set",
-            "ok",
-            metadata={
-                "topic": key[0],
-                "partition": key[1],
-                "daily_limit": event.daily_limit,
-                "monthly_limit": event.monthly_limit,
-                "hard_limit": event.hard_limit,
-                "warning_threshold": str(event.warning_threshold),
-                "critical_threshold": str(event.critical_threshold),
-                "timezone": event.timezone,
-                "max_clock_skew_ms": event.max_clock_skew_ms,
-            },
-        )
+        fields = event.model_dump(mode="json", exclude=_ENVELOPE)
+        metadata = {"topic": key[0], "partition": key[1], **fields}
+        self._log(event, clock, "defaults_set", "ok", metadata=metadata)
 
-    def _budget_set(self, session: SessionBudget, event: BudgetSet, moment: _Moment) -> None:
+    def _budget_set(self, session: SessionBudget, event: BudgetSet, moment: Moment) -> None:
         session.limits = Limits(
             daily_limit=event.daily_limit,
             monthly_limit=event.monthly_limit,
@@ -293,7 +244,7 @@ class _Folder:
         )
         self._check_alerts(session, event, moment.at, limits_changed=True)
 
-    def _reserved(self, session: SessionBudget, event: TokenReserved, moment: _Moment) -> None:
+    def _reserved(self, session: SessionBudget, event: TokenReserved, moment: Moment) -> None:
         rid = event.reservation_id
         if rid in self.reservations:
             self._log(
@@ -368,7 +319,7 @@ class _Folder:
             event, moment.at, "reservation_rejected", "rejected", error=error, metadata=metadata
         )
 
-    def _used(self, session: SessionBudget, event: TokenUsed, moment: _Moment) -> None:
+    def _used(self, session: SessionBudget, event: TokenUsed, moment: Moment) -> None:
         total = event.input_tokens + event.output_tokens
         if session.tokens_used_total + total > BIGINT_MAX:
             raise PoisonEventError(
@@ -447,7 +398,7 @@ class _Folder:
             metadata={"reservation_id": str(rid)},
         )
 
-    def _api_cost(self, session: SessionBudget, event: ApiCost, moment: _Moment) -> None:
+    def _api_cost(self, session: SessionBudget, event: ApiCost, moment: Moment) -> None:
         at = moment.at
         key = (session.session_id, event.api)
         delta = self.out.apis.get(key)

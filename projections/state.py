@@ -9,7 +9,7 @@ from decimal import Decimal
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
-from tokenquota.schemas import Event
+from tokenquota.schemas import DefaultsSet, Event
 
 __all__ = [
     "BUILTIN_DEFAULTS",
@@ -69,6 +69,21 @@ class FoldConfig:
     default_limits: Limits
     zone: ZoneInfo = _UTC
     max_clock_skew: timedelta = timedelta(minutes=5)
+
+    @classmethod
+    def of(cls, event: DefaultsSet) -> FoldConfig:
+        """The defaults a DefaultsSet sets."""
+        return cls(
+            Limits(
+                event.daily_limit,
+                event.monthly_limit,
+                event.hard_limit,
+                event.warning_threshold,
+                event.critical_threshold,
+            ),
+            ZoneInfo(event.timezone),
+            timedelta(milliseconds=event.max_clock_skew_ms),
+        )
 
 
 #: The defaults of a partition whose log holds no DefaultsSet yet (the code's, never the
