@@ -21,12 +21,13 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from tokenquota.projections import apply_migrations, connect
+from tokenquota.projections.state import log_time
 
 __all__ = ["copy_consume", "prepare"]
 
 _COLUMNS = (
     "event_id", "event_type", "session_id", "task_id", "occurred_at", "payload", "topic",
-    "kafka_partition", "kafka_offset",
+    "kafka_partition", "kafka_offset", "log_time",
 )  # fmt: skip
 
 
@@ -53,6 +54,7 @@ def _row(message: Any) -> tuple[Any, ...]:
         message.topic,
         message.partition,
         message.offset,
+        log_time(message.timestamp),  # the ledger keeps each record's timestamp
     )
 
 
@@ -66,7 +68,8 @@ async def _write(conn: asyncpg.Connection, rows: list[tuple[Any, ...]]) -> None:
             "INSERT INTO usage_events SELECT * FROM incoming ON CONFLICT (event_id) DO NOTHING"
         )
         await conn.executemany(
-            """INSERT INTO partition_checkpoints AS c VALUES ($1, $2, $3)
+            """INSERT INTO partition_checkpoints AS c (topic, kafka_partition, next_offset)
+               VALUES ($1, $2, $3)
                ON CONFLICT (topic, kafka_partition)
                DO UPDATE SET next_offset = GREATEST(c.next_offset, EXCLUDED.next_offset)""",
             [(t, p, o) for (t, p), o in ends.items()],

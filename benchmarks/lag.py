@@ -112,7 +112,9 @@ async def _occurred(servers: str, topic: str, partitions: int) -> list[tuple[int
                 for m in messages:
                     read[tp.partition] = m.offset + 1
                     fields = json.loads(m.value or b"{}")
-                    if fields["event_type"] != "BudgetSet":
+                    # The load only: not the warm-up's BudgetSets, nor the DefaultsSets
+                    # provisioning wrote before the worker started.
+                    if fields["event_type"] not in ("BudgetSet", "DefaultsSet"):
                         at = datetime.fromisoformat(fields["occurred_at"]).timestamp()
                         events.append((tp.partition, m.offset, at))
             for tp in tps:
