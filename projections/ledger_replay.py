@@ -10,8 +10,6 @@ replay from the topic (`projections/staging.py`).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import Callable
 
 import asyncpg
@@ -21,7 +19,14 @@ from tokenquota.schemas import EventDecodeError, decode
 
 from .database import connect, quote_schema
 from .migrator import apply_migrations
-from .staging import BeforeSwap, ReplayReport, prepare_staging, skip_poison, swap_in
+from .staging import (
+    BeforeSwap,
+    ReplayReport,
+    prefetched,
+    prepare_staging,
+    skip_poison,
+    swap_in,
+)
 from .state import LogRecord
 from .store import apply_batch_isolating
 
@@ -113,7 +118,8 @@ async def _read(
     """Apply every ledger row after `after`, in log order; return the last position read."""
     position = after
 
-    async def next_page() -> tuple[list[LogRecord], _Position] | None:
+    async def next_page() -> list[LogRecord] | None:
+        nonlocal position
         rows = await reader.fetch(page, *position, batch_size)
         if not rows:
             return None
@@ -136,24 +142,17 @@ async def _read(
                 )
             )
         last = rows[-1]
+        position = (last["topic"], last["kafka_partition"], last["kafka_offset"])
         report.events += len(rows)
-        return records, (last["topic"], last["kafka_partition"], last["kafka_offset"])
+        return records
 
     progress()
-    upcoming = asyncio.ensure_future(next_page())
     on_poison = skip_poison(report)
-    try:
-        while (batch := await upcoming) is not None:
-            records, position = batch
-            # The next page is read (on its own connection) while this one is applied.
-            upcoming = asyncio.ensure_future(next_page())
-            result = await apply_batch_isolating(
-                conn, records, schema=staging, notify=False, on_poison=on_poison
-            )
-            report.applied += result.applied
-            progress()
-    finally:
-        upcoming.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await upcoming
+    # The next page is read (on its own connection) while this one is applied.
+    async for records in prefetched(next_page):
+        result = await apply_batch_isolating(
+            conn, records, schema=staging, notify=False, on_poison=on_poison
+        )
+        report.applied += result.applied
+        progress()
     return position

@@ -12,7 +12,6 @@ ledger instead, which keeps every event.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from collections.abc import Callable
 from typing import Any
@@ -29,6 +28,7 @@ from .staging import (
     BeforeSwap,
     ReplayError,
     ReplayReport,
+    prefetched,
     prepare_staging,
     skip_poison,
     staging_schemas,
@@ -323,25 +323,15 @@ async def _read(
         return None
 
     progress()
-    # The next batch is fetched and decoded while this one is applied (PostgreSQL
-    # works on its own core meanwhile); the fold itself stays strictly in log order.
-    upcoming = asyncio.ensure_future(next_batch())
     on_poison = skip_poison(report)
-    try:
-        while (batch := await upcoming) is not None:
-            upcoming = asyncio.ensure_future(next_batch())
-            records, skipped = batch
-            result = await apply_batch_isolating(
-                conn, records, schema=staging, notify=False, skipped=skipped, on_poison=on_poison
-            )
-            report.events += len(records) + len(skipped)
-            report.skipped += len(skipped)
-            report.applied += result.applied
-            progress()
-    finally:
-        upcoming.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await upcoming
+    async for records, skipped in prefetched(next_batch):
+        result = await apply_batch_isolating(
+            conn, records, schema=staging, notify=False, skipped=skipped, on_poison=on_poison
+        )
+        report.events += len(records) + len(skipped)
+        report.skipped += len(skipped)
+        report.applied += result.applied
+        progress()
     return positions
 
 

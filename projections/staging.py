@@ -9,8 +9,11 @@ old projections or the new ones, never a half-built state.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import asyncpg
 
@@ -23,11 +26,14 @@ __all__ = [
     "BeforeSwap",
     "ReplayError",
     "ReplayReport",
+    "prefetched",
     "prepare_staging",
     "skip_poison",
     "staging_schemas",
     "swap_in",
 ]
+
+_T = TypeVar("_T")
 
 #: Awaited after the read and before the swap (the worker may still be applying).
 BeforeSwap = Callable[[], Awaitable[None]]
@@ -63,6 +69,23 @@ async def prepare_staging(conn: asyncpg.Connection, schema: str) -> str:
     await conn.execute(f"SET search_path TO {quote_schema(staging)}")
     await apply_migrations(conn, staging)
     return staging
+
+
+async def prefetched(fetch: Callable[[], Awaitable[_T | None]]) -> AsyncIterator[_T]:
+    """What `fetch` returns, until None; the next is fetched while the caller handles one.
+
+    Replay reads (and decodes) the next batch while PostgreSQL applies this one, on its
+    own core; the fold itself stays strictly in log order.
+    """
+    upcoming = asyncio.ensure_future(fetch())
+    try:
+        while (item := await upcoming) is not None:
+            upcoming = asyncio.ensure_future(fetch())
+            yield item
+    finally:
+        upcoming.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await upcoming
 
 
 def skip_poison(report: ReplayReport) -> Callable[[LogRecord, str], Awaitable[None]]:

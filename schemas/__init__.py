@@ -15,6 +15,7 @@ from .events import (
     TokenReserved,
     TokenUsed,
     check_limits,
+    check_timezone,
 )
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "TokenReserved",
     "TokenUsed",
     "check_limits",
+    "check_timezone",
     "decode",
     "encode",
     "new_event_id",

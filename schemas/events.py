@@ -33,6 +33,7 @@ __all__ = [
     "TokenReserved",
     "TokenUsed",
     "check_limits",
+    "check_timezone",
 ]
 
 Priority = Literal["low", "normal", "high", "critical"]
@@ -97,6 +98,15 @@ def check_limits(
             "warning_threshold must be below critical_threshold, got "
             f"{warning_threshold} and {critical_threshold}"
         )
+
+
+def check_timezone(value: str) -> str:
+    """`value` if it names an IANA time zone; ValueError otherwise."""
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown IANA time zone {value!r} (try 'UTC')") from None
+    return value
 
 
 class BudgetSet(EventBase):
@@ -203,11 +213,7 @@ class DefaultsSet(EventBase):
     @field_validator("timezone")
     @classmethod
     def _zone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown IANA time zone {value!r}") from None
-        return value
+        return check_timezone(value)
 
     @model_validator(mode="after")
     def _limits_are_ordered(self) -> Self:

@@ -21,7 +21,8 @@ PUBLIC = {
         "BIGINT_MAX", "DEFAULTS_SESSION", "ID_MAX_LENGTH", "USAGE_TOKENS_MAX", "ApiCost",
         "BudgetSet", "Component", "CountedBy", "DefaultsSet", "Event",
         "EventDecodeError", "EventType", "FieldError", "Priority", "Source", "TokenReserved",
-        "TokenUsed", "check_limits", "decode", "encode", "new_event_id", "utc_now",
+        "TokenUsed", "check_limits", "check_timezone", "decode", "encode", "new_event_id",
+        "utc_now",
     },
     "tokenquota.projections": {
         "BUILTIN_DEFAULTS", "EXPECTED_COLUMNS", "PROJECTION_TABLES", "BatchResult", "Decision",

@@ -20,7 +20,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 from urllib.parse import quote
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 from pydantic import (
     BaseModel,
@@ -36,7 +36,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from tokenquota.projections.database import SCHEMA_NAME_PATTERN
 from tokenquota.projections.state import FoldConfig, Limits
-from tokenquota.schemas import check_limits
+from tokenquota.schemas import check_limits, check_timezone
 from tokenquota.sections import (
     EmitterSettings,
     ExternalApiSettings,
@@ -106,11 +106,7 @@ class TokenLimits(_Section):
     @field_validator("timezone")
     @classmethod
     def _zone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown IANA time zone {value!r} (try 'UTC')") from None
-        return value
+        return check_timezone(value)
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
