@@ -14,7 +14,7 @@ from decimal import Decimal
 import asyncpg
 
 from .budget import Headroom, headroom, local_day, month_of
-from .state import BUILTIN_DEFAULTS, AlertLevel, FoldConfig, Limits, ReservationRecord
+from .state import BUILTIN_DEFAULTS, AlertLevel, Limits, ReservationRecord
 from .store import defaults_from_row, reservation_from_row
 
 __all__ = ["SessionMetrics", "available_tokens", "reservation", "session_metrics"]
@@ -79,21 +79,20 @@ _DEFAULT_FIELDS = (
 async def session_metrics(
     conn: asyncpg.Connection,
     session_id: str,
-    config: FoldConfig | None = None,
     *,
     now: datetime | None = None,
 ) -> SessionMetrics:
     """The session's metrics; a session with no events reads as unused, on default limits.
 
-    The default limits and the windows' zone are those of the log's latest DefaultsSet;
-    `config` stands in when the log holds none (the built-in defaults, as in the fold).
+    The default limits and the windows' zone are those of the log's latest DefaultsSet,
+    or the built-in ones when it holds none (as in the fold).
     """
     now = now or datetime.now(UTC)
     row = await conn.fetchrow(_METRICS, session_id, now)
     assert row is not None
+    config = BUILTIN_DEFAULTS
     if row["default_timezone"] is not None:
         config = defaults_from_row({name: row[f"default_{name}"] for name in _DEFAULT_FIELDS})
-    config = config or BUILTIN_DEFAULTS
     known = row["daily_limit"] is not None
     day = local_day(now, config.zone)
     if known:
@@ -152,13 +151,12 @@ def _utilization(limits: Limits, today: int, month: int, total: int) -> Decimal:
 async def available_tokens(
     conn: asyncpg.Connection,
     session_id: str,
-    config: FoldConfig | None = None,
     *,
     priority: str = "normal",
     now: datetime | None = None,
 ) -> int:
     """Tokens a new reservation of `priority` could take now (never negative)."""
-    metrics = await session_metrics(conn, session_id, config, now=now)
+    metrics = await session_metrics(conn, session_id, now=now)
     return max(metrics.headroom(priority).available, 0)
 
 

@@ -201,11 +201,8 @@ def worker(ctx: typer.Context) -> None:
         report = asyncio.run(provision(settings, publish_defaults=False))
     except (IntegrationError, MigrationError, ConfigError) as exc:
         _fail(str(exc))
-    if not report.defaults.published and report.defaults.reason not in (
-        "unchanged",
-        "not applied yet",
-    ):
-        err.print(f"[yellow]warning:[/] {report.defaults.reason}", highlight=False)
+    if report.defaults.warning is not None:
+        err.print(f"[yellow]warning:[/] {report.defaults.warning}", highlight=False)
     from .processors import run_worker
 
     run_worker(settings)

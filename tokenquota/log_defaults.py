@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from dataclasses import dataclass
+from datetime import timedelta
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
@@ -37,6 +38,8 @@ class DefaultsReport:
     published: bool
     #: Why it published, or why not.
     reason: str
+    #: Set when the configured defaults differ from the log's and were not written.
+    warning: str | None = None
 
 
 def defaults_event(config: FoldConfig) -> DefaultsSet:
@@ -50,7 +53,7 @@ def defaults_event(config: FoldConfig) -> DefaultsSet:
         warning_threshold=limits.warning_threshold,
         critical_threshold=limits.critical_threshold,
         timezone=config.zone.key,
-        max_clock_skew_ms=round(config.max_clock_skew.total_seconds() * 1000),
+        max_clock_skew_ms=config.max_clock_skew // timedelta(milliseconds=1),
     )
 
 
@@ -88,11 +91,11 @@ async def ensure_defaults(
     if not publish_changes:
         if not differ:
             return DefaultsReport(False, "not applied yet")
-        return DefaultsReport(
-            False,
+        warning = (
             f"the configured defaults differ from those in the log (partitions {differ}); the "
-            "log's decide: run `tokenquota init` to write the configured ones",
+            "log's decide: run `tokenquota init` to write the configured ones"
         )
+        return DefaultsReport(False, warning, warning)
     await _publish(settings.kafka, wanted, partitions)
     return DefaultsReport(True, "configuration changed" if differ else "written (none applied yet)")
 
