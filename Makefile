@@ -34,7 +34,7 @@ lint: $(VENV)/.installed-dev
 typecheck: $(VENV)/.installed-dev
 	@rm -rf build/typecheck && mkdir -p build/typecheck/tokenquota
 	@ln -s $(CURDIR)/tokenquota/*.py $(CURDIR)/tokenquota/py.typed build/typecheck/tokenquota/
-	@for p in schemas producers processors projections; do ln -s $(CURDIR)/$$p build/typecheck/tokenquota/$$p; done
+	@for p in schemas producers processors projections api; do ln -s $(CURDIR)/$$p build/typecheck/tokenquota/$$p; done
 	$(BIN)/mypy build/typecheck/tokenquota tests benchmarks examples
 
 pytest: $(VENV)/.installed-dev

@@ -10,6 +10,28 @@ __all__ = ["EXPECTED_COLUMNS", "schema_drift"]
 
 #: table -> column -> (information_schema data_type, nullable)
 EXPECTED_COLUMNS: dict[str, dict[str, tuple[str, bool]]] = {
+    "alert_outbox": {
+        "alert_id": ("uuid", False),
+        "event_id": ("uuid", False),
+        "action": ("character varying", False),
+        "session_id": ("character varying", False),
+        "window_name": ("text", False),
+        "level": ("text", False),
+        "used_tokens": ("bigint", False),
+        "limit_tokens": ("bigint", False),
+        "occurred_at": ("timestamp with time zone", False),
+        "created_at": ("timestamp with time zone", False),
+    },
+    "alert_deliveries": {
+        "alert_id": ("uuid", False),
+        "status": ("text", False),
+        "attempts": ("integer", False),
+        "next_attempt_at": ("timestamp with time zone", True),
+        "last_attempt_at": ("timestamp with time zone", True),
+        "last_status_code": ("integer", True),
+        "last_error": ("text", True),
+        "delivered_at": ("timestamp with time zone", True),
+    },
     "usage_events": {
         "event_id": ("uuid", False),
         "event_type": ("text", False),

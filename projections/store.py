@@ -62,6 +62,7 @@ PROJECTION_TABLES = (
     "integration_logs",
     "session_usage_daily",
     "session_usage_monthly",
+    "alert_outbox",
 )
 
 #: Called with an event that can never be applied and the reason; it is skipped after.

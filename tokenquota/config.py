@@ -38,17 +38,22 @@ from tokenquota.projections.database import SCHEMA_NAME_PATTERN
 from tokenquota.projections.state import FoldConfig, Limits
 from tokenquota.schemas import check_limits, check_timezone
 from tokenquota.sections import (
+    AlertSettings,
+    ApiSettings,
     EmitterSettings,
     ExternalApiSettings,
     McpSettings,
     OrchestratorSettings,
     PerformanceSettings,
     Port,
+    PrivacySettings,
     ReservationSettings,
     WorkerSettings,
 )
 
 __all__ = [
+    "AlertSettings",
+    "ApiSettings",
     "ConfigError",
     "DatabaseSettings",
     "EmitterSettings",
@@ -57,6 +62,7 @@ __all__ = [
     "McpSettings",
     "OrchestratorSettings",
     "PerformanceSettings",
+    "PrivacySettings",
     "ReservationSettings",
     "Settings",
     "TokenLimits",
@@ -243,6 +249,9 @@ class Settings(BaseSettings):
     emitter: EmitterSettings = EmitterSettings()
     worker: WorkerSettings = WorkerSettings()
     reservations: ReservationSettings = ReservationSettings()
+    api: ApiSettings = ApiSettings()
+    alerts: AlertSettings = AlertSettings()
+    privacy: PrivacySettings = PrivacySettings()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     log_file: Path | None = None
     data_dir: Path = Field(
@@ -284,6 +293,9 @@ _SECTION_PREFIXES: dict[str, tuple[str, ...]] = {
     "emitter": ("EMITTER_",),
     "worker": ("WORKER_",),
     "reservations": ("RESERVATIONS_",),
+    "api": ("API_",),
+    "alerts": ("ALERTS_",),
+    "privacy": ("PRIVACY_",),
 }
 _TOP_LEVEL_ENV = {
     "log_level": "LOG_LEVEL",
@@ -410,7 +422,8 @@ def _describe_errors(exc: ValidationError, path: Path | None) -> list[str]:
 
 
 def _redact(loc: tuple[str, ...], value: Any) -> Any:
-    return "***" if any(part in ("password", "url") for part in loc) else value
+    secret = ("password", "url", "secret", "key", "sha256")
+    return "***" if any(word in part for part in loc for word in secret) else value
 
 
 def _origin(

@@ -7,19 +7,23 @@ into `Settings`; each field is also an environment variable `<SECTION>_<FIELD>`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from tokenquota.schemas.envelope import NO_CONTROL_CHARACTERS
 
 __all__ = [
+    "AlertSettings",
+    "ApiSettings",
+    "ApiToken",
     "EmitterSettings",
     "ExternalApiSettings",
     "McpSettings",
     "OrchestratorSettings",
     "PerformanceSettings",
     "Port",
+    "PrivacySettings",
     "ReservationSettings",
     "Seconds",
     "SessionSource",
@@ -168,6 +172,12 @@ class WorkerSettings(_Section):
             "counted at the log clock and flagged (published into the log by init)"
         ),
     )
+    metrics_port: Port | None = Field(
+        default=None, description="Port of the worker's Prometheus /metrics (off when unset)"
+    )
+    metrics_host: str = Field(
+        default="127.0.0.1", description="Address the worker's /metrics binds to"
+    )
 
 
 class ReservationSettings(_Section):
@@ -180,3 +190,66 @@ class ReservationSettings(_Section):
         default=False,
         description="When Kafka or PostgreSQL is unreachable: grant (true) or refuse (false)",
     )
+
+
+class ApiToken(_Section):
+    """One API token: who holds it, what it may do, and the SHA-256 of the token (hex)."""
+
+    name: Annotated[str, Field(min_length=1, max_length=100, pattern=NO_CONTROL_CHARACTERS)]
+    role: Literal["read", "admin"] = "read"
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] = Field(
+        description="hex SHA-256 of the bearer token (`tokenquota api hash-token` prints it)"
+    )
+
+
+class ApiSettings(_Section):
+    """The HTTP API (`tokenquota api`)."""
+
+    host: str = Field(default="127.0.0.1", description="Address the API binds to")
+    port: Port = 8787
+    tokens: tuple[ApiToken, ...] = Field(
+        default=(),
+        description="Bearer tokens; with none, the API serves 127.0.0.1 only",
+    )
+    rate_limit: Annotated[float, Field(gt=0)] = Field(
+        default=100.0, description="Requests per second each token (or client address) may make"
+    )
+    rate_burst: Annotated[int, Field(gt=0)] = Field(
+        default=200, description="Requests a client may make at once before the rate applies"
+    )
+
+
+class AlertSettings(_Section):
+    """Threshold alerts sent as webhooks by the notifier."""
+
+    webhook_url: str | None = Field(
+        default=None, description="Where each alert is POSTed as JSON (no webhooks when unset)"
+    )
+    webhook_secret: SecretStr | None = Field(
+        default=None, description="Key of the HMAC-SHA256 signature header over the body"
+    )
+    timeout: Seconds = 10
+    retry_backoff_max: Seconds = 300
+
+
+class PrivacySettings(_Section):
+    """What leaves the caller's process besides counts."""
+
+    hash_session_ids: bool = Field(
+        default=False,
+        description="Replace session ids by HMAC-SHA256(session_id_key, id) before emitting",
+    )
+    session_id_key: SecretStr | None = Field(
+        default=None, description="The key of hash_session_ids (required when it is on)"
+    )
+
+    @model_validator(mode="after")
+    def _key_when_hashing(self) -> Self:
+        if self.hash_session_ids and (
+            self.session_id_key is None or len(self.session_id_key.get_secret_value()) < 16
+        ):
+            raise ValueError(
+                "hash_session_ids needs session_id_key (PRIVACY_SESSION_ID_KEY), "
+                "at least 16 characters"
+            )
+        return self
