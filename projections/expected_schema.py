@@ -10,6 +10,53 @@ __all__ = ["EXPECTED_COLUMNS", "schema_drift"]
 
 #: table -> column -> (information_schema data_type, nullable)
 EXPECTED_COLUMNS: dict[str, dict[str, tuple[str, bool]]] = {
+    "session_usage_hourly": {
+        "session_id": ("character varying", False),
+        "hour": ("timestamp with time zone", False),
+        "input_tokens": ("bigint", False),
+        "output_tokens": ("bigint", False),
+        "tokens_used": ("bigint", False),
+        "usage_events": ("bigint", False),
+        "cost_usd": ("numeric", False),
+    },
+    "api_usage_daily": {
+        "day": ("date", False),
+        "api_name": ("character varying", False),
+        "model": ("character varying", False),
+        "requests": ("bigint", False),
+        "input_tokens": ("bigint", False),
+        "output_tokens": ("bigint", False),
+        "cache_read_tokens": ("bigint", False),
+        "cache_write_tokens": ("bigint", False),
+        "cost_usd": ("numeric", False),
+    },
+    "model_usage_daily": {
+        "day": ("date", False),
+        "component": ("character varying", False),
+        "model": ("character varying", False),
+        "usage_events": ("bigint", False),
+        "input_tokens": ("bigint", False),
+        "output_tokens": ("bigint", False),
+    },
+    "session_reservations_daily": {
+        "session_id": ("character varying", False),
+        "day": ("date", False),
+        "accepted": ("bigint", False),
+        "rejected": ("bigint", False),
+        "settled": ("bigint", False),
+        "released": ("bigint", False),
+        "expired": ("bigint", False),
+        "reserved_tokens": ("bigint", False),
+        "settled_tokens": ("bigint", False),
+    },
+    "system_usage_minutely": {
+        "minute": ("timestamp with time zone", False),
+        "events_applied": ("bigint", False),
+        "tokens_used": ("bigint", False),
+        "cost_usd": ("numeric", False),
+        "reservations_accepted": ("bigint", False),
+        "reservations_rejected": ("bigint", False),
+    },
     "alert_outbox": {
         "alert_id": ("uuid", False),
         "event_id": ("uuid", False),

@@ -63,6 +63,11 @@ PROJECTION_TABLES = (
     "session_usage_daily",
     "session_usage_monthly",
     "alert_outbox",
+    "session_usage_hourly",
+    "api_usage_daily",
+    "model_usage_daily",
+    "session_reservations_daily",
+    "system_usage_minutely",
 )
 
 #: Called with an event that can never be applied and the reason; it is skipped after.
