@@ -22,6 +22,7 @@ __all__ = [
     "DEFAULTS_SESSION",
     "EVENT_CLASSES",
     "USAGE_TOKENS_MAX",
+    "Actor",
     "ApiCost",
     "BudgetSet",
     "CountedBy",
@@ -40,8 +41,12 @@ Priority = Literal["low", "normal", "high", "critical"]
 CountedBy = Literal["provider", "tiktoken", "estimate"]
 EventType = Literal["BudgetSet", "TokenReserved", "TokenUsed", "ApiCost", "DefaultsSet"]
 
-#: A utilisation ratio in (0, 1], kept as Decimal so threshold checks replay exactly.
-Threshold = Annotated[Decimal, Field(gt=0, le=1, max_digits=5, decimal_places=4)]
+#: A utilisation ratio in (0, 1], kept as Decimal so threshold checks replay exactly. Not
+#: strict: a Python caller's 0.8 or "0.8" is taken as Decimal("0.8"); JSON on the wire is
+#: read exactly as in strict mode (a decimal string or number, never a boolean).
+Threshold = Annotated[Decimal, Field(gt=0, le=1, max_digits=5, decimal_places=4, strict=False)]
+#: Who made an administrative change: an API token's name, or the OS user of the CLI.
+Actor = Annotated[str, Field(min_length=1, max_length=200, pattern=NO_CONTROL_CHARACTERS)]
 #: Free text stored in the projections: bounded and without control characters (a NUL
 #: passes JSON but PostgreSQL refuses it in TEXT and JSONB, which would stall a partition).
 _Label = Annotated[str, Field(min_length=1, max_length=200, pattern=NO_CONTROL_CHARACTERS)]
@@ -118,6 +123,10 @@ class BudgetSet(EventBase):
     hard_limit: TokenCount
     warning_threshold: Threshold
     critical_threshold: Threshold
+    actor: Actor | None = Field(
+        default=None,
+        description="Who set it (an API token's name, the OS user of the CLI): the audit trail",
+    )
 
     @model_validator(mode="after")
     def _limits_are_ordered(self) -> Self:
@@ -208,6 +217,9 @@ class DefaultsSet(EventBase):
     )
     max_clock_skew_ms: Annotated[int, Field(ge=0, le=365 * 86_400_000)] = Field(
         description="How far occurred_at may run ahead of the log clock, in milliseconds"
+    )
+    actor: Actor | None = Field(
+        default=None, description="Who wrote it (the OS user of `tokenquota init`)"
     )
 
     @field_validator("timezone")

@@ -20,6 +20,7 @@ import asyncpg
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
+from .actors import os_actor
 from .config import KafkaSettings, Settings, fold_config
 from .errors import IntegrationError
 from .projections import FoldConfig, connect
@@ -54,6 +55,7 @@ def defaults_event(config: FoldConfig) -> DefaultsSet:
         critical_threshold=limits.critical_threshold,
         timezone=config.zone.key,
         max_clock_skew_ms=config.max_clock_skew // timedelta(milliseconds=1),
+        actor=os_actor(),
     )
 
 

@@ -347,3 +347,59 @@ def test_a_defaults_set_names_a_real_zone_and_ordered_limits() -> None:
         DefaultsSet(**common, daily_limit=1, monthly_limit=2, hard_limit=3, timezone="Mars/Olympus")
     with pytest.raises(ValidationError, match="daily_limit <= monthly_limit"):
         DefaultsSet(**common, daily_limit=5, monthly_limit=2, hard_limit=3, timezone="UTC")
+
+
+# --- what a Python caller types -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("warning", "critical"), [(0.8, 0.95), ("0.8", "0.95"), (Decimal("0.8"), Decimal("0.95"))]
+)
+def test_thresholds_take_floats_and_strings_exactly(warning: Any, critical: Any) -> None:
+    event = BudgetSet(
+        session_id="s",
+        source=Source(component="mcp", name="cli"),
+        daily_limit=1,
+        monthly_limit=2,
+        hard_limit=3,
+        warning_threshold=warning,
+        critical_threshold=critical,
+        actor="os:alice",
+    )
+    assert event.warning_threshold == Decimal("0.8") and str(event.warning_threshold) == "0.8"
+    assert event.critical_threshold == Decimal("0.95")
+    assert decode(encode(event)) == event
+    assert json.loads(encode(event))["actor"] == "os:alice"
+
+
+@pytest.mark.parametrize("bad", [True, "eighty", 0.80001, 1.5])
+def test_thresholds_refuse_what_is_no_ratio(bad: Any) -> None:
+    with pytest.raises(ValidationError, match="warning_threshold"):
+        BudgetSet(
+            session_id="s",
+            source=Source(component="mcp", name="cli"),
+            daily_limit=1,
+            monthly_limit=2,
+            hard_limit=3,
+            warning_threshold=bad,
+            critical_threshold=Decimal("0.95"),
+        )
+
+
+def test_the_wire_still_refuses_a_boolean_threshold() -> None:
+    event = json.loads(
+        encode(
+            BudgetSet(
+                session_id="s",
+                source=Source(component="mcp", name="cli"),
+                daily_limit=1,
+                monthly_limit=2,
+                hard_limit=3,
+                warning_threshold=Decimal("0.8"),
+                critical_threshold=Decimal("0.95"),
+            )
+        )
+    )
+    event["warning_threshold"] = True
+    with pytest.raises(EventDecodeError, match="warning_threshold"):
+        decode(json.dumps(event))
