@@ -1,5 +1,6 @@
-"""Producers: the emitter with its durable spool, the reservation API, token counting
-and the integration hooks (MCP, orchestrator, memory store, external LLM APIs).
+"""Producers: the client core (the emitter with its durable spool, the reservation API,
+token counting) and, under `integrations/`, the hooks (MCP, orchestrator, memory store,
+external LLM APIs).
 
 One import line per integration::
 
@@ -9,22 +10,29 @@ One import line per integration::
     from tokenquota.producers import integrate_with_external_apis, manage_api_tokens
 """
 
-from .defaults import close_default_quota, current_session, get_quota, session_scope, use_quota
+from .defaults import (
+    close_default_quota,
+    current_session,
+    get_quota,
+    reserve,
+    session_scope,
+    use_quota,
+)
 from .emitter import Delivery, Emitter
-from .external_apis import (
+from .integrations.external_apis import (
     APIConfig,
     ExternalAPIClient,
     integrate_with_external_apis,
     manage_api_tokens,
 )
-from .mcp_hooks import McpMeter, mcp_token_decorator, setup_mcp_token_hooks
-from .memory import (
+from .integrations.mcp_hooks import McpMeter, mcp_token_decorator, setup_mcp_token_hooks
+from .integrations.memory import (
     MemoryStorage,
     TokenAwareMemoryStorage,
     integrate_with_memory,
     track_memory_operation,
 )
-from .orchestrator import (
+from .integrations.orchestrator import (
     TaskOrchestrator,
     kilocode_token_budget,
     release_task_budget,
@@ -32,7 +40,7 @@ from .orchestrator import (
     setup_token_hooks,
     waiting_tasks,
 )
-from .reservations import Reservation, TokenQuota, reserve
+from .reservations import Reservation, TokenQuota
 from .spool import SpoolFullError, SpoolWriteError
 from .token_counter import TokenCounter, Tokens, token_counter
 

@@ -22,11 +22,18 @@ from contextvars import ContextVar
 
 from tokenquota.config import Settings, load_settings
 from tokenquota.errors import IntegrationError
-from tokenquota.schemas import Source
+from tokenquota.schemas import Priority, Source
 
-from .reservations import TokenQuota
+from .reservations import Mode, Reservation, TokenQuota
 
-__all__ = ["close_default_quota", "current_session", "get_quota", "session_scope", "use_quota"]
+__all__ = [
+    "close_default_quota",
+    "current_session",
+    "get_quota",
+    "reserve",
+    "session_scope",
+    "use_quota",
+]
 
 _session: ContextVar[str | None] = ContextVar("tokenquota_session", default=None)
 _quota: TokenQuota | None = None
@@ -119,3 +126,18 @@ def _retire() -> None:
     _quota, _owned = None, False
     if owned:
         client.abandon()
+
+
+async def reserve(
+    session_id: str,
+    tokens: int,
+    task_id: str | None = None,
+    priority: Priority = "normal",
+    ttl: float | None = None,
+    mode: Mode | None = None,
+    *,
+    quota: TokenQuota | None = None,
+) -> Reservation:
+    """`quota.reserve(...)`, as a function; without `quota`, the process default client."""
+    client = await get_quota(quota)
+    return await client.reserve(session_id, tokens, task_id, priority, ttl, mode)

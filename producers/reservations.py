@@ -57,7 +57,7 @@ from tokenquota.schemas import (
 from .decisions import decision_error
 from .emitter import Delivery, Emitter
 
-__all__ = ["Reservation", "TokenQuota", "reserve"]
+__all__ = ["Mode", "Reservation", "TokenQuota"]
 
 log = logging.getLogger("tokenquota.reservations")
 
@@ -462,20 +462,3 @@ class TokenQuota:
                 yield conn  # type: ignore[misc]  # a pool proxy behaves as a Connection
         except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
             raise IntegrationError(f"PostgreSQL unreachable: {exc}") from None
-
-
-async def reserve(
-    session_id: str,
-    tokens: int,
-    task_id: str | None = None,
-    priority: Priority = "normal",
-    ttl: float | None = None,
-    mode: Mode | None = None,
-    *,
-    quota: TokenQuota | None = None,
-) -> Reservation:
-    """`quota.reserve(...)`, as a function; without `quota`, the process default client."""
-    from .defaults import get_quota  # defaults builds on this module
-
-    client = await get_quota(quota)
-    return await client.reserve(session_id, tokens, task_id, priority, ttl, mode)

@@ -13,6 +13,7 @@ import typer
 from aiokafka.errors import KafkaError
 from rich.console import Console
 
+from .cli_stack import remove_stack_file, write_stack_file
 from .config import ConfigError, Settings, load_settings
 from .devstack import run_dev
 from .embedded import WorkerProcess
@@ -131,6 +132,8 @@ def dev(
         out.print(f"  DATABASE_URL={effective.database.dsn()}")
         _print_report(effective, report)
         out.print(f"  worker   pid {worker.pid}, log {worker.log_path}")
+        stack_file = write_stack_file(effective)
+        out.print(f"  other tokenquota commands run here use these servers ({stack_file})")
         out.print("Press Ctrl-C to stop.", highlight=False)
 
     worker_env = {"TOKENQUOTA_CONFIG": str(ctx.obj)} if ctx.obj else {}
@@ -138,6 +141,8 @@ def dev(
         crash = asyncio.run(run_dev(settings, ready, worker_env=worker_env))
     except (DevStackError, IntegrationError, MigrationError) as exc:
         _fail(str(exc))
+    finally:
+        remove_stack_file(settings)
     if crash is not None:
         _fail(crash)
     out.print("tokenquota dev stack stopped")
@@ -326,7 +331,7 @@ def mcp_proxy(
     tokenquota/session, the header x-tokenquota-session, or its clientInfo name, each
     limited to mcp.client_session_prefix when that is set.
     """
-    from .producers.mcp_proxy import run_proxy_sync
+    from .producers.integrations.mcp_proxy import run_proxy_sync
     from .sections import McpSettings
 
     command = [arg for arg in ctx.args if arg != "--"]
@@ -368,7 +373,7 @@ def mcp_server(
     Without --session (or mcp.session_id) each call names its session_id, limited to
     mcp.client_session_prefix when that is set.
     """
-    from .producers.mcp_budget_server import create_budget_server
+    from .producers.integrations.mcp_budget_server import create_budget_server
     from .sections import McpSettings
 
     settings = _settings(ctx)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
-from tokenquota.producers.pricing import price_usage, rate_limit_state, retry_after
+from tokenquota.producers.integrations.pricing import price_usage, rate_limit_state, retry_after
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 

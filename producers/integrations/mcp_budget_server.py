@@ -27,8 +27,8 @@ from tokenquota.config import Settings
 from tokenquota.errors import IntegrationError, TokenQuotaExceededError
 from tokenquota.schemas import CountedBy, Priority, Source, TokenUsed
 
+from ..reservations import Reservation, TokenQuota
 from .mcp_hooks import SessionNotAllowedError, check_client_session, resolve_session
-from .reservations import Reservation, TokenQuota
 
 __all__ = ["BudgetTools", "create_budget_server"]
 

@@ -25,9 +25,9 @@ from tokenquota.config import Settings
 from tokenquota.errors import TokenQuotaExceededError
 from tokenquota.schemas import CountedBy, Priority, Source
 
-from .defaults import current_session, get_quota
-from .reservations import Reservation, TokenQuota
-from .token_counter import payload_text, token_counter
+from ..defaults import current_session, get_quota
+from ..reservations import Reservation, TokenQuota
+from ..token_counter import payload_text, token_counter
 
 __all__ = [
     "TaskOrchestrator",

@@ -8,7 +8,7 @@ import pytest
 from mcp import Client
 from mcp.server.mcpserver import Context, MCPServer
 
-from tests.producers.mcp_support import session_meta, text_of, tokens
+from tests.producers.integrations.mcp_support import session_meta, text_of, tokens
 from tests.support import fetch_value, set_budget, wait_for_usage, wait_until
 from tokenquota.config import ReservationSettings, Settings
 from tokenquota.producers import TokenQuota, mcp_token_decorator, setup_mcp_token_hooks

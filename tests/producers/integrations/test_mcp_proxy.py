@@ -14,14 +14,14 @@ from mcp import Client
 from mcp.client.stdio import StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 
-from tests.producers.mcp_support import session_meta, text_of, tokens
+from tests.producers.integrations.mcp_support import session_meta, text_of, tokens
 from tests.support import fetch_value, set_budget, settings_env, wait_for_usage, wait_until
 from tokenquota.config import ReservationSettings, Settings
 from tokenquota.producers import TokenQuota
 
 pytestmark = pytest.mark.integration
 
-UPSTREAM = Path(__file__).parents[2] / "examples" / "plain_mcp_server.py"
+UPSTREAM = Path(__file__).parents[3] / "examples" / "plain_mcp_server.py"
 
 
 def command(

@@ -11,7 +11,7 @@ from tests.support import fetch_value, wait_for_usage
 from tokenquota.config import Settings
 from tokenquota.errors import IntegrationError
 from tokenquota.producers import TokenQuota, session_scope, token_counter
-from tokenquota.producers.memory import (
+from tokenquota.producers.integrations.memory import (
     TokenAwareMemoryStorage,
     integrate_with_memory,
     track_memory_operation,

@@ -12,7 +12,7 @@ from tests.support import fetch_value, set_budget, wait_for_usage, wait_until
 from tokenquota.config import ReservationSettings, Settings
 from tokenquota.errors import TokenQuotaExceededError
 from tokenquota.producers import TokenQuota
-from tokenquota.producers.orchestrator import (
+from tokenquota.producers.integrations.orchestrator import (
     kilocode_token_budget,
     release_task_budget,
     route_with_token_budget,

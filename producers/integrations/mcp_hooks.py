@@ -36,9 +36,9 @@ from tokenquota.errors import IntegrationError, TokenQuotaExceededError
 from tokenquota.schemas import CountedBy, Source
 from tokenquota.sections import McpSettings, SessionSource
 
-from .defaults import get_quota
-from .reservations import Reservation, TokenQuota
-from .token_counter import TokenCounter, payload_text, token_counter
+from ..defaults import get_quota
+from ..reservations import Reservation, TokenQuota
+from ..token_counter import TokenCounter, payload_text, token_counter
 
 __all__ = [
     "McpMeter",

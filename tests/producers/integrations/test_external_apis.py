@@ -17,7 +17,7 @@ from tests.support import fetch_value, set_budget, wait_for_usage, wait_until
 from tokenquota.config import ReservationSettings, Settings
 from tokenquota.errors import TokenQuotaExceededError
 from tokenquota.producers import TokenQuota, session_scope, token_counter
-from tokenquota.producers.external_apis import (
+from tokenquota.producers.integrations.external_apis import (
     APIConfig,
     integrate_with_external_apis,
     manage_api_tokens,

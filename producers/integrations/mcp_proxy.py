@@ -24,8 +24,8 @@ from mcp.server.stdio import stdio_server
 
 from tokenquota.config import Settings
 
+from ..reservations import TokenQuota
 from .mcp_hooks import McpMeter, setup_mcp_token_hooks
-from .reservations import TokenQuota
 
 __all__ = [
     "build_proxy_server",

@@ -7,27 +7,34 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, Self
+from typing import Any, Literal, Protocol, Self
 
 from tokenquota.errors import IntegrationError
 
-from .reservations import Reservation, TokenQuota
+from ..reservations import Reservation, TokenQuota
 
-if TYPE_CHECKING:
-    from .external_apis import MeteredAPI
-
-__all__ = ["Call", "Flavor", "MeteredStream", "release_unsettled"]
+__all__ = ["Accountant", "Call", "Flavor", "MeteredStream", "release_unsettled"]
 
 log = logging.getLogger("tokenquota.external_apis")
 
 Flavor = Literal["chat", "responses", "messages"]
 
 
+class Accountant(Protocol):
+    """What a stream needs of the API that made the call (external_apis.MeteredAPI)."""
+
+    name: str
+
+    async def _account(
+        self, call: Call, body: dict[str, Any], headers: Any, parsed: Any = None
+    ) -> None: ...
+
+
 @dataclass
 class Call:
     """What one metered call reserved and how its answer is to be accounted."""
 
-    api: MeteredAPI
+    api: Accountant
     flavor: Flavor
     session_id: str
     kwargs: dict[str, Any]

@@ -15,9 +15,9 @@ from typing import Any, Protocol, runtime_checkable
 
 from tokenquota.schemas import CountedBy, Source, TokenUsed
 
-from .defaults import current_session, get_quota
-from .reservations import TokenQuota
-from .token_counter import TokenCounter, payload_text, token_counter
+from ..defaults import current_session, get_quota
+from ..reservations import TokenQuota
+from ..token_counter import TokenCounter, payload_text, token_counter
 
 __all__ = [
     "MemoryStorage",

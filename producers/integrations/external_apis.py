@@ -33,12 +33,12 @@ from tokenquota.config import Settings
 from tokenquota.errors import IntegrationError, TokenQuotaExceededError
 from tokenquota.schemas import ApiCost, CountedBy, Priority, Source, utc_now
 
+from ..defaults import current_session, get_quota
+from ..reservations import TokenQuota
+from ..token_counter import payload_text, token_counter
 from .api_streams import Call, Flavor, MeteredStream, release_unsettled
-from .defaults import current_session, get_quota
 from .pricing import PricedUsage, Provider, price_usage, rate_limit_state, retry_after
 from .rate_limit import RateLimiter
-from .reservations import TokenQuota
-from .token_counter import payload_text, token_counter
 
 __all__ = [
     "APIConfig",

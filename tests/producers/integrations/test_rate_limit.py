@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tokenquota.producers.rate_limit import RateLimiter
+from tokenquota.producers.integrations.rate_limit import RateLimiter
 
 
 class Clock:
