@@ -36,6 +36,7 @@ from tokenquota.errors import (
     IntegrationError,
     TokenQuotaExceededError,
 )
+from tokenquota.privacy import stored_session_id
 from tokenquota.projections import (
     ReservationRecord,
     SessionMetrics,
@@ -45,6 +46,7 @@ from tokenquota.projections import (
     session_metrics,
 )
 from tokenquota.schemas import (
+    DEFAULTS_SESSION,
     CountedBy,
     Event,
     Priority,
@@ -263,19 +265,29 @@ class TokenQuota:
         """True while the LISTEN connection is up, so that decisions arrive by NOTIFY."""
         return self._listener is not None and not self._listener.is_closed()
 
+    def stored_session_id(self, session_id: str) -> str:
+        """`session_id` as it is emitted and stored: keyed-hashed with
+        `privacy.hash_session_ids`, else unchanged."""
+        return stored_session_id(self.settings.privacy, session_id)
+
     async def emit(self, event: Event) -> Delivery:
-        """Send any event through this client's emitter."""
+        """Send any event through this client's emitter (its session id as stored)."""
+        if event.session_id != DEFAULTS_SESSION:
+            stored = self.stored_session_id(event.session_id)
+            if stored != event.session_id:
+                event = event.model_copy(update={"session_id": stored})
         return await self._emitter.emit(event)
 
     async def session_metrics(self, session_id: str) -> SessionMetrics:
         """The session's budget right now."""
         async with self._acquire() as conn:
-            return await session_metrics(conn, session_id)
+            return await session_metrics(conn, self.stored_session_id(session_id))
 
     async def available_tokens(self, session_id: str, priority: Priority = "normal") -> int:
         """Tokens a reservation of `priority` could take right now."""
         async with self._acquire() as conn:
-            return await available_tokens(conn, session_id, priority=priority)
+            stored = self.stored_session_id(session_id)
+            return await available_tokens(conn, stored, priority=priority)
 
     async def reservation(self, reservation_id: uuid.UUID) -> ReservationRecord | None:
         """The worker's record of a reservation, None until it has applied it."""
@@ -322,7 +334,7 @@ class TokenQuota:
                 )
         now = self.clock()
         event = TokenReserved(
-            session_id=session_id,
+            session_id=self.stored_session_id(session_id),
             task_id=task_id,
             source=source or self.source,
             occurred_at=now,
