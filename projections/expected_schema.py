@@ -10,6 +10,17 @@ __all__ = ["EXPECTED_COLUMNS", "schema_drift"]
 
 #: table -> column -> (information_schema data_type, nullable)
 EXPECTED_COLUMNS: dict[str, dict[str, tuple[str, bool]]] = {
+    "worker_status": {
+        "member": ("text", False),
+        "group_id": ("text", False),
+        "host": ("text", False),
+        "pid": ("integer", False),
+        "started_at": ("timestamp with time zone", False),
+        "seen_at": ("timestamp with time zone", False),
+        "last_batch_at": ("timestamp with time zone", True),
+        "events_applied": ("bigint", False),
+        "batches": ("bigint", False),
+    },
     "session_usage_hourly": {
         "session_id": ("character varying", False),
         "hour": ("timestamp with time zone", False),
@@ -125,7 +136,7 @@ EXPECTED_COLUMNS: dict[str, dict[str, tuple[str, bool]]] = {
         "rate_limit_remaining": ("bigint", True),
         "rate_limit_reset": ("timestamp with time zone", True),
     },
-    "integration_logs": {
+    "integration_notices": {
         "event_id": ("uuid", False),
         "action": ("character varying", False),
         "integration_type": ("character varying", False),
@@ -137,6 +148,20 @@ EXPECTED_COLUMNS: dict[str, dict[str, tuple[str, bool]]] = {
         "error_message": ("text", True),
         "metadata": ("jsonb", True),
         "created_at": ("timestamp with time zone", False),
+    },
+    # A view (0007): PostgreSQL reports every column of a view as nullable.
+    "integration_logs": {
+        "event_id": ("uuid", True),
+        "action": ("character varying", True),
+        "integration_type": ("character varying", True),
+        "component_name": ("character varying", True),
+        "session_id": ("character varying", True),
+        "task_id": ("character varying", True),
+        "tokens_used": ("bigint", True),
+        "status": ("character varying", True),
+        "error_message": ("text", True),
+        "metadata": ("jsonb", True),
+        "created_at": ("timestamp with time zone", True),
     },
     "reservations": {
         "reservation_id": ("uuid", False),

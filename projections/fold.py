@@ -7,7 +7,8 @@ the log (`projections/log_clock.py`): each partition's log clock decides window
 roll-over, reservation expiry and when a decision was made, and every usage counts in
 the windows of the log clock; `occurred_at` dates an event in the rollups and reports,
 unless it runs too far ahead of the log clock (it is then counted at the log clock and
-flagged).
+flagged). What an event adds to the read models' rollups is in `projections/rollups.py`,
+the alert levels and their outbox rows in `projections/alerts.py`.
 """
 
 from __future__ import annotations
@@ -29,10 +30,12 @@ from tokenquota.schemas import (
     TokenUsed,
 )
 
-from .budget import alert_level, headroom, local_day, month_of, start_of_day
+from . import rollups
+from .alerts import refused_alert, threshold_alerts
+from .budget import headroom, local_day, month_of, start_of_day
 from .log_clock import Moment, advance, moment_of
 from .state import (
-    AlertLevel,
+    BUILTIN_DEFAULTS,
     ApiDelta,
     Decision,
     FoldConfig,
@@ -40,21 +43,15 @@ from .state import (
     Limits,
     LogRecord,
     LogRow,
+    MinuteDelta,
     PartitionState,
     ProjectionState,
     ReservationRecord,
     SessionBudget,
     TaskDelta,
-    UsageDelta,
 )
 
 __all__ = ["FoldConfig", "PoisonEventError", "fold", "new_session"]
-
-_LEVELS: tuple[AlertLevel, ...] = ("none", "warning", "critical")
-#: What a DefaultsSet's log row leaves out of its metadata (the row has them already).
-_ENVELOPE = {
-    "event_id", "schema_version", "occurred_at", "session_id", "task_id", "source", "event_type"
-}  # fmt: skip
 
 
 class PoisonEventError(Exception):
@@ -114,6 +111,10 @@ class _Folder:
         self.reservations = self.out.state.reservations
         self.partitions = self.out.state.partitions
         self.held: dict[str, dict[uuid.UUID, ReservationRecord]] = {}
+        self.calendar = rollups.Calendar()
+        #: The system_usage_minutely row of the record being applied.
+        self.minute = MinuteDelta()
+        self.config = BUILTIN_DEFAULTS
         for record in self.reservations.values():
             if record.status == "accepted":
                 self.held.setdefault(record.session_id, {})[record.reservation_id] = record
@@ -135,10 +136,12 @@ class _Folder:
                 partition = self.partitions[key] = PartitionState()
             clock = partition.clock = advance(partition.clock, record.timestamp)
             self.out.changed_partitions.add(key)
+            self.minute = self.calendar.minute(self.out, record.timestamp)
+            self.minute.events_applied += 1
             if type(event) is DefaultsSet:
                 self._defaults_set(key, partition, event, clock)
                 continue
-            config = partition.defaults
+            config = self.config = partition.defaults
             moment = moment_of(event, clock, config)
             if moment.shift:
                 self._flag_skew(event, clock, config, moment.shift)
@@ -203,6 +206,7 @@ class _Folder:
             record = held.pop(rid)
             record.status = "expired"
             self.out.changed_reservations.add(rid)
+            rollups.count_outcome(self.out, record, self.config.zone, "accepted")
 
     def _held_tokens(self, session_id: str) -> int:
         return sum(r.tokens for r in self.held.get(session_id, {}).values())
@@ -216,11 +220,10 @@ class _Folder:
         partition.defaults_event = event.event_id
         partition.defaults_set_at = clock
         self.out.changed_defaults.add(key)
-        fields = event.model_dump(mode="json", exclude=_ENVELOPE)
-        metadata = {"topic": key[0], "partition": key[1], **fields}
-        self._log(event, clock, "defaults_set", "ok", metadata=metadata)
 
     def _budget_set(self, session: SessionBudget, event: BudgetSet, moment: Moment) -> None:
+        # The integration_logs view shows the event itself; no notice of its own.
+        previous = session.limits
         session.limits = Limits(
             daily_limit=event.daily_limit,
             monthly_limit=event.monthly_limit,
@@ -229,20 +232,7 @@ class _Folder:
             critical_threshold=event.critical_threshold,
             source="event",
         )
-        self._log(
-            event,
-            moment.at,
-            "budget_set",
-            "ok",
-            metadata={
-                "daily_limit": event.daily_limit,
-                "monthly_limit": event.monthly_limit,
-                "hard_limit": event.hard_limit,
-                "warning_threshold": str(event.warning_threshold),
-                "critical_threshold": str(event.critical_threshold),
-            },
-        )
-        self._check_alerts(session, event, moment.at, limits_changed=True)
+        threshold_alerts(self.out, session, event, moment, previous=previous)
 
     def _reserved(self, session: SessionBudget, event: TokenReserved, moment: Moment) -> None:
         rid = event.reservation_id
@@ -286,7 +276,9 @@ class _Folder:
         )
         self.reservations[rid] = record
         self.out.changed_reservations.add(rid)
-        self.out.decisions.append(Decision(rid, record.status))
+        self.out.decisions.append(Decision(rid, record.status, reason, session.session_id))
+        rollups.count_decision(self.out, record, self.config.zone, self.minute)
+        # The integration_logs view shows the decision (from reservations): no notice.
         if accepted:
             session.reservations_accepted += 1
             self.held.setdefault(session.session_id, {})[rid] = record
@@ -294,30 +286,7 @@ class _Folder:
                 self._task(session.session_id, event.task_id, moment.at, allocated=event.tokens)
             return
         session.reservations_rejected += 1
-        metadata: dict[str, Any] = {
-            "reservation_id": str(rid),
-            "requested": event.tokens,
-            "available": max(room.available, 0),
-            "limit": room.limit,
-            "window": reason,
-            "priority": event.priority,
-        }
-        if expired:
-            error = (
-                f"expires_at {expires_at.isoformat()} is not after the log clock "
-                f"{moment.clock.isoformat()} when it was decided: the producer's clock is "
-                "behind, or the event reached the worker after its time to live"
-            )
-            metadata["expires_at"] = expires_at.isoformat()
-            metadata["log_clock"] = moment.clock.isoformat()
-        else:
-            error = (
-                f"requested {event.tokens} tokens, {max(room.available, 0)} available "
-                f"under the {room.window.replace('_', ' ')} of {room.limit}"
-            )
-        self._log(
-            event, moment.at, "reservation_rejected", "rejected", error=error, metadata=metadata
-        )
+        refused_alert(self.out, session, event, moment, record)
 
     def _used(self, session: SessionBudget, event: TokenUsed, moment: Moment) -> None:
         total = event.input_tokens + event.output_tokens
@@ -332,23 +301,13 @@ class _Folder:
         session.tokens_used_today += total
         session.tokens_used_month += total
         session.tokens_used_total += total
-        month = month_of(moment.day)
-        for key, table in (
-            ((session.session_id, moment.day), self.out.daily),
-            ((session.session_id, month), self.out.monthly),
-        ):
-            delta = table.get(key)
-            if delta is None:
-                delta = table[key] = UsageDelta()
-            delta.input_tokens += event.input_tokens
-            delta.output_tokens += event.output_tokens
-            delta.tokens_used += total
-            delta.usage_events += 1
+        rollups.add_usage(self.out, self.calendar, session.session_id, event, moment)
+        self.minute.tokens_used += total
         if event.task_id is not None:
             self._task(session.session_id, event.task_id, moment.at, used=total)
         if event.reservation_id is not None:
             self._settle(session, event, total, moment.at)
-        self._check_alerts(session, event, moment.at)
+        threshold_alerts(self.out, session, event, moment)
 
     def _settle(self, session: SessionBudget, event: TokenUsed, total: int, at: datetime) -> None:
         rid = event.reservation_id
@@ -357,13 +316,14 @@ class _Folder:
         if record is None or record.session_id != session.session_id:
             problem = "is unknown" if record is None else "belongs to another session"
         elif record.status in ("accepted", "expired"):
-            late = record.status == "expired"
+            was = record.status
             self.held.get(session.session_id, {}).pop(rid, None)
             record.status = "released" if total == 0 else "settled"
             record.settled_at = at
             record.settled_tokens = total
             record.overage_tokens = max(0, total - record.tokens)
             self.out.changed_reservations.add(rid)
+            rollups.count_outcome(self.out, record, self.config.zone, was)
             if record.overage_tokens:
                 session.overage_tokens += record.overage_tokens
                 self._log(
@@ -375,7 +335,7 @@ class _Folder:
                     error=f"used {total} tokens on a reservation of {record.tokens}",
                     metadata={"reservation_id": str(rid), "overage": record.overage_tokens},
                 )
-            if late:
+            if was == "expired":
                 self._log(
                     event,
                     at,
@@ -415,11 +375,8 @@ class _Folder:
             delta.rate_limit_remaining = event.rate_limit_remaining
         if event.rate_limit_reset is not None:
             delta.rate_limit_reset = event.rate_limit_reset
-        for table, window in (
-            (self.out.daily, moment.day),
-            (self.out.monthly, month_of(moment.day)),
-        ):
-            table.setdefault((session.session_id, window), UsageDelta()).cost_usd += event.cost_usd
+        rollups.add_cost(self.out, self.calendar, session.session_id, event, moment)
+        self.minute.cost_usd += event.cost_usd
 
     # -- helpers ---------------------------------------------------------------------
 
@@ -435,40 +392,6 @@ class _Folder:
         delta.first_at = min(delta.first_at, at)
         delta.last_at = max(delta.last_at, at)
 
-    def _check_alerts(
-        self, session: SessionBudget, event: Event, at: datetime, *, limits_changed: bool = False
-    ) -> None:
-        """Record each threshold a window crosses, once per window.
-
-        New limits can also lower a window's level (a raised budget): it is lowered
-        without a log row, and a later crossing is recorded again.
-        """
-        limits = session.limits
-        for name, used, limit, before in (
-            ("daily", session.tokens_used_today, limits.daily_limit, session.daily_alert),
-            ("monthly", session.tokens_used_month, limits.monthly_limit, session.monthly_alert),
-            ("total", session.tokens_used_total, limits.hard_limit, session.total_alert),
-        ):
-            if before == "critical" and not limits_changed:
-                continue
-            after = alert_level(used, limit, limits)
-            if after == before:
-                continue
-            setattr(session, f"{name}_alert", after)
-            for level in _LEVELS[_LEVELS.index(before) + 1 : _LEVELS.index(after) + 1]:
-                threshold = (
-                    limits.warning_threshold if level == "warning" else limits.critical_threshold
-                )
-                self._log(
-                    event,
-                    at,
-                    f"{name}_{level}_threshold",
-                    level,
-                    tokens=used,
-                    error=f"{name} usage {used} of {limit} reached the {level} threshold",
-                    metadata={"used": used, "limit": limit, "threshold": str(threshold)},
-                )
-
     def _log(
         self,
         event: Event,
@@ -481,17 +404,5 @@ class _Folder:
         metadata: dict[str, Any] | None = None,
     ) -> None:
         self.out.logs.append(
-            LogRow(
-                event_id=event.event_id,
-                action=action,
-                integration_type=event.source.component,
-                component_name=event.source.name,
-                session_id=event.session_id,
-                task_id=event.task_id,
-                tokens_used=tokens,
-                status=status,
-                error_message=error,
-                metadata=metadata,
-                created_at=at,
-            )
+            LogRow.of(event, at, action, status, tokens=tokens, error=error, metadata=metadata)
         )

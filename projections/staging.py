@@ -20,7 +20,7 @@ import asyncpg
 from .database import quote_schema
 from .migrator import apply_migrations
 from .state import LogRecord
-from .store import PROJECTION_TABLES, projection_lock_key
+from .store import PROJECTION_TABLES, PROJECTION_VIEWS, projection_lock_key
 
 __all__ = [
     "BeforeSwap",
@@ -102,7 +102,12 @@ async def swap_in(
     schema: str,
     catch_up: Callable[[], Awaitable[None]],
 ) -> None:
-    """Catch up under the exclusive projection lock, then swap the staging tables in."""
+    """Catch up under the exclusive projection lock, then swap the staging tables in.
+
+    The views move with the tables: a view is bound to its tables (not their names), so
+    the live views go to `<schema>__previous` with the tables they read, and the staging
+    ones, built over the rebuilt tables, become the live views.
+    """
     staging, previous = staging_schemas(schema)
     live, stage, old = quote_schema(schema), quote_schema(staging), quote_schema(previous)
     async with conn.transaction():
@@ -112,8 +117,30 @@ async def swap_in(
         )
         await catch_up()
         await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {old}")
+        await _drop_replaced(conn, previous)
+        for view in PROJECTION_VIEWS:
+            await conn.execute(f"ALTER VIEW IF EXISTS {live}.{view} SET SCHEMA {old}")
         for table in PROJECTION_TABLES:
-            await conn.execute(f"DROP TABLE IF EXISTS {old}.{table}")
             await conn.execute(f"ALTER TABLE {live}.{table} SET SCHEMA {old}")
             await conn.execute(f"ALTER TABLE {stage}.{table} SET SCHEMA {live}")
+        for view in PROJECTION_VIEWS:
+            await conn.execute(f"ALTER VIEW {stage}.{view} SET SCHEMA {live}")
     await conn.execute(f"DROP SCHEMA IF EXISTS {stage} CASCADE")
+
+
+async def _drop_replaced(conn: asyncpg.Connection, previous: str) -> None:
+    """Drop what the last swap moved to `previous`: views first (they hold on to their
+    tables), each as what it is (before integration_logs was a view, it was a table)."""
+    rows = await conn.fetch(
+        """SELECT c.relname, c.relkind::text AS relkind FROM pg_class c
+             JOIN pg_namespace n ON n.oid = c.relnamespace
+            WHERE n.nspname = $1 AND c.relname = ANY($2::text[])""",
+        previous,
+        [*PROJECTION_VIEWS, *PROJECTION_TABLES],
+    )
+    kinds = {row["relname"]: row["relkind"] for row in rows}
+    old = quote_schema(previous)
+    for name in (*PROJECTION_VIEWS, *PROJECTION_TABLES):
+        if name in kinds:
+            kind = "VIEW" if kinds[name] == "v" else "TABLE"
+            await conn.execute(f"DROP {kind} {old}.{name}")

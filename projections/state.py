@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -14,6 +15,8 @@ from tokenquota.schemas import DefaultsSet, Event
 __all__ = [
     "BUILTIN_DEFAULTS",
     "AlertLevel",
+    "AlertRow",
+    "ApiDayDelta",
     "ApiDelta",
     "BudgetSource",
     "Decision",
@@ -22,9 +25,12 @@ __all__ = [
     "Limits",
     "LogRecord",
     "LogRow",
+    "MinuteDelta",
+    "ModelDayDelta",
     "PartitionKey",
     "PartitionState",
     "ProjectionState",
+    "ReservationDayDelta",
     "ReservationRecord",
     "ReservationStatus",
     "SessionBudget",
@@ -36,7 +42,9 @@ __all__ = [
 _THRESHOLD_SCALE = Decimal("0.0001")
 _UTC = ZoneInfo("UTC")
 
-AlertLevel = Literal["none", "warning", "critical"]
+#: A window's alert level, in the order it rises: a threshold reached, or (exhausted) a
+#: reservation refused at the window's limit.
+AlertLevel = Literal["none", "warning", "critical", "exhausted"]
 BudgetSource = Literal["default", "event"]
 ReservationStatus = Literal["pending", "accepted", "rejected", "settled", "released", "expired"]
 
@@ -224,9 +232,74 @@ class ApiDelta:
     rate_limit_reset: datetime | None
 
 
+@dataclass(slots=True)
+class ApiDayDelta:
+    """What to add to one row of api_usage_daily."""
+
+    requests: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    cost_usd: Decimal = Decimal(0)
+
+
+@dataclass(slots=True)
+class ModelDayDelta:
+    """What to add to one row of model_usage_daily."""
+
+    usage_events: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+
+@dataclass(slots=True)
+class ReservationDayDelta:
+    """What to add to one row of session_reservations_daily (a count may go down: an
+    expired reservation settled late moves from `expired` to `settled`)."""
+
+    accepted: int = 0
+    rejected: int = 0
+    settled: int = 0
+    released: int = 0
+    expired: int = 0
+    reserved_tokens: int = 0
+    settled_tokens: int = 0
+
+
+@dataclass(slots=True)
+class MinuteDelta:
+    """What to add to one row of system_usage_minutely."""
+
+    events_applied: int = 0
+    tokens_used: int = 0
+    cost_usd: Decimal = Decimal(0)
+    reservations_accepted: int = 0
+    reservations_rejected: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class AlertRow:
+    """One row of alert_outbox: a threshold crossed, or a window's limit refusing."""
+
+    alert_id: uuid.UUID
+    event_id: uuid.UUID
+    action: str
+    session_id: str
+    window_name: str
+    level: str
+    used_tokens: int
+    limit_tokens: int
+    #: When the crossing event is dated (its occurred_at, or the log clock when that ran
+    #: too far ahead), and the log clock when it was applied.
+    occurred_at: datetime
+    created_at: datetime
+
+
 @dataclass(frozen=True, slots=True)
 class LogRow:
-    """One row of integration_logs."""
+    """One row of integration_notices (the integration_logs view shows them with the
+    applied events and the reservation decisions)."""
 
     event_id: uuid.UUID
     action: str
@@ -240,6 +313,33 @@ class LogRow:
     metadata: dict[str, Any] | None
     created_at: datetime
 
+    @classmethod
+    def of(
+        cls,
+        event: Event,
+        at: datetime,
+        action: str,
+        status: str,
+        *,
+        tokens: int = 0,
+        error: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> LogRow:
+        """A notice about `event`, by the component that emitted it, dated `at`."""
+        return cls(
+            event_id=event.event_id,
+            action=action,
+            integration_type=event.source.component,
+            component_name=event.source.name,
+            session_id=event.session_id,
+            task_id=event.task_id,
+            tokens_used=tokens,
+            status=status,
+            error_message=error,
+            metadata=metadata,
+            created_at=at,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class Decision:
@@ -247,6 +347,10 @@ class Decision:
 
     reservation_id: uuid.UUID
     status: ReservationStatus
+    #: Why it was rejected (daily_limit, monthly_limit, hard_limit, expired); None when
+    #: accepted.
+    reason: str | None
+    session_id: str
 
 
 @dataclass(slots=True)
@@ -256,12 +360,34 @@ class Folded:
     state: ProjectionState
     changed_sessions: set[str] = field(default_factory=set)
     changed_reservations: set[uuid.UUID] = field(default_factory=set)
-    daily: dict[tuple[str, date], UsageDelta] = field(default_factory=dict)
-    monthly: dict[tuple[str, date], UsageDelta] = field(default_factory=dict)
+    #: The rollups, keyed as their tables are; a missing key reads as a zero delta.
+    daily: defaultdict[tuple[str, date], UsageDelta] = field(
+        default_factory=lambda: defaultdict(UsageDelta)
+    )
+    monthly: defaultdict[tuple[str, date], UsageDelta] = field(
+        default_factory=lambda: defaultdict(UsageDelta)
+    )
     tasks: dict[tuple[str, str], TaskDelta] = field(default_factory=dict)
     apis: dict[tuple[str, str], ApiDelta] = field(default_factory=dict)
     logs: list[LogRow] = field(default_factory=list)
+    alerts: list[AlertRow] = field(default_factory=list)
     decisions: list[Decision] = field(default_factory=list)
+    #: The read models' rollups (0005).
+    hourly: defaultdict[tuple[str, datetime], UsageDelta] = field(
+        default_factory=lambda: defaultdict(UsageDelta)
+    )
+    api_daily: defaultdict[tuple[date, str, str], ApiDayDelta] = field(
+        default_factory=lambda: defaultdict(ApiDayDelta)
+    )
+    model_daily: defaultdict[tuple[date, str, str], ModelDayDelta] = field(
+        default_factory=lambda: defaultdict(ModelDayDelta)
+    )
+    reservations_daily: defaultdict[tuple[str, date], ReservationDayDelta] = field(
+        default_factory=lambda: defaultdict(ReservationDayDelta)
+    )
+    minutely: defaultdict[datetime, MinuteDelta] = field(
+        default_factory=lambda: defaultdict(MinuteDelta)
+    )
     changed_partitions: set[PartitionKey] = field(default_factory=set)
     changed_defaults: set[PartitionKey] = field(default_factory=set)
     #: Events whose occurred_at was too far ahead of the log clock: counted at the clock.

@@ -36,6 +36,7 @@ from .writes import CHECKPOINT, RESERVATION_FIELDS, Write, execute_write, fold_w
 
 __all__ = [
     "PROJECTION_TABLES",
+    "PROJECTION_VIEWS",
     "BatchResult",
     "LogRecord",
     "PoisonHandler",
@@ -59,7 +60,7 @@ PROJECTION_TABLES = (
     "reservations",
     "task_token_allocations",
     "external_api_tokens",
-    "integration_logs",
+    "integration_notices",
     "session_usage_daily",
     "session_usage_monthly",
     "alert_outbox",
@@ -69,6 +70,10 @@ PROJECTION_TABLES = (
     "session_reservations_daily",
     "system_usage_minutely",
 )
+
+#: Views over those tables; replay moves its rebuilt ones in with the tables (a view
+#: follows its tables wherever they move).
+PROJECTION_VIEWS = ("integration_logs",)
 
 #: Called with an event that can never be applied and the reason; it is skipped after.
 PoisonHandler = Callable[[LogRecord, str], Awaitable[None]]

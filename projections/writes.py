@@ -15,7 +15,9 @@ from typing import Any
 
 import asyncpg
 
-from .state import Folded, LogRow, PartitionKey, ReservationRecord, SessionBudget
+from tokenquota.schemas import BIGINT_MAX
+
+from .state import AlertRow, Folded, LogRow, PartitionKey, ReservationRecord, SessionBudget
 
 __all__ = ["CHECKPOINT", "RESERVATION_FIELDS", "Write", "execute_write", "fold_writes"]
 
@@ -161,8 +163,8 @@ _UPSERT_DEFAULTS = _bulk(
 )
 #: Flags the ledger rows of events counted at the log clock (occurred_at too far ahead).
 _FLAG_CLOCK_SKEWED = "UPDATE usage_events SET clock_skewed = true WHERE event_id = ANY($1::uuid[])"
-_INSERT_LOGS = _bulk(
-    "integration_logs",
+_INSERT_NOTICES = _bulk(
+    "integration_notices",
     (
         ("event_id", "uuid"),
         ("action", "varchar"),
@@ -179,6 +181,99 @@ _INSERT_LOGS = _bulk(
     "event_id, action",
     "DO NOTHING",
 )
+
+
+def _added(columns: Sequence[str], *, saturating: Sequence[str] = ()) -> str:
+    """Add each column to the row's; `saturating` ones stop at the largest BIGINT.
+
+    The rollups of all sessions (per minute, per API or model and day) would otherwise
+    overflow on sums no session can reach, and PostgreSQL would refuse whichever event
+    came first, which across partitions depends on their interleaving: a replay would
+    refuse another one. Stopping at the maximum is the same in any order (every value
+    added is >= 0). So is reserved_tokens, which released holds can grow past any limit.
+    """
+    return "DO UPDATE SET " + ", ".join(
+        f"{n} = LEAST(t.{n}::numeric + EXCLUDED.{n}, {BIGINT_MAX})::bigint"
+        if n in saturating
+        else f"{n} = t.{n} + EXCLUDED.{n}"
+        for n in columns
+    )
+
+
+def _cap(tokens: int) -> int:
+    """A batch's sum of a saturating column, at most the largest BIGINT."""
+    return tokens if tokens <= BIGINT_MAX else BIGINT_MAX
+
+
+_ADD_HOURLY = _bulk(
+    "session_usage_hourly",
+    (("session_id", "varchar"), ("hour", "timestamptz"), *_USAGE_COLUMNS),
+    "session_id, hour",
+    _ADDED_USAGE,
+)
+_ADD_API_DAILY = _bulk(
+    "api_usage_daily",
+    (
+        ("day", "date"), ("api_name", "varchar"), ("model", "varchar"), ("requests", "bigint"),
+        ("input_tokens", "bigint"), ("output_tokens", "bigint"),
+        ("cache_read_tokens", "bigint"), ("cache_write_tokens", "bigint"),
+        ("cost_usd", "numeric"),
+    ),
+    "day, api_name, model",
+    _added(
+        ("requests", "input_tokens", "output_tokens", "cache_read_tokens",
+         "cache_write_tokens", "cost_usd"),
+        saturating=("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens"),
+    ),
+)  # fmt: skip
+_ADD_MODEL_DAILY = _bulk(
+    "model_usage_daily",
+    (
+        ("day", "date"), ("component", "varchar"), ("model", "varchar"),
+        ("usage_events", "bigint"), ("input_tokens", "bigint"), ("output_tokens", "bigint"),
+    ),
+    "day, component, model",
+    _added(
+        ("usage_events", "input_tokens", "output_tokens"),
+        saturating=("input_tokens", "output_tokens"),
+    ),
+)  # fmt: skip
+_RESERVATION_COUNTS = (
+    "accepted", "rejected", "settled", "released", "expired", "reserved_tokens",
+    "settled_tokens",
+)  # fmt: skip
+_ADD_RESERVATIONS_DAILY = _bulk(
+    "session_reservations_daily",
+    (
+        ("session_id", "varchar"),
+        ("day", "date"),
+        *((name, "bigint") for name in _RESERVATION_COUNTS),
+    ),
+    "session_id, day",
+    _added(_RESERVATION_COUNTS, saturating=("reserved_tokens",)),
+)
+_MINUTE_COUNTS = (
+    ("events_applied", "bigint"), ("tokens_used", "bigint"), ("cost_usd", "numeric"),
+    ("reservations_accepted", "bigint"), ("reservations_rejected", "bigint"),
+)  # fmt: skip
+_ADD_MINUTELY = _bulk(
+    "system_usage_minutely",
+    (("minute", "timestamptz"), *_MINUTE_COUNTS),
+    "minute",
+    _added([name for name, _ in _MINUTE_COUNTS], saturating=("tokens_used",)),
+)
+#: The alert ids are derived from (event, action): an alert is written once.
+_INSERT_ALERTS = _bulk(
+    "alert_outbox",
+    (
+        ("alert_id", "uuid"), ("event_id", "uuid"), ("action", "varchar"),
+        ("session_id", "varchar"), ("window_name", "text"), ("level", "text"),
+        ("used_tokens", "bigint"), ("limit_tokens", "bigint"), ("occurred_at", "timestamptz"),
+        ("created_at", "timestamptz"),
+    ),
+    "alert_id",
+    "DO NOTHING",
+)  # fmt: skip
 
 
 async def execute_write(
@@ -241,12 +336,75 @@ def fold_writes(folded: Folded) -> list[Write]:
             ],
         )
     )  # fmt: skip
-    writes.append((_INSERT_LOGS, [_log_args(row) for row in folded.logs]))
+    writes.append((_INSERT_NOTICES, [_log_args(row) for row in folded.logs]))
+    writes.extend(_rollup_writes(folded))
+    writes.append((_INSERT_ALERTS, [_alert_args(row) for row in folded.alerts]))
     writes.append(
         (_UPSERT_DEFAULTS, [_defaults_args(folded, key) for key in sorted(folded.changed_defaults)])
     )
     writes.append((_FLAG_CLOCK_SKEWED, [(event_id,) for event_id in folded.clock_skewed]))
     return [(statement, rows) for statement, rows in writes if rows]
+
+
+def _rollup_writes(folded: Folded) -> list[Write]:
+    """The read-model rollups: one row per key of the batch, added to the tables."""
+    return [
+        (
+            _ADD_HOURLY,
+            [
+                (s, h, d.input_tokens, d.output_tokens, d.tokens_used, d.usage_events,
+                 d.cost_usd)
+                for (s, h), d in sorted(folded.hourly.items())
+            ],
+        ),
+        (
+            _ADD_API_DAILY,
+            [
+                (day, api, model, d.requests, _cap(d.input_tokens), _cap(d.output_tokens),
+                 _cap(d.cache_read_tokens), _cap(d.cache_write_tokens), d.cost_usd)
+                for (day, api, model), d in sorted(folded.api_daily.items())
+            ],
+        ),
+        (
+            _ADD_MODEL_DAILY,
+            [
+                (day, component, model, d.usage_events, _cap(d.input_tokens),
+                 _cap(d.output_tokens))
+                for (day, component, model), d in sorted(folded.model_daily.items())
+            ],
+        ),
+        (
+            _ADD_RESERVATIONS_DAILY,
+            [
+                (s, day, d.accepted, d.rejected, d.settled, d.released, d.expired,
+                 _cap(d.reserved_tokens), d.settled_tokens)
+                for (s, day), d in sorted(folded.reservations_daily.items())
+            ],
+        ),
+        (
+            _ADD_MINUTELY,
+            [
+                (minute, d.events_applied, _cap(d.tokens_used), d.cost_usd,
+                 d.reservations_accepted, d.reservations_rejected)
+                for minute, d in sorted(folded.minutely.items())
+            ],
+        ),
+    ]  # fmt: skip
+
+
+def _alert_args(row: AlertRow) -> tuple[Any, ...]:
+    return (
+        row.alert_id,
+        row.event_id,
+        row.action,
+        row.session_id,
+        row.window_name,
+        row.level,
+        row.used_tokens,
+        row.limit_tokens,
+        row.occurred_at,
+        row.created_at,
+    )
 
 
 def _defaults_args(folded: Folded, key: PartitionKey) -> tuple[Any, ...]:

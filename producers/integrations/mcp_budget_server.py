@@ -233,7 +233,7 @@ def _session(ctx: Context[Any, Any], requested: str | None, settings: Settings) 
 
 
 def _worst(*levels: str) -> str:
-    order = ("none", "warning", "critical")
+    order = ("none", "warning", "critical", "exhausted")
     return max(levels, key=order.index)
 
 

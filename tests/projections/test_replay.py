@@ -17,10 +17,24 @@ from tokenquota.producers import Emitter
 from tokenquota.projections import connect
 from tokenquota.projections.ledger_replay import replay_from_ledger
 from tokenquota.projections.replay import ReplayError, log_mismatch, replay_into
+from tokenquota.projections.store import PROJECTION_VIEWS
 from tokenquota.schemas import Event, encode
 from tokenquota.topics import ensure_topics
 
 pytestmark = pytest.mark.integration
+
+
+async def with_views(settings: Settings) -> dict[str, list[tuple[Any, ...]]]:
+    """Every projection table's rows and every projection view's, sorted."""
+    tables = await snapshot(settings.database)
+    conn = await connect(settings.database.dsn(), settings.database.schema_name)
+    try:
+        for view in PROJECTION_VIEWS:
+            rows = await conn.fetch(f"SELECT * FROM {view}")  # noqa: S608 - constant names
+            tables[view] = sorted((tuple(r.values()) for r in rows), key=repr)
+    finally:
+        await conn.close()
+    return tables
 
 
 async def applied_offsets(settings: Settings) -> int:
@@ -83,20 +97,28 @@ async def test_replay_rebuilds_every_table_row_for_row(
         return await applied_offsets(settings) == len(events) + 2
 
     await wait_until(applied, 90, "the live workload", [worker])
-    before = await snapshot(settings.database)
+    before = await with_views(settings)
     assert len(before["usage_events"]) == len(events)
-    assert before["integration_logs"] and before["external_api_tokens"]
+    assert before["integration_notices"] and before["external_api_tokens"]
     assert before["session_usage_daily"] and before["task_token_allocations"]
+    for rollup in ("session_usage_hourly", "api_usage_daily", "model_usage_daily",
+                   "session_reservations_daily", "system_usage_minutely"):  # fmt: skip
+        assert before[rollup], rollup
+    # One row per event, one per decision, plus the notices.
+    reservations = len(before["reservations"])
+    assert len(before["integration_logs"]) == (
+        len(events) + reservations + len(before["integration_notices"])
+    )
     report = await replay(settings)
     assert (report.events, report.skipped) == (len(events) + 2, 1)
-    assert await snapshot(settings.database) == before
+    assert await with_views(settings) == before
 
     # The ledger alone rebuilds the same, even once the topic is gone.
     worker.stop()
     await recreate_topics(settings.kafka)
     from_ledger = await replay_from_ledger(settings.database.dsn(), settings.database.schema_name)
     assert (from_ledger.events, from_ledger.applied) == (len(events), len(events))
-    assert await snapshot(settings.database) == before
+    assert await with_views(settings) == before
 
 
 async def test_replay_refuses_when_the_topic_holds_less_than_was_applied(
@@ -179,10 +201,10 @@ async def test_replay_catches_up_with_what_a_live_worker_applied_during_the_read
         "SELECT sum(tokens_used_total) FROM session_token_budgets WHERE session_id LIKE 'late-%'",
     )
     assert late_total == 7 * len(late)
-    caught_up = await snapshot(settings.database)
+    caught_up = await with_views(settings)
     worker.stop()
     await replay(settings)  # nothing happening meanwhile: the same tables
-    assert await snapshot(settings.database) == caught_up
+    assert await with_views(settings) == caught_up
 
 
 async def test_replay_from_the_ledger_catches_up_with_a_live_worker(
@@ -204,10 +226,10 @@ async def test_replay_from_the_ledger_catches_up_with_a_live_worker(
         "SELECT sum(tokens_used_total) FROM session_token_budgets WHERE session_id LIKE 'late-%'",
     )
     assert late_total == 3 * len(late)
-    caught_up = await snapshot(settings.database)
+    caught_up = await with_views(settings)
     worker.stop()
     await replay(settings)
-    assert await snapshot(settings.database) == caught_up
+    assert await with_views(settings) == caught_up
 
 
 def test_a_log_that_starts_after_the_ledgers_first_offset_is_named_as_retention() -> None:
