@@ -289,6 +289,12 @@ class TokenQuota:
             stored = self.stored_session_id(session_id)
             return await available_tokens(conn, stored, priority=priority)
 
+    async def is_applied(self, event_id: uuid.UUID) -> bool:
+        """True once the worker has applied the event (it is in the ledger)."""
+        async with self._acquire() as conn:
+            sql = "SELECT EXISTS (SELECT 1 FROM usage_events WHERE event_id = $1)"
+            return bool(await conn.fetchval(sql, event_id))
+
     async def reservation(self, reservation_id: uuid.UUID) -> ReservationRecord | None:
         """The worker's record of a reservation, None until it has applied it."""
         async with self._acquire() as conn:

@@ -1,5 +1,6 @@
 """PostgreSQL projections of the usage log: migrations, the pure fold, the store, the read side."""
 
+from .alerts import ALERT_NAMESPACE
 from .budget import Headroom, alert_level, headroom
 from .database import connect, quote_schema
 from .expected_schema import EXPECTED_COLUMNS, schema_drift
@@ -20,6 +21,7 @@ from .state import (
 )
 from .store import (
     PROJECTION_TABLES,
+    PROJECTION_VIEWS,
     BatchResult,
     PoisonHandler,
     apply_batch,
@@ -30,9 +32,11 @@ from .store import (
 )
 
 __all__ = [
+    "ALERT_NAMESPACE",
     "BUILTIN_DEFAULTS",
     "EXPECTED_COLUMNS",
     "PROJECTION_TABLES",
+    "PROJECTION_VIEWS",
     "BatchResult",
     "Decision",
     "FoldConfig",

@@ -13,9 +13,10 @@ REPO = Path(__file__).parents[1]
 
 PUBLIC = {
     "tokenquota": {
-        "ConfigError", "DevStackError", "IntegrationError", "ReservationExpiredError", "Settings",
-        "TokenBudgetExhaustedError",
-        "TokenQuotaExceededError", "__version__", "load_settings",
+        "AsyncTokenDashboard", "ConfigError", "DevStackError", "IntegrationError",
+        "ReservationExpiredError", "Settings", "TokenBudgetExhaustedError", "TokenDashboard",
+        "TokenQuotaExceededError", "UnknownSessionError", "__version__",
+        "check_integration_health", "check_integration_health_async", "load_settings",
     },
     "tokenquota.schemas": {
         "BIGINT_MAX", "DEFAULTS_SESSION", "ID_MAX_LENGTH", "USAGE_TOKENS_MAX", "ApiCost",
@@ -25,7 +26,8 @@ PUBLIC = {
         "utc_now",
     },
     "tokenquota.projections": {
-        "BUILTIN_DEFAULTS", "EXPECTED_COLUMNS", "PROJECTION_TABLES", "BatchResult", "Decision",
+        "ALERT_NAMESPACE", "BUILTIN_DEFAULTS", "EXPECTED_COLUMNS", "PROJECTION_TABLES",
+        "PROJECTION_VIEWS", "BatchResult", "Decision",
         "FoldConfig", "Folded", "Headroom", "Limits", "LogRecord", "Migration", "MigrationError",
         "PartitionState", "PoisonEventError", "PoisonHandler", "ProjectionState",
         "ReservationRecord", "SessionBudget", "SessionMetrics", "alert_level", "apply_batch",

@@ -11,6 +11,7 @@ __all__ = [
     "ReservationExpiredError",
     "TokenBudgetExhaustedError",
     "TokenQuotaExceededError",
+    "UnknownSessionError",
 ]
 
 
@@ -80,3 +81,11 @@ class TokenQuotaExceededError(Exception):
 
 class TokenBudgetExhaustedError(TokenQuotaExceededError):
     """The session has reached its hard limit: nothing more will fit until it is raised."""
+
+
+class UnknownSessionError(LookupError):
+    """No event has named this session (a typo, or its events are not applied yet)."""
+
+    def __init__(self, session_id: str) -> None:
+        self.session_id = session_id
+        super().__init__(f"unknown session {session_id!r}: no applied event has named it")

@@ -1,0 +1,281 @@
+"""What the read models answer: typed, JSON-serializable results (money as decimal strings,
+times in UTC ISO 8601 with `model_dump(mode="json")`)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+__all__ = [
+    "AlertRow",
+    "AuditRow",
+    "CostRow",
+    "DailyApiRow",
+    "DailyModelRow",
+    "DailyReport",
+    "DailySessionRow",
+    "DecisionRow",
+    "IntegrationLogRow",
+    "LedgerEvent",
+    "LedgerPage",
+    "PartitionLag",
+    "SessionLimits",
+    "SessionReport",
+    "SystemOverview",
+    "TailCursor",
+    "TopSession",
+    "WindowUsage",
+]
+
+WindowName = Literal["daily", "monthly", "total"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class SessionLimits(_Model):
+    """A session's limits and thresholds; budget_source 'default' until its first BudgetSet."""
+
+    daily_limit: int
+    monthly_limit: int
+    hard_limit: int
+    warning_threshold: Decimal
+    critical_threshold: Decimal
+    budget_source: str
+
+
+class WindowUsage(_Model):
+    """One window of a session: tokens used, what is left, utilization and alert level."""
+
+    used: int
+    limit: int
+    remaining: int
+    utilization: Decimal
+    alert: str
+
+
+class SessionReport(_Model):
+    """Everything about one session's budget as of `as_of`."""
+
+    session_id: str
+    limits: SessionLimits
+    windows: dict[WindowName, WindowUsage]
+    utilization: Decimal
+    binding_limit: str
+    available_tokens: int
+    tokens_held: int
+    outstanding_reservations: int
+    reservations_accepted: int
+    reservations_rejected: int
+    overage_tokens: int
+    cost_usd_today: Decimal
+    cost_usd_month: Decimal
+    cost_usd: Decimal
+    last_activity: datetime | None
+    as_of: datetime
+
+
+class PartitionLag(_Model):
+    """How far the projections are behind one partition (None where the broker is unknown)."""
+
+    topic: str
+    partition: int
+    next_offset: int
+    highwater: int | None
+    lag: int | None
+    log_clock: datetime | None
+
+
+class TopSession(_Model):
+    """A session ranked by tokens or cost on a day."""
+
+    session_id: str
+    tokens_used: int
+    cost_usd: Decimal
+
+
+class SystemOverview(_Model):
+    """The whole pipeline: today, this month, the last minute, lag, DLQ and spool."""
+
+    as_of: datetime
+    day: date
+    month: date
+    sessions_active_today: int
+    tokens_today: int
+    cost_usd_today: Decimal
+    tokens_month: int
+    cost_usd_month: Decimal
+    events_last_minute: int
+    lag: list[PartitionLag]
+    total_lag: int | None
+    broker_error: str | None
+    dlq_depth: int | None
+    spool_bytes: int | None
+    top_by_tokens: list[TopSession]
+    top_by_cost: list[TopSession]
+
+
+class DailySessionRow(_Model):
+    """One session on one day: usage, cost and how its reservations went."""
+
+    session_id: str
+    input_tokens: int
+    output_tokens: int
+    tokens_used: int
+    usage_events: int
+    cost_usd: Decimal
+    accepted: int
+    rejected: int
+    settled: int
+    released: int
+    expired: int
+    reserved_tokens: int
+    settled_tokens: int
+    #: settled tokens / reserved tokens (None when nothing was reserved)
+    efficiency: Decimal | None
+
+
+class DailyApiRow(_Model):
+    """Requests, tokens and cost of one API and model on one day (ApiCost events)."""
+
+    api_name: str
+    model: str
+    requests: int
+    input_tokens: int
+    output_tokens: int
+    cache_read_tokens: int
+    cache_write_tokens: int
+    cost_usd: Decimal
+
+
+class DailyModelRow(_Model):
+    """Tokens one integration counted for one model on one day (TokenUsed events)."""
+
+    component: str
+    model: str
+    usage_events: int
+    input_tokens: int
+    output_tokens: int
+
+
+class DailyReport(_Model):
+    """A day (in the windows' time zone): per session, per API/model, per integration."""
+
+    date: date
+    sessions: list[DailySessionRow]
+    apis: list[DailyApiRow]
+    models: list[DailyModelRow]
+    tokens_used: int
+    cost_usd: Decimal
+    reservations_accepted: int
+    reservations_rejected: int
+    efficiency: Decimal | None
+
+
+class CostRow(_Model):
+    """Cost of one API, model or day over a period (only the key `by` names is set)."""
+
+    api_name: str | None = None
+    model: str | None = None
+    day: date | None = None
+    requests: int
+    input_tokens: int
+    output_tokens: int
+    cost_usd: Decimal
+
+
+class DecisionRow(_Model):
+    """One reservation and what the worker decided about it."""
+
+    reservation_id: uuid.UUID
+    session_id: str
+    task_id: str | None
+    tokens: int
+    priority: str
+    status: str
+    reason: str | None
+    available_tokens: int
+    limit_tokens: int
+    requested_at: datetime
+    decided_at: datetime
+    expires_at: datetime
+    settled_tokens: int | None
+
+
+class AlertRow(_Model):
+    """A threshold crossing or a refusal at a limit, and its webhook delivery if any."""
+
+    alert_id: uuid.UUID
+    event_id: uuid.UUID
+    action: str
+    session_id: str
+    window_name: str
+    level: str
+    used_tokens: int
+    limit_tokens: int
+    occurred_at: datetime
+    created_at: datetime
+    delivery: str | None
+
+
+class IntegrationLogRow(_Model):
+    """One row of integration_logs."""
+
+    event_id: uuid.UUID
+    action: str
+    integration_type: str
+    component_name: str
+    session_id: str | None
+    task_id: str | None
+    tokens_used: int
+    status: str
+    error_message: str | None
+    metadata: dict[str, Any] | None
+    created_at: datetime
+
+
+class AuditRow(_Model):
+    """An administrative change (BudgetSet, DefaultsSet) and who made it."""
+
+    event_id: uuid.UUID
+    event_type: str
+    session_id: str
+    actor: str | None
+    occurred_at: datetime
+    log_time: datetime
+    change: str
+    payload: dict[str, Any]
+
+
+class LedgerEvent(_Model):
+    """An applied event as the ledger holds it."""
+
+    topic: str
+    partition: int
+    offset: int
+    event_id: uuid.UUID
+    event_type: str
+    session_id: str
+    task_id: str | None
+    occurred_at: datetime
+    log_time: datetime
+    payload: dict[str, Any]
+
+
+class TailCursor(_Model):
+    """Where a tail of the ledger stands: the next offset to show per (topic, partition)."""
+
+    topic: str
+    next_offsets: dict[int, int]
+
+
+class LedgerPage(_Model):
+    """Events applied after a cursor, and the cursor after them."""
+
+    events: list[LedgerEvent]
+    cursor: TailCursor

@@ -1,0 +1,38 @@
+"""The broker's highwaters, read from fetch responses."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from tests.support import used
+from tokenquota.config import KafkaSettings, Settings
+from tokenquota.errors import IntegrationError
+from tokenquota.kafka_probe import partition_highwaters
+from tokenquota.producers import Emitter
+from tokenquota.schemas import utc_now
+
+pytestmark = pytest.mark.integration
+
+
+async def test_highwaters_count_the_messages_of_each_partition(settings: Settings) -> None:
+    topic = settings.kafka.usage_topic
+    assert set((await partition_highwaters(settings.kafka, topic)).values()) == {0}
+    events = [used(f"s{i % 5}", 1, utc_now()) for i in range(40)]
+    async with Emitter(settings.kafka, settings.emitter, settings.data_dir / "spool") as em:
+        await em.emit_many(events)
+    ends = await partition_highwaters(settings.kafka, topic)
+    assert len(ends) == settings.kafka.partitions
+    assert sum(ends.values()) == 40
+
+
+async def test_a_missing_topic_or_a_closed_port_is_a_clear_error(settings: Settings) -> None:
+    with pytest.raises(IntegrationError, match="topic no.such.topic does not exist"):
+        await partition_highwaters(settings.kafka, "no.such.topic", timeout=3)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    closed = KafkaSettings(bootstrap_servers=f"127.0.0.1:{port}")
+    with pytest.raises(IntegrationError, match="unreachable"):
+        await partition_highwaters(closed, "tokenquota.usage", timeout=2)
