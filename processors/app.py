@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
@@ -28,6 +29,8 @@ from tokenquota.schemas import EventDecodeError, decode
 
 from .batch_consumer import BatchApp, BatchConsumer
 from .dlq import DeadLetter, dead_letter_headers
+from .heartbeat import Heartbeat
+from .metrics import DEAD_LETTERS, lags_after, observe_batch, observe_lag
 
 __all__ = ["Projector", "create_app", "take_ready"]
 
@@ -46,6 +49,7 @@ class Projector:
         self.applied = 0
         self.duplicates = 0
         self.dead_letters = 0
+        self.heartbeat = Heartbeat(settings)
         self._seen: set[tuple[str, int]] = set()
 
     def split(self, messages: Sequence[Any]) -> tuple[list[LogRecord], list[DeadLetter]]:
@@ -101,6 +105,7 @@ class Projector:
         (see apply_batch_isolating); only a failing server or connection is retried.
         """
         delay = 0.1
+        started = time.perf_counter()
         while True:
             try:
                 conn = await self._connection()
@@ -121,6 +126,8 @@ class Projector:
                 continue
             self.applied += result.applied
             self.duplicates += result.duplicates
+            observe_batch(result, time.perf_counter() - started)
+            self.heartbeat.batch_applied(result.applied)
             log.debug(
                 "batch: %d applied, %d duplicates, %d dead letters",
                 result.applied,
@@ -227,6 +234,8 @@ def create_app(settings: Settings) -> faust.App:
                 for letter in batch.bad:
                     await _dead_letter(dlq, letter, worker.retry_backoff_max)
                 projector.dead_letters += len(batch.bad)
+                if batch.bad:
+                    DEAD_LETTERS.labels("invalid").inc(len(batch.bad))
 
                 async def poison(record: LogRecord, reason: str, batch: _Batch = batch) -> None:
                     key = next(
@@ -239,16 +248,19 @@ def create_app(settings: Settings) -> faust.App:
                     )
                     await _dead_letter(dlq, letter, worker.retry_backoff_max)
                     projector.dead_letters += 1
+                    DEAD_LETTERS.labels("poison").inc()
 
                 await projector.apply(batch.records, batch.bad, poison)
                 for message in batch.messages:  # only now, after the transaction has committed
                     consumer.ack(message)
+                observe_lag(worker.group_id, lags_after(batch.messages, consumer.highwater))
 
         try:
             with bulk_gc():  # the app is up by now: freeze all of it out of collection
                 async with asyncio.TaskGroup() as tasks:
                     tasks.create_task(take())
                     tasks.create_task(apply())
+                    tasks.create_task(projector.heartbeat.run())
         finally:
             await projector.close()
 

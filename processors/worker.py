@@ -9,6 +9,7 @@ import faust
 from tokenquota.config import Settings
 
 from .app import create_app
+from .metrics import serve_metrics
 
 __all__ = ["run_worker"]
 
@@ -16,6 +17,8 @@ __all__ = ["run_worker"]
 def run_worker(settings: Settings) -> NoReturn:
     """Run the projection worker until SIGINT/SIGTERM; faust owns the event loop."""
     app = create_app(settings)
+    if settings.worker.metrics_port is not None:
+        serve_metrics(settings.worker.metrics_port, settings.worker.metrics_host)
     worker = faust.Worker(
         app,
         loglevel=settings.log_level,

@@ -1,0 +1,252 @@
+"""`check_integration_health()`: is the pipeline working, and if not, what is wrong.
+
+Each component is `ok`, `degraded` (working, but needs a look) or `down` (not working),
+with a reason that names what was found:
+
+- broker: reachable and the usage topic exists (down otherwise);
+- database: reachable and migrated (down otherwise);
+- worker: some worker process wrote its status within the last WORKER_SILENT seconds
+  (down when none did: nothing would be applied); lag per partition (highwater minus
+  the projections' next offset) above LAG_DEGRADED, or events waiting while the last
+  batch is older than STALE_BATCH seconds, make it degraded;
+- dlq: messages in the dead-letter topic make it degraded (each needs a look);
+- spool: bytes this host's emitters have not had acknowledged by Kafka make it degraded.
+
+The overall status is the worst of them. Every probe has a timeout, so the check answers
+within a few seconds even when a server is down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import asyncpg
+from pydantic import BaseModel, ConfigDict, Field
+
+from .config import Settings, load_settings
+from .errors import IntegrationError
+from .kafka_probe import partition_highwaters
+from .producers.spool_depth import pending_bytes
+from .projections import schema_drift
+
+__all__ = [
+    "LAG_DEGRADED",
+    "STALE_BATCH",
+    "WORKER_SILENT",
+    "ComponentHealth",
+    "HealthStatus",
+    "IntegrationHealth",
+    "check_integration_health",
+    "check_integration_health_async",
+]
+
+HealthStatus = Literal["ok", "degraded", "down"]
+#: Events waiting in one partition above which the worker is degraded.
+LAG_DEGRADED = 10_000
+#: Seconds without a batch, while events wait, after which the worker is degraded.
+STALE_BATCH = 60.0
+#: Seconds without a status write after which a worker process counts as gone.
+WORKER_SILENT = 15.0
+_TIMEOUT = 3.0
+_ORDER: tuple[HealthStatus, ...] = ("ok", "degraded", "down")
+
+
+class ComponentHealth(BaseModel):
+    """One component's state, why, and what was measured."""
+
+    model_config = ConfigDict(frozen=True)
+
+    status: HealthStatus
+    reason: str
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class IntegrationHealth(BaseModel):
+    """The pipeline's state: the worst of its components'."""
+
+    model_config = ConfigDict(frozen=True)
+
+    status: HealthStatus
+    broker: ComponentHealth
+    database: ComponentHealth
+    worker: ComponentHealth
+    dlq: ComponentHealth
+    spool: ComponentHealth
+    checked_at: datetime
+
+
+def _worst(*states: HealthStatus) -> HealthStatus:
+    return max(states, key=_ORDER.index)
+
+
+async def _highwaters(settings: Settings, topic: str) -> dict[int, int] | IntegrationError:
+    try:
+        return await partition_highwaters(settings.kafka, topic, timeout=_TIMEOUT)
+    except IntegrationError as exc:
+        return exc
+
+
+async def _database(
+    settings: Settings,
+) -> tuple[ComponentHealth, dict[int, int] | None, list[asyncpg.Record]]:
+    db = settings.database
+    try:
+        conn = await asyncpg.connect(
+            db.dsn(), timeout=_TIMEOUT, server_settings={"search_path": db.schema_name}
+        )
+    except Exception as exc:  # any failure to connect is the answer here
+        reason = f"PostgreSQL unreachable: {exc}" if str(exc) else "PostgreSQL unreachable"
+        return ComponentHealth(status="down", reason=reason), None, []
+    try:
+        drift = await asyncio.wait_for(schema_drift(conn, db.schema_name), _TIMEOUT)
+        if drift:
+            reason = (
+                f"schema {db.schema_name} is not migrated ({drift[0]}): run `tokenquota migrate`"
+            )
+            return ComponentHealth(status="down", reason=reason), None, []
+        checkpoints = await conn.fetch(
+            "SELECT kafka_partition, next_offset FROM partition_checkpoints WHERE topic = $1",
+            settings.kafka.usage_topic,
+        )
+        workers = await conn.fetch(
+            "SELECT member, seen_at, last_batch_at, events_applied,"
+            " extract(epoch FROM now() - seen_at)::float8 AS silent_for,"
+            " extract(epoch FROM now() - last_batch_at)::float8 AS batch_age"
+            " FROM worker_status WHERE group_id = $1 ORDER BY seen_at DESC",
+            settings.worker.group_id,
+        )
+    except (asyncpg.PostgresError, OSError, TimeoutError) as exc:
+        return ComponentHealth(status="down", reason=f"PostgreSQL query failed: {exc}"), None, []
+    finally:
+        await conn.close()
+    ok = ComponentHealth(status="ok", reason=f"reachable, schema {db.schema_name} migrated")
+    return ok, {r["kafka_partition"]: r["next_offset"] for r in checkpoints}, workers
+
+
+def _worker(
+    settings: Settings,
+    highwaters: dict[int, int] | None,
+    checkpoints: dict[int, int] | None,
+    workers: list[asyncpg.Record],
+) -> ComponentHealth:
+    group = settings.worker.group_id
+    if checkpoints is None:
+        return ComponentHealth(status="down", reason="unknown: the database cannot be read")
+    lag = None
+    if highwaters is not None:
+        lag = {p: max(end - checkpoints.get(p, 0), 0) for p, end in sorted(highwaters.items())}
+    waiting = sum(lag.values()) if lag is not None else None
+    alive = [w for w in workers if w["silent_for"] <= WORKER_SILENT]
+    last_batch = min((w["batch_age"] for w in workers if w["batch_age"] is not None), default=None)
+    details: dict[str, Any] = {
+        "group_id": group,
+        "members": [w["member"] for w in alive],
+        "lag": lag,
+        "events_waiting": waiting,
+        "last_batch_age_seconds": None if last_batch is None else round(last_batch, 3),
+    }
+    if not alive:
+        if waiting:
+            return ComponentHealth(
+                status="down",
+                reason=f"no worker of group {group} is running; {waiting:,} events waiting",
+                details=details,
+            )
+        return ComponentHealth(
+            status="down",
+            reason=f"no worker of group {group} is running (no event is waiting yet)",
+            details=details,
+        )
+    if lag is None:
+        return ComponentHealth(
+            status="degraded",
+            reason=f"{len(alive)} worker(s) running; lag unknown (the broker cannot be asked)",
+            details=details,
+        )
+    worst = max(lag.items(), key=lambda item: item[1], default=(0, 0))
+    if worst[1] > LAG_DEGRADED:
+        return ComponentHealth(
+            status="degraded",
+            reason=f"partition {worst[0]} is {worst[1]:,} events behind ({waiting:,} in all)",
+            details=details,
+        )
+    if waiting and (last_batch is None or last_batch > STALE_BATCH):
+        return ComponentHealth(
+            status="degraded",
+            reason=f"{waiting:,} events waiting and no batch applied for "
+            f"{'ever' if last_batch is None else f'{last_batch:.0f} s'}",
+            details=details,
+        )
+    return ComponentHealth(
+        status="ok",
+        reason=f"{len(alive)} worker(s) running, {waiting:,} events waiting",
+        details=details,
+    )
+
+
+async def check_integration_health_async(settings: Settings | None = None) -> IntegrationHealth:
+    """Probe the broker, the database, the worker, the DLQ and the local spool."""
+    settings = settings or load_settings()
+    kafka = settings.kafka
+    usage, dlq, (database, checkpoints, workers) = await asyncio.gather(
+        _highwaters(settings, kafka.usage_topic),
+        _highwaters(settings, kafka.dlq_topic),
+        _database(settings),
+    )
+    if isinstance(usage, IntegrationError):
+        broker = ComponentHealth(status="down", reason=str(usage))
+        highwaters = None
+    else:
+        broker = ComponentHealth(
+            status="ok",
+            reason=f"reachable, {kafka.usage_topic} has {len(usage)} partitions",
+            details={"bootstrap_servers": kafka.bootstrap_servers, "partitions": len(usage)},
+        )
+        highwaters = usage
+    if isinstance(dlq, IntegrationError):
+        dead = ComponentHealth(status="degraded", reason=f"DLQ depth unknown: {dlq}")
+    else:
+        depth = sum(dlq.values())
+        dead = ComponentHealth(
+            status="degraded" if depth else "ok",
+            reason=(
+                f"{depth:,} messages in {kafka.dlq_topic}: see `tokenquota replay` and the DLQ"
+                if depth
+                else f"{kafka.dlq_topic} is empty"
+            ),
+            details={"depth": depth},
+        )
+    waiting = pending_bytes(settings.spool_dir)
+    spool = ComponentHealth(
+        status="degraded" if waiting else "ok",
+        reason=(
+            f"{waiting:,} bytes in {settings.spool_dir} not yet acknowledged by Kafka"
+            if waiting
+            else f"{settings.spool_dir} holds nothing unsent"
+        ),
+        details={"directory": str(settings.spool_dir), "bytes": waiting},
+    )
+    worker = _worker(settings, highwaters, checkpoints, workers)
+    return IntegrationHealth(
+        status=_worst(broker.status, database.status, worker.status, dead.status, spool.status),
+        broker=broker,
+        database=database,
+        worker=worker,
+        dlq=dead,
+        spool=spool,
+        checked_at=datetime.now(UTC),
+    )
+
+
+def check_integration_health(settings: Settings | None = None) -> IntegrationHealth:
+    """check_integration_health_async, for code that runs no event loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(check_integration_health_async(settings))
+    raise RuntimeError(
+        "check_integration_health blocks; inside a running event loop await "
+        "check_integration_health_async instead"
+    )
