@@ -13,6 +13,9 @@ import typer
 from aiokafka.errors import KafkaError
 from rich.console import Console
 
+from .cli_api import api_app
+from .cli_ops import register as register_ops
+from .cli_run import run_app
 from .cli_stack import remove_stack_file, write_stack_file
 from .config import ConfigError, Settings, load_settings
 from .devstack import run_dev
@@ -394,6 +397,12 @@ def show_config(ctx: typer.Context) -> None:
     sys.stdout.write(json.dumps(settings.model_dump(mode="json", by_alias=True), indent=2) + "\n")
 
 
+# The operator commands: budget, usage, report, top, costs, reservations, alerts, health,
+# tail, audit (tokenquota/cli_ops.py).
+register_ops(app)
+app.add_typer(api_app, name="api")
+
+
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point (usage mistakes are one line, see cli_run.run_app)."""
+    run_app(app)
