@@ -17,6 +17,7 @@ from typing import TypeVar
 
 import asyncpg
 
+from .alert_replay import suppress_replayed_alerts
 from .database import quote_schema
 from .migrator import apply_migrations
 from .state import LogRecord
@@ -116,6 +117,7 @@ async def swap_in(
             "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", projection_lock_key(schema)
         )
         await catch_up()
+        await suppress_replayed_alerts(conn, schema, staging)
         await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {old}")
         await _drop_replaced(conn, previous)
         for view in PROJECTION_VIEWS:

@@ -230,6 +230,27 @@ class AlertSettings(_Section):
     )
     timeout: Seconds = 10
     retry_backoff_max: Seconds = 300
+    retry_backoff_min: Seconds = Field(default=1, description="Delay before the first retry")
+    max_attempts: Annotated[int, Field(ge=1)] | None = Field(
+        default=None, description="Attempts before an alert is given up as failed; unset: no bound"
+    )
+    max_age: Seconds = Field(
+        default=86400,
+        description=(
+            "Alerts older than this (by their log clock) are never sent, and one still "
+            "failing at this age is given up as failed"
+        ),
+    )
+    poll_interval: Seconds = Field(
+        default=1, description="How often the notifier looks for due alerts"
+    )
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError(f"expected an http:// or https:// URL, got {value!r}")
+        return value
 
 
 class PrivacySettings(_Section):
