@@ -1,5 +1,9 @@
-"""The HTTP API: a thin FastAPI adapter over the read side and the producers."""
+"""The HTTP API (`tokenquota api`): a thin FastAPI adapter over the read side and the
+producers, with no SQL of its own."""
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from .app import create_app
+from .auth import hash_token
+
+__all__ = ["create_app", "hash_token"]

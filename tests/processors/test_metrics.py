@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.support import budget, reserved, used, wait_until
 from tokenquota.config import Settings
 from tokenquota.producers import Emitter
-from tokenquota.schemas import utc_now
+from tokenquota.schemas import Event, utc_now
 
 pytestmark = pytest.mark.integration
 
@@ -37,7 +37,7 @@ async def test_a_worker_with_a_metrics_port_counts_what_it_applied(
     port = free_port()
     start_worker(env={"WORKER_METRICS_PORT": str(port)})
     now = utc_now()
-    events = [
+    events: list[Event] = [
         budget("m", now, daily=100, monthly=1_000, hard=10_000),
         reserved("m", 50, now),
         reserved("m", 500, now),  # over the daily limit

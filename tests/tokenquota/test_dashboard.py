@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Sequence
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any
@@ -52,7 +53,7 @@ def workload() -> tuple[list[Event], uuid.UUID]:
     return events, refused
 
 
-async def emit_and_wait(settings: Settings, events: list[Event]) -> None:
+async def emit_and_wait(settings: Settings, events: Sequence[Event]) -> None:
     async with Emitter(settings.kafka, settings.emitter, settings.spool_dir) as emitter:
         await emitter.emit_many(events)
 
@@ -132,13 +133,13 @@ async def test_tail_follows_what_is_applied_after_the_cursor(
     pipeline_settings: Settings, start_worker: Any
 ) -> None:
     start_worker()
-    first = [used("carol", 10, utc_now())]
+    first: list[Event] = [used("carol", 10, utc_now())]
     await emit_and_wait(pipeline_settings, first)
     async with AsyncTokenDashboard(pipeline_settings) as dashboard:
         cursor = await dashboard.tail_cursor()
         page = await dashboard.events_after(cursor)
         assert page.events == []
-        later = [used("carol", 20, utc_now()), used("dave", 5, utc_now())]
+        later: list[Event] = [used("carol", 20, utc_now()), used("dave", 5, utc_now())]
         await emit_and_wait(pipeline_settings, first + later)
         page = await dashboard.events_after(cursor)
         assert sorted(e.payload["input_tokens"] for e in page.events) == [5, 20]

@@ -28,7 +28,7 @@ async def test_highwaters_count_the_messages_of_each_partition(settings: Setting
 
 
 async def test_a_missing_topic_or_a_closed_port_is_a_clear_error(settings: Settings) -> None:
-    with pytest.raises(IntegrationError, match="topic no.such.topic does not exist"):
+    with pytest.raises(IntegrationError, match=r"topic no\.such\.topic does not exist"):
         await partition_highwaters(settings.kafka, "no.such.topic", timeout=3)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

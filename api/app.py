@@ -1,0 +1,110 @@
+"""The FastAPI app: lifespan (client, dashboard), routes, errors as JSON, metrics."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from tokenquota import __version__
+from tokenquota.config import Settings
+from tokenquota.dashboard import AsyncTokenDashboard
+from tokenquota.health import check_integration_health_async
+from tokenquota.producers import TokenQuota
+from tokenquota.schemas import Source
+
+from . import ingest, reads, reservations
+from .auth import RateLimiter
+from .docs import mount_docs
+from .metrics import observe_requests
+from .metrics import router as metrics_router
+from .state import ApiState, reader
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("tokenquota.api")
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """The HTTP API over `settings`' broker and database."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        quota = TokenQuota(settings, source=Source(component="sdk", name="http-api"))
+        await quota.start()
+        dashboard = AsyncTokenDashboard(settings)
+        try:
+            await dashboard.open()
+            app.state.api = ApiState(
+                settings,
+                quota,
+                dashboard,
+                RateLimiter(settings.api.rate_limit, settings.api.rate_burst),
+            )
+            yield
+        finally:
+            await dashboard.close()
+            await quota.close()
+
+    app = FastAPI(
+        title="tokenquota",
+        version=__version__,
+        summary="Token budgets, usage and costs of LLM agents and MCP tools",
+        docs_url=None,
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    app.middleware("http")(observe_requests)
+    app.include_router(ingest.router)
+    app.include_router(reservations.router)
+    app.include_router(reads.router)
+    app.include_router(metrics_router)
+    mount_docs(app)
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        """Liveness: the process answers (no authentication)."""
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz(request: Request, caller: object = reader) -> JSONResponse:
+        """The integration health check: 200 when ok or degraded, 503 when down."""
+        health = await check_integration_health_async(settings)
+        return JSONResponse(
+            status_code=503 if health.status == "down" else 200,
+            content=health.model_dump(mode="json"),
+        )
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        return JSONResponse(
+            status_code=exc.status_code,
+            content={"error": _ERRORS.get(exc.status_code, "error"), "detail": exc.detail},
+            headers=exc.headers,
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [
+            {"path": ".".join(str(p) for p in e["loc"]), "reason": e["msg"]} for e in exc.errors()
+        ]
+        return JSONResponse(status_code=422, content={"error": "invalid", "errors": errors})
+
+    return app
+
+
+_ERRORS = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    409: "conflict",
+    413: "too_large",
+    422: "invalid",
+    429: "rate_limited",
+    503: "unavailable",
+}

@@ -1,0 +1,111 @@
+"""POST /v1/events: events from any language, validated one by one, emitted in order."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from fastapi import APIRouter, HTTPException, Request
+from pydantic import BaseModel
+
+from tokenquota.errors import IntegrationError
+from tokenquota.schemas import DEFAULTS_SESSION, Event, EventDecodeError, decode
+
+from .auth import Caller
+from .metrics import INGESTED
+from .state import admin, state_of
+
+__all__ = ["MAX_EVENTS", "router"]
+
+router = APIRouter()
+
+#: Events one request may carry; more is a 413 (send several requests).
+MAX_EVENTS = 5_000
+
+
+class FieldProblem(BaseModel):
+    """Where an event is wrong (a dotted field path) and why."""
+
+    path: str
+    reason: str
+
+
+class ItemResult(BaseModel):
+    """What became of one item of the request."""
+
+    index: int
+    event_id: str | None
+    status: Literal["accepted", "invalid"]
+    #: acked: the broker has it; spooled: on this host's disk, sent when Kafka is back.
+    delivery: Literal["acked", "spooled"] | None = None
+    errors: list[FieldProblem] = []
+
+
+class IngestResult(BaseModel):
+    """Per item: accepted (with its delivery) or invalid (with its field errors)."""
+
+    accepted: int
+    invalid: int
+    results: list[ItemResult]
+
+
+def _problems(item: Any) -> tuple[Event | None, list[FieldProblem]]:
+    if not isinstance(item, dict):
+        return None, [FieldProblem(path="<event>", reason="must be a JSON object")]
+    try:
+        return decode(json.dumps(item)), []
+    except EventDecodeError as exc:
+        return None, [FieldProblem(path=e.path, reason=e.reason) for e in exc.errors]
+
+
+@router.post(
+    "/v1/events",
+    response_model=IngestResult,
+    summary="Ingest a JSON array of events",
+    responses={413: {"description": "more than MAX_EVENTS events"}},
+)
+async def ingest(request: Request, caller: Caller = admin) -> IngestResult:
+    """Each item is checked against the event schemas (schemas/json); valid ones are
+    emitted in order through the emitter, invalid ones are answered with their field
+    errors and never stop the valid ones. `accepted` means the broker acknowledged the
+    event or, when Kafka is unreachable, it is durably spooled on this host."""
+    state = state_of(request)
+    try:
+        items = json.loads(await request.body())
+    except ValueError as exc:
+        raise HTTPException(400, f"the body is not JSON: {exc}") from None
+    if not isinstance(items, list):
+        raise HTTPException(400, "the body must be a JSON array of events")
+    if len(items) > MAX_EVENTS:
+        raise HTTPException(413, f"{len(items)} events in one request; at most {MAX_EVENTS}")
+    results: list[ItemResult] = []
+    valid: list[tuple[int, Event]] = []
+    for index, item in enumerate(items):
+        event, problems = _problems(item)
+        if event is None:
+            event_id = item.get("event_id") if isinstance(item, dict) else None
+            results.append(
+                ItemResult(
+                    index=index,
+                    event_id=event_id if isinstance(event_id, str) else None,
+                    status="invalid",
+                    errors=problems,
+                )
+            )
+            continue
+        if event.session_id != DEFAULTS_SESSION:
+            stored = state.quota.stored_session_id(event.session_id)
+            if stored != event.session_id:
+                event = event.model_copy(update={"session_id": stored})
+        valid.append((index, event))
+        results.append(ItemResult(index=index, event_id=str(event.event_id), status="accepted"))
+    if valid:
+        try:
+            deliveries = await state.quota.emitter.emit_many([event for _, event in valid])
+        except IntegrationError as exc:
+            raise HTTPException(503, f"nothing of this request was accepted: {exc}") from None
+        for (index, _), delivery in zip(valid, deliveries, strict=True):
+            results[index] = results[index].model_copy(update={"delivery": delivery})
+    INGESTED.labels("accepted").inc(len(valid))
+    INGESTED.labels("invalid").inc(len(items) - len(valid))
+    return IngestResult(accepted=len(valid), invalid=len(items) - len(valid), results=results)

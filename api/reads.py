@@ -1,0 +1,190 @@
+"""The read models over HTTP, and the budget change (admin)."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Literal
+
+from fastapi import APIRouter, HTTPException, Query, Request
+from pydantic import BaseModel, Field
+
+from tokenquota.errors import IntegrationError, UnknownSessionError
+from tokenquota.producers.budgets import set_budget
+from tokenquota.projections.read_models import (
+    AlertRow,
+    AuditRow,
+    CostRow,
+    DailyReport,
+    DecisionRow,
+    IntegrationLogRow,
+    SessionReport,
+    SystemOverview,
+    TopSession,
+)
+
+from .auth import Caller
+from .state import admin, reader, state_of
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/v1")
+_LIMIT = Query(default=100, ge=1, le=1000)
+_DATE = Query(default=None, alias="date")
+_TOP = Query(default=10, ge=1, le=1000)
+
+
+def _unavailable(exc: IntegrationError) -> HTTPException:
+    return HTTPException(503, str(exc))
+
+
+@router.get("/sessions/{session_id}", response_model=SessionReport)
+async def session(session_id: str, request: Request, caller: Caller = reader) -> SessionReport:
+    """A session's limits, usage and remaining tokens per window, reservations and cost."""
+    try:
+        return await state_of(request).dashboard.get_session_metrics(session_id)
+    except UnknownSessionError as exc:
+        raise HTTPException(404, str(exc)) from None
+    except IntegrationError as exc:
+        raise _unavailable(exc) from None
+
+
+class BudgetRequest(BaseModel):
+    """New limits (thresholds left out keep the session's current ones)."""
+
+    daily_limit: int = Field(ge=0)
+    monthly_limit: int = Field(ge=0)
+    hard_limit: int = Field(ge=0)
+    warning_threshold: Decimal | None = Field(default=None, gt=0, le=1)
+    critical_threshold: Decimal | None = Field(default=None, gt=0, le=1)
+
+
+@router.put("/sessions/{session_id}/budget", response_model=SessionReport)
+async def put_budget(
+    session_id: str, body: BudgetRequest, request: Request, caller: Caller = admin
+) -> SessionReport:
+    """Set a session's budget: a BudgetSet naming the token as its actor, answered once the
+    worker has applied it."""
+    state = state_of(request)
+    try:
+        await set_budget(
+            state.quota,
+            session_id,
+            daily_limit=body.daily_limit,
+            monthly_limit=body.monthly_limit,
+            hard_limit=body.hard_limit,
+            warning_threshold=body.warning_threshold,
+            critical_threshold=body.critical_threshold,
+            actor=caller.actor,
+        )
+        return await state.dashboard.get_session_metrics(session_id)
+    except ValueError as exc:
+        raise HTTPException(422, str(exc).splitlines()[-1].strip()) from None
+    except IntegrationError as exc:
+        raise _unavailable(exc) from None
+
+
+@router.get("/overview", response_model=SystemOverview)
+async def overview(request: Request, caller: Caller = reader) -> SystemOverview:
+    """Today, this month, the last minute, lag per partition, DLQ and spool, top sessions."""
+    try:
+        return await state_of(request).dashboard.get_system_overview()
+    except IntegrationError as exc:
+        raise _unavailable(exc) from None
+
+
+@router.get("/reports/daily", response_model=DailyReport)
+async def daily(request: Request, day: date | None = _DATE, caller: Caller = reader) -> DailyReport:
+    """One day's report (default today): per session, per API and model."""
+    try:
+        return await state_of(request).dashboard.generate_daily_report(day)
+    except IntegrationError as exc:
+        raise _unavailable(exc) from None
+
+
+@router.get("/costs", response_model=list[CostRow])
+async def costs(
+    request: Request,
+    by: Literal["api", "model", "day"] = "api",
+    since: date | None = None,
+    until: date | None = None,
+    caller: Caller = reader,
+) -> list[CostRow]:
+    """API cost per API, model or day (default the last 30 days)."""
+    try:
+        return await state_of(request).dashboard.costs(by, since, until)
+    except ValueError as exc:
+        raise HTTPException(422, str(exc)) from None
+    except IntegrationError as exc:
+        raise _unavailable(exc) from None
+
+
+@router.get("/top", response_model=list[TopSession])
+async def top(
+    request: Request,
+    by: Literal["tokens", "cost"] = "tokens",
+    limit: int = _TOP,
+    day: date | None = _DATE,
+    caller: Caller = reader,
+) -> list[TopSession]:
+    """The day's top sessions by tokens or cost."""
+    try:
+        return await state_of(request).dashboard.top_sessions(by, limit, day)
+    except IntegrationError as exc:
+        raise _unavailable(exc) from None
+
+
+@router.get("/decisions", response_model=list[DecisionRow])
+async def decisions(
+    request: Request,
+    session_id: str | None = None,
+    status: Literal["accepted", "rejected", "settled", "released", "expired"] | None = None,
+    limit: int = _LIMIT,
+    caller: Caller = reader,
+) -> list[DecisionRow]:
+    """Recent reservation decisions, newest first."""
+    try:
+        return await state_of(request).dashboard.recent_decisions(session_id, status, limit)
+    except IntegrationError as exc:
+        raise _unavailable(exc) from None
+
+
+@router.get("/alerts", response_model=list[AlertRow])
+async def alerts(
+    request: Request,
+    since: datetime | None = None,
+    session_id: str | None = None,
+    limit: int = _LIMIT,
+    caller: Caller = reader,
+) -> list[AlertRow]:
+    """Threshold crossings and refusals at a limit, newest first, with webhook delivery."""
+    try:
+        return await state_of(request).dashboard.recent_alerts(since, session_id, limit)
+    except IntegrationError as exc:
+        raise _unavailable(exc) from None
+
+
+@router.get("/sessions/{session_id}/integration-logs", response_model=list[IntegrationLogRow])
+async def integration_logs(
+    session_id: str,
+    request: Request,
+    since: datetime | None = None,
+    limit: int = _LIMIT,
+    caller: Caller = reader,
+) -> list[IntegrationLogRow]:
+    """A session's integration_logs: applied events, decisions and notices, newest first."""
+    try:
+        return await state_of(request).dashboard.integration_logs(session_id, since, limit)
+    except IntegrationError as exc:
+        raise _unavailable(exc) from None
+
+
+@router.get("/audit", response_model=list[AuditRow])
+async def audit(
+    request: Request, session_id: str | None = None, limit: int = _LIMIT, caller: Caller = reader
+) -> list[AuditRow]:
+    """Budget and defaults changes and who made them (the log is the audit trail)."""
+    try:
+        return await state_of(request).dashboard.audit(session_id, limit)
+    except IntegrationError as exc:
+        raise _unavailable(exc) from None

@@ -1,0 +1,75 @@
+"""Reservations over HTTP: the rules and errors of reserve(), with the numbers."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+
+from tests.api.support import api_client
+from tests.support import wait_until
+from tokenquota.config import ReservationSettings, Settings
+
+pytestmark = pytest.mark.integration
+
+
+async def test_reserve_settle_release_and_refusals(
+    pipeline_settings: Settings, start_worker: Any
+) -> None:
+    settings = pipeline_settings.model_copy(
+        update={"reservations": ReservationSettings(decision_timeout=60)}
+    )
+    start_worker()
+    async with api_client(settings) as client:
+        budget = {"daily_limit": 1_000, "monthly_limit": 2_000, "hard_limit": 2_000}
+        assert (await client.put("/v1/sessions/r1/budget", json=budget)).status_code == 200
+        granted = await client.post("/v1/reservations", json={"session_id": "r1", "tokens": 600})
+        assert granted.status_code == 201, granted.text
+        body = granted.json()
+        assert body["status"] == "accepted" and body["tokens"] == 600
+
+        refused = await client.post("/v1/reservations", json={"session_id": "r1", "tokens": 900})
+        assert refused.status_code == 429
+        assert refused.json() | {"detail": ""} == {
+            "error": "quota_exceeded",
+            "detail": "",
+            "session_id": "r1",
+            "requested": 900,
+            "available": 400,
+            "limit": 1_000,
+            "window": "daily_limit",
+        }
+        rid = body["reservation_id"]
+        settled = await client.post(
+            f"/v1/reservations/{rid}/settle", json={"input_tokens": 300, "output_tokens": 100}
+        )
+        assert settled.status_code == 200 and settled.json()["delivery"] == "acked"
+        again = await client.post(f"/v1/reservations/{rid}/release")
+        assert again.status_code == 409 and "already settled" in again.json()["detail"]
+
+        async def used_400() -> bool:
+            report = (await client.get("/v1/sessions/r1")).json()
+            return bool(report["windows"]["total"]["used"] == 400)
+
+        await wait_until(used_400, 60, "the settlement applied")
+        # A reservation this process does not hold is found through the worker's record.
+        other = await client.post(
+            "/v1/reservations", json={"session_id": "r1", "tokens": 100, "priority": "high"}
+        )
+        other_id = other.json()["reservation_id"]
+        client_state = client._transport.app.state.api  # type: ignore[attr-defined]
+        client_state.reservations.clear()
+        released = await client.post(f"/v1/reservations/{other_id}/release")
+        assert released.status_code == 200, released.text
+        unknown = await client.post(f"/v1/reservations/{uuid.uuid4()}/release")
+        assert unknown.status_code == 404 and unknown.json()["error"] == "not_found"
+
+        await client.put(
+            "/v1/sessions/r2/budget",
+            json={"daily_limit": 100, "monthly_limit": 100, "hard_limit": 100},
+        )
+        hard = await client.post("/v1/reservations", json={"session_id": "r2", "tokens": 500})
+        assert hard.status_code == 409 and hard.json()["window"] == "hard_limit"
+        invalid = await client.post("/v1/reservations", json={"session_id": "r2", "tokens": 0})
+        assert invalid.status_code == 422 and invalid.json()["errors"][0]["path"] == "body.tokens"
