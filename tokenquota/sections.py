@@ -6,6 +6,7 @@ into `Settings`; each field is also an environment variable `<SECTION>_<FIELD>`.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
@@ -214,6 +215,18 @@ class ApiSettings(_Section):
     rate_limit: Annotated[float, Field(gt=0)] = Field(
         default=100.0, description="Requests per second each token (or client address) may make"
     )
+
+    @field_validator("tokens", mode="before")
+    @classmethod
+    def _json_tokens(cls, value: Any) -> Any:
+        # API_TOKENS holds them as a JSON array.
+        if isinstance(value, str):
+            try:
+                return json.loads(value)
+            except ValueError as exc:
+                raise ValueError(f"must be a JSON array of tokens: {exc}") from None
+        return value
+
     rate_burst: Annotated[int, Field(gt=0)] = Field(
         default=200, description="Requests a client may make at once before the rate applies"
     )

@@ -245,3 +245,23 @@ def test_the_configured_defaults_are_the_folds_built_in_ones() -> None:
     from tokenquota.projections import BUILTIN_DEFAULTS
 
     assert fold_config(load_settings()) == BUILTIN_DEFAULTS
+
+
+def test_api_tokens_come_from_a_json_array_in_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    digest = "a" * 64
+    monkeypatch.setenv("API_TOKENS", f'[{{"name": "ops", "role": "admin", "sha256": "{digest}"}}]')
+    token = load_settings().api.tokens[0]
+    assert (token.name, token.role, token.sha256) == ("ops", "admin", digest)
+    monkeypatch.setenv("API_TOKENS", "[oops")
+    with pytest.raises(ConfigError, match="must be a JSON array of tokens"):
+        load_settings()
+
+
+def test_hashing_session_ids_needs_a_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PRIVACY_HASH_SESSION_IDS", "true")
+    with pytest.raises(ConfigError, match="session_id_key"):
+        load_settings()
+    monkeypatch.setenv("PRIVACY_SESSION_ID_KEY", "k" * 16)
+    assert load_settings().privacy.hash_session_ids
