@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from tokenquota import __version__
 from tokenquota.config import Settings
 from tokenquota.dashboard import AsyncTokenDashboard
+from tokenquota.errors import IntegrationError, UnknownSessionError
 from tokenquota.health import check_integration_health_async
 from tokenquota.producers import TokenQuota
 from tokenquota.schemas import Source
@@ -86,6 +87,15 @@ def create_app(settings: Settings) -> FastAPI:
             content={"error": _ERRORS.get(exc.status_code, "error"), "detail": exc.detail},
             headers=exc.headers,
         )
+
+    # A server tokenquota depends on is unreachable: 503; a session no event named: 404.
+    @app.exception_handler(IntegrationError)
+    async def unavailable(request: Request, exc: IntegrationError) -> JSONResponse:
+        return JSONResponse(status_code=503, content={"error": "unavailable", "detail": str(exc)})
+
+    @app.exception_handler(UnknownSessionError)
+    async def unknown_session(request: Request, exc: UnknownSessionError) -> JSONResponse:
+        return JSONResponse(status_code=404, content={"error": "not_found", "detail": str(exc)})
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

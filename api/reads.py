@@ -9,7 +9,6 @@ from typing import Literal
 from fastapi import APIRouter, HTTPException, Query, Request
 from pydantic import BaseModel, Field
 
-from tokenquota.errors import IntegrationError, UnknownSessionError
 from tokenquota.producers.budgets import set_budget
 from tokenquota.projections.read_models import (
     AlertRow,
@@ -34,19 +33,10 @@ _DATE = Query(default=None, alias="date")
 _TOP = Query(default=10, ge=1, le=1000)
 
 
-def _unavailable(exc: IntegrationError) -> HTTPException:
-    return HTTPException(503, str(exc))
-
-
 @router.get("/sessions/{session_id}", response_model=SessionReport)
 async def session(session_id: str, request: Request, caller: Caller = reader) -> SessionReport:
     """A session's limits, usage and remaining tokens per window, reservations and cost."""
-    try:
-        return await state_of(request).dashboard.get_session_metrics(session_id)
-    except UnknownSessionError as exc:
-        raise HTTPException(404, str(exc)) from None
-    except IntegrationError as exc:
-        raise _unavailable(exc) from None
+    return await state_of(request).dashboard.get_session_metrics(session_id)
 
 
 class BudgetRequest(BaseModel):
@@ -80,26 +70,18 @@ async def put_budget(
         return await state.dashboard.get_session_metrics(session_id)
     except ValueError as exc:
         raise HTTPException(422, str(exc).splitlines()[-1].strip()) from None
-    except IntegrationError as exc:
-        raise _unavailable(exc) from None
 
 
 @router.get("/overview", response_model=SystemOverview)
 async def overview(request: Request, caller: Caller = reader) -> SystemOverview:
     """Today, this month, the last minute, lag per partition, DLQ and spool, top sessions."""
-    try:
-        return await state_of(request).dashboard.get_system_overview()
-    except IntegrationError as exc:
-        raise _unavailable(exc) from None
+    return await state_of(request).dashboard.get_system_overview()
 
 
 @router.get("/reports/daily", response_model=DailyReport)
 async def daily(request: Request, day: date | None = _DATE, caller: Caller = reader) -> DailyReport:
     """One day's report (default today): per session, per API and model."""
-    try:
-        return await state_of(request).dashboard.generate_daily_report(day)
-    except IntegrationError as exc:
-        raise _unavailable(exc) from None
+    return await state_of(request).dashboard.generate_daily_report(day)
 
 
 @router.get("/costs", response_model=list[CostRow])
@@ -115,8 +97,6 @@ async def costs(
         return await state_of(request).dashboard.costs(by, since, until)
     except ValueError as exc:
         raise HTTPException(422, str(exc)) from None
-    except IntegrationError as exc:
-        raise _unavailable(exc) from None
 
 
 @router.get("/top", response_model=list[TopSession])
@@ -128,10 +108,7 @@ async def top(
     caller: Caller = reader,
 ) -> list[TopSession]:
     """The day's top sessions by tokens or cost."""
-    try:
-        return await state_of(request).dashboard.top_sessions(by, limit, day)
-    except IntegrationError as exc:
-        raise _unavailable(exc) from None
+    return await state_of(request).dashboard.top_sessions(by, limit, day)
 
 
 @router.get("/decisions", response_model=list[DecisionRow])
@@ -143,10 +120,7 @@ async def decisions(
     caller: Caller = reader,
 ) -> list[DecisionRow]:
     """Recent reservation decisions, newest first."""
-    try:
-        return await state_of(request).dashboard.recent_decisions(session_id, status, limit)
-    except IntegrationError as exc:
-        raise _unavailable(exc) from None
+    return await state_of(request).dashboard.recent_decisions(session_id, status, limit)
 
 
 @router.get("/alerts", response_model=list[AlertRow])
@@ -158,10 +132,7 @@ async def alerts(
     caller: Caller = reader,
 ) -> list[AlertRow]:
     """Threshold crossings and refusals at a limit, newest first, with webhook delivery."""
-    try:
-        return await state_of(request).dashboard.recent_alerts(since, session_id, limit)
-    except IntegrationError as exc:
-        raise _unavailable(exc) from None
+    return await state_of(request).dashboard.recent_alerts(since, session_id, limit)
 
 
 @router.get("/sessions/{session_id}/integration-logs", response_model=list[IntegrationLogRow])
@@ -173,10 +144,7 @@ async def integration_logs(
     caller: Caller = reader,
 ) -> list[IntegrationLogRow]:
     """A session's integration_logs: applied events, decisions and notices, newest first."""
-    try:
-        return await state_of(request).dashboard.integration_logs(session_id, since, limit)
-    except IntegrationError as exc:
-        raise _unavailable(exc) from None
+    return await state_of(request).dashboard.integration_logs(session_id, since, limit)
 
 
 @router.get("/audit", response_model=list[AuditRow])
@@ -184,7 +152,4 @@ async def audit(
     request: Request, session_id: str | None = None, limit: int = _LIMIT, caller: Caller = reader
 ) -> list[AuditRow]:
     """Budget and defaults changes and who made them (the log is the audit trail)."""
-    try:
-        return await state_of(request).dashboard.audit(session_id, limit)
-    except IntegrationError as exc:
-        raise _unavailable(exc) from None
+    return await state_of(request).dashboard.audit(session_id, limit)

@@ -11,7 +11,6 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from tokenquota.errors import (
-    IntegrationError,
     ReservationExpiredError,
     TokenBudgetExhaustedError,
     TokenQuotaExceededError,
@@ -131,8 +130,6 @@ async def reserve(
     except ReservationExpiredError as exc:
         RESERVATIONS.labels("rejected", "expired").inc()
         return JSONResponse(status_code=409, content={"error": "expired", "detail": str(exc)})
-    except IntegrationError as exc:
-        raise HTTPException(503, str(exc)) from None
     RESERVATIONS.labels(reservation.status, "").inc()
     state.keep(reservation)
     return _out(reservation)
@@ -148,10 +145,7 @@ async def _handle(request: Request, reservation_id: uuid.UUID) -> Reservation:
     if kept is not None:
         return kept
     # Not granted by this process (or forgotten): rebuilt from the worker's record.
-    try:
-        record = await state.quota.reservation(reservation_id)
-    except IntegrationError as exc:
-        raise HTTPException(503, str(exc)) from None
+    record = await state.quota.reservation(reservation_id)
     if record is None:
         raise HTTPException(404, f"unknown reservation {reservation_id}")
     if record.status not in ("accepted", "pending", "expired"):
@@ -176,12 +170,9 @@ async def settle(
 ) -> Settled:
     """Report what a reservation's call used; the unused rest is released."""
     reservation = await _handle(request, reservation_id)
-    try:
-        delivery = await reservation.settle(
-            body.input_tokens, body.output_tokens, body.model, operation=body.operation
-        )
-    except IntegrationError as exc:
-        raise HTTPException(503, str(exc)) from None
+    delivery = await reservation.settle(
+        body.input_tokens, body.output_tokens, body.model, operation=body.operation
+    )
     state_of(request).close(reservation_id, "settled")
     return Settled(reservation_id=reservation_id, delivery=delivery)
 
@@ -190,9 +181,6 @@ async def settle(
 async def release(reservation_id: uuid.UUID, request: Request, caller: Caller = admin) -> Settled:
     """Give every reserved token back."""
     reservation = await _handle(request, reservation_id)
-    try:
-        delivery = await reservation.release()
-    except IntegrationError as exc:
-        raise HTTPException(503, str(exc)) from None
+    delivery = await reservation.release()
     state_of(request).close(reservation_id, "released")
     return Settled(reservation_id=reservation_id, delivery=delivery)
