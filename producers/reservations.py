@@ -44,6 +44,7 @@ from tokenquota.projections import (
     decision_channel,
     reservation,
     session_metrics,
+    undo_open_transaction,
 )
 from tokenquota.schemas import (
     DEFAULTS_SESSION,
@@ -197,6 +198,7 @@ class TokenQuota:
                 min_size=db.pool_size,  # all opened now: none is opened under load
                 max_size=db.pool_size,
                 server_settings={"search_path": db.schema_name},
+                reset=undo_open_transaction,
                 timeout=10,
             )
             self._listener = await self._listen()

@@ -2,7 +2,7 @@
 
 from .alerts import ALERT_NAMESPACE
 from .budget import Headroom, alert_level, headroom
-from .database import connect, quote_schema
+from .database import connect, quote_schema, undo_open_transaction
 from .expected_schema import EXPECTED_COLUMNS, schema_drift
 from .fold import PoisonEventError, fold, new_session
 from .migrator import Migration, MigrationError, apply_migrations, load_migrations
@@ -70,4 +70,5 @@ __all__ = [
     "reservation",
     "schema_drift",
     "session_metrics",
+    "undo_open_transaction",
 ]

@@ -6,7 +6,7 @@ import re
 
 import asyncpg
 
-__all__ = ["SCHEMA_NAME_PATTERN", "connect", "quote_schema"]
+__all__ = ["SCHEMA_NAME_PATTERN", "connect", "quote_schema", "undo_open_transaction"]
 
 #: Schema names are interpolated into DDL, so only plain lower-case identifiers are allowed.
 SCHEMA_NAME_PATTERN = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -26,3 +26,15 @@ async def connect(dsn: str, schema: str = "public", *, timeout: float = 10.0) ->
     """Open a connection whose search_path is `schema`, so unqualified names land there."""
     quote_schema(schema)
     return await asyncpg.connect(dsn, timeout=timeout, server_settings={"search_path": schema})
+
+
+async def undo_open_transaction(conn: asyncpg.Connection) -> None:
+    """A pool's `reset`: roll back a transaction left open, nothing else.
+
+    asyncpg's default reset (advisory unlocks, CLOSE ALL, UNLISTEN *, RESET ALL) costs a
+    round trip on every release, the largest part of a short read under load. The read
+    pools hold no such session state: the search_path is a startup setting, and LISTEN
+    has a connection of its own.
+    """
+    if conn.is_in_transaction():
+        await conn.execute("ROLLBACK")

@@ -28,10 +28,10 @@ import asyncpg
 
 from .config import Settings, load_settings
 from .errors import IntegrationError, UnknownSessionError
-from .kafka_probe import partition_highwaters
+from .kafka_probe import HighwaterProbe
 from .privacy import stored_session_id
 from .producers.spool_depth import pending_bytes
-from .projections import activity, analytics
+from .projections import activity, analytics, undo_open_transaction
 from .projections.read_models import (
     AlertRow,
     AuditRow,
@@ -61,6 +61,7 @@ class AsyncTokenDashboard:
         self.settings = settings or load_settings()
         self._pool: asyncpg.Pool | None = None
         self._owns_pool = True
+        self._probe = HighwaterProbe(self.settings.kafka, timeout=_BROKER_TIMEOUT)
 
     @classmethod
     def from_pool(cls, pool: asyncpg.Pool, settings: Settings) -> AsyncTokenDashboard:
@@ -81,6 +82,7 @@ class AsyncTokenDashboard:
                 min_size=1,
                 max_size=4,
                 server_settings={"search_path": db.schema_name},
+                reset=undo_open_transaction,
                 timeout=10,
             )
         except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
@@ -88,6 +90,7 @@ class AsyncTokenDashboard:
 
     async def close(self) -> None:
         """Close the pool it opened."""
+        await self._probe.close()
         pool, self._pool = self._pool, None
         if pool is not None and self._owns_pool:
             await pool.close()
@@ -143,11 +146,8 @@ class AsyncTokenDashboard:
         dlq: int | None = None
         error: str | None = None
         try:
-            highwaters, dlq_ends = await asyncio.gather(
-                partition_highwaters(kafka, kafka.usage_topic, timeout=_BROKER_TIMEOUT),
-                partition_highwaters(kafka, kafka.dlq_topic, timeout=_BROKER_TIMEOUT),
-            )
-            dlq = sum(dlq_ends.values())
+            ends = await self._probe.highwaters(kafka.usage_topic, kafka.dlq_topic)
+            highwaters, dlq = ends[kafka.usage_topic], sum(ends[kafka.dlq_topic].values())
         except IntegrationError as exc:
             highwaters, error = None, str(exc)
         spool = pending_bytes(self.settings.spool_dir)

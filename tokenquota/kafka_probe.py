@@ -16,61 +16,134 @@ from aiokafka.errors import KafkaError
 from .config import KafkaSettings
 from .errors import IntegrationError
 
-__all__ = ["partition_highwaters"]
+__all__ = ["HighwaterProbe", "partition_highwaters"]
 
 #: A fetch returns at least one batch whatever this says; small keeps the probe cheap.
 _PROBE_FETCH_BYTES = 1024
+#: How long the broker may hold a fetch of a partition with nothing new (aiokafka's
+#: default is 500 ms): the probe wants the highwater, not records. (0 never answers.)
+_PROBE_FETCH_WAIT_MS = 1
+
+
+class HighwaterProbe:
+    """A consumer kept open to read highwaters again and again (a dashboard's, whose
+    every overview asks): starting a consumer per question costs a connection and
+    metadata each time. Not for concurrent use by several tasks at once: it serializes
+    them. Close it when done; after a broker error it reconnects on the next question."""
+
+    def __init__(self, kafka: KafkaSettings, *, timeout: float = 5) -> None:
+        self.kafka = kafka
+        self.timeout = timeout
+        self._consumer: AIOKafkaConsumer | None = None
+        self._lock = asyncio.Lock()
+        #: The highwaters of the last question: the next one fetches from there, so that
+        #: it reads only what was appended since (from offset 0 it would read each
+        #: partition's first batch, up to a megabyte, every time).
+        self._known: dict[TopicPartition, int] = {}
+
+    async def highwaters(self, *topics: str) -> dict[str, dict[int, int]]:
+        """Topic -> partition -> offset of the next message the broker will append.
+
+        Raises IntegrationError when the broker cannot be reached, a topic does not exist
+        or the broker does not report every partition within the probe's timeout.
+        """
+        async with self._lock:
+            deadline = time.monotonic() + self.timeout
+            try:
+                consumer = await self._started(deadline)
+                return await _read(consumer, topics, deadline, self.timeout, self._known)
+            except BaseException:
+                await self.close()
+                raise
+
+    async def close(self) -> None:
+        """Close the consumer (the next question opens a new one)."""
+        consumer, self._consumer = self._consumer, None
+        self._known.clear()
+        if consumer is not None:
+            await consumer.stop()
+
+    async def _started(self, deadline: float) -> AIOKafkaConsumer:
+        if self._consumer is not None:
+            return self._consumer
+        kafka = self.kafka
+        if kafka.bootstrap_servers is None:
+            raise IntegrationError("kafka.bootstrap_servers is not set (KAFKA_BOOTSTRAP_SERVERS)")
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=kafka.bootstrap_servers,
+            enable_auto_commit=False,
+            # A partition shorter than last seen (a topic made anew) is read from its start.
+            auto_offset_reset="earliest",
+            max_partition_fetch_bytes=_PROBE_FETCH_BYTES,
+            fetch_max_wait_ms=_PROBE_FETCH_WAIT_MS,
+            request_timeout_ms=max(int(self.timeout * 1000), 1000),
+            metadata_max_age_ms=max(int(self.timeout * 1000), 1000),
+            connections_max_idle_ms=60_000,
+        )
+        try:
+            await asyncio.wait_for(consumer.start(), max(deadline - time.monotonic(), 0.1))
+        except (KafkaError, OSError, TimeoutError) as exc:
+            await consumer.stop()
+            raise IntegrationError(
+                f"Kafka at {kafka.bootstrap_servers} is unreachable: {exc or type(exc).__name__}"
+            ) from None
+        self._consumer = consumer
+        return consumer
 
 
 async def partition_highwaters(
     kafka: KafkaSettings, topic: str, *, timeout: float = 5
 ) -> dict[int, int]:
-    """Partition -> offset of the next message the broker will append to `topic`.
+    """Partition -> offset of the next message the broker will append to `topic`, from a
+    consumer opened for this one question (HighwaterProbe keeps one open).
 
     Raises IntegrationError when the broker cannot be reached, the topic does not exist
     or the broker does not report every partition within `timeout` seconds.
     """
-    if kafka.bootstrap_servers is None:
-        raise IntegrationError("kafka.bootstrap_servers is not set (KAFKA_BOOTSTRAP_SERVERS)")
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=kafka.bootstrap_servers,
-        enable_auto_commit=False,
-        max_partition_fetch_bytes=_PROBE_FETCH_BYTES,
-        request_timeout_ms=max(int(timeout * 1000), 1000),
-        metadata_max_age_ms=max(int(timeout * 1000), 1000),
-        connections_max_idle_ms=60_000,
-    )
-    deadline = time.monotonic() + timeout
+    probe = HighwaterProbe(kafka, timeout=timeout)
     try:
-        try:
-            await asyncio.wait_for(consumer.start(), timeout)
-        except (KafkaError, OSError, TimeoutError) as exc:
-            raise IntegrationError(
-                f"Kafka at {kafka.bootstrap_servers} is unreachable: {exc or type(exc).__name__}"
-            ) from None
-        partitions = await _partitions(consumer, topic, deadline)
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-        consumer.assign(tps)
-        for tp in tps:
-            consumer.seek(tp, 0)
-        ends: dict[int, int] = {}
-        while len(ends) < len(tps):
-            left = deadline - time.monotonic()
-            if left <= 0:
-                missing = sorted(tp.partition for tp in tps if tp.partition not in ends)
-                raise IntegrationError(
-                    f"Kafka did not report the end of {topic} partitions {missing} "
-                    f"within {timeout:g} s"
-                )
-            pending = [tp for tp in tps if tp.partition not in ends]
-            await consumer.getmany(*pending, timeout_ms=int(min(left, 0.2) * 1000))
-            for tp in pending:
-                highwater = consumer.highwater(tp)
-                if highwater is not None:
-                    ends[tp.partition] = highwater
-        return ends
+        return (await probe.highwaters(topic))[topic]
     finally:
-        await consumer.stop()
+        await probe.close()
+
+
+async def _read(
+    consumer: AIOKafkaConsumer,
+    topics: tuple[str, ...],
+    deadline: float,
+    timeout: float,
+    known: dict[TopicPartition, int],
+) -> dict[str, dict[int, int]]:
+    tps = [
+        TopicPartition(topic, p)
+        for topic in topics
+        for p in sorted(await _partitions(consumer, topic, deadline))
+    ]
+    # A fresh assignment forgets the highwaters the last question saw.
+    consumer.assign(tps)
+    for tp in tps:
+        consumer.seek(tp, known.get(tp, 0))
+    ends: dict[str, dict[int, int]] = {topic: {} for topic in topics}
+    pending = tps
+    while pending:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            missing = ", ".join(f"{tp.topic}[{tp.partition}]" for tp in pending)
+            raise IntegrationError(
+                f"Kafka did not report the end of partitions {missing} within {timeout:g} s"
+            )
+        try:
+            await consumer.getmany(*pending, timeout_ms=int(min(left, 0.002) * 1000))
+        except (KafkaError, OSError) as exc:
+            raise IntegrationError(f"Kafka fetch failed: {exc or type(exc).__name__}") from None
+        for tp in pending:
+            highwater = consumer.highwater(tp)
+            if highwater is not None:
+                ends[tp.topic][tp.partition] = known[tp] = highwater
+        pending = [tp for tp in pending if tp.partition not in ends[tp.topic]]
+    # Nothing more to fetch until the next question.
+    consumer.pause(*tps)
+    return ends
 
 
 async def _partitions(consumer: AIOKafkaConsumer, topic: str, deadline: float) -> set[int]:

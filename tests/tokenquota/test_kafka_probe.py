@@ -9,7 +9,7 @@ import pytest
 from tests.support import used
 from tokenquota.config import KafkaSettings, Settings
 from tokenquota.errors import IntegrationError
-from tokenquota.kafka_probe import partition_highwaters
+from tokenquota.kafka_probe import HighwaterProbe, partition_highwaters
 from tokenquota.producers import Emitter
 from tokenquota.schemas import utc_now
 
@@ -36,3 +36,25 @@ async def test_a_missing_topic_or_a_closed_port_is_a_clear_error(settings: Setti
     closed = KafkaSettings(bootstrap_servers=f"127.0.0.1:{port}")
     with pytest.raises(IntegrationError, match="unreachable"):
         await partition_highwaters(closed, "tokenquota.usage", timeout=2)
+
+
+async def test_a_probe_kept_open_sees_what_was_appended_since_its_last_question(
+    settings: Settings,
+) -> None:
+    kafka = settings.kafka
+    probe = HighwaterProbe(kafka, timeout=5)
+    try:
+        first = await probe.highwaters(kafka.usage_topic, kafka.dlq_topic)
+        assert set(first) == {kafka.usage_topic, kafka.dlq_topic}
+        before = sum(first[kafka.usage_topic].values())
+        events = [used(f"p{i % 3}", 1, utc_now()) for i in range(25)]
+        async with Emitter(kafka, settings.emitter, settings.data_dir / "spool") as em:
+            await em.emit_many(events)
+        again = await probe.highwaters(kafka.usage_topic)
+        assert sum(again[kafka.usage_topic].values()) == before + 25
+        with pytest.raises(IntegrationError, match="does not exist"):
+            await probe.highwaters("no.such.topic")
+        # After an error it reconnects and answers again.
+        assert (await probe.highwaters(kafka.usage_topic)) == again
+    finally:
+        await probe.close()
