@@ -21,7 +21,7 @@ from tokenquota.schemas import Source
 from . import ingest, reads, reservations
 from .auth import RateLimiter
 from .docs import mount_docs
-from .metrics import observe_requests
+from .metrics import RequestTimer
 from .metrics import router as metrics_router
 from .state import ApiState, reader
 
@@ -59,7 +59,7 @@ def create_app(settings: Settings) -> FastAPI:
         redoc_url=None,
         lifespan=lifespan,
     )
-    app.middleware("http")(observe_requests)
+    app.add_middleware(RequestTimer)
     app.include_router(ingest.router)
     app.include_router(reservations.router)
     app.include_router(reads.router)

@@ -6,14 +6,14 @@ No per-session label: per-session numbers are the API's JSON, not metrics.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
 
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tokenquota.producers.spool_depth import pending_bytes
 
-__all__ = ["INGESTED", "RESERVATIONS", "SPOOL_BYTES", "observe_requests", "router"]
+__all__ = ["INGESTED", "RESERVATIONS", "SPOOL_BYTES", "RequestTimer", "router"]
 
 HTTP_SECONDS = Histogram(
     "http_request_duration_seconds",
@@ -43,15 +43,35 @@ async def metrics(request: Request) -> Response:
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
-async def observe_requests(
-    request: Request, call_next: Callable[[Request], Awaitable[Response]]
-) -> Response:
-    """Middleware: time every request by its route template (never the raw path)."""
-    started = time.perf_counter()
-    response = await call_next(request)
-    route = request.scope.get("route")
-    template = getattr(route, "path", "unmatched")
-    HTTP_SECONDS.labels(request.method, template, str(response.status_code)).observe(
-        time.perf_counter() - started
-    )
-    return response
+class RequestTimer:
+    """ASGI middleware: time every request by its route template (never the raw path).
+
+    Plain ASGI rather than `@app.middleware("http")`: Starlette's BaseHTTPMiddleware runs
+    each request in a task group of its own and streams the response through it, which
+    costs more per request than the timing itself.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def sending(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            # The router put the matched route into this same scope.
+            template = getattr(scope.get("route"), "path", "unmatched")
+            HTTP_SECONDS.labels(scope["method"], template, str(status)).observe(
+                time.perf_counter() - started
+            )

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import getpass
 
 __all__ = ["os_actor", "token_actor"]
 
 
+@functools.cache  # the API names it on every call made without tokens
 def os_actor() -> str:
     """The OS user running this process, as `os:<user>` (`os:unknown` when it has none)."""
     try:

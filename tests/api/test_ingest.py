@@ -46,6 +46,24 @@ async def test_valid_items_are_applied_and_invalid_ones_answered_with_field_path
             return bool(total == 60)
 
         await wait_until(applied, 60, "the three valid events applied")
+        # A batch with nothing wrong (validated in one pass): every item answered in order.
+        more = [json.loads(encode(used("ingest", n, utc_now()))) for n in (1, 2, 3, 4)]
+        answer = await client.post("/v1/events", json=more)
+        assert answer.status_code == 200, answer.text
+        result = answer.json()
+        assert (result["accepted"], result["invalid"]) == (4, 0)
+        assert [(r["index"], r["event_id"], r["delivery"]) for r in result["results"]] == [
+            (i, event["event_id"], "acked") for i, event in enumerate(more)
+        ]
+
+        async def applied_more() -> bool:
+            total = await fetch_value(
+                pipeline_settings.database,
+                "SELECT tokens_used_total FROM session_token_budgets WHERE session_id = 'ingest'",
+            )
+            return bool(total == 70)
+
+        await wait_until(applied_more, 60, "the batch of four applied")
         assert (await client.post("/v1/events", json={"not": "a list"})).status_code == 400
         too_many = await client.post("/v1/events", json=[good[0]] * 5_001)
         assert too_many.status_code == 413 and too_many.json()["error"] == "too_large"
