@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from operator import itemgetter
 from typing import Annotated, Any, Literal
 
@@ -101,7 +102,7 @@ async def ingest(request: Request, caller: Caller = admin) -> JSONResponse:
             stored = state.quota.stored_session_id(event.session_id)
             if stored != event.session_id:
                 valid[position] = (index, event.model_copy(update={"session_id": stored}))
-    deliveries: list[str] = []
+    deliveries: Sequence[str] = ()
     if valid:
         try:
             deliveries = await state.quota.emitter.emit_many([event for _, event in valid])

@@ -1,0 +1,326 @@
+"""The HTTP API under load: event ingest and strict reservations, beside the direct calls.
+
+`tokenquota api` runs as its own process (uvicorn, as in production) on the benchmark's
+servers; the clients run in this process (aiohttp, one connection per concurrent caller).
+
+- Ingest: the same TokenUsed events sent as JSON arrays of 500 to `POST /v1/events`
+  (every answer checked: all accepted and acked by the broker), beside the bare
+  baseline, `Emitter.emit_many` called with the same chunks of 500 in this process.
+  The worker is not running yet, so both sides have the machine to themselves.
+- Reservations: concurrent callers, one session each, each reserving 10 tokens (strict)
+  with `POST /v1/reservations` and releasing them, beside the same callers calling
+  `TokenQuota.reserve()` and `release()` directly. The worker runs (it decides).
+
+Run: .venv/bin/python -m benchmarks.api [--events N] [--callers C] [--rounds R]
+Starts an embedded broker and PostgreSQL unless KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL
+are set; `tokenquota api` and `tokenquota worker` are started in any case.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+
+import aiohttp
+from rich.console import Console
+from rich.table import Table
+
+from benchmarks.servers import pipeline, settings_env
+from benchmarks.workload import wait_applied
+from tokenquota.config import ReservationSettings, Settings
+from tokenquota.embedded import WorkerProcess, free_port
+from tokenquota.kafka_probe import partition_highwaters
+from tokenquota.producers import Emitter, TokenQuota
+from tokenquota.projections import connect
+from tokenquota.schemas import BudgetSet, Event, Source, TokenUsed, encode
+
+SOURCE = Source(component="sdk", name="bench")
+BATCH = 500
+#: The issue's targets.
+INGEST_EVENTS_PER_S = 10_000
+RESERVE_P99_MS = 150.0
+
+
+@contextlib.contextmanager
+def api_process(settings: Settings, log: Path) -> Iterator[str]:
+    """`tokenquota api` on a free port of 127.0.0.1 (rate limit out of the way); its URL."""
+    port = free_port()
+    env = {
+        **os.environ,
+        **settings_env(settings),
+        "API_PORT": str(port),
+        "API_RATE_LIMIT": "1000000",
+        "API_RATE_BURST": "1000000",
+    }
+    with log.open("ab") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "tokenquota", "api"],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+async def wait_ready(client: aiohttp.ClientSession, log: Path, timeout: float = 60) -> None:
+    """Until /healthz answers 200."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(aiohttp.ClientError):
+            async with client.get("/healthz") as response:
+                if response.status == 200:
+                    return
+        await asyncio.sleep(0.1)
+    raise TimeoutError(f"tokenquota api did not answer /healthz in {timeout:.0f} s; see {log}")
+
+
+def _client(url: str, connections: int) -> aiohttp.ClientSession:
+    """An HTTP client of `connections` keep-alive connections. aiohttp rather than httpx:
+    httpx's pool costs more CPU per request than the API itself at 100 callers, and the
+    load generator shares the machine's two cores with what it measures."""
+    return aiohttp.ClientSession(
+        base_url=url,
+        connector=aiohttp.TCPConnector(limit=connections),
+        timeout=aiohttp.ClientTimeout(total=120),
+    )
+
+
+def usage_events(count: int, sessions: int) -> list[Event]:
+    """`count` TokenUsed events round-robin over `sessions` sessions."""
+    return [
+        TokenUsed(
+            session_id=f"ingest-{i % sessions}",
+            source=SOURCE,
+            model="gpt-4o",
+            input_tokens=i % 4000,
+            output_tokens=i % 700,
+            operation="chat",
+            counted_by="provider",
+        )
+        for i in range(count)
+    ]
+
+
+def budget(session: str) -> BudgetSet:
+    """Limits the benchmark never reaches."""
+    return BudgetSet(
+        session_id=session, source=SOURCE, daily_limit=10**9, monthly_limit=10**9,
+        hard_limit=10**9, warning_threshold=Decimal("0.8"), critical_threshold=Decimal("0.95"),
+    )  # fmt: skip
+
+
+async def ingest_http(client: aiohttp.ClientSession, chunks: list[list[Event]]) -> float:
+    """Seconds to POST every chunk (bodies encoded beforehand), checking each answer."""
+    bodies = [b"[" + b",".join(encode(event) for event in chunk) + b"]" for chunk in chunks]
+    headers = {"content-type": "application/json"}
+    start = time.perf_counter()
+    for body, chunk in zip(bodies, chunks, strict=True):
+        async with client.post("/v1/events", data=body, headers=headers) as response:
+            response.raise_for_status()
+            answer = await response.json()
+        if answer["accepted"] != len(chunk) or any(
+            r["delivery"] != "acked" for r in answer["results"]
+        ):
+            raise RuntimeError(f"POST /v1/events did not ack every event: {answer}")
+    return time.perf_counter() - start
+
+
+async def ingest_direct(settings: Settings, chunks: list[list[Event]]) -> float:
+    """Seconds for Emitter.emit_many over the same chunks."""
+    spool = settings.data_dir / "bench-spool"
+    async with Emitter(settings.kafka, settings.emitter, spool) as emitter:
+        await emitter.emit_many(chunks[0][:10])  # connected and warm, as the API's is
+        start = time.perf_counter()
+        for chunk in chunks:
+            deliveries = await emitter.emit_many(chunk)
+            if any(d != "acked" for d in deliveries):
+                raise RuntimeError("the Emitter spooled events: the broker did not ack")
+        return time.perf_counter() - start
+
+
+async def reserve_http(client: aiohttp.ClientSession, session: str, rounds: int) -> list[float]:
+    """Latency of each strict reservation over HTTP (each released after)."""
+    times = []
+    body = {"session_id": session, "tokens": 10, "mode": "strict"}
+    for _ in range(rounds):
+        start = time.perf_counter()
+        async with client.post("/v1/reservations", json=body) as response:
+            answer = await response.json()
+            times.append(time.perf_counter() - start)
+            if response.status != 201:
+                raise RuntimeError(f"reservation refused: {response.status} {answer}")
+        reservation = answer["reservation_id"]
+        async with client.post(f"/v1/reservations/{reservation}/release") as response:
+            response.raise_for_status()
+    return times
+
+
+async def reserve_direct(quota: TokenQuota, session: str, rounds: int) -> list[float]:
+    """Latency of each strict reserve() (each released after)."""
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        held = await quota.reserve(session, 10, mode="strict")
+        times.append(time.perf_counter() - start)
+        await held.release()
+    return times
+
+
+async def _server_seconds(client: aiohttp.ClientSession) -> tuple[float, int]:
+    """(sum of seconds, count) of the API's granted reservations, from its /metrics."""
+    async with client.get("/metrics") as response:
+        text = await response.text()
+    route = 'method="POST",route="/v1/reservations",status="201"'
+    values = {"sum": 0.0, "count": 0.0}
+    for line in text.splitlines():
+        for key in values:
+            if line.startswith(f"http_request_duration_seconds_{key}{{{route}}}"):
+                values[key] = float(line.rsplit(" ", 1)[1])
+    return values["sum"], int(values["count"])
+
+
+def _ms(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+
+async def run(args: argparse.Namespace) -> None:
+    events = usage_events(args.events, args.sessions)
+    chunks = [events[i : i + BATCH] for i in range(0, len(events), BATCH)]
+    callers = [f"caller-{i}" for i in range(args.callers)]
+    direct_callers = [f"direct-{i}" for i in range(args.callers)]
+    async with pipeline(partitions=args.partitions, worker=False) as (base, servers):
+        settings = base.model_copy(
+            update={"reservations": ReservationSettings(decision_timeout=60)}
+        )
+        log = settings.data_dir.parent / "api.log"
+        with api_process(settings, log) as url:
+            async with _client(url, 1) as client:
+                await wait_ready(client, log)
+                direct_s = await ingest_direct(settings, chunks)
+                http_s = await ingest_http(client, chunks)
+            async with Emitter(
+                settings.kafka, settings.emitter, settings.data_dir / "budgets"
+            ) as emitter:
+                await emitter.emit_many([budget(s) for s in callers + direct_callers])
+            worker = WorkerProcess(settings.data_dir.parent / "worker.log")
+            worker.start(settings_env(settings))
+            try:
+                reserves = await _reservations(settings, url, callers, direct_callers, args)
+            finally:
+                worker.stop()
+    print_tables(args, http_s, direct_s, reserves)
+    Console(width=120).print(
+        f"conditions: ingest of {args.events:,} TokenUsed events over {args.sessions:,} "
+        f"sessions in requests of {BATCH} events, one after the other on one connection, "
+        f"each answer parsed and checked (the direct side: emit_many of the same chunks); "
+        f"reservations by {args.callers} concurrent callers, one session each, "
+        f"{args.rounds} strict reservations of 10 tokens per caller, each released after "
+        f"(HTTP: one aiohttp session, a keep-alive connection per caller, each warmed "
+        f"by one reservation); `tokenquota api` (uvicorn, 1 "
+        f"process) and `tokenquota worker` in their own processes, the clients in one; "
+        f"{args.partitions} partitions; {servers}; python {platform.python_version()}, "
+        f"{os.cpu_count()} cores"
+    )
+
+
+async def _reservations(
+    settings: Settings,
+    url: str,
+    callers: list[str],
+    direct_callers: list[str],
+    args: argparse.Namespace,
+) -> dict[str, list[float]]:
+    kafka = settings.kafka
+    conn = await connect(settings.database.dsn(), settings.database.schema_name)
+    try:
+        # Wait until the worker has applied everything so far (ingest and budgets).
+        highwater = sum((await partition_highwaters(kafka, kafka.usage_topic)).values())
+        await wait_applied(conn, settings.database.schema_name, kafka.usage_topic,
+                           highwater, 300, "worker catching up")  # fmt: skip
+    finally:
+        await conn.close()
+    # Opened now: a connection idle while the worker caught up would have passed
+    # uvicorn's keep-alive timeout.
+    async with TokenQuota(settings, source=SOURCE) as quota, _client(url, len(callers)) as client:
+        warm = await quota.reserve(direct_callers[0], 1)
+        await warm.release()
+        await asyncio.gather(*(reserve_http(client, s, 1) for s in callers))
+        before = await _server_seconds(client)
+        http = await asyncio.gather(*(reserve_http(client, s, args.rounds) for s in callers))
+        after = await _server_seconds(client)
+        direct = await asyncio.gather(
+            *(reserve_direct(quota, s, args.rounds) for s in direct_callers)
+        )
+    server_mean = (after[0] - before[0]) / max(after[1] - before[1], 1)
+    return {
+        "POST /v1/reservations (strict)": [t for ts in http for t in ts],
+        "  the same, inside the API (mean, its histogram)": [server_mean],
+        "TokenQuota.reserve() (strict, direct)": [t for ts in direct for t in ts],
+    }
+
+
+def print_tables(
+    args: argparse.Namespace, http_s: float, direct_s: float, reserves: dict[str, list[float]]
+) -> None:
+    """The ingest table, then the reservations table."""
+    console = Console(width=120)
+    ingest = Table(title="api: event ingest, events/s")
+    for column in ("path", "seconds", "events/s", "ratio", "target", "met"):
+        ingest.add_column(column, justify="left" if column == "path" else "right")
+    rate = args.events / http_s
+    ingest.add_row(
+        f"POST /v1/events ({BATCH} per request)", f"{http_s:.1f}", f"{rate:,.0f}",
+        f"{direct_s / http_s:.2f}", f">= {INGEST_EVENTS_PER_S:,}/s",
+        "yes" if rate >= INGEST_EVENTS_PER_S else "NO",
+    )  # fmt: skip
+    ingest.add_row(
+        f"Emitter.emit_many ({BATCH} per call)", f"{direct_s:.1f}",
+        f"{args.events / direct_s:,.0f}", "1.00", "", "",
+    )  # fmt: skip
+    console.print(ingest)
+    table = Table(title=f"api: strict reservations at {args.callers} concurrent callers (ms)")
+    for column in ("path", "samples", "p50", "p99", "max", "target", "met"):
+        table.add_column(column, justify="left" if column == "path" else "right")
+    for name, samples in reserves.items():
+        http = name.startswith("POST")
+        p99 = _ms(samples, 0.99)
+        table.add_row(
+            name, f"{len(samples):,}", f"{_ms(samples, 0.5):.1f}", f"{p99:.1f}",
+            f"{max(samples) * 1000:.1f}", f"p99 <= {RESERVE_P99_MS:.0f}" if http else "",
+            ("yes" if p99 <= RESERVE_P99_MS else "NO") if http else "",
+        )  # fmt: skip
+    console.print(table)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--sessions", type=int, default=1_000)
+    parser.add_argument("--callers", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--partitions", type=int, default=12)
+    asyncio.run(run(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
