@@ -19,7 +19,7 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $@ $(VENV)/.installed-run
 
-## run: the embedded dev stack (Kafka-protocol broker + PostgreSQL) until Ctrl-C
+## run: the embedded dev stack (Kafka-protocol broker + PostgreSQL), the worker and the HTTP API (127.0.0.1:8787, API_PORT) until Ctrl-C
 run: $(VENV)/.installed-run
 	$(BIN)/tokenquota dev
 

@@ -19,7 +19,7 @@ from .cli_run import run_app
 from .cli_stack import remove_stack_file, write_stack_file
 from .config import ConfigError, Settings, load_settings
 from .devstack import run_dev
-from .embedded import WorkerProcess
+from .embedded import ApiProcess, WorkerProcess
 from .errors import DevStackError, IntegrationError
 from .logs import configure_logging
 from .projections import MigrationError
@@ -119,29 +119,44 @@ def dev(
         Path | None,
         typer.Option(help="Where embedded PostgreSQL keeps its data [env: TOKENQUOTA_DATA_DIR]."),
     ] = None,
+    api: Annotated[
+        bool, typer.Option("--api/--no-api", help="Also serve the HTTP API (api.host:api.port).")
+    ] = True,
 ) -> None:
-    """Run the embedded dev stack (broker + PostgreSQL) until Ctrl-C or SIGTERM.
+    """Run the embedded dev stack (broker + PostgreSQL), the worker and the HTTP API
+    until Ctrl-C or SIGTERM.
 
     Servers named by KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL are used instead of
-    embedded ones. The embedded broker keeps events in memory only.
+    embedded ones. The embedded broker keeps events in memory only. The API listens on
+    http://127.0.0.1:8787 (API_PORT chooses another port).
     """
     settings = _settings(ctx)
     if data_dir is not None:
         settings = settings.model_copy(update={"data_dir": data_dir})
 
-    def ready(effective: Settings, report: ProvisionReport, worker: WorkerProcess) -> None:
+    def ready(
+        effective: Settings,
+        report: ProvisionReport,
+        worker: WorkerProcess,
+        api_process: ApiProcess | None,
+    ) -> None:
         out.print("[bold green]tokenquota dev stack is up[/]")
         out.print(f"  KAFKA_BOOTSTRAP_SERVERS={effective.kafka.bootstrap_servers}")
         out.print(f"  DATABASE_URL={effective.database.dsn()}")
         _print_report(effective, report)
         out.print(f"  worker   pid {worker.pid}, log {worker.log_path}")
+        if api_process is not None:
+            out.print(
+                f"  api      {api_process.url}  (docs /docs), pid {api_process.pid}, "
+                f"log {api_process.log_path}"
+            )
         stack_file = write_stack_file(effective)
         out.print(f"  other tokenquota commands run here use these servers ({stack_file})")
         out.print("Press Ctrl-C to stop.", highlight=False)
 
     worker_env = {"TOKENQUOTA_CONFIG": str(ctx.obj)} if ctx.obj else {}
     try:
-        crash = asyncio.run(run_dev(settings, ready, worker_env=worker_env))
+        crash = asyncio.run(run_dev(settings, ready, worker_env=worker_env, with_api=api))
     except (DevStackError, IntegrationError, MigrationError) as exc:
         _fail(str(exc))
     finally:

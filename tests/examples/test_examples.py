@@ -23,6 +23,7 @@ import asyncpg
 import pytest
 
 from tokenquota.config import env_var_names
+from tokenquota.embedded import free_port
 from tokenquota.producers.encodings import EncodingName, get_encoding
 
 EXAMPLES = sorted(
@@ -53,7 +54,7 @@ def dev_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, st
     data = tmp_path_factory.mktemp("dev")
     process = subprocess.Popen(
         [sys.executable, "-m", "tokenquota", "dev"],
-        env=_clean_environment(TOKENQUOTA_DATA_DIR=str(data / "stack")),
+        env=_clean_environment(TOKENQUOTA_DATA_DIR=str(data / "stack"), API_PORT=str(free_port())),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from tests.support import reserved, used
+from tests.support import reserved, used, wait_until
 from tokenquota.config import EmitterSettings, KafkaSettings
 from tokenquota.embedded import EmbeddedBroker
 from tokenquota.producers import Emitter
@@ -50,6 +50,28 @@ def first_seen(events: list[Event]) -> list[str]:
     return list(dict.fromkeys(str(e.event_id) for e in events))
 
 
+def stopped(pid: int) -> bool:
+    """True once every thread of `pid` is stopped. kill(SIGSTOP) returns before that: each
+    thread stops when next scheduled, and until then the broker may still answer."""
+    try:
+        stats = [(task / "stat").read_text() for task in Path(f"/proc/{pid}/task").iterdir()]
+    except FileNotFoundError:  # a thread ended while we looked
+        return False
+    return all(stat.rsplit(")", 1)[1].split()[0] == "T" for stat in stats)
+
+
+def unread_bytes(port: int) -> int:
+    """Bytes clients sent to the server on 127.0.0.1:`port` that it has not read yet (the
+    receive queues of its established connections, from /proc/net/tcp)."""
+    total = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, state, queues = fields[1], fields[3], fields[4]
+        if int(local.rsplit(":", 1)[1], 16) == port and state == "01":  # ESTABLISHED
+            total += int(queues.split(":")[1], 16)
+    return total
+
+
 async def test_a_call_in_flight_when_the_broker_stops_answering_keeps_its_place(
     tmp_path: Path,
 ) -> None:
@@ -62,22 +84,33 @@ async def test_a_call_in_flight_when_the_broker_stops_answering_keeps_its_place(
     )
     try:
         await ensure_topics(kafka)
-        options = EmitterSettings(linger_ms=0, send_timeout=1, retry_interval=0.2)
+        options = EmitterSettings(linger_ms=0, send_timeout=2, retry_interval=0.2)
         hold = reserved("alice", 100)
         settle = used("alice", 80, rid=hold.reservation_id)
         others = [used(f"session-{i}", i) for i in range(30)]
         async with Emitter(kafka, options, tmp_path / "spool") as emitter:
             assert await emitter.emit(used("warm-up", 1)) == "acked"
             assert broker.pid is not None
-            os.kill(broker.pid, signal.SIGSTOP)
+            pid, waiting = broker.pid, unread_bytes(broker.port)
+
+            async def broker_stopped() -> bool:
+                return stopped(pid)
+
+            async def hold_at_the_broker() -> bool:
+                # The reservation's produce request (uncompressed: its bytes whole) waits
+                # at the stopped broker: its round is in flight and gets no answer.
+                return unread_bytes(broker.port) - waiting >= len(encode(hold))
+
+            os.kill(pid, signal.SIGSTOP)
             try:
+                await wait_until(broker_stopped, 10, "the broker to stop (SIGSTOP)")
                 first = asyncio.create_task(emitter.emit(hold))
-                for _ in range(20):  # until the reservation's round is in flight
-                    await asyncio.sleep(0)
+                await wait_until(hold_at_the_broker, 5, "the reservation's request in flight")
+                assert not first.done()
                 second = asyncio.create_task(emitter.emit_many([settle, *others]))
                 deliveries = [await first, *await second]
             finally:
-                os.kill(broker.pid, signal.SIGCONT)
+                os.kill(pid, signal.SIGCONT)
             # Neither got an answer within send_timeout: both are spooled, in emit order.
             assert set(deliveries) == {"spooled"}
             await emitter.flush(timeout=30)

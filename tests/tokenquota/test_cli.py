@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import uuid
@@ -13,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import psutil
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
@@ -189,10 +191,19 @@ class DevProcess:
     def children(self) -> list[psutil.Process]:
         return psutil.Process(self.process.pid).children(recursive=True)
 
+    def api(self) -> tuple[str, int]:
+        """The API's URL and PID from the line `  api      http://...  (docs /docs), pid N, ...`."""
+        line = next(line for line in self.output if line.strip().startswith("api "))
+        url = line.split()[1]
+        pid = int(line.split(", pid ")[1].split(",")[0])
+        return url, pid
 
-async def _start_dev(env: Mapping[str, str]) -> DevProcess:
+
+async def _start_dev(env: Mapping[str, str], *args: str) -> DevProcess:
+    # An API port of its own: never 8787, which a developer's `make run` may hold.
+    env = {"API_PORT": str(free_port()), **env}
     process = await asyncio.create_subprocess_exec(
-        TOKENQUOTA, "dev", env=dict(env),
+        TOKENQUOTA, "dev", *args, env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
     assert process.stdout is not None
@@ -258,10 +269,20 @@ async def test_dev_runs_the_embedded_stack_and_stops_everything_it_started(
             assert await conn.fetchval("SELECT count(*) FROM usage_events") == 0
         finally:
             await conn.close()
+
+        api_url, api_pid = dev.api()
+        assert api_url.startswith("http://127.0.0.1:")
+        api_process = next(c for c in children if c.pid == api_pid)
+        async with httpx.AsyncClient(base_url=api_url, trust_env=False, timeout=10) as client:
+            assert (await client.get("/healthz")).json() == {"status": "ok"}
+            overview = await client.get("/v1/overview")
+            assert overview.status_code == 200, overview.text
+            assert overview.json()["sessions_active_today"] == 0
     finally:
         tail = await _stop_dev(dev, stop_signal)
     assert "tokenquota dev stack stopped" in tail
     assert _gone(children)
+    assert _gone([api_process])
 
 
 EMIT_FROM_PYTHON_C = """
@@ -322,8 +343,11 @@ async def test_dev_keeps_its_database_across_restarts(tmp_path: Path) -> None:
     first = await _start_dev(env)
     await _stop_dev(first, signal.SIGTERM)
     assert any("migrations applied: 0001_usage_ledger" in line for line in first.output)
-    second = await _start_dev(env)
+    second = await _start_dev(env, "--no-api")
+    ours = [c.cmdline()[1:] for c in second.children() if "tokenquota" in c.cmdline()]
     await _stop_dev(second, signal.SIGTERM)
+    assert ours == [["-m", "tokenquota", "worker"]]  # --no-api: no API process
+    assert not any(line.strip().startswith("api ") for line in second.output)
     assert any("migrations applied: none pending" in line for line in second.output)
     # the broker is memory-only: its topics are created anew on every start
     assert any("tokenquota.usage: created, 4 partitions" in line for line in second.output)
@@ -351,9 +375,12 @@ async def test_dev_uses_configured_servers_instead_of_starting_its_own(
     )
     try:
         commands = [c.cmdline() for c in dev.children()]
-        # only the worker, no servers of its own
-        assert [c[1:] for c in commands] == [["-m", "tokenquota", "worker"]], commands
-        assert _is_this_interpreter(commands[0][0]), commands
+        # only the worker and the API, no servers of its own
+        assert sorted(c[1:4] for c in commands) == [
+            ["-m", "tokenquota", "api"],
+            ["-m", "tokenquota", "worker"],
+        ], commands
+        assert all(_is_this_interpreter(c[0]) for c in commands), commands
         assert dev.value("KAFKA_BOOTSTRAP_SERVERS") == bootstrap_servers
         assert dev.value("DATABASE_URL") == database_settings.dsn()
         assert not (tmp_path / "dev" / "postgres").exists()
@@ -366,8 +393,25 @@ async def test_dev_refuses_a_data_directory_in_use_by_another_server(tmp_path: P
     env = _environment(TOKENQUOTA_DATA_DIR=str(tmp_path / "dev"))
     first = await _start_dev(env)
     try:
-        clash = await _run("dev", env=env)
+        clash = await _run("dev", env=env | {"API_PORT": str(free_port())})
         assert clash.code == 1
         assert "is already running on" in clash.stderr
     finally:
         await _stop_dev(first, signal.SIGTERM)
+
+
+async def test_dev_refuses_a_taken_api_port_before_starting_anything(tmp_path: Path) -> None:
+    with socket.socket() as taken:  # what a first `make run` holds
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        clash = await _run(
+            "dev",
+            env=_environment(TOKENQUOTA_DATA_DIR=str(tmp_path / "dev"), API_PORT=str(port)),
+        )
+    assert clash.code == 1
+    lines = clash.stderr.strip().splitlines()
+    assert len(lines) == 1, clash.stderr
+    assert f"port {port} on 127.0.0.1 is already in use" in lines[0]
+    assert "API_PORT=" in lines[0]
+    assert not (tmp_path / "dev" / "postgres").exists()  # no server was started

@@ -389,7 +389,7 @@ async def test_after_make_run_the_commands_find_the_dev_stack_without_any_settin
     env = _environment(None, tmp_path)  # no server configured, as a new user has it
     stack_file = tmp_path / "cli-data" / "dev-stack.json"
     dev = await asyncio.create_subprocess_exec(
-        TOKENQUOTA, "dev", env=env, cwd=tmp_path,
+        TOKENQUOTA, "dev", env=env | {"API_PORT": str(free_port())}, cwd=tmp_path,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
     try:
