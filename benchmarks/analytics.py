@@ -29,6 +29,7 @@ from rich.console import Console
 from rich.table import Table
 
 from benchmarks.analytics_workload import MIX, budgets, events, session_ids
+from benchmarks.report import percentile_ms
 from benchmarks.servers import pipeline
 from tokenquota.config import Settings
 from tokenquota.dashboard import AsyncTokenDashboard
@@ -96,11 +97,6 @@ async def sample(query: Query, samples: int) -> list[float]:
         await query()
         out.append(time.perf_counter() - start)
     return out
-
-
-def _ms(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
 
 async def run(args: argparse.Namespace) -> None:
@@ -218,9 +214,10 @@ def print_tables(ours: dict[str, list[float]], ledger: dict[str, list[float]]) -
     for name, samples in ours.items():
         daily = name.startswith("daily report")
         target = DAILY_REPORT_MS if daily else READ_P99_MS
-        worst = max(samples) if daily else _ms(samples, 0.99)
+        p50, p99 = percentile_ms(samples, 0.5), percentile_ms(samples, 0.99)
+        worst = max(samples) * 1000 if daily else p99
         table.add_row(
-            name, f"{len(samples):,}", f"{_ms(samples, 0.5):.1f}", f"{_ms(samples, 0.99):.1f}",
+            name, f"{len(samples):,}", f"{p50:.1f}", f"{p99:.1f}",
             f"{max(samples) * 1000:.1f}",
             f"{'max' if daily else 'p99'} <= {target:,.0f} ms", "yes" if worst <= target else "NO",
         )  # fmt: skip
@@ -230,7 +227,8 @@ def print_tables(ours: dict[str, list[float]], ledger: dict[str, list[float]]) -
         base.add_column(column, justify="left" if column == "query" else "right")
     for name, samples in ledger.items():
         base.add_row(
-            name, f"{len(samples):,}", f"{_ms(samples, 0.5):.1f}", f"{_ms(samples, 0.99):.1f}",
+            name, f"{len(samples):,}", f"{percentile_ms(samples, 0.5):.1f}",
+            f"{percentile_ms(samples, 0.99):.1f}",
             f"{max(samples) * 1000:.1f}",
         )  # fmt: skip
     console.print(base)

@@ -20,25 +20,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import platform
-import signal
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from decimal import Decimal
-from pathlib import Path
 
 import aiohttp
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks.report import percentile_ms
 from benchmarks.servers import pipeline, settings_env
 from benchmarks.workload import wait_applied
 from tokenquota.config import ReservationSettings, Settings
-from tokenquota.embedded import WorkerProcess, free_port
+from tokenquota.embedded import ApiProcess, WorkerProcess, free_port
 from tokenquota.kafka_probe import partition_highwaters
 from tokenquota.producers import Emitter, TokenQuota
 from tokenquota.projections import connect
@@ -49,48 +44,6 @@ BATCH = 500
 #: The issue's targets.
 INGEST_EVENTS_PER_S = 10_000
 RESERVE_P99_MS = 150.0
-
-
-@contextlib.contextmanager
-def api_process(settings: Settings, log: Path) -> Iterator[str]:
-    """`tokenquota api` on a free port of 127.0.0.1 (rate limit out of the way); its URL."""
-    port = free_port()
-    env = {
-        **os.environ,
-        **settings_env(settings),
-        "API_PORT": str(port),
-        "API_RATE_LIMIT": "1000000",
-        "API_RATE_BURST": "1000000",
-    }
-    with log.open("ab") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "tokenquota", "api"],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-async def wait_ready(client: aiohttp.ClientSession, log: Path, timeout: float = 60) -> None:
-    """Until /healthz answers 200."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(aiohttp.ClientError):
-            async with client.get("/healthz") as response:
-                if response.status == 200:
-                    return
-        await asyncio.sleep(0.1)
-    raise TimeoutError(f"tokenquota api did not answer /healthz in {timeout:.0f} s; see {log}")
 
 
 def _client(url: str, connections: int) -> aiohttp.ClientSession:
@@ -198,11 +151,6 @@ async def _server_seconds(client: aiohttp.ClientSession) -> tuple[float, int]:
     return values["sum"], int(values["count"])
 
 
-def _ms(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
-
-
 async def run(args: argparse.Namespace) -> None:
     events = usage_events(args.events, args.sessions)
     chunks = [events[i : i + BATCH] for i in range(0, len(events), BATCH)]
@@ -212,10 +160,13 @@ async def run(args: argparse.Namespace) -> None:
         settings = base.model_copy(
             update={"reservations": ReservationSettings(decision_timeout=60)}
         )
-        log = settings.data_dir.parent / "api.log"
-        with api_process(settings, log) as url:
+        api = ApiProcess(settings.data_dir.parent / "api.log", port=free_port())
+        # The rate limit out of the way: the benchmark is one caller at a time on one key.
+        url = api.start(
+            {**settings_env(settings), "API_RATE_LIMIT": "1000000", "API_RATE_BURST": "1000000"}
+        )
+        try:
             async with _client(url, 1) as client:
-                await wait_ready(client, log)
                 direct_s = await ingest_direct(settings, chunks)
                 http_s = await ingest_http(client, chunks)
             async with Emitter(
@@ -228,6 +179,8 @@ async def run(args: argparse.Namespace) -> None:
                 reserves = await _reservations(settings, url, callers, direct_callers, args)
             finally:
                 worker.stop()
+        finally:
+            api.stop()
     print_tables(args, http_s, direct_s, reserves)
     Console(width=120).print(
         f"conditions: ingest of {args.events:,} TokenUsed events over {args.sessions:,} "
@@ -303,9 +256,9 @@ def print_tables(
         table.add_column(column, justify="left" if column == "path" else "right")
     for name, samples in reserves.items():
         http = name.startswith("POST")
-        p99 = _ms(samples, 0.99)
+        p99 = percentile_ms(samples, 0.99)
         table.add_row(
-            name, f"{len(samples):,}", f"{_ms(samples, 0.5):.1f}", f"{p99:.1f}",
+            name, f"{len(samples):,}", f"{percentile_ms(samples, 0.5):.1f}", f"{p99:.1f}",
             f"{max(samples) * 1000:.1f}", f"p99 <= {RESERVE_P99_MS:.0f}" if http else "",
             ("yes" if p99 <= RESERVE_P99_MS else "NO") if http else "",
         )  # fmt: skip

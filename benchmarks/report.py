@@ -5,7 +5,13 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-__all__ = ["print_throughput"]
+__all__ = ["percentile_ms", "print_throughput"]
+
+
+def percentile_ms(samples: list[float], q: float) -> float:
+    """The `q` quantile of `samples` (seconds), in milliseconds (nearest rank)."""
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
 
 def print_throughput(

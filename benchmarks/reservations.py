@@ -19,17 +19,13 @@ from decimal import Decimal
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks.report import percentile_ms
 from benchmarks.servers import pipeline
 from tokenquota.config import ReservationSettings
 from tokenquota.producers import TokenQuota
 from tokenquota.schemas import BudgetSet, Source
 
 SOURCE = Source(component="sdk", name="bench")
-
-
-def _ms(samples: list[float], q: float) -> str:
-    ordered = sorted(samples)
-    return f"{ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000:.1f}"
 
 
 async def _timed(work: Awaitable[object]) -> float:
@@ -86,7 +82,8 @@ async def run(args: argparse.Namespace) -> None:
     ]
     for name, callers, samples in rows:
         table.add_row(
-            name, str(callers), str(len(samples)), _ms(samples, 0.5), _ms(samples, 0.99),
+            name, str(callers), str(len(samples)), f"{percentile_ms(samples, 0.5):.1f}",
+            f"{percentile_ms(samples, 0.99):.1f}",
             f"{max(samples) * 1000:.1f}",
         )  # fmt: skip
     console = Console()

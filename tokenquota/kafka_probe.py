@@ -114,11 +114,8 @@ async def _read(
     timeout: float,
     known: dict[TopicPartition, int],
 ) -> dict[str, dict[int, int]]:
-    tps = [
-        TopicPartition(topic, p)
-        for topic in topics
-        for p in sorted(await _partitions(consumer, topic, deadline))
-    ]
+    partitions = await _partitions(consumer, topics, deadline)
+    tps = [TopicPartition(topic, p) for topic in topics for p in sorted(partitions[topic])]
     # A fresh assignment forgets the highwaters the last question saw.
     consumer.assign(tps)
     for tp in tps:
@@ -146,14 +143,19 @@ async def _read(
     return ends
 
 
-async def _partitions(consumer: AIOKafkaConsumer, topic: str, deadline: float) -> set[int]:
-    # Metadata of every topic: asking for one by name would create it on brokers that
-    # auto-create topics.
+async def _partitions(
+    consumer: AIOKafkaConsumer, topics: tuple[str, ...], deadline: float
+) -> dict[str, set[int]]:
+    # Metadata of every topic, once: asking for one by name would create it on brokers
+    # that auto-create topics.
     try:
-        topics = await asyncio.wait_for(consumer.topics(), max(deadline - time.monotonic(), 0.1))
+        known = await asyncio.wait_for(consumer.topics(), max(deadline - time.monotonic(), 0.1))
     except (KafkaError, OSError, TimeoutError) as exc:
         raise IntegrationError(f"Kafka metadata unavailable: {exc or type(exc).__name__}") from None
-    partitions = consumer.partitions_for_topic(topic) if topic in topics else None
-    if not partitions:
-        raise IntegrationError(f"topic {topic} does not exist (run `tokenquota init`)")
-    return set(partitions)
+    out: dict[str, set[int]] = {}
+    for topic in topics:
+        partitions = consumer.partitions_for_topic(topic) if topic in known else None
+        if not partitions:
+            raise IntegrationError(f"topic {topic} does not exist (run `tokenquota init`)")
+        out[topic] = set(partitions)
+    return out
