@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
@@ -18,9 +18,9 @@ from tokenquota.errors import (
 from tokenquota.producers import Reservation
 from tokenquota.schemas import Priority, Source, TokenReserved
 
-from .auth import Caller
+from .lean import body_schema, json_body, json_response
 from .metrics import RESERVATIONS
-from .state import admin, state_of
+from .state import authorize, state_of
 
 __all__ = ["router"]
 
@@ -102,18 +102,21 @@ def _refused(exc: TokenQuotaExceededError) -> JSONResponse:
 @router.post(
     "/v1/reservations",
     status_code=201,
-    response_model=ReservationOut,
+    response_model=None,
+    openapi_extra=body_schema(ReserveRequest),
     responses={
+        201: {"model": ReservationOut, "description": "granted (strict) or pending (optimistic)"},
         409: {"description": "refused at the hard limit (waiting does not help)"},
+        422: {"description": "the body is not a valid reservation request"},
         429: {"description": "refused under a daily or monthly limit (or the critical cap)"},
         503: {"description": "the pipeline could not decide"},
     },
 )
-async def reserve(
-    body: ReserveRequest, request: Request, caller: Caller = admin
-) -> ReservationOut | JSONResponse:
-    """Reserve tokens for a session. Strict (the default) answers once the worker has
-    decided; optimistic answers at once with a pending reservation."""
+async def reserve(request: Request) -> Response:
+    """Reserve tokens for a session (admin). Strict (the default) answers once the worker
+    has decided; optimistic answers at once with a pending reservation."""
+    authorize(request, "admin")
+    body = await json_body(request, ReserveRequest)
     state = state_of(request)
     try:
         reservation = await state.quota.reserve(
@@ -132,7 +135,7 @@ async def reserve(
         return JSONResponse(status_code=409, content={"error": "expired", "detail": str(exc)})
     RESERVATIONS.labels(reservation.status, "").inc()
     state.keep(reservation)
-    return _out(reservation)
+    return json_response(_out(reservation), 201)
 
 
 async def _handle(request: Request, reservation_id: uuid.UUID) -> Reservation:
@@ -164,23 +167,36 @@ async def _handle(request: Request, reservation_id: uuid.UUID) -> Reservation:
     return Reservation(state.quota, event, record.status, "acked")
 
 
-@router.post("/v1/reservations/{reservation_id}/settle", response_model=Settled)
-async def settle(
-    reservation_id: uuid.UUID, body: SettleRequest, request: Request, caller: Caller = admin
-) -> Settled:
-    """Report what a reservation's call used; the unused rest is released."""
+_CLOSED: dict[int | str, dict[str, Any]] = {
+    200: {"model": Settled, "description": "sent: acked by the broker or spooled on this host"},
+    404: {"description": "no such reservation"},
+    409: {"description": "the reservation is already settled or released"},
+}
+
+
+@router.post(
+    "/v1/reservations/{reservation_id}/settle",
+    response_model=None,
+    openapi_extra=body_schema(SettleRequest),
+    responses={**_CLOSED, 422: {"description": "the body is not a valid settlement"}},
+)
+async def settle(reservation_id: uuid.UUID, request: Request) -> Response:
+    """Report what a reservation's call used (admin); the unused rest is released."""
+    authorize(request, "admin")
+    body = await json_body(request, SettleRequest)
     reservation = await _handle(request, reservation_id)
     delivery = await reservation.settle(
         body.input_tokens, body.output_tokens, body.model, operation=body.operation
     )
     state_of(request).close(reservation_id, "settled")
-    return Settled(reservation_id=reservation_id, delivery=delivery)
+    return json_response(Settled(reservation_id=reservation_id, delivery=delivery))
 
 
-@router.post("/v1/reservations/{reservation_id}/release", response_model=Settled)
-async def release(reservation_id: uuid.UUID, request: Request, caller: Caller = admin) -> Settled:
-    """Give every reserved token back."""
+@router.post("/v1/reservations/{reservation_id}/release", response_model=None, responses=_CLOSED)
+async def release(reservation_id: uuid.UUID, request: Request) -> Response:
+    """Give every reserved token back (admin)."""
+    authorize(request, "admin")
     reservation = await _handle(request, reservation_id)
     delivery = await reservation.release()
     state_of(request).close(reservation_id, "released")
-    return Settled(reservation_id=reservation_id, delivery=delivery)
+    return json_response(Settled(reservation_id=reservation_id, delivery=delivery))

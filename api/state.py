@@ -15,7 +15,7 @@ from tokenquota.producers import Reservation, TokenQuota
 
 from .auth import Caller, RateLimiter, authenticate
 
-__all__ = ["ApiState", "admin", "reader", "state_of"]
+__all__ = ["ApiState", "admin", "authorize", "reader", "state_of"]
 
 #: Reservations granted over HTTP that this process keeps handles of (settle or release).
 _KEPT_RESERVATIONS = 100_000
@@ -54,20 +54,25 @@ def state_of(request: Request) -> ApiState:
     return state
 
 
+def authorize(request: Request, needed: str) -> Caller:
+    """The caller of `request` with at least the `needed` role, within its rate limit;
+    HTTPException 401, 403 or 429 otherwise."""
+    state = state_of(request)
+    caller = authenticate(state.settings.api, request, needed)
+    wait = state.limiter.take(caller.key)
+    if wait:
+        raise HTTPException(
+            429,
+            f"rate limit of {state.settings.api.rate_limit:g} requests/s "
+            f"(burst {state.settings.api.rate_burst}) exceeded; retry in {wait:.2f} s",
+            headers={"Retry-After": RateLimiter.retry_after(wait)},
+        )
+    return caller
+
+
 def _caller(needed: str) -> Callable[[Request], Awaitable[Caller]]:
     async def dependency(request: Request) -> Caller:
-        state = state_of(request)
-        caller = authenticate(state.settings.api, request, needed)
-        wait = state.limiter.take(caller.key)
-        if wait:
-            raise HTTPException(
-                429,
-                f"rate limit of {state.settings.api.rate_limit:g} requests/s "
-                f"(burst {state.settings.api.rate_burst}) exceeded; retry in {wait:.2f} s",
-                headers={"Retry-After": RateLimiter.retry_after(wait)},
-            )
-        request.state.caller = caller
-        return caller
+        return authorize(request, needed)
 
     return dependency
 

@@ -20,8 +20,10 @@ round starts: a lone emit waits linger_ms, as it did in aiokafka's accumulator, 
 concurrent callers share its produce request. A round starts at once when a batch's
 worth (`max_batch_bytes`) is queued or events were left over from a full batch, and on
 `flush` or `close`. Events queued while a round is in flight go out in the next round,
-as soon as the first of them has waited linger_ms. aiokafka's own linger is not used: its
-batches arrive closed.
+as soon as the first of them has waited linger_ms. An emit with `linger=False` (a strict
+reservation, whose caller then waits for the worker's decision) starts its round at once,
+taking along whatever else is queued. aiokafka's own linger is not used: its batches
+arrive closed.
 """
 
 from __future__ import annotations
@@ -117,6 +119,7 @@ class Emitter:
         self._seq = 0
         self._partitions = PartitionMap(self.topic, options.send_timeout)
         self._urgent = 0  # flush or close is waiting: no lingering
+        self._hurried = 0  # queued calls that asked not to linger
         self._resent = 0
         # The spool's oldest chunk while it is being re-sent: what is not acked yet, and
         # the byte length to discard once all of it is.
@@ -157,12 +160,16 @@ class Emitter:
     ) -> None:
         await self.close()
 
-    async def emit(self, event: Event) -> Delivery:
+    async def emit(self, event: Event, *, linger: bool = True) -> Delivery:
         """Send one event; see the class docstring for what the result means."""
-        return (await self.emit_many([event]))[0]
+        return (await self.emit_many([event], linger=linger))[0]
 
-    async def emit_many(self, events: Iterable[Event]) -> list[Delivery]:
+    async def emit_many(self, events: Iterable[Event], *, linger: bool = True) -> list[Delivery]:
         """Send events in order; each is acked or, with what follows it, spooled in order.
+
+        With `linger=False` the round that takes them starts without waiting for company
+        (a caller waits on them, e.g. a strict reservation); events queued meanwhile
+        still share it.
 
         Raises SpoolFullError or SpoolWriteError when events that had to be spooled could
         not be (none of this call's unacknowledged events was accepted then), and
@@ -192,6 +199,8 @@ class Emitter:
         self._seq += 1
         self._intake.append(call)
         self._intake_bytes += sum(len(m.value) for m in messages)
+        if not linger:
+            self._hurried += 1
         self._calls.add(call)
         self._unsettled += len(messages)
         self._update_state()
@@ -285,11 +294,12 @@ class Emitter:
 
     async def _linger(self) -> None:
         """Wait until the oldest queued call has waited linger_ms, unless a round's worth
-        is queued, events were left over from a full batch, or flush/close is waiting."""
+        is queued, events were left over from a full batch, a queued call asked not to
+        linger, or flush/close is waiting."""
         loop = asyncio.get_running_loop()
         linger = self._options.linger_ms / 1000
         full = self._options.max_batch_bytes
-        while not (self._urgent or self._queues or self._intake_bytes >= full):
+        while not (self._urgent or self._hurried or self._queues or self._intake_bytes >= full):
             remaining = self._intake[0].queued_at + linger - loop.time()
             if remaining <= 0:
                 return
@@ -317,6 +327,7 @@ class Emitter:
                     queue = queues[partition] = deque()
                 queue.append((call, index))
         self._intake_bytes = 0
+        self._hurried = 0
         outcome, error = await send_round(
             producer, self.topic, queues, _item_message, self._options.send_timeout
         )
@@ -355,6 +366,7 @@ class Emitter:
             items += [(call, index) for index in range(len(call.messages))]
         self._intake.clear()
         self._intake_bytes = 0
+        self._hurried = 0
         items.sort(key=_emit_order)
         groups: list[tuple[_Call, list[int]]] = []
         for call, index in items:
@@ -464,6 +476,7 @@ class Emitter:
                 call.future.set_exception(error)
         self._intake.clear()
         self._intake_bytes = 0
+        self._hurried = 0
         self._queues.clear()
         self._unsettled = 0
         self._update_state()

@@ -43,7 +43,7 @@ from tokenquota.projections import (
     available_tokens,
     decision_channel,
     reservation,
-    session_metrics,
+    sessions_metrics,
     undo_open_transaction,
 )
 from tokenquota.schemas import (
@@ -57,6 +57,7 @@ from tokenquota.schemas import (
     utc_now,
 )
 
+from .coalesce import Coalescer
 from .decisions import decision_error
 from .emitter import Delivery, Emitter
 
@@ -186,6 +187,8 @@ class TokenQuota:
         self._turns = asyncio.Semaphore(settings.database.pool_size)
         #: Decisions that reached a waiting `reserve()` by NOTIFY (the others were polled).
         self.decisions_notified = 0
+        # Concurrent callers' metrics (each reserve's pre-check) in one query per round.
+        self._metrics = Coalescer(self._sessions_metrics)
 
     async def start(self) -> None:
         """Connect to PostgreSQL (a pool and a LISTEN connection) and start the emitter."""
@@ -210,6 +213,7 @@ class TokenQuota:
     async def close(self) -> None:
         """Stop the emitter (spooled events stay on disk) and close the connections."""
         self._closing = True
+        self._metrics.close()
         await self._emitter.close()
         relisten, self._relisten = self._relisten, None
         if relisten is not None:
@@ -238,6 +242,7 @@ class TokenQuota:
         pool, self._pool = self._pool, None
         if self._loop is None or self._loop.is_closed():
             return  # nothing can run on a closed loop, not even a socket's close
+        self._metrics.close()
         if relisten is not None:
             relisten.cancel()
         if listener is not None:
@@ -282,8 +287,11 @@ class TokenQuota:
 
     async def session_metrics(self, session_id: str) -> SessionMetrics:
         """The session's budget right now."""
+        return await self._metrics.get(self.stored_session_id(session_id))
+
+    async def _sessions_metrics(self, session_ids: list[str]) -> dict[str, SessionMetrics]:
         async with self._acquire() as conn:
-            return await session_metrics(conn, self.stored_session_id(session_id))
+            return await sessions_metrics(conn, session_ids)
 
     async def available_tokens(self, session_id: str, priority: Priority = "normal") -> int:
         """Tokens a reservation of `priority` could take right now."""
@@ -359,7 +367,8 @@ class TokenQuota:
         try:
             # An emitter that refuses the event (a full spool) raises here, fail_open or
             # not: nothing of this reservation, nor of its settlement, could be recorded.
-            delivery = await self._emitter.emit(event)
+            # Not lingering for company: this caller waits for the decision.
+            delivery = await self._emitter.emit(event, linger=False)
             outcome = await self._decision(event, decided, options.decision_timeout)
         finally:
             self._waiting.pop(event.reservation_id, None)

@@ -6,7 +6,13 @@ from .database import connect, quote_schema, undo_open_transaction
 from .expected_schema import EXPECTED_COLUMNS, schema_drift
 from .fold import PoisonEventError, fold, new_session
 from .migrator import Migration, MigrationError, apply_migrations, load_migrations
-from .read import SessionMetrics, available_tokens, reservation, session_metrics
+from .read import (
+    SessionMetrics,
+    available_tokens,
+    reservation,
+    session_metrics,
+    sessions_metrics,
+)
 from .state import (
     BUILTIN_DEFAULTS,
     Decision,
@@ -70,5 +76,6 @@ __all__ = [
     "reservation",
     "schema_drift",
     "session_metrics",
+    "sessions_metrics",
     "undo_open_transaction",
 ]

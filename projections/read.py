@@ -7,6 +7,7 @@ at read time, and a window whose day or month has passed reads as empty.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -17,7 +18,13 @@ from .budget import Headroom, headroom, local_day, month_of
 from .state import BUILTIN_DEFAULTS, AlertLevel, Limits, ReservationRecord
 from .store import defaults_from_row, reservation_from_row
 
-__all__ = ["SessionMetrics", "available_tokens", "reservation", "session_metrics"]
+__all__ = [
+    "SessionMetrics",
+    "available_tokens",
+    "reservation",
+    "session_metrics",
+    "sessions_metrics",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +63,7 @@ class SessionMetrics:
 
 
 _METRICS = """
-    SELECT q.session_id, b.*,
+    SELECT q.session_id AS asked_session_id, b.*,
            (SELECT COALESCE(sum(r.tokens), 0)::bigint FROM reservations r
              WHERE r.session_id = q.session_id AND r.status = 'accepted'
                AND r.expires_at > $2) AS tokens_held,
@@ -65,7 +72,7 @@ _METRICS = """
            d.warning_threshold AS default_warning_threshold,
            d.critical_threshold AS default_critical_threshold, d.timezone AS default_timezone,
            d.max_clock_skew_ms AS default_max_clock_skew_ms
-      FROM (SELECT $1::varchar AS session_id) q
+      FROM unnest($1::varchar[]) AS q(session_id)
       LEFT JOIN session_token_budgets b ON b.session_id = q.session_id
       LEFT JOIN LATERAL (SELECT * FROM partition_defaults
                           ORDER BY set_at DESC, topic, kafka_partition LIMIT 1) d ON true
@@ -87,9 +94,22 @@ async def session_metrics(
     The default limits and the windows' zone are those of the log's latest DefaultsSet,
     or the built-in ones when it holds none (as in the fold).
     """
+    return (await sessions_metrics(conn, [session_id], now=now))[session_id]
+
+
+async def sessions_metrics(
+    conn: asyncpg.Connection,
+    session_ids: Sequence[str],
+    *,
+    now: datetime | None = None,
+) -> dict[str, SessionMetrics]:
+    """`session_metrics` of each of `session_ids`, in one query (many callers' pre-checks)."""
     now = now or datetime.now(UTC)
-    row = await conn.fetchrow(_METRICS, session_id, now)
-    assert row is not None
+    rows = await conn.fetch(_METRICS, list(session_ids), now)
+    return {row["asked_session_id"]: _metrics(row, now) for row in rows}
+
+
+def _metrics(row: asyncpg.Record, now: datetime) -> SessionMetrics:
     config = BUILTIN_DEFAULTS
     if row["default_timezone"] is not None:
         config = defaults_from_row({name: row[f"default_{name}"] for name in _DEFAULT_FIELDS})
@@ -115,7 +135,7 @@ async def session_metrics(
     held = row["tokens_held"]
     room = headroom(limits, today, month, total, held)
     return SessionMetrics(
-        session_id=session_id,
+        session_id=row["asked_session_id"],
         known=known,
         limits=limits,
         tokens_used_today=today,

@@ -297,6 +297,26 @@ async def test_a_lone_emit_waits_linger_ms_for_company(
     assert submission.at - start >= 0.06 - 0.002
 
 
+async def test_an_emit_that_may_not_linger_starts_its_round_at_once_and_takes_the_queue_along(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broker = FakeBroker()
+    emitter = fake_emitter(tmp_path, monkeypatch, broker, linger_ms=60_000)
+    async with emitter:
+        lingering = asyncio.create_task(emitter.emit(used("alice", 1)))
+        await run_until_blocked()
+        assert not lingering.done() and not broker.submissions
+        urgent = await asyncio.wait_for(emitter.emit(used("alice", 2), linger=False), 5)
+        assert urgent == "acked"
+        assert await asyncio.wait_for(lingering, 5) == "acked"
+        assert len(broker.submissions) == 1  # one round, one batch of both
+        # The next lone emit lingers again.
+        later = asyncio.create_task(emitter.emit(used("alice", 3)))
+        await run_until_blocked()
+        assert not later.done() and len(broker.submissions) == 1
+        await emitter.flush(timeout=5)
+
+
 async def test_flush_and_close_send_what_is_queued_without_waiting_out_the_linger(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
