@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
 import asyncpg
 import faust
@@ -28,16 +28,16 @@ from tokenquota.projections.state import log_time
 from tokenquota.schemas import EventDecodeError, decode
 
 from .batch_consumer import BatchApp, BatchConsumer
+from .batching import Backlog, take_ready
 from .dlq import DeadLetter, dead_letter_headers
 from .heartbeat import Heartbeat
 from .metrics import DEAD_LETTERS, lags_after, observe_batch, observe_lag
 
-__all__ = ["Projector", "create_app", "take_ready"]
+__all__ = ["Projector", "create_app"]
 
 log = logging.getLogger("tokenquota.worker")
 #: Kafka's timestamp type of a record stamped by the broker (0 is the producer's CreateTime).
 _LOG_APPEND_TIME = 1
-_T = TypeVar("_T")
 
 
 class Projector:
@@ -158,19 +158,16 @@ class _Batch:
     records: list[LogRecord]
     bad: list[DeadLetter]
 
-
-async def take_ready(queue: asyncio.Queue[list[_T]], most: int, linger: float) -> list[_T]:
-    """Wait for one fetch, then take the fetches queued behind it while fewer than `most`
-    items are taken (a fetch is never split, so a batch may exceed `most` by one fetch).
-
-    With `linger` > 0, a batch that is not full waits that long once for more fetches.
-    """
-    items = list(await queue.get())
-    if linger > 0 and len(items) < most:
-        await asyncio.sleep(linger)
-    while len(items) < most and not queue.empty():
-        items.extend(queue.get_nowait())
-    return items
+    @staticmethod
+    def joined(batches: list[_Batch]) -> _Batch:
+        """One batch of `batches`, in order."""
+        if len(batches) == 1:
+            return batches[0]
+        return _Batch(
+            [m for b in batches for m in b.messages],
+            [r for b in batches for r in b.records],
+            [d for b in batches for d in b.bad],
+        )
 
 
 def create_app(settings: Settings) -> faust.App:
@@ -214,10 +211,11 @@ def create_app(settings: Settings) -> faust.App:
         # The agent subscribes the topic, but its messages never reach this stream: the
         # consumer hands whole fetches to `consumer.fetches` (see batch_consumer). A
         # batch is what has arrived, so one event goes through at once and a backlog in
-        # bulk; the next batch is decoded while the previous one is being applied.
+        # bulk; what arrives while a batch is applied is decoded meanwhile and applied
+        # next, all of it in one transaction.
         aiter(stream.channel)  # subscribes, as iterating would
         consumer = cast(BatchConsumer, app.consumer)
-        ready: asyncio.Queue[_Batch] = asyncio.Queue(maxsize=1)
+        ready: Backlog[_Batch] = Backlog(worker.batch_size)
 
         async def take() -> None:
             while True:
@@ -226,11 +224,11 @@ def create_app(settings: Settings) -> faust.App:
                 )
                 consumer.track(messages)
                 records, bad = projector.split(messages)
-                await ready.put(_Batch(messages, records, bad))
+                await ready.put(_Batch(messages, records, bad), len(messages))
 
         async def apply() -> None:
             while True:
-                batch = await ready.get()
+                batch = _Batch.joined(await ready.take())
                 for letter in batch.bad:
                     await _dead_letter(dlq, letter, worker.retry_backoff_max)
                 projector.dead_letters += len(batch.bad)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from tokenquota.processors.app import take_ready
+from tokenquota.processors.batching import Backlog, take_ready
 
 
 def _fetches(*fetches: list[int]) -> asyncio.Queue[list[int]]:
@@ -68,3 +68,27 @@ async def test_without_linger_a_batch_is_only_what_had_arrived() -> None:
 async def test_a_full_batch_does_not_linger() -> None:
     queue = _RefilledWhenTaken([1, 2, 3], [4])
     assert await asyncio.wait_for(take_ready(queue, 3, 60), 10) == [1, 2, 3]
+
+
+async def test_the_backlog_hands_everything_that_waits_to_the_applier_at_once() -> None:
+    backlog: Backlog[str] = Backlog(most=100)
+    await backlog.put("fetch 1", 3)
+    await backlog.put("fetch 2", 4)
+    assert await asyncio.wait_for(backlog.take(), 1) == ["fetch 1", "fetch 2"]
+    taking = asyncio.ensure_future(backlog.take())
+    await asyncio.sleep(0.01)
+    assert not taking.done()  # nothing waits: the applier waits for the next batch
+    await backlog.put("fetch 3", 1)
+    assert await asyncio.wait_for(taking, 1) == ["fetch 3"]
+
+
+async def test_the_backlog_makes_the_decoder_wait_once_most_items_wait() -> None:
+    backlog: Backlog[str] = Backlog(most=5)
+    await backlog.put("a", 3)
+    await backlog.put("b", 3)  # 6 >= 5: no room for more until the applier takes
+    putting = asyncio.ensure_future(backlog.put("c", 1))
+    await asyncio.sleep(0.01)
+    assert not putting.done()
+    assert await backlog.take() == ["a", "b"]
+    await asyncio.wait_for(putting, 1)
+    assert await backlog.take() == ["c"]
