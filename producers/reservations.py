@@ -60,6 +60,7 @@ from tokenquota.schemas import (
 from .coalesce import Coalescer
 from .decisions import decision_error
 from .emitter import Delivery, Emitter
+from .recent_reads import RecentReads
 
 __all__ = ["Mode", "Reservation", "TokenQuota"]
 
@@ -189,6 +190,7 @@ class TokenQuota:
         self.decisions_notified = 0
         # Concurrent callers' metrics (each reserve's pre-check) in one query per round.
         self._metrics = Coalescer(self._sessions_metrics)
+        self._recent = RecentReads()
 
     async def start(self) -> None:
         """Connect to PostgreSQL (a pool and a LISTEN connection) and start the emitter."""
@@ -336,21 +338,11 @@ class TokenQuota:
         options = self.settings.reservations
         mode = mode or options.mode
         ttl = ttl if ttl is not None else options.ttl
-        try:
-            metrics = await self.session_metrics(session_id)
-        except IntegrationError:
-            if not options.fail_open:
-                raise
-            metrics = None
-        if metrics is not None:
-            room = metrics.headroom(priority)
-            if tokens > room.available:
-                raise TokenQuotaExceededError.for_window(
-                    session_id, tokens, room.available, room.limit, room.window
-                )
+        stored = self.stored_session_id(session_id)
+        verified = await self._precheck(session_id, stored, tokens, priority)
         now = self.clock()
         event = TokenReserved(
-            session_id=self.stored_session_id(session_id),
+            session_id=stored,
             task_id=task_id,
             source=source or self.source,
             occurred_at=now,
@@ -359,9 +351,10 @@ class TokenQuota:
             priority=priority,
             expires_at=now + timedelta(seconds=ttl),
         )
+        self._recent.spent(stored, tokens)
         if mode == "optimistic":
             delivery = await self._emitter.emit(event)
-            return Reservation(self, event, "pending", delivery, verified=metrics is not None)
+            return Reservation(self, event, "pending", delivery, verified=verified)
         decided: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._waiting[event.reservation_id] = decided
         try:
@@ -379,8 +372,36 @@ class TokenQuota:
             record = await self.reservation(event.reservation_id)
         error = decision_error(event, status, record, self.clock())
         if error is not None:
+            if isinstance(error, TokenQuotaExceededError):
+                self._recent.forget(stored)  # what it remembered was out of date
             raise error
         return Reservation(self, event, status, delivery)
+
+    async def _precheck(self, session_id: str, stored: str, tokens: int, priority: str) -> bool:
+        """Step 1: raise TokenQuotaExceededError when the budget is plainly short.
+
+        A read of the session at most `reservations.precheck_max_age` old that still
+        covers `tokens` (after what this client reserved since) passes without reading
+        again: the worker decides anyway, so a read that is out of date can only let a
+        doomed reservation through to be refused there. A refusal is always read fresh.
+        False when PostgreSQL was unreachable and `reservations.fail_open` let it pass.
+        """
+        options = self.settings.reservations
+        if self._recent.covers(stored, tokens, priority, options.precheck_max_age):
+            return True
+        try:
+            metrics = await self.session_metrics(session_id)
+        except IntegrationError:
+            if not options.fail_open:
+                raise
+            return False
+        room = metrics.headroom(priority)
+        if tokens > room.available:
+            raise TokenQuotaExceededError.for_window(
+                session_id, tokens, room.available, room.limit, room.window
+            )
+        self._recent.read(stored, metrics)
+        return True
 
     async def _undecided(self, event: TokenReserved, delivery: Delivery) -> Reservation:
         """No decision came in time: fail open with the reservation pending, or release it."""

@@ -187,6 +187,13 @@ class ReservationSettings(_Section):
     mode: Literal["strict", "optimistic"] = "strict"
     ttl: Seconds = 300
     decision_timeout: Seconds = 10
+    precheck_max_age: Annotated[float, Field(ge=0)] = Field(
+        default=1.0,
+        description=(
+            "How old a read of a session's budget may be to pass a reservation without "
+            "reading again (seconds; 0 reads every time); a refusal is always read fresh"
+        ),
+    )
     fail_open: bool = Field(
         default=False,
         description="When Kafka or PostgreSQL is unreachable: grant (true) or refuse (false)",

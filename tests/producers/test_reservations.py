@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -116,6 +117,40 @@ async def test_a_plainly_short_budget_is_refused_without_emitting(
         optimistic = await quota.reserve("small", 10, mode="optimistic")
         assert optimistic.status == "pending"
         await optimistic.release()
+
+
+async def test_a_recent_read_never_refuses_what_it_passes_the_worker_decides(
+    pipeline_settings: Settings, start_worker: object, tmp_path: Path
+) -> None:
+    start_worker()  # type: ignore[operator]
+    hour = ReservationSettings(decision_timeout=60, precheck_max_age=3600)
+    fresh = ReservationSettings(decision_timeout=60, precheck_max_age=0)
+    other_spool = pipeline_settings.emitter.model_copy(update={"spool_dir": tmp_path / "other"})
+    async with (
+        TokenQuota(pipeline_settings.model_copy(update={"reservations": hour})) as cached,
+        TokenQuota(
+            pipeline_settings.model_copy(update={"reservations": fresh, "emitter": other_spool})
+        ) as other,
+    ):
+        await set_budget(cached, "shared-read", 1_000)
+        first = await cached.reserve("shared-read", 100)  # read: 1,000 available
+        held = await other.reserve("shared-read", 800)  # another client takes 800
+        ledger = "SELECT count(*) FROM usage_events WHERE event_type = 'TokenReserved'"
+        # The read says 900 are left for this client: no read now, the worker refuses.
+        with pytest.raises(TokenQuotaExceededError) as caught:
+            await cached.reserve("shared-read", 500)
+        assert (caught.value.available, caught.value.limit) == (100, 1_000)
+        assert await fetch_value(pipeline_settings.database, ledger) == 3
+        # What the read cannot cover is read fresh and refused before anything is emitted.
+        with pytest.raises(TokenQuotaExceededError) as caught:
+            await cached.reserve("shared-read", 901)
+        assert caught.value.available == 100
+        # So is everything of a client that reads every time (precheck_max_age=0).
+        with pytest.raises(TokenQuotaExceededError):
+            await other.reserve("shared-read", 101)
+        assert await fetch_value(pipeline_settings.database, ledger) == 3
+        await first.release()
+        await held.release()
 
 
 def undecided(settings: Settings, *, fail_open: bool) -> Settings:
