@@ -12,7 +12,7 @@ servers; the clients run in this process (aiohttp, one connection per concurrent
   `TokenQuota.reserve()` and `release()` directly. The worker runs (it decides). The
   target is read on callers that never pause (the machine saturated); a last row has
   the same HTTP callers pausing about `--think` seconds between rounds, as agents do
-  while the model answers.
+  while the model answers. A last table has each process's CPU time per round.
 
 Run: .venv/bin/python -m benchmarks.api [--events N] [--callers C] [--rounds R] [--think S]
 Starts an embedded broker and PostgreSQL unless KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL
@@ -27,17 +27,20 @@ import os
 import platform
 import random
 import time
+from collections.abc import Awaitable
 from decimal import Decimal
 
 import aiohttp
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks.cpu import CpuMeter
 from benchmarks.report import percentile_ms
 from benchmarks.servers import pipeline, settings_env
 from benchmarks.workload import wait_applied
 from tokenquota.config import ReservationSettings, Settings
 from tokenquota.embedded import ApiProcess, WorkerProcess, free_port
+from tokenquota.gc_settings import bulk_gc
 from tokenquota.kafka_probe import partition_highwaters
 from tokenquota.producers import Emitter, TokenQuota
 from tokenquota.projections import connect
@@ -186,13 +189,17 @@ async def run(args: argparse.Namespace) -> None:
                 await emitter.emit_many([budget(s) for s in callers + direct_callers])
             worker = WorkerProcess(settings.data_dir.parent / "worker.log")
             worker.start(settings_env(settings))
+            meter = CpuMeter({api.pid or 0: "API", worker.pid or 0: "worker"})
             try:
-                reserves = await _reservations(settings, url, callers, direct_callers, args)
+                reserves, cpu = await _reservations(
+                    settings, url, callers, direct_callers, args, meter
+                )
             finally:
                 worker.stop()
         finally:
             api.stop()
     print_tables(args, http_s, direct_s, reserves)
+    print_cpu(cpu)
     Console(width=120).print(
         f"conditions: ingest of {args.events:,} TokenUsed events over {args.sessions:,} "
         f"sessions in requests of {BATCH} events, one after the other on one connection, "
@@ -201,8 +208,10 @@ async def run(args: argparse.Namespace) -> None:
         f"{args.rounds} strict reservations of 10 tokens per caller, each released after, "
         f"with no pause but in the last row (a random 0-{2 * args.think:g} s after each "
         f"round) (HTTP: one aiohttp session, a keep-alive connection per caller, each warmed "
-        f"by one reservation); `tokenquota api` (uvicorn, 1 "
-        f"process) and `tokenquota worker` in their own processes, the clients in one; "
+        f"by one reservation; the rows run in the order unpaced, paced, direct); "
+        f"`tokenquota api` (uvicorn, 1 process) and `tokenquota worker` in their own "
+        f"processes, the clients in one, with its start-up objects frozen out of garbage "
+        f"collection as the API's and the worker's are; "
         f"{args.partitions} partitions; {servers}; python {platform.python_version()}, "
         f"{os.cpu_count()} cores"
     )
@@ -214,7 +223,9 @@ async def _reservations(
     callers: list[str],
     direct_callers: list[str],
     args: argparse.Namespace,
-) -> dict[str, list[float]]:
+    meter: CpuMeter,
+) -> tuple[dict[str, list[float]], dict[str, dict[str, float]]]:
+    """Latencies per path, and the CPU seconds each process spent per round on it."""
     kafka = settings.kafka
     conn = await connect(settings.database.dsn(), settings.database.schema_name)
     try:
@@ -224,30 +235,50 @@ async def _reservations(
                            highwater, 300, "worker catching up")  # fmt: skip
     finally:
         await conn.close()
+    unpaced = "POST /v1/reservations (strict)"
+    paced = f"POST /v1/reservations, callers pausing ~{args.think:g} s between rounds"
+    direct = "TokenQuota.reserve() (strict, direct)"
+    samples: dict[str, list[float]] = {}
+    cpu: dict[str, dict[str, float]] = {}
+    rounds = len(callers) * args.rounds
+
+    async def measured(name: str, runs: Awaitable[list[list[float]]]) -> None:
+        before = meter.snapshot()
+        samples[name] = [t for ts in await runs for t in ts]
+        cpu[name] = {role: s / rounds for role, s in meter.used(before, meter.snapshot()).items()}
+
     # Opened now: a connection idle while the worker caught up would have passed
     # uvicorn's keep-alive timeout.
     async with TokenQuota(settings, source=SOURCE) as quota, _client(url, len(callers)) as client:
         warm = await quota.reserve(direct_callers[0], 1)
         await warm.release()
         await asyncio.gather(*(reserve_http(client, s, 1) for s in callers))
-        before = await _server_seconds(client)
-        http = await asyncio.gather(*(reserve_http(client, s, args.rounds) for s in callers))
-        after = await _server_seconds(client)
-        paced = await asyncio.gather(
-            *(reserve_http(client, s, args.rounds, args.think) for s in callers)
-        )
-        direct = await asyncio.gather(
-            *(reserve_direct(quota, s, args.rounds) for s in direct_callers)
-        )
+        # The load generator shares the machine with what it measures: frozen out of
+        # garbage collection as the API and the worker are, so that its own full
+        # collections (tens of ms with 100 callers) are not counted as the API's latency.
+        with bulk_gc():
+            before = await _server_seconds(client)
+            await measured(
+                unpaced, asyncio.gather(*(reserve_http(client, s, args.rounds) for s in callers))
+            )
+            after = await _server_seconds(client)
+            await measured(
+                paced,
+                asyncio.gather(
+                    *(reserve_http(client, s, args.rounds, args.think) for s in callers)
+                ),
+            )
+            await measured(
+                direct,
+                asyncio.gather(*(reserve_direct(quota, s, args.rounds) for s in direct_callers)),
+            )
     server_mean = (after[0] - before[0]) / max(after[1] - before[1], 1)
     return {
-        "POST /v1/reservations (strict)": [t for ts in http for t in ts],
+        unpaced: samples[unpaced],
         "  the same, inside the API (mean, its histogram)": [server_mean],
-        "TokenQuota.reserve() (strict, direct)": [t for ts in direct for t in ts],
-        f"POST /v1/reservations, callers pausing ~{args.think:g} s between rounds": [
-            t for ts in paced for t in ts
-        ],
-    }
+        direct: samples[direct],
+        paced: samples[paced],
+    }, cpu
 
 
 def print_tables(
@@ -282,6 +313,19 @@ def print_tables(
             ("yes" if p99 <= RESERVE_P99_MS else "NO") if http else "",
         )  # fmt: skip
     console.print(table)
+
+
+def print_cpu(cpu: dict[str, dict[str, float]]) -> None:
+    """CPU milliseconds per round (a reservation and its release), per process."""
+    roles = ["API", "worker", "load generator", "broker", "PostgreSQL"]
+    table = Table(title="api: CPU per round (reserve + release), ms, by process")
+    table.add_column("path")
+    for role in [*roles, "all"]:
+        table.add_column(role, justify="right")
+    for name, used in cpu.items():
+        cells = [f"{used.get(role, 0.0) * 1000:.2f}" for role in roles]
+        table.add_row(name, *cells, f"{sum(used.values()) * 1000:.2f}")
+    Console(width=140).print(table)
 
 
 def main() -> None:
