@@ -6,9 +6,10 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 
 from tokenquota import __version__
 from tokenquota.config import Settings
@@ -63,6 +64,7 @@ def create_app(settings: Settings) -> FastAPI:
         summary="Token budgets, usage and costs of LLM agents and MCP tools",
         docs_url=None,
         redoc_url=None,
+        openapi_url=None,  # served by mount_docs, behind the tokens
         lifespan=lifespan,
     )
     # Added first, so it runs inside the request timer (the last added runs outermost).
@@ -72,7 +74,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(reservations.router)
     app.include_router(reads.router)
     app.include_router(metrics_router)
-    mount_docs(app)
+    mount_docs(app, tokens_required=bool(settings.api.tokens))
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:
@@ -88,6 +90,7 @@ def create_app(settings: Settings) -> FastAPI:
             content=health.model_dump(mode="json"),
         )
 
+    # Starlette's class, which FastAPI's extends: the router's own 404 and 405 raise it.
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         return JSONResponse(
@@ -120,6 +123,7 @@ _ERRORS = {
     401: "unauthorized",
     403: "forbidden",
     404: "not_found",
+    405: "method_not_allowed",
     409: "conflict",
     413: "too_large",
     422: "invalid",

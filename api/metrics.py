@@ -13,6 +13,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tokenquota.producers.spool_depth import pending_bytes
 
+from .auth import Caller
+from .state import reader
+
 __all__ = ["INGESTED", "RESERVATIONS", "SPOOL_BYTES", "RequestTimer", "router"]
 
 HTTP_SECONDS = Histogram(
@@ -37,8 +40,8 @@ router = APIRouter()
 
 
 @router.get("/metrics", include_in_schema=False)
-async def metrics(request: Request) -> Response:
-    """Prometheus text format."""
+async def metrics(request: Request, caller: Caller = reader) -> Response:
+    """Prometheus text format (a read token with api.tokens configured)."""
     SPOOL_BYTES.set(pending_bytes(request.app.state.api.settings.spool_dir))
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 

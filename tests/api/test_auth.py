@@ -50,6 +50,48 @@ async def test_tokens_roles_and_rate_limit(migrated_database: object, settings: 
         assert (await client.get("/v1/top", headers=admin)).status_code == 200  # its own bucket
 
 
+#: Served to a read token with tokens configured, to anyone without.
+_READ_ONLY_PAGES = ("/metrics", "/openapi.json", "/docs", "/static/swagger-ui/swagger-ui.css")
+
+
+async def test_metrics_docs_and_openapi_need_a_read_token_when_tokens_are_configured(
+    pipeline_settings: Settings,
+) -> None:
+    token = ApiToken(name="scraper", role="read", sha256=hash_token("scrape-secret"))
+    configured = pipeline_settings.model_copy(update={"api": ApiSettings(tokens=(token,))})
+    async with api_client(configured) as client:
+        for path in _READ_ONLY_PAGES:
+            missing = await client.get(path)
+            assert missing.status_code == 401, (path, missing.text)
+            assert missing.json()["error"] == "unauthorized"
+            assert missing.headers["WWW-Authenticate"] == "Bearer"
+            wrong = await client.get(path, headers={"Authorization": "Bearer nope"})
+            assert wrong.status_code == 401, path
+            granted = await client.get(path, headers={"Authorization": "Bearer scrape-secret"})
+            assert granted.status_code == 200, (path, granted.text)
+        spec = (
+            await client.get("/openapi.json", headers={"Authorization": "Bearer scrape-secret"})
+        ).json()
+    assert spec["components"]["securitySchemes"]["bearer"] == {
+        "type": "http",
+        "scheme": "bearer",
+        "description": spec["components"]["securitySchemes"]["bearer"]["description"],
+    }
+    assert spec["security"] == [{"bearer": []}]
+
+
+async def test_metrics_docs_and_openapi_are_open_without_tokens(
+    pipeline_settings: Settings,
+) -> None:
+    async with api_client(pipeline_settings) as client:
+        for path in _READ_ONLY_PAGES:
+            assert (await client.get(path)).status_code == 200, path
+        spec = (await client.get("/openapi.json")).json()
+    # The scheme is declared, and not required: without tokens no header is needed.
+    assert spec["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    assert "security" not in spec
+
+
 async def test_docs_and_openapi_reference_only_local_files(settings: Settings) -> None:
     async with api_client(settings) as client:
         page = (await client.get("/docs")).text
