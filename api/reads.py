@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Literal
+from typing import Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
-from pydantic import BaseModel, Field
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, Field, ValidationError
+from pydantic_core import ErrorDetails
 
 from tokenquota.producers.budgets import set_budget
 from tokenquota.projections.read_models import (
@@ -68,8 +70,18 @@ async def put_budget(
             actor=caller.actor,
         )
         return await state.dashboard.get_session_metrics(session_id)
-    except ValueError as exc:
-        raise HTTPException(422, str(exc).splitlines()[-1].strip()) from None
+    except ValidationError as exc:  # limits or thresholds out of order: nothing was sent
+        raise RequestValidationError(_located(exc.errors())) from None
+
+
+def _located(errors: list[ErrorDetails]) -> list[dict[str, Any]]:
+    """A BudgetSet's errors located in the request: the path's session id, else the body
+    (the ordering rules of the limits and thresholds name no single field)."""
+    located = []
+    for error in errors:
+        part = "path" if error["loc"][:1] == ("session_id",) else "body"
+        located.append({**error, "loc": (part, *error["loc"])})
+    return located
 
 
 @router.get("/overview", response_model=SystemOverview)

@@ -12,8 +12,10 @@ import pytest
 
 from tests.api.support import api_client
 from tests.support import used, wait_until
+from tokenquota.api import hash_token
 from tokenquota.config import Settings
 from tokenquota.schemas import ApiCost, Source, TokenReserved, encode, utc_now
+from tokenquota.sections import ApiSettings, ApiToken
 
 pytestmark = pytest.mark.integration
 
@@ -122,3 +124,51 @@ async def test_every_read_endpoint_answers_json_with_the_applied_numbers(
         metrics = (await client.get("/metrics")).text
         assert 'route="/v1/sessions/{session_id}"' in metrics
         assert "nobody-here" not in metrics  # route templates, never raw paths
+
+
+async def test_inconsistent_budgets_are_refused_with_the_reason(
+    pipeline_settings: Settings,
+) -> None:
+    limits = {"daily_limit": 500, "monthly_limit": 100, "hard_limit": 1_000}
+    thresholds = {"warning_threshold": "0.9", "critical_threshold": "0.9"}
+    ordered = {"daily_limit": 1, "monthly_limit": 2, "hard_limit": 3}
+    async with api_client(pipeline_settings) as client:
+        over = await client.put("/v1/sessions/b1/budget", json=limits)
+        crossed = await client.put("/v1/sessions/b1/budget", json=ordered | thresholds)
+    assert over.status_code == 422
+    assert over.json() == {
+        "error": "invalid",
+        "errors": [
+            {
+                "path": "body",
+                "reason": "Value error, limits must satisfy daily_limit <= monthly_limit <= "
+                "hard_limit, got 500 / 100 / 1000",
+            }
+        ],
+    }
+    assert crossed.status_code == 422
+    assert crossed.json()["errors"] == [
+        {
+            "path": "body",
+            "reason": "Value error, warning_threshold must be below critical_threshold, "
+            "got 0.9 and 0.9",
+        }
+    ]
+
+
+async def test_a_budget_set_with_a_token_names_it_in_the_audit_trail(
+    pipeline_settings: Settings, start_worker: Any
+) -> None:
+    tokens = (ApiToken(name="ops", role="admin", sha256=hash_token("ops-secret")),)
+    configured = pipeline_settings.model_copy(update={"api": ApiSettings(tokens=tokens)})
+    ops = {"Authorization": "Bearer ops-secret"}
+    start_worker()
+    async with api_client(configured) as client:
+        budget = {"daily_limit": 10, "monthly_limit": 20, "hard_limit": 30}
+        put = await client.put("/v1/sessions/au1/budget", json=budget, headers=ops)
+        assert put.status_code == 200, put.text
+        audit = await client.get("/v1/audit", params={"session_id": "au1"}, headers=ops)
+    assert audit.status_code == 200, audit.text
+    assert [(row["event_type"], row["actor"]) for row in audit.json()] == [
+        ("BudgetSet", "token:ops")
+    ]
