@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from functools import lru_cache
 from typing import Any, Literal
 
 from fastapi import APIRouter, HTTPException, Request, Response
@@ -18,6 +19,7 @@ from tokenquota.errors import (
 from tokenquota.producers import Reservation
 from tokenquota.schemas import Priority, Source, TokenReserved
 
+from .auth import Caller
 from .lean import body_schema, json_body, json_response
 from .metrics import RESERVATIONS
 from .state import authorize, state_of
@@ -25,7 +27,13 @@ from .state import authorize, state_of
 __all__ = ["router"]
 
 router = APIRouter()
-_SOURCE = Source(component="sdk", name="http-api")
+
+
+@lru_cache(maxsize=1024)
+def _source(name: str) -> Source:
+    """The source of the events a caller's requests emit: `http-api:<token name>` (or
+    `http-api:local` without tokens), so the log names who reserved, settled, released."""
+    return Source(component="sdk", name=f"http-api:{name}"[:100])
 
 
 class ReserveRequest(BaseModel):
@@ -115,7 +123,7 @@ def _refused(exc: TokenQuotaExceededError) -> JSONResponse:
 async def reserve(request: Request) -> Response:
     """Reserve tokens for a session (admin). Strict (the default) answers once the worker
     has decided; optimistic answers at once with a pending reservation."""
-    authorize(request, "admin")
+    caller = authorize(request, "admin")
     body = await json_body(request, ReserveRequest)
     state = state_of(request)
     try:
@@ -126,7 +134,7 @@ async def reserve(request: Request) -> Response:
             body.priority,
             body.ttl,
             body.mode,
-            source=_SOURCE,
+            source=_source(caller.name),
         )
     except TokenQuotaExceededError as exc:
         return _refused(exc)
@@ -138,15 +146,18 @@ async def reserve(request: Request) -> Response:
     return json_response(_out(reservation), 201)
 
 
-async def _handle(request: Request, reservation_id: uuid.UUID) -> Reservation:
+async def _handle(request: Request, reservation_id: uuid.UUID, caller: Caller) -> Reservation:
+    """The reservation to settle or release, its events sourced from `caller`."""
     state = state_of(request)
+    source = _source(caller.name)
     if reservation_id in state.closed:
         raise HTTPException(
             409, f"reservation {reservation_id} is already {state.closed[reservation_id]}"
         )
     kept = state.reservations.pop(reservation_id, None)
-    if kept is not None:
-        return kept
+    if kept is not None:  # its settle or release names who closes it, not who reserved
+        event = kept.event.model_copy(update={"source": source})
+        return Reservation(state.quota, event, kept.status, kept.delivery, kept.verified)
     # Not granted by this process (or forgotten): rebuilt from the worker's record.
     record = await state.quota.reservation(reservation_id)
     if record is None:
@@ -157,7 +168,7 @@ async def _handle(request: Request, reservation_id: uuid.UUID) -> Reservation:
         event_id=record.event_id,
         session_id=record.session_id,
         task_id=record.task_id,
-        source=_SOURCE,
+        source=source,
         occurred_at=record.requested_at,
         reservation_id=record.reservation_id,
         tokens=record.tokens,
@@ -182,9 +193,9 @@ _CLOSED: dict[int | str, dict[str, Any]] = {
 )
 async def settle(reservation_id: uuid.UUID, request: Request) -> Response:
     """Report what a reservation's call used (admin); the unused rest is released."""
-    authorize(request, "admin")
+    caller = authorize(request, "admin")
     body = await json_body(request, SettleRequest)
-    reservation = await _handle(request, reservation_id)
+    reservation = await _handle(request, reservation_id, caller)
     delivery = await reservation.settle(
         body.input_tokens, body.output_tokens, body.model, operation=body.operation
     )
@@ -195,8 +206,8 @@ async def settle(reservation_id: uuid.UUID, request: Request) -> Response:
 @router.post("/v1/reservations/{reservation_id}/release", response_model=None, responses=_CLOSED)
 async def release(reservation_id: uuid.UUID, request: Request) -> Response:
     """Give every reserved token back (admin)."""
-    authorize(request, "admin")
-    reservation = await _handle(request, reservation_id)
+    caller = authorize(request, "admin")
+    reservation = await _handle(request, reservation_id, caller)
     delivery = await reservation.release()
     state_of(request).close(reservation_id, "released")
     return json_response(Settled(reservation_id=reservation_id, delivery=delivery))

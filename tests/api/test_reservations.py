@@ -9,7 +9,10 @@ import pytest
 
 from tests.api.support import api_client
 from tests.support import wait_until
+from tokenquota.api import hash_token
 from tokenquota.config import ReservationSettings, Settings
+from tokenquota.projections import connect
+from tokenquota.sections import ApiSettings, ApiToken
 
 pytestmark = pytest.mark.integration
 
@@ -73,3 +76,60 @@ async def test_reserve_settle_release_and_refusals(
         assert hard.status_code == 409 and hard.json()["window"] == "hard_limit"
         invalid = await client.post("/v1/reservations", json={"session_id": "r2", "tokens": 0})
         assert invalid.status_code == 422 and invalid.json()["errors"][0]["path"] == "body.tokens"
+
+
+async def test_the_log_names_the_token_that_reserved_settled_or_released(
+    pipeline_settings: Settings, start_worker: Any
+) -> None:
+    tokens = tuple(
+        ApiToken(name=name, role="admin", sha256=hash_token(f"{name}-secret"))
+        for name in ("ops", "ci")
+    )
+    configured = pipeline_settings.model_copy(update={"api": ApiSettings(tokens=tokens)})
+    ops, ci = ({"Authorization": f"Bearer {name}-secret"} for name in ("ops", "ci"))
+    start_worker()
+    async with api_client(configured) as client:
+        budget = {"daily_limit": 1_000, "monthly_limit": 2_000, "hard_limit": 3_000}
+        put = await client.put("/v1/sessions/src1/budget", json=budget, headers=ops)
+        assert put.status_code == 200, put.text
+        ids = []
+        for _ in range(2):
+            granted = await client.post(
+                "/v1/reservations", json={"session_id": "src1", "tokens": 10}, headers=ops
+            )
+            assert granted.status_code == 201, granted.text
+            ids.append(granted.json()["reservation_id"])
+        settled = await client.post(
+            f"/v1/reservations/{ids[0]}/settle",
+            json={"input_tokens": 3, "output_tokens": 2},
+            headers=ci,
+        )
+        assert settled.status_code == 200, settled.text
+        client._transport.app.state.api.reservations.clear()  # type: ignore[attr-defined]
+        released = await client.post(f"/v1/reservations/{ids[1]}/release", headers=ci)
+        assert released.status_code == 200, released.text
+
+    async def sources() -> list[tuple[str, str, str]]:
+        conn = await connect(configured.database.dsn(), configured.database.schema_name)
+        try:
+            rows = await conn.fetch(
+                "SELECT event_type, payload->>'reservation_id' AS rid, "
+                "payload->'source'->>'name' AS name FROM usage_events "
+                "WHERE session_id = 'src1' AND event_type <> 'BudgetSet'"
+            )
+        finally:
+            await conn.close()
+        return sorted((r["event_type"], r["rid"], r["name"]) for r in rows)
+
+    async def all_applied() -> bool:
+        return len(await sources()) == 4
+
+    await wait_until(all_applied, 60, "both reservations and their closing applied")
+    assert await sources() == sorted(
+        [
+            ("TokenReserved", ids[0], "http-api:ops"),
+            ("TokenReserved", ids[1], "http-api:ops"),
+            ("TokenUsed", ids[0], "http-api:ci"),
+            ("TokenUsed", ids[1], "http-api:ci"),
+        ]
+    )
