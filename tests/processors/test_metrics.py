@@ -6,11 +6,14 @@ import socket
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support import budget, reserved, used, wait_until
-from tokenquota.config import Settings
+from tokenquota.config import Settings, WorkerSettings
+from tokenquota.embedded import WorkerProcess
+from tokenquota.health import check_integration_health_async
 from tokenquota.producers import Emitter
 from tokenquota.schemas import Event, utc_now
 
@@ -21,6 +24,16 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def _listening(worker: WorkerProcess) -> set[tuple[str, int]]:
+    """The addresses the worker process listens on."""
+    assert worker.pid is not None
+    return {
+        (c.laddr.ip, c.laddr.port)
+        for c in psutil.Process(worker.pid).net_connections("tcp")
+        if c.status == psutil.CONN_LISTEN
+    }
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -35,7 +48,7 @@ async def test_a_worker_with_a_metrics_port_counts_what_it_applied(
     pipeline_settings: Settings, start_worker: Any
 ) -> None:
     port = free_port()
-    start_worker(env={"WORKER_METRICS_PORT": str(port)})
+    worker = start_worker(env={"WORKER_METRICS_PORT": str(port)})
     now = utc_now()
     events: list[Event] = [
         budget("m", now, daily=100, monthly=1_000, hard=10_000),
@@ -58,6 +71,7 @@ async def test_a_worker_with_a_metrics_port_counts_what_it_applied(
         return samples(text).get(("tokenquota_events_applied_total", ()), 0) >= len(events)
 
     await wait_until(counted, 60, "the metrics counting every event")
+    assert _listening(worker) == {("127.0.0.1", port)}  # metrics_host's default
     async with httpx.AsyncClient() as client:
         got = samples((await client.get(url)).text)
     assert got[("tokenquota_events_applied_total", ())] == len(events)
@@ -78,3 +92,20 @@ async def test_a_worker_with_a_metrics_port_counts_what_it_applied(
         dict(labels)["consumergroup"] == pipeline_settings.worker.group_id for labels in lags
     )
     assert not any("session" in str(labels) for _, labels in got)
+
+
+async def test_a_worker_serves_no_metrics_unless_its_port_is_set(
+    pipeline_settings: Settings, start_worker: Any
+) -> None:
+    assert WorkerSettings().metrics_port is None
+    assert WorkerSettings().metrics_host == "127.0.0.1"
+    # Empty counts as unset: the defaults, whatever the test's own environment holds.
+    worker = start_worker(env={"WORKER_METRICS_PORT": "", "WORKER_METRICS_HOST": ""})
+
+    async def running() -> bool:
+        health = await check_integration_health_async(pipeline_settings)
+        return health.worker.status != "down"
+
+    # Metrics would be served before the worker starts consuming (processors/worker.py).
+    await wait_until(running, 60, "the worker to report its status", [worker])
+    assert _listening(worker) == set()
