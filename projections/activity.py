@@ -26,6 +26,7 @@ __all__ = [
     "integration_log",
     "recent_alerts",
     "recent_decisions",
+    "session_known",
     "tail_cursor",
 ]
 
@@ -35,6 +36,17 @@ RESERVATION_STATES = ("accepted", "rejected", "settled", "released", "expired")
 #: An accepted reservation whose expires_at has passed no longer holds tokens: it reads as
 #: expired, as the fold marks it when its session's next event arrives.
 _STATUS = "CASE WHEN status = 'accepted' AND expires_at <= $1 THEN 'expired' ELSE status END"
+
+
+async def session_known(conn: asyncpg.Connection, session_id: str) -> bool:
+    """Whether an applied event has named the session: the fold gives every such session a
+    row in session_token_budgets (what `session_report` calls known), found by its key."""
+    return bool(
+        await conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM session_token_budgets WHERE session_id = $1)",
+            session_id,
+        )
+    )
 
 
 async def recent_decisions(

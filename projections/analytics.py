@@ -316,10 +316,11 @@ async def costs(
     until: date | None = None,
 ) -> list[CostRow]:
     """ApiCost totals per API, model or day between `since` and `until` (inclusive; by
-    default the last 30 days up to today in UTC), most expensive first (by day: in order)."""
+    default the last 30 days up to today, days in the windows' time zone as the rollup
+    keeps them), most expensive first (by day: in order)."""
     if by not in _COST_KEYS:
         raise ValueError(f"costs by {by!r}: use one of {', '.join(_COST_KEYS)}")
-    until = until or datetime.now(UTC).date()
+    until = until or local_day(datetime.now(UTC), await windows_zone(conn))
     since = since or until - timedelta(days=29)
     if since > until:
         raise ValueError(f"since {since} is after until {until}")

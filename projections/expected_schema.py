@@ -10,6 +10,13 @@ __all__ = ["EXPECTED_COLUMNS", "schema_drift"]
 
 #: table -> column -> (information_schema data_type, nullable)
 EXPECTED_COLUMNS: dict[str, dict[str, tuple[str, bool]]] = {
+    "dlq_reviews": {
+        "topic": ("text", False),
+        "kafka_partition": ("integer", False),
+        "reviewed_to": ("bigint", False),
+        "reviewed_at": ("timestamp with time zone", False),
+        "actor": ("text", False),
+    },
     "worker_status": {
         "member": ("text", False),
         "group_id": ("text", False),

@@ -114,6 +114,7 @@ class SystemOverview(_Model):
     lag: list[PartitionLag]
     total_lag: int | None
     broker_error: str | None
+    #: Dead letters that arrived after the last review (`tokenquota dlq ack`).
     dlq_depth: int | None
     spool_bytes: int | None
     top_by_tokens: list[TopSession]

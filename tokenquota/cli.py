@@ -6,16 +6,18 @@ import asyncio
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import asyncpg
 import typer
 from aiokafka.errors import KafkaError
 from rich.console import Console
+from rich.text import Text
 
 from .cli_api import api_app
+from .cli_dlq import dlq_app
 from .cli_ops import register as register_ops
-from .cli_run import run_app
+from .cli_run import fail, run_app
 from .cli_stack import remove_stack_file, write_stack_file
 from .config import ConfigError, Settings, load_settings
 from .devstack import run_dev
@@ -30,7 +32,8 @@ __all__ = ["app", "main"]
 
 app = typer.Typer(
     name="tokenquota",
-    help="Exact token budgets for LLM agents and MCP tools, event-sourced through Kafka.",
+    help="Exact token budgets for LLM agents and MCP tools, event-sourced through Kafka."
+    "\n\nExample: tokenquota usage alice --format json",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -40,17 +43,12 @@ out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
 
-def _fail(message: str, code: int = 1) -> NoReturn:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
-    raise typer.Exit(code)
-
-
 def _settings(ctx: typer.Context) -> Settings:
     config_file: Path | None = ctx.obj
     try:
         settings = load_settings(config_file)
     except ConfigError as exc:
-        _fail(str(exc), code=2)
+        fail(str(exc), code=2)
     configure_logging(settings.log_level, settings.log_file)
     return settings
 
@@ -117,18 +115,19 @@ def dev(
     ctx: typer.Context,
     data_dir: Annotated[
         Path | None,
-        typer.Option(help="Where embedded PostgreSQL keeps its data [env: TOKENQUOTA_DATA_DIR]."),
+        typer.Option(help="Where embedded PostgreSQL keeps its data \\[env: TOKENQUOTA_DATA_DIR]."),
     ] = None,
     api: Annotated[
         bool, typer.Option("--api/--no-api", help="Also serve the HTTP API (api.host:api.port).")
     ] = True,
 ) -> None:
-    """Run the embedded dev stack (broker + PostgreSQL), the worker and the HTTP API
-    until Ctrl-C or SIGTERM.
+    """Run the embedded dev stack (broker + PostgreSQL), the worker and the HTTP API.
 
-    Servers named by KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL are used instead of
-    embedded ones. The embedded broker keeps events in memory only. The API listens on
-    http://127.0.0.1:8787 (API_PORT chooses another port).
+    It runs until Ctrl-C or SIGTERM. Servers named by KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL are
+    used instead of embedded ones. The embedded broker keeps events in memory only. The
+    API listens on http://127.0.0.1:8787 (API_PORT chooses another port).
+
+    Example: tokenquota dev --data-dir ./dev-data --no-api
     """
     settings = _settings(ctx)
     if data_dir is not None:
@@ -158,11 +157,11 @@ def dev(
     try:
         crash = asyncio.run(run_dev(settings, ready, worker_env=worker_env, with_api=api))
     except (DevStackError, IntegrationError, MigrationError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     finally:
         remove_stack_file(settings)
     if crash is not None:
-        _fail(crash)
+        fail(crash)
     out.print("tokenquota dev stack stopped")
 
 
@@ -171,24 +170,29 @@ def init(ctx: typer.Context) -> None:
     """Create the topics and apply the migrations on the configured Kafka and PostgreSQL.
 
     Safe to repeat: existing topics and applied migrations are left as they are.
+
+    Example: KAFKA_BOOTSTRAP_SERVERS=kafka:9092 DATABASE_URL=postgresql://db/tq tokenquota init
     """
     settings = _settings(ctx)
     try:
         report = asyncio.run(provision(settings))
     except (IntegrationError, MigrationError, ConfigError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     out.print("[bold green]tokenquota init done[/]")
     _print_report(settings, report)
 
 
 @app.command()
 def migrate(ctx: typer.Context) -> None:
-    """Apply pending database migrations (a second run changes nothing)."""
+    """Apply pending database migrations (a second run changes nothing).
+
+    Example: DATABASE_URL=postgresql://tokenquota:secret@db/token_management tokenquota migrate
+    """
     settings = _settings(ctx)
     try:
         applied = asyncio.run(migrate_database(settings.database))
     except (IntegrationError, MigrationError, ConfigError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     out.print(f"migrations applied: {', '.join(applied) or 'none pending'}")
 
 
@@ -198,11 +202,14 @@ def schemas(
         bool, typer.Option("--check", help="Fail when the files are stale; write nothing.")
     ] = False,
 ) -> None:
-    """Write the JSON Schema file of every event into schemas/json/."""
+    """Write the JSON Schema file of every event into schemas/json/.
+
+    Example: tokenquota schemas --check
+    """
     if check:
         stale = stale_schema_files()
         if stale:
-            _fail(
+            fail(
                 f"stale JSON Schema files in {SCHEMA_DIR}: {', '.join(stale)}; "
                 "run `tokenquota schemas`"
             )
@@ -218,14 +225,16 @@ def worker(ctx: typer.Context) -> None:
 
     Creates missing topics and applies pending migrations first. Run several with the
     same worker.group_id to share the partitions.
+
+    Example: WORKER_METRICS_PORT=9464 tokenquota worker
     """
     settings = _settings(ctx)
     try:
         report = asyncio.run(provision(settings, publish_defaults=False))
     except (IntegrationError, MigrationError, ConfigError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     if report.defaults.warning is not None:
-        err.print(f"[yellow]warning:[/] {report.defaults.warning}", highlight=False)
+        err.print(Text.assemble(("warning:", "yellow"), " ", report.defaults.warning))
     from .processors import run_worker
 
     run_worker(settings)
@@ -257,6 +266,8 @@ def replay(
     projections were built from. The replaced tables are kept in the schema
     <schema>__previous until the next replay. A running worker may keep running: its
     batches wait for the swap.
+
+    Example: tokenquota replay --from-ledger
     """
     from rich.progress import (
         BarColumn,
@@ -271,9 +282,9 @@ def replay(
 
     settings = _settings(ctx)
     if from_ledger and force:
-        _fail("--force and --from-ledger exclude each other: the ledger holds the whole log")
+        fail("--force and --from-ledger exclude each other: the ledger holds the whole log")
     if settings.kafka.bootstrap_servers is None and not from_ledger:
-        _fail("kafka.bootstrap_servers is not set (KAFKA_BOOTSTRAP_SERVERS)", code=2)
+        fail("kafka.bootstrap_servers is not set (KAFKA_BOOTSTRAP_SERVERS)", code=2)
     columns = (
         TextColumn("replaying"),
         BarColumn(),
@@ -308,9 +319,9 @@ def replay(
                 )
             report = asyncio.run(running)
         except (ReplayError, ConfigError, MigrationError) as exc:
-            _fail(str(exc))
+            fail(str(exc))
         except (OSError, asyncpg.PostgresError, KafkaError) as exc:
-            _fail(f"replay failed, live projections unchanged: {exc}")
+            fail(f"replay failed, live projections unchanged: {exc}")
     source = "ledger rows" if from_ledger else "messages"
     out.print(
         f"[bold green]replayed[/] {report.events} {source}: {report.applied} events applied, "
@@ -336,25 +347,27 @@ def mcp_proxy(
             help=(
                 "Bill every call to this session, whatever session the client names, "
                 "unless mcp.session_sources lists a client source before config "
-                "[env: MCP_SESSION_ID]."
+                "\\[env: MCP_SESSION_ID]."
             )
         ),
     ] = None,
 ) -> None:
     """Serve any stdio MCP server unchanged, with budgets on every tool call.
 
-    Usage: tokenquota mcp-proxy [--session ID] [--http] -- <command> [args...]
+    Usage: tokenquota mcp-proxy [--session ID] [--http] -- <command> \\[args...]
 
     Without --session (or mcp.session_id) the client names the session: the _meta key
     tokenquota/session, the header x-tokenquota-session, or its clientInfo name, each
     limited to mcp.client_session_prefix when that is set.
+
+    Example: tokenquota mcp-proxy --session alice -- npx -y @modelcontextprotocol/server-memory
     """
     from .producers.integrations.mcp_proxy import run_proxy_sync
     from .sections import McpSettings
 
     command = [arg for arg in ctx.args if arg != "--"]
     if not command:
-        _fail("no upstream server: tokenquota mcp-proxy -- <command> [args...]", code=2)
+        fail("no upstream server: tokenquota mcp-proxy -- <command> [args...]", code=2)
     settings = _settings(ctx)
     if session is not None:
         mcp = McpSettings(**{**settings.mcp.model_dump(), "session_id": session})
@@ -364,7 +377,7 @@ def mcp_proxy(
             command, settings, transport="http" if http else "stdio", host=host, port=port
         )
     except (IntegrationError, OSError) as exc:
-        _fail(f"mcp-proxy: {exc}")
+        fail(f"mcp-proxy: {exc}")
 
 
 @app.command("mcp-server")
@@ -381,7 +394,7 @@ def mcp_server(
             help=(
                 "Act for this session only: tools may leave session_id out, and a call "
                 "naming another session is refused unless mcp.session_sources lists meta "
-                "before config [env: MCP_SESSION_ID]."
+                "before config \\[env: MCP_SESSION_ID]."
             )
         ),
     ] = None,
@@ -390,6 +403,8 @@ def mcp_server(
 
     Without --session (or mcp.session_id) each call names its session_id, limited to
     mcp.client_session_prefix when that is set.
+
+    Example: tokenquota mcp-server --http --port 8766 --session agent-7
     """
     from .producers.integrations.mcp_budget_server import create_budget_server
     from .sections import McpSettings
@@ -407,7 +422,10 @@ def mcp_server(
 
 @app.command("config")
 def show_config(ctx: typer.Context) -> None:
-    """Print the effective configuration as JSON (secrets masked)."""
+    """Print the effective configuration as JSON (secrets masked).
+
+    Example: TOKENQUOTA_CONFIG=tokenquota.json tokenquota config
+    """
     settings = _settings(ctx)
     sys.stdout.write(json.dumps(settings.model_dump(mode="json", by_alias=True), indent=2) + "\n")
 
@@ -416,6 +434,7 @@ def show_config(ctx: typer.Context) -> None:
 # tail, audit (tokenquota/cli_ops.py).
 register_ops(app)
 app.add_typer(api_app, name="api")
+app.add_typer(dlq_app, name="dlq")
 
 
 def main() -> None:

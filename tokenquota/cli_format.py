@@ -234,8 +234,9 @@ def table(
     title: str | None = None,
     thresholds: tuple[Decimal, Decimal] = (Decimal("0.8"), Decimal("0.95")),
 ) -> Table:
-    """A rich table of `rows`; numbers right-aligned."""
-    grid = Table(title=title, title_justify="left", header_style="bold")
+    """A rich table of `rows`; numbers right-aligned; the title as it is (never markup)."""
+    heading = None if title is None else Text(title, style="table.title")
+    grid = Table(title=heading, title_justify="left", header_style="bold")
     for column in columns:
         grid.add_column(column.header, justify="right" if column.numeric else "left")
     for row in rows:
@@ -260,6 +261,6 @@ def render(
     elif fmt is OutputFormat.csv:
         console.file.write(to_csv(rows, columns))
     elif not rows:
-        console.print(f"{title}: {empty}" if title else empty, highlight=False)
+        console.print(f"{title}: {empty}" if title else empty, highlight=False, markup=False)
     else:
         console.print(table(rows, columns, title=title, thresholds=thresholds))

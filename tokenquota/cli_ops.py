@@ -14,7 +14,16 @@ import typer
 
 from .cli_format import Column, OutputFormat, format_time, render
 from .cli_reports import register_reports
-from .cli_run import FormatOption, SessionArgument, err, fail, out, run, settings_of
+from .cli_run import (
+    FormatOption,
+    SessionArgument,
+    err,
+    fail,
+    out,
+    read_dashboard,
+    run,
+    settings_of,
+)
 from .cli_tail import tail
 
 if TYPE_CHECKING:
@@ -139,7 +148,6 @@ def budget_set(
     keeps the session's own (a new session: the defaults in the log).
 
     Example: tokenquota budget set alice --daily 100000 --monthly 2000000 --hard 10000000
-    --warning 0.8 --critical 0.95
     """
     from .schemas.events import check_limits
 
@@ -182,7 +190,7 @@ def budget_set(
 
     report = run(settings, apply())
     if fmt is OutputFormat.table:
-        err.print(f"budget of {session!r} applied", highlight=False)
+        err.print(f"budget of {session!r} applied", highlight=False, markup=False)
     _print_session(report, fmt, with_budget=True)
 
 
@@ -270,14 +278,9 @@ def audit(
     Example: tokenquota audit --session alice
     """
     settings = settings_of(ctx)
-
-    async def read() -> Any:
-        from .dashboard import AsyncTokenDashboard
-
-        async with AsyncTokenDashboard(settings) as dashboard:
-            return await dashboard.audit(session_id=session, limit=limit)
-
-    rows = run(settings, read())
+    rows = read_dashboard(
+        settings, lambda d: d.audit(session_id=session, limit=limit), session=session
+    )
     render(out, fmt, [row.model_dump() for row in rows], AUDIT_COLUMNS, data=rows,
            title="audit", empty="no budget or default changes in the log")  # fmt: skip
 

@@ -4,37 +4,29 @@ reservation decisions and alerts. Each is one call of the read models
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from enum import StrEnum
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
 
 from .cli_format import Column, OutputFormat, format_cell, render
-from .cli_run import FormatOption, SessionArgument, out, parse_day, parse_moment, run, settings_of
-
-if TYPE_CHECKING:
-    from .config import Settings
-    from .dashboard import AsyncTokenDashboard
+from .cli_run import (
+    FormatOption,
+    SessionArgument,
+    fail,
+    out,
+    parse_day,
+    parse_moment,
+    read_dashboard,
+    settings_of,
+)
 
 __all__ = ["register_reports", "report_app"]
-
-T = TypeVar("T")
 
 report_app = typer.Typer(
     help="Reports over all sessions.\n\nExample: tokenquota report daily --date 2026-12-03",
     no_args_is_help=True,
 )
-
-
-def _read(settings: Settings, call: Callable[[AsyncTokenDashboard], Awaitable[T]]) -> T:
-    async def read() -> T:
-        from .dashboard import AsyncTokenDashboard
-
-        async with AsyncTokenDashboard(settings) as dashboard:
-            return await call(dashboard)
-
-    return run(settings, read())
 
 
 def _dump(rows: Any) -> list[dict[str, Any]]:
@@ -106,7 +98,7 @@ def report_daily(
     """
     when = parse_day(day)
     settings = settings_of(ctx)
-    report = _read(settings, lambda d: d.generate_daily_report(when))
+    report = read_dashboard(settings, lambda d: d.generate_daily_report(when))
     data = report.model_dump()
     if fmt is OutputFormat.json:
         render(out, fmt, [], DAILY_SESSION_COLUMNS, data=report)
@@ -159,7 +151,7 @@ def top(
     """
     when = parse_day(day)
     settings = settings_of(ctx)
-    rows = _read(settings, lambda d: d.top_sessions(by=by.value, limit=limit, day=when))
+    rows = read_dashboard(settings, lambda d: d.top_sessions(by=by.value, limit=limit, day=when))
     ranked = [{"rank": i, **row} for i, row in enumerate(_dump(rows), start=1)]
     render(out, fmt, ranked, TOP_COLUMNS, data=rows, title=f"top sessions by {by.value}",
            empty="no usage")  # fmt: skip
@@ -187,27 +179,38 @@ COST_VALUE_COLUMNS = (
 def costs(
     ctx: typer.Context,
     by: Annotated[CostsBy, typer.Option("--by", help="Group by api, model or day.")] = CostsBy.api,
-    since: Annotated[str | None, typer.Option(help="First day, YYYY-MM-DD (default: all).")] = None,
-    until: Annotated[str | None, typer.Option(help="Last day, YYYY-MM-DD (default: all).")] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(help="First day, YYYY-MM-DD (default: 29 days before --until: 30 days)."),
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option(help="Last day, YYYY-MM-DD (default: today).")
+    ] = None,
     fmt: FormatOption = OutputFormat.table,
 ) -> None:
     """What the external APIs cost, in USD, grouped by API, model or day.
+
+    --since and --until are included; left out, the window is the 30 days up to today
+    (days in the budgets' time zone, as the log's DefaultsSet sets it).
 
     Example: tokenquota costs --by model --since 2026-12-01
     """
     first, last = parse_day(since), parse_day(until)
     if first is not None and last is not None and first > last:
-        from .cli_run import fail
-
         fail(f"--since {first} is after --until {last}", code=2)
     settings = settings_of(ctx)
-    rows = _read(settings, lambda d: d.costs(by=by.value, since=first, until=last))
+    try:
+        rows = read_dashboard(settings, lambda d: d.costs(by=by.value, since=first, until=last))
+    except ValueError as exc:  # --since after today (the read decides what today is)
+        fail(f"--since {first} is after today: {exc}", code=2)
     render(out, fmt, _dump(rows), (*COST_COLUMNS[by], *COST_VALUE_COLUMNS), data=rows,
            title=f"costs by {by.value}", empty="no API costs")  # fmt: skip
 
 
 class ReservationStatus(StrEnum):
-    pending = "pending"
+    """What a decision reads as (projections.activity.RESERVATION_STATES): the fold decides
+    each reservation as it applies it, so none is ever read as pending."""
+
     accepted = "accepted"
     rejected = "rejected"
     settled = "settled"
@@ -248,8 +251,10 @@ def reservations(
     """
     settings = settings_of(ctx)
     state = status.value if status is not None else None
-    rows = _read(
-        settings, lambda d: d.recent_decisions(session_id=session, status=state, limit=limit)
+    rows = read_dashboard(
+        settings,
+        lambda d: d.recent_decisions(session_id=session, status=state, limit=limit),
+        session=session,
     )
     render(out, fmt, _dump(rows), DECISION_COLUMNS, data=rows,
            title=f"reservations of {session}", empty="no reservations")  # fmt: skip
@@ -290,7 +295,11 @@ def alerts(
     """
     moment = parse_moment(since)
     settings = settings_of(ctx)
-    rows = _read(settings, lambda d: d.recent_alerts(since=moment, session_id=session, limit=limit))
+    rows = read_dashboard(
+        settings,
+        lambda d: d.recent_alerts(since=moment, session_id=session, limit=limit),
+        session=session,
+    )
     render(out, fmt, _dump(rows), ALERT_COLUMNS, data=rows, title="alerts",
            empty="no alerts")  # fmt: skip
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, date, datetime
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -20,11 +20,15 @@ import typer
 from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 from rich.console import Console
+from rich.text import Text
 
 from .cli_format import OutputFormat
 from .config import ConfigError, Settings, load_settings
 from .errors import IntegrationError
 from .logs import configure_logging
+
+if TYPE_CHECKING:
+    from .dashboard import AsyncTokenDashboard
 
 __all__ = [
     "FormatOption",
@@ -34,6 +38,9 @@ __all__ = [
     "out",
     "parse_day",
     "parse_moment",
+    "print_error",
+    "read_dashboard",
+    "require_session",
     "run",
     "run_app",
     "settings_of",
@@ -51,9 +58,15 @@ out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
 
+def print_error(message: str) -> None:
+    """Print `error: message` on stderr, the message as it is (never read as markup: it
+    may quote what the user typed)."""
+    err.print(Text.assemble(("error:", "bold red"), " ", message), highlight=False)
+
+
 def fail(message: str, code: int = 1) -> NoReturn:
     """Print `error: message` on stderr and exit with `code`."""
-    err.print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
+    print_error(message)
     raise typer.Exit(code)
 
 
@@ -123,6 +136,35 @@ def run(settings: Settings, work: Coroutine[Any, Any, T]) -> T:
         fail(f"{where}: {message}" if where else message, code=2)
 
 
+async def require_session(dashboard: AsyncTokenDashboard, session_id: str | None) -> None:
+    """Raise UnknownSessionError, as `usage` does, when `session_id` is given and no applied
+    event has named it (one primary-key lookup)."""
+    if session_id is None:
+        return
+    from .errors import UnknownSessionError
+
+    if not await dashboard.session_known(session_id):
+        raise UnknownSessionError(session_id)
+
+
+def read_dashboard(
+    settings: Settings,
+    call: Callable[[AsyncTokenDashboard], Awaitable[T]],
+    *,
+    session: str | None = None,
+) -> T:
+    """`call` on a dashboard, run as `run` does; refuses an unknown `session` first."""
+
+    async def read() -> T:
+        from .dashboard import AsyncTokenDashboard
+
+        async with AsyncTokenDashboard(settings) as dashboard:
+            await require_session(dashboard, session)
+            return await call(dashboard)
+
+    return run(settings, read())
+
+
 def parse_day(value: str | None) -> date | None:
     """A `YYYY-MM-DD` option (also `today` / `yesterday`, UTC); exit 2 when it is not one."""
     if value is None:
@@ -177,6 +219,6 @@ def run_app(app: typer.Typer, args: list[str] | None = None) -> None:
         where = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
         format_message = getattr(exc, "format_message", None)
         message = str(format_message() if callable(format_message) else exc).rstrip(".")
-        err.print(f"[bold red]error:[/] {message}{where}", highlight=False)
+        print_error(f"{message}{where}")
         sys.exit(exit_code)
     sys.exit(code if isinstance(code, int) else 0)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from .cli_format import Column, OutputFormat, format_cell, to_csv
-from .cli_run import FormatOption, out, parse_moment, run, settings_of
+from .cli_run import FormatOption, out, parse_moment, require_session, run, settings_of
 
 if TYPE_CHECKING:
     from .projections.read_models import LedgerEvent
@@ -91,6 +91,7 @@ def tail(
         from .dashboard import AsyncTokenDashboard
 
         async with AsyncTokenDashboard(settings) as dashboard:
+            await require_session(dashboard, session)
             cursor = await dashboard.tail_cursor(since=moment, session_id=session)
             if fmt is OutputFormat.csv:
                 out.file.write(",".join(c.key for c in TAIL_COLUMNS) + "\n")

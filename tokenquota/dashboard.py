@@ -32,6 +32,7 @@ from .kafka_probe import HighwaterProbe
 from .privacy import stored_session_id
 from .producers.spool_depth import pending_bytes
 from .projections import activity, analytics, undo_open_transaction
+from .projections.dead_letters import reviewed_offsets, unreviewed
 from .projections.read_models import (
     AlertRow,
     AuditRow,
@@ -124,6 +125,11 @@ class AsyncTokenDashboard:
     def _session(self, session_id: str) -> str:
         return stored_session_id(self.settings.privacy, session_id)
 
+    async def session_known(self, session_id: str) -> bool:
+        """Whether an applied event has named the session (one primary-key lookup)."""
+        stored = self._session(session_id)
+        return await self._read(lambda conn: activity.session_known(conn, stored))
+
     async def get_session_metrics(self, session_id: str) -> SessionReport:
         """A session's limits, usage, remaining tokens and utilization per window, held
         tokens and outstanding reservations, overage, cost and last activity.
@@ -139,29 +145,35 @@ class AsyncTokenDashboard:
 
     async def get_system_overview(self, *, top: int = 5) -> SystemOverview:
         """Sessions active and tokens and cost today and this month, events applied in the
-        last minute, consumer lag per partition, DLQ depth, this host's spool, top sessions.
+        last minute, consumer lag per partition, DLQ depth (dead letters not yet reviewed
+        with `tokenquota dlq ack`), this host's spool, top sessions.
         A broker that cannot be asked leaves lag and DLQ depth None with `broker_error`."""
         kafka = self.settings.kafka
         highwaters: dict[int, int] | None = None
-        dlq: int | None = None
+        dlq: dict[int, int] | None = None
         error: str | None = None
         try:
             ends = await self._probe.highwaters(kafka.usage_topic, kafka.dlq_topic)
-            highwaters, dlq = ends[kafka.usage_topic], sum(ends[kafka.dlq_topic].values())
+            highwaters, dlq = ends[kafka.usage_topic], ends[kafka.dlq_topic]
         except IntegrationError as exc:
             highwaters, error = None, str(exc)
         spool = pending_bytes(self.settings.spool_dir)
-        return await self._read(
-            lambda conn: analytics.system_overview(
+
+        async def overview(conn: asyncpg.Connection) -> SystemOverview:
+            depth = None
+            if dlq is not None:  # dead letters since the last review
+                depth = unreviewed(dlq, await reviewed_offsets(conn, kafka.dlq_topic))
+            return await analytics.system_overview(
                 conn,
                 topic=kafka.usage_topic,
                 highwaters=highwaters,
                 broker_error=error,
-                dlq_depth=dlq,
+                dlq_depth=depth,
                 spool_bytes=spool,
                 top=top,
             )
-        )
+
+        return await self._read(overview)
 
     async def generate_daily_report(self, date: date | None = None) -> DailyReport:
         """One day (default today, in the windows' time zone): per session tokens in/out,
@@ -285,6 +297,10 @@ class TokenDashboard:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+    def session_known(self, session_id: str) -> bool:
+        """See AsyncTokenDashboard.session_known."""
+        return self._run(self._dashboard.session_known(session_id))
 
     def get_session_metrics(self, session_id: str) -> SessionReport:
         """See AsyncTokenDashboard.get_session_metrics."""

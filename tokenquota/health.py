@@ -9,7 +9,8 @@ with a reason that names what was found:
   (down when none did: nothing would be applied); lag per partition (highwater minus
   the projections' next offset) above LAG_DEGRADED, or events waiting while the last
   batch is older than STALE_BATCH seconds, make it degraded;
-- dlq: messages in the dead-letter topic make it degraded (each needs a look);
+- dlq: dead letters that arrived after the last review make it degraded (each needs a
+  look: `tokenquota dlq show`, then `tokenquota dlq ack` marks them reviewed);
 - spool: bytes this host's emitters have not had acknowledged by Kafka make it degraded.
 
 The overall status is the worst of them. Every probe has a timeout, so the check answers
@@ -19,6 +20,7 @@ within a few seconds even when a server is down.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -30,6 +32,7 @@ from .errors import IntegrationError
 from .kafka_probe import partition_highwaters
 from .producers.spool_depth import pending_bytes
 from .projections import schema_drift
+from .projections.dead_letters import reviewed_offsets, unreviewed
 
 __all__ = [
     "LAG_DEGRADED",
@@ -88,9 +91,17 @@ async def _highwaters(settings: Settings, topic: str) -> dict[int, int] | Integr
         return exc
 
 
-async def _database(
-    settings: Settings,
-) -> tuple[ComponentHealth, dict[int, int] | None, list[asyncpg.Record]]:
+@dataclass(frozen=True, slots=True)
+class _Database:
+    health: ComponentHealth
+    #: partition -> next offset of the usage topic (None: not known)
+    checkpoints: dict[int, int] | None = None
+    workers: list[asyncpg.Record] = field(default_factory=list)
+    #: partition -> offset of the DLQ up to which an operator reviewed it
+    reviewed: dict[int, int] = field(default_factory=dict)
+
+
+async def _database(settings: Settings) -> _Database:
     db = settings.database
     try:
         conn = await asyncpg.connect(
@@ -98,14 +109,14 @@ async def _database(
         )
     except Exception as exc:  # any failure to connect is the answer here
         reason = f"PostgreSQL unreachable: {exc}" if str(exc) else "PostgreSQL unreachable"
-        return ComponentHealth(status="down", reason=reason), None, []
+        return _Database(ComponentHealth(status="down", reason=reason))
     try:
         drift = await asyncio.wait_for(schema_drift(conn, db.schema_name), _TIMEOUT)
         if drift:
             reason = (
                 f"schema {db.schema_name} is not migrated ({drift[0]}): run `tokenquota migrate`"
             )
-            return ComponentHealth(status="down", reason=reason), None, []
+            return _Database(ComponentHealth(status="down", reason=reason))
         checkpoints = await conn.fetch(
             "SELECT kafka_partition, next_offset FROM partition_checkpoints WHERE topic = $1",
             settings.kafka.usage_topic,
@@ -117,12 +128,18 @@ async def _database(
             " FROM worker_status WHERE group_id = $1 ORDER BY seen_at DESC",
             settings.worker.group_id,
         )
+        reviewed = await reviewed_offsets(conn, settings.kafka.dlq_topic)
     except (asyncpg.PostgresError, OSError, TimeoutError) as exc:
-        return ComponentHealth(status="down", reason=f"PostgreSQL query failed: {exc}"), None, []
+        reason = f"PostgreSQL query failed: {exc}"
+        return _Database(ComponentHealth(status="down", reason=reason))
     finally:
         await conn.close()
-    ok = ComponentHealth(status="ok", reason=f"reachable, schema {db.schema_name} migrated")
-    return ok, {r["kafka_partition"]: r["next_offset"] for r in checkpoints}, workers
+    return _Database(
+        ComponentHealth(status="ok", reason=f"reachable, schema {db.schema_name} migrated"),
+        {r["kafka_partition"]: r["next_offset"] for r in checkpoints},
+        workers,
+        reviewed,
+    )
 
 
 def _worker(
@@ -190,7 +207,7 @@ async def check_integration_health_async(settings: Settings | None = None) -> In
     """Probe the broker, the database, the worker, the DLQ and the local spool."""
     settings = settings or load_settings()
     kafka = settings.kafka
-    usage, dlq, (database, checkpoints, workers) = await asyncio.gather(
+    usage, dlq, facts = await asyncio.gather(
         _highwaters(settings, kafka.usage_topic),
         _highwaters(settings, kafka.dlq_topic),
         _database(settings),
@@ -205,19 +222,7 @@ async def check_integration_health_async(settings: Settings | None = None) -> In
             details={"bootstrap_servers": kafka.bootstrap_servers, "partitions": len(usage)},
         )
         highwaters = usage
-    if isinstance(dlq, IntegrationError):
-        dead = ComponentHealth(status="degraded", reason=f"DLQ depth unknown: {dlq}")
-    else:
-        depth = sum(dlq.values())
-        dead = ComponentHealth(
-            status="degraded" if depth else "ok",
-            reason=(
-                f"{depth:,} messages in {kafka.dlq_topic}: see `tokenquota replay` and the DLQ"
-                if depth
-                else f"{kafka.dlq_topic} is empty"
-            ),
-            details={"depth": depth},
-        )
+    dead = _dead_letters(kafka.dlq_topic, dlq, facts.reviewed)
     waiting = pending_bytes(settings.spool_dir)
     spool = ComponentHealth(
         status="degraded" if waiting else "ok",
@@ -228,7 +233,8 @@ async def check_integration_health_async(settings: Settings | None = None) -> In
         ),
         details={"directory": str(settings.spool_dir), "bytes": waiting},
     )
-    worker = _worker(settings, highwaters, checkpoints, workers)
+    worker = _worker(settings, highwaters, facts.checkpoints, facts.workers)
+    database = facts.health
     return IntegrationHealth(
         status=_worst(broker.status, database.status, worker.status, dead.status, spool.status),
         broker=broker,
@@ -238,6 +244,25 @@ async def check_integration_health_async(settings: Settings | None = None) -> In
         spool=spool,
         checked_at=datetime.now(UTC),
     )
+
+
+def _dead_letters(
+    topic: str, highwaters: dict[int, int] | IntegrationError, reviewed: dict[int, int]
+) -> ComponentHealth:
+    """Degraded while dead letters wait for a look (`tokenquota dlq show`, then `ack`)."""
+    if isinstance(highwaters, IntegrationError):
+        return ComponentHealth(status="degraded", reason=f"DLQ depth unknown: {highwaters}")
+    total = sum(highwaters.values())
+    depth = unreviewed(highwaters, reviewed)
+    details = {"depth": depth, "total": total}
+    if depth:
+        reason = (
+            f"{depth:,} unreviewed messages in {topic}: see `tokenquota dlq show`, then "
+            "`tokenquota dlq ack`"
+        )
+        return ComponentHealth(status="degraded", reason=reason, details=details)
+    reason = f"{topic} holds {total:,} reviewed messages" if total else f"{topic} is empty"
+    return ComponentHealth(status="ok", reason=reason, details=details)
 
 
 def check_integration_health(settings: Settings | None = None) -> IntegrationHealth:

@@ -113,6 +113,12 @@ def test_an_empty_table_says_so() -> None:
     )
 
 
+@pytest.mark.parametrize("rows", [ROWS, []])
+def test_a_title_is_printed_as_it_is_never_as_markup(rows: list[dict[str, object]]) -> None:
+    title = "reservations of [bold]a[/bold][/x]"  # a session id may hold brackets
+    assert title in _printed(OutputFormat.table, rows, title=title, empty="none")
+
+
 def test_csv_has_a_header_and_raw_values() -> None:
     parsed = list(csv.DictReader(io.StringIO(_printed(OutputFormat.csv, ROWS))))
     assert list(parsed[0]) == [c.key for c in COLUMNS]

@@ -23,6 +23,7 @@ from aiokafka import AIOKafkaProducer
 from tests.conftest import WorkerStarter
 from tests.support import fetch_value, settings_env, used, wait_until
 from tokenquota.actors import os_actor
+from tokenquota.cli_reports import ReservationStatus
 from tokenquota.config import Settings, env_var_names
 from tokenquota.embedded import free_port
 from tokenquota.privacy import stored_session_id
@@ -228,6 +229,38 @@ async def test_reservations_lists_decisions_with_status_filter(
     rows = only.csv()
     assert [row["status"] for row in rows] == ["settled"]
     assert rows[0]["tokens"] == "400"
+    every = run.json
+    for status in ReservationStatus:  # every status the command offers works
+        only = await _run(env, "reservations", "ops-dave", "--status", status, "-f", "json")
+        assert only.code == 0, only
+        assert only.json == [row for row in every if row["status"] == status], only
+    _one_error_line(
+        await _run(env, "reservations", "ops-dave", "--status", "pending"), 2, "--status"
+    )
+
+
+async def test_commands_of_one_session_refuse_a_session_no_event_named(
+    pipeline_settings: Settings, start_worker: WorkerStarter, tmp_path: Path
+) -> None:
+    start_worker()
+    async with TokenQuota(pipeline_settings, source=SOURCE) as quota:
+        await _budget(quota, "ops-gina", 1_000, 10_000, 100_000)
+    await _applied(pipeline_settings, 1)
+    env = _environment(pipeline_settings, tmp_path)
+    known = await _run(env, "audit", "--session", "ops-gina", "-f", "json")
+    assert known.code == 0 and len(known.json) == 1, known
+    for args in (("reservations", "ops-gina"), ("alerts", "--session", "ops-gina")):
+        run = await _run(env, *args, "-f", "json")
+        assert (run.code, run.json) == (0, []), run
+    for unknown in ("ops-nobody", "ops-[bold]nobody[/x]"):
+        for args in (
+            ("reservations", unknown),
+            ("alerts", "--session", unknown),
+            ("audit", "--session", unknown),
+            ("tail", "--session", unknown),
+        ):
+            run = await _run(env, *args, timeout=20)
+            _one_error_line(run, 1, f"unknown session {unknown!r}")
 
 
 async def test_tail_follows_applied_events_until_ctrl_c(
@@ -294,6 +327,19 @@ async def test_health_exit_codes(
     assert run.code == 1, run
     assert run.json["status"] == "degraded"
     assert run.json["dlq"]["status"] == "degraded"
+    # Looked at and acknowledged, it no longer degrades the pipeline.
+    shown = await _run(env, "dlq", "show", "--format", "json")
+    assert shown.code == 0, shown
+    assert (shown.json["unreviewed"], shown.json["total"]) == (1, 1)
+    (letter,) = shown.json["letters"]
+    assert letter["value"] == "not an event" and letter["reason"] == "(no reason header)"
+    table = await _run(env, "dlq", "show")
+    assert "1 unreviewed of 1" in table.stdout and "not an event" in table.stdout, table
+    acked = await _run(env, "dlq", "ack")
+    assert acked.code == 0 and "1 dead letters marked reviewed" in acked.stderr, acked
+    run = await _run(env, "health", "--format", "json")
+    assert run.code == 0 and run.json["dlq"]["details"] == {"depth": 0, "total": 1}, run
+    assert (await _run(env, "dlq", "show", "--format", "json")).json["letters"] == []
 
     down = _environment(
         pipeline_settings, tmp_path, DATABASE_URL=f"postgresql://postgres@127.0.0.1:{free_port()}/x"
@@ -313,6 +359,7 @@ async def test_user_mistakes_are_one_line_and_a_non_zero_exit(
     _one_error_line(await _run(env, "alerts", "--since", "yesterday-ish"), 2, "yesterday-ish")
     _one_error_line(await _run(env, "top", "--limit", "0"), 2, "--limit")
     _one_error_line(await _run(env, "top", "--by", "colour"), 2, "--by")
+    _one_error_line(await _run(env, "costs", "--since", "2999-01-01"), 2, "2999-01-01")
     _one_error_line(
         await _run(
             env, "budget", "set", "x", "--daily", "500", "--monthly", "100", "--hard", "900"

@@ -12,6 +12,8 @@ from aiokafka import AIOKafkaProducer
 from tests.support import fetch_value, used, wait_until
 from tokenquota import check_integration_health, check_integration_health_async
 from tokenquota.config import DatabaseSettings, KafkaSettings, Settings
+from tokenquota.dashboard import AsyncTokenDashboard
+from tokenquota.dead_letters import acknowledge, read_dead_letters
 from tokenquota.health import IntegrationHealth
 from tokenquota.producers import Emitter
 from tokenquota.schemas import utc_now
@@ -28,6 +30,16 @@ def closed_port() -> int:
 async def emit(settings: Settings, count: int) -> None:
     async with Emitter(settings.kafka, settings.emitter, settings.spool_dir) as emitter:
         await emitter.emit_many([used(f"h{i % 3}", 1, utc_now()) for i in range(count)])
+
+
+async def send_poison(settings: Settings, value: bytes) -> None:
+    """A message that is no event, on one partition (so the DLQ keeps their order)."""
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap_servers)
+    await producer.start()
+    try:
+        await producer.send_and_wait(settings.kafka.usage_topic, value, key=b"x", partition=0)
+    finally:
+        await producer.stop()
 
 
 async def test_a_running_worker_that_keeps_up_is_healthy(
@@ -84,12 +96,7 @@ async def test_dead_letters_and_an_unsent_spool_make_it_degraded(
 ) -> None:
     start_worker()
     kafka = pipeline_settings.kafka
-    producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap_servers)
-    await producer.start()
-    try:
-        await producer.send_and_wait(kafka.usage_topic, b"not an event", key=b"x")
-    finally:
-        await producer.stop()
+    await send_poison(pipeline_settings, b"not an event")
 
     async def dead_lettered() -> bool:
         health = await check_integration_health_async(pipeline_settings)
@@ -97,7 +104,27 @@ async def test_dead_letters_and_an_unsent_spool_make_it_degraded(
 
     await wait_until(dead_lettered, 60, "the DLQ message seen")
     health = await check_integration_health_async(pipeline_settings)
-    assert health.dlq.details["depth"] == 1 and "1 messages" in health.dlq.reason
+    assert health.dlq.details == {"depth": 1, "total": 1}
+    assert "1 unreviewed messages" in health.dlq.reason and "dlq show" in health.dlq.reason
+    letters = await read_dead_letters(pipeline_settings)
+    (letter,) = letters.letters
+    assert (letters.unreviewed, letters.total) == (1, 1)
+    assert letter.value == "not an event" and letter.key == "x" and not letter.reviewed
+    assert letter.source_topic == kafka.usage_topic and letter.source_offset is not None
+    assert letter.reason.startswith("invalid event: <event>: Invalid JSON"), letter
+    # Reviewed: no longer degraded, and the overview counts none.
+    await acknowledge(pipeline_settings, "os:tester")
+    health = await check_integration_health_async(pipeline_settings)
+    assert health.dlq.status == "ok" and health.dlq.details == {"depth": 0, "total": 1}
+    async with AsyncTokenDashboard(pipeline_settings) as dashboard:
+        assert (await dashboard.get_system_overview()).dlq_depth == 0
+    assert (await read_dead_letters(pipeline_settings)).letters == []
+    # A new one is degraded again, and only it waits for review.
+    await send_poison(pipeline_settings, b"{}")
+    await wait_until(dead_lettered, 60, "the second DLQ message seen")
+    assert (await check_integration_health_async(pipeline_settings)).dlq.details["depth"] == 1
+    every = await read_dead_letters(pipeline_settings, everything=True)
+    assert [(x.value, x.reviewed) for x in every.letters] == [("not an event", True), ("{}", False)]
     spool = pipeline_settings.spool_dir
     spool.mkdir(parents=True, exist_ok=True)
     (spool / "usage.spool").write_bytes(b"\x00" * 100)
