@@ -1,7 +1,7 @@
 """The HTTP API under load: event ingest and strict reservations, beside the direct calls.
 
 `tokenquota api` runs as its own process (uvicorn, as in production) on the benchmark's
-servers; the clients run in this process (aiohttp, one connection per concurrent caller).
+servers; the clients run in this process (one connection per concurrent caller).
 
 - Ingest: the same TokenUsed events sent as JSON arrays of 500 to `POST /v1/events`
   (every answer checked: all accepted and acked by the broker), beside the bare
@@ -10,9 +10,14 @@ servers; the clients run in this process (aiohttp, one connection per concurrent
 - Reservations: concurrent callers, one session each, each reserving 10 tokens (strict)
   with `POST /v1/reservations` and releasing them, beside the same callers calling
   `TokenQuota.reserve()` and `release()` directly. The worker runs (it decides). The
-  target is read on callers that never pause (the machine saturated); a last row has
-  the same HTTP callers pausing about `--think` seconds between rounds, as agents do
-  while the model answers. A last table has each process's CPU time per round.
+  target is read on callers that never pause (the machine saturated), sending through
+  a minimal HTTP/1.1 client (benchmarks/http_client.py): agents call the API from other
+  machines, and here the load generator's CPU is taken from what it measures; the same
+  callers through aiohttp are the row below it. The HTTP callers start within the first
+  `--ramp` seconds (0.1): started at one instant, the first round is one burst of 100
+  simultaneous requests that no later round has (`--ramp 0` measures it). A row has the
+  HTTP callers pausing about `--think` seconds between rounds, as agents do while the
+  model answers. A last table has each process's CPU time per round.
 
 Run: .venv/bin/python -m benchmarks.api [--events N] [--callers C] [--rounds R] [--think S]
 Starts an embedded broker and PostgreSQL unless KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL
@@ -23,18 +28,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import platform
 import random
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from decimal import Decimal
+from urllib.parse import urlsplit
 
 import aiohttp
 from rich.console import Console
 from rich.table import Table
 
 from benchmarks.cpu import CpuMeter
+from benchmarks.http_client import HttpConnection
 from benchmarks.report import percentile_ms
 from benchmarks.servers import pipeline, settings_env
 from benchmarks.workload import wait_applied
@@ -47,6 +55,11 @@ from tokenquota.projections import connect
 from tokenquota.schemas import BudgetSet, Event, Source, TokenUsed, encode
 
 SOURCE = Source(component="sdk", name="bench")
+TARGET_ROW = "POST /v1/reservations (strict)"
+INSIDE_ROW = "  the same, inside the API (mean, its histogram)"
+AIOHTTP_ROW = "  the same, from aiohttp (a heavier load generator)"
+DIRECT_ROW = "TokenQuota.reserve() (strict, direct)"
+PACED_ROW = "POST /v1/reservations, callers pausing ~{think:g} s between rounds"
 BATCH = 500
 #: The issue's targets.
 INGEST_EVENTS_PER_S = 10_000
@@ -117,33 +130,55 @@ async def ingest_direct(settings: Settings, chunks: list[list[Event]]) -> float:
         return time.perf_counter() - start
 
 
+#: POST a JSON body to a path: (status, response body).
+Post = Callable[[str, bytes], Awaitable[tuple[int, bytes]]]
+_JSON = {"content-type": "application/json"}
+
+
+def aiohttp_post(client: aiohttp.ClientSession) -> Post:
+    """`Post` through an aiohttp session."""
+
+    async def post(path: str, body: bytes) -> tuple[int, bytes]:
+        async with client.post(path, data=body, headers=_JSON) as response:
+            return response.status, await response.read()
+
+    return post
+
+
 async def reserve_http(
-    client: aiohttp.ClientSession, session: str, rounds: int, think: float = 0.0
+    post: Post, session: str, rounds: int, think: float = 0.0, ramp: float = 0.0
 ) -> list[float]:
-    """Latency of each strict reservation over HTTP (each released after). With `think`,
-    the caller pauses a random 0 to 2 x `think` seconds after each round, as an agent
-    waits for the model it reserved for (seeded by the session: the same run each time)."""
+    """Latency of each strict reservation over HTTP (each released after). The caller
+    starts after a random 0 to `ramp` seconds; with `think`, it pauses a random 0 to 2 x
+    `think` seconds after each round, as an agent waits for the model it reserved for
+    (both seeded by the session: the same run each time)."""
     pauses = random.Random(session)
     times = []
-    body = {"session_id": session, "tokens": 10, "mode": "strict"}
+    body = json.dumps({"session_id": session, "tokens": 10, "mode": "strict"}).encode()
+    if ramp:
+        await asyncio.sleep(pauses.uniform(0, ramp))
     for _ in range(rounds):
         start = time.perf_counter()
-        async with client.post("/v1/reservations", json=body) as response:
-            answer = await response.json()
-            times.append(time.perf_counter() - start)
-            if response.status != 201:
-                raise RuntimeError(f"reservation refused: {response.status} {answer}")
-        reservation = answer["reservation_id"]
-        async with client.post(f"/v1/reservations/{reservation}/release") as response:
-            response.raise_for_status()
+        status, answer = await post("/v1/reservations", body)
+        times.append(time.perf_counter() - start)
+        if status != 201:
+            raise RuntimeError(f"reservation refused: {status} {answer!r}")
+        reservation = json.loads(answer)["reservation_id"]
+        status, answer = await post(f"/v1/reservations/{reservation}/release", b"")
+        if status != 200:
+            raise RuntimeError(f"release refused: {status} {answer!r}")
         if think:
             await asyncio.sleep(pauses.uniform(0, 2 * think))
     return times
 
 
-async def reserve_direct(quota: TokenQuota, session: str, rounds: int) -> list[float]:
-    """Latency of each strict reserve() (each released after)."""
+async def reserve_direct(
+    quota: TokenQuota, session: str, rounds: int, ramp: float = 0.0
+) -> list[float]:
+    """Latency of each strict reserve() (each released after), starting as reserve_http."""
     times = []
+    if ramp:
+        await asyncio.sleep(random.Random(session).uniform(0, ramp))
     for _ in range(rounds):
         start = time.perf_counter()
         held = await quota.reserve(session, 10, mode="strict")
@@ -207,8 +242,11 @@ async def run(args: argparse.Namespace) -> None:
         f"reservations by {args.callers} concurrent callers, one session each, "
         f"{args.rounds} strict reservations of 10 tokens per caller, each released after, "
         f"with no pause but in the last row (a random 0-{2 * args.think:g} s after each "
-        f"round) (HTTP: one aiohttp session, a keep-alive connection per caller, each warmed "
-        f"by one reservation; the rows run in the order unpaced, paced, direct); "
+        f"round) (HTTP: a keep-alive connection per caller, each warmed by one reservation, "
+        f"every caller (the direct ones too) starting within the first {args.ramp:g} s "
+        f"(seeded random offsets), "
+        f"through the minimal client but in the aiohttp row; the rows run in the order "
+        f"minimal unpaced, aiohttp unpaced, paced, direct); "
         f"`tokenquota api` (uvicorn, 1 process) and `tokenquota worker` in their own "
         f"processes, the clients in one, with its start-up objects frozen out of garbage "
         f"collection as the API's and the worker's are; "
@@ -235,9 +273,6 @@ async def _reservations(
                            highwater, 300, "worker catching up")  # fmt: skip
     finally:
         await conn.close()
-    unpaced = "POST /v1/reservations (strict)"
-    paced = f"POST /v1/reservations, callers pausing ~{args.think:g} s between rounds"
-    direct = "TokenQuota.reserve() (strict, direct)"
     samples: dict[str, list[float]] = {}
     cpu: dict[str, dict[str, float]] = {}
     rounds = len(callers) * args.rounds
@@ -247,38 +282,53 @@ async def _reservations(
         samples[name] = [t for ts in await runs for t in ts]
         cpu[name] = {role: s / rounds for role, s in meter.used(before, meter.snapshot()).items()}
 
+    def each(posts: list[Post], think: float = 0.0) -> Awaitable[list[list[float]]]:
+        return asyncio.gather(
+            *(
+                reserve_http(p, s, args.rounds, think, args.ramp)
+                for p, s in zip(posts, callers, strict=True)
+            )
+        )
+
+    parts = urlsplit(url)
     # Opened now: a connection idle while the worker caught up would have passed
     # uvicorn's keep-alive timeout.
-    async with TokenQuota(settings, source=SOURCE) as quota, _client(url, len(callers)) as client:
-        warm = await quota.reserve(direct_callers[0], 1)
-        await warm.release()
-        await asyncio.gather(*(reserve_http(client, s, 1) for s in callers))
-        # The load generator shares the machine with what it measures: frozen out of
-        # garbage collection as the API and the worker are, so that its own full
-        # collections (tens of ms with 100 callers) are not counted as the API's latency.
-        with bulk_gc():
-            before = await _server_seconds(client)
-            await measured(
-                unpaced, asyncio.gather(*(reserve_http(client, s, args.rounds) for s in callers))
-            )
-            after = await _server_seconds(client)
-            await measured(
-                paced,
-                asyncio.gather(
-                    *(reserve_http(client, s, args.rounds, args.think) for s in callers)
-                ),
-            )
-            await measured(
-                direct,
-                asyncio.gather(*(reserve_direct(quota, s, args.rounds) for s in direct_callers)),
-            )
+    lean = [HttpConnection(parts.hostname or "127.0.0.1", parts.port or 80) for _ in callers]
+    await asyncio.gather(*(connection.open() for connection in lean))
+    try:
+        async with (
+            TokenQuota(settings, source=SOURCE) as quota,
+            _client(url, len(callers)) as client,
+        ):
+            warm = await quota.reserve(direct_callers[0], 1)
+            await warm.release()
+            leans: list[Post] = [connection.post for connection in lean]
+            aiohttps = [aiohttp_post(client)] * len(callers)
+            for posts in (leans, aiohttps):  # every connection warmed by one reservation
+                await asyncio.gather(
+                    *(reserve_http(p, s, 1) for p, s in zip(posts, callers, strict=True))
+                )
+            # The load generator shares the machine with what it measures: frozen out of
+            # garbage collection as the API and the worker are, so that its own full
+            # collections (tens of ms with 100 callers) are not counted as the API's.
+            with bulk_gc():
+                before = await _server_seconds(client)
+                await measured(TARGET_ROW, each(leans))
+                after = await _server_seconds(client)
+                await measured(AIOHTTP_ROW, each(aiohttps))
+                await measured(PACED_ROW.format(think=args.think), each(leans, args.think))
+                await measured(
+                    DIRECT_ROW,
+                    asyncio.gather(
+                        *(reserve_direct(quota, s, args.rounds, args.ramp) for s in direct_callers)
+                    ),
+                )
+    finally:
+        await asyncio.gather(*(connection.close() for connection in lean))
     server_mean = (after[0] - before[0]) / max(after[1] - before[1], 1)
-    return {
-        unpaced: samples[unpaced],
-        "  the same, inside the API (mean, its histogram)": [server_mean],
-        direct: samples[direct],
-        paced: samples[paced],
-    }, cpu
+    samples[INSIDE_ROW] = [server_mean]
+    order = (TARGET_ROW, INSIDE_ROW, AIOHTTP_ROW, DIRECT_ROW, PACED_ROW.format(think=args.think))
+    return {name: samples[name] for name in order}, cpu
 
 
 def print_tables(
@@ -305,7 +355,7 @@ def print_tables(
         table.add_column(column, justify="left" if column == "path" else "right")
     for name, samples in reserves.items():
         # The target is read strictly: callers that never pause.
-        http = name == "POST /v1/reservations (strict)"
+        http = name == TARGET_ROW
         p99 = percentile_ms(samples, 0.99)
         table.add_row(
             name, f"{len(samples):,}", f"{percentile_ms(samples, 0.5):.1f}", f"{p99:.1f}",
@@ -337,6 +387,12 @@ def main() -> None:
     parser.add_argument("--partitions", type=int, default=12)
     parser.add_argument(
         "--think", type=float, default=0.5, help="mean pause of the paced callers (seconds)"
+    )
+    parser.add_argument(
+        "--ramp",
+        type=float,
+        default=0.1,
+        help="the HTTP callers start within this many seconds (0: all at one instant)",
     )
     asyncio.run(run(parser.parse_args()))
 
