@@ -19,7 +19,8 @@ from typing import Any, cast
 
 import asyncpg
 import faust
-from faust.types import Message, StreamT
+from faust.types import TP, Message, StreamT
+from mode.types.signals import BaseSignalT
 
 from tokenquota.config import Settings
 from tokenquota.gc_settings import bulk_gc
@@ -31,7 +32,7 @@ from .batch_consumer import BatchApp, BatchConsumer
 from .batching import Backlog, take_ready
 from .dlq import DeadLetter, dead_letter_headers
 from .heartbeat import Heartbeat
-from .metrics import DEAD_LETTERS, lags_after, observe_batch, observe_lag
+from .metrics import DEAD_LETTERS, forget_lag, lags_after, observe_batch, observe_lag
 
 __all__ = ["Projector", "create_app"]
 
@@ -263,6 +264,12 @@ def create_app(settings: Settings) -> faust.App:
             await projector.close()
 
     app.agent(usage, name="tokenquota.project")(project)
+
+    def forget_revoked(sender: Any, /, *args: Any, signal: BaseSignalT[Any], **kwargs: Any) -> None:
+        revoked: set[TP] = args[0] if args else kwargs["revoked"]
+        forget_lag(worker.group_id, revoked)
+
+    app.on_partitions_revoked.connect(forget_revoked)
 
     app.projector = projector  # type: ignore[attr-defined]
     return app

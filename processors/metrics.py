@@ -7,6 +7,7 @@ numbers belong to the read models.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Iterable, Sequence
 
@@ -23,6 +24,7 @@ __all__ = [
     "DUPLICATES",
     "EVENTS_APPLIED",
     "RESERVATIONS",
+    "forget_lag",
     "lags_after",
     "observe_batch",
     "observe_lag",
@@ -75,6 +77,14 @@ def observe_lag(group: str, lags: Iterable[tuple[str, int, int]]) -> None:
     """Set the lag gauge of each (topic, partition, lag)."""
     for topic, partition, lag in lags:
         CONSUMER_LAG.labels(group, topic, str(partition)).set(lag)
+
+
+def forget_lag(group: str, partitions: Iterable[TP]) -> None:
+    """Drop the lag of partitions this worker no longer holds (another worker reports
+    them now); a revoked partition's last value would otherwise stay for good."""
+    for tp in partitions:
+        with contextlib.suppress(KeyError):  # never observed here
+            CONSUMER_LAG.remove(group, tp.topic, str(tp.partition))
 
 
 def serve_metrics(port: int, host: str = "127.0.0.1") -> None:
