@@ -11,6 +11,8 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field, ValidationError
 from pydantic_core import ErrorDetails
 
+from tokenquota.dashboard import AsyncTokenDashboard
+from tokenquota.errors import UnknownSessionError
 from tokenquota.producers.budgets import set_budget
 from tokenquota.projections.read_models import (
     AlertRow,
@@ -133,8 +135,9 @@ async def decisions(
     limit: int = _LIMIT,
     caller: Caller = reader,
 ) -> list[DecisionRow]:
-    """Recent reservation decisions, newest first."""
-    return await state_of(request).dashboard.recent_decisions(session_id, status, limit)
+    """Recent reservation decisions, newest first (404 for a session no event named)."""
+    dashboard = await _known(request, session_id)
+    return await dashboard.recent_decisions(session_id, status, limit)
 
 
 @router.get("/alerts", response_model=list[AlertRow])
@@ -145,8 +148,10 @@ async def alerts(
     limit: int = _LIMIT,
     caller: Caller = reader,
 ) -> list[AlertRow]:
-    """Threshold crossings and refusals at a limit, newest first, with webhook delivery."""
-    return await state_of(request).dashboard.recent_alerts(since, session_id, limit)
+    """Threshold crossings and refusals at a limit, newest first, with webhook delivery
+    (404 for a session no event named)."""
+    dashboard = await _known(request, session_id)
+    return await dashboard.recent_alerts(since, session_id, limit)
 
 
 @router.get("/sessions/{session_id}/integration-logs", response_model=list[IntegrationLogRow])
@@ -157,13 +162,26 @@ async def integration_logs(
     limit: int = _LIMIT,
     caller: Caller = reader,
 ) -> list[IntegrationLogRow]:
-    """A session's integration_logs: applied events, decisions and notices, newest first."""
-    return await state_of(request).dashboard.integration_logs(session_id, since, limit)
+    """A session's integration_logs: applied events, decisions and notices, newest first
+    (404 for a session no event named)."""
+    dashboard = await _known(request, session_id)
+    return await dashboard.integration_logs(session_id, since, limit)
 
 
 @router.get("/audit", response_model=list[AuditRow])
 async def audit(
     request: Request, session_id: str | None = None, limit: int = _LIMIT, caller: Caller = reader
 ) -> list[AuditRow]:
-    """Budget and defaults changes and who made them (the log is the audit trail)."""
-    return await state_of(request).dashboard.audit(session_id, limit)
+    """Budget and defaults changes and who made them (the log is the audit trail; 404 for a
+    session no event named)."""
+    dashboard = await _known(request, session_id)
+    return await dashboard.audit(session_id, limit)
+
+
+async def _known(request: Request, session_id: str | None) -> AsyncTokenDashboard:
+    """The dashboard, once `session_id` (when given) is known: UnknownSessionError (a 404)
+    for a session no applied event named, as the CLI refuses it."""
+    dashboard = state_of(request).dashboard
+    if session_id is not None and not await dashboard.session_known(session_id):
+        raise UnknownSessionError(session_id)
+    return dashboard
