@@ -6,9 +6,9 @@ from __future__ import annotations
 import uuid
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, PlainSerializer
 
 __all__ = [
     "AlertRow",
@@ -32,6 +32,16 @@ __all__ = [
 ]
 
 WindowName = Literal["daily", "monthly", "total"]
+
+
+def _plain(value: Decimal) -> str:
+    """A decimal as plain digits, exact, without exponent or trailing zeros
+    (PostgreSQL's sums keep the column's scale: 0E-10 is "0", 1.2500000000 is "1.25")."""
+    return format(value.normalize(), "f")
+
+
+#: USD in JSON: a string of plain digits (never a float, never "0E-10").
+Usd = Annotated[Decimal, PlainSerializer(_plain, return_type=str, when_used="json")]
 
 
 class _Model(BaseModel):
@@ -73,9 +83,9 @@ class SessionReport(_Model):
     reservations_accepted: int
     reservations_rejected: int
     overage_tokens: int
-    cost_usd_today: Decimal
+    cost_usd_today: Usd
     cost_usd_month: Decimal
-    cost_usd: Decimal
+    cost_usd: Usd
     last_activity: datetime | None
     as_of: datetime
 
@@ -96,7 +106,7 @@ class TopSession(_Model):
 
     session_id: str
     tokens_used: int
-    cost_usd: Decimal
+    cost_usd: Usd
 
 
 class SystemOverview(_Model):
@@ -107,9 +117,9 @@ class SystemOverview(_Model):
     month: date
     sessions_active_today: int
     tokens_today: int
-    cost_usd_today: Decimal
+    cost_usd_today: Usd
     tokens_month: int
-    cost_usd_month: Decimal
+    cost_usd_month: Usd
     events_last_minute: int
     lag: list[PartitionLag]
     total_lag: int | None
@@ -129,7 +139,7 @@ class DailySessionRow(_Model):
     output_tokens: int
     tokens_used: int
     usage_events: int
-    cost_usd: Decimal
+    cost_usd: Usd
     accepted: int
     rejected: int
     settled: int
@@ -151,7 +161,7 @@ class DailyApiRow(_Model):
     output_tokens: int
     cache_read_tokens: int
     cache_write_tokens: int
-    cost_usd: Decimal
+    cost_usd: Usd
 
 
 class DailyModelRow(_Model):
@@ -172,7 +182,7 @@ class DailyReport(_Model):
     apis: list[DailyApiRow]
     models: list[DailyModelRow]
     tokens_used: int
-    cost_usd: Decimal
+    cost_usd: Usd
     reservations_accepted: int
     reservations_rejected: int
     efficiency: Decimal | None
@@ -187,7 +197,7 @@ class CostRow(_Model):
     requests: int
     input_tokens: int
     output_tokens: int
-    cost_usd: Decimal
+    cost_usd: Usd
 
 
 class DecisionRow(_Model):

@@ -29,7 +29,7 @@ def _declared() -> set[str]:
     lines = list(project["dependencies"])
     for extra in RUNTIME_EXTRAS:
         lines += project["optional-dependencies"][extra]
-    names = {canonicalize_name(Requirement(line).name) for line in lines}
+    names: set[str] = {canonicalize_name(Requirement(line).name) for line in lines}
     return names - {"tokenquota"}
 
 

@@ -120,14 +120,14 @@ async def test_every_read_endpoint_answers_json_with_the_applied_numbers(
         audit = (await client.get("/v1/audit", params={"session_id": "rd1"})).json()
         assert [row["event_type"] for row in audit] == ["BudgetSet"]
         assert audit[0]["actor"].startswith("os:")  # no tokens: the API's OS user
-        for unknown in (
+        for path, params in (
             ("/v1/decisions", {"session_id": "nobody"}),
             ("/v1/alerts", {"session_id": "nobody"}),
             ("/v1/audit", {"session_id": "nobody"}),
             ("/v1/sessions/nobody/integration-logs", {}),
         ):
-            answer = await client.get(unknown[0], params=unknown[1])
-            assert answer.status_code == 404 and answer.json()["error"] == "not_found", unknown
+            answer = await client.get(path, params=params)
+            assert answer.status_code == 404 and answer.json()["error"] == "not_found", path
 
         metrics = (await client.get("/metrics")).text
         assert 'route="/v1/sessions/{session_id}"' in metrics
