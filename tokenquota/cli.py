@@ -339,8 +339,20 @@ def mcp_proxy(
     http: Annotated[
         bool, typer.Option("--http", help="Serve streamable HTTP instead of stdio.")
     ] = False,
-    host: Annotated[str, typer.Option(help="HTTP host (with --http).")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="HTTP port (with --http).")] = 8765,
+    host: Annotated[
+        str | None,
+        typer.Option(
+            help="HTTP host (with --http); default mcp.host, 127.0.0.1 \\[env: MCP_HOST]."
+        ),
+    ] = None,
+    port: Annotated[
+        int | None,
+        typer.Option(
+            help="HTTP port (with --http); default mcp.port, 8765 \\[env: MCP_PORT].",
+            min=1,
+            max=65535,
+        ),
+    ] = None,
     session: Annotated[
         str | None,
         typer.Option(
@@ -358,7 +370,8 @@ def mcp_proxy(
 
     Without --session (or mcp.session_id) the client names the session: the _meta key
     tokenquota/session, the header x-tokenquota-session, or its clientInfo name, each
-    limited to mcp.client_session_prefix when that is set.
+    limited to mcp.client_session_prefix when that is set. mcp.timeout (MCP_TIMEOUT) bounds
+    each wait for the upstream server's answer.
 
     Example: tokenquota mcp-proxy --session alice -- npx -y @modelcontextprotocol/server-memory
     """
@@ -374,7 +387,11 @@ def mcp_proxy(
         settings = settings.model_copy(update={"mcp": mcp})
     try:
         run_proxy_sync(
-            command, settings, transport="http" if http else "stdio", host=host, port=port
+            command,
+            settings,
+            transport="http" if http else "stdio",
+            host=settings.mcp.host if host is None else host,
+            port=settings.mcp.port if port is None else port,
         )
     except (IntegrationError, OSError) as exc:
         fail(f"mcp-proxy: {exc}")

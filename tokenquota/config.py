@@ -2,7 +2,8 @@
 
 The JSON file has the shape of the configuration section of the original design
 (`mcp`, `orchestrator` — `kilocode` is accepted as its old name —, `external_apis`,
-`token_limits`, `performance`) plus `kafka`, `database`, `log_level`, `log_file`.
+`token_limits`, `performance`) plus `kafka`, `database`, `log_level`, `log_file`; the
+design's settings in REMOVED_SETTINGS are ignored with a warning naming each.
 Environment variables are flat: `<SECTION>_<FIELD>` (`MCP_PORT`, `DATABASE_URL`,
 `KAFKA_BOOTSTRAP_SERVERS`, `TOKEN_LIMITS_DAILY_LIMIT`, ...) and `LOG_LEVEL`, `LOG_FILE`,
 `TOKENQUOTA_DATA_DIR`. The file is named by `--config` or `TOKENQUOTA_CONFIG`.
@@ -11,6 +12,7 @@ Environment variables are flat: `<SECTION>_<FIELD>` (`MCP_PORT`, `DATABASE_URL`,
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from collections.abc import Mapping
@@ -52,6 +54,7 @@ from tokenquota.sections import (
 )
 
 __all__ = [
+    "REMOVED_SETTINGS",
     "AlertSettings",
     "ApiSettings",
     "ConfigError",
@@ -70,9 +73,12 @@ __all__ = [
     "env_var_names",
     "fold_config",
     "load_settings",
+    "removed_env_var_names",
 ]
 
 CONFIG_FILE_ENV = "TOKENQUOTA_CONFIG"
+
+log = logging.getLogger("tokenquota.config")
 
 Ratio = Annotated[Decimal, Field(gt=0, le=1, max_digits=5, decimal_places=4)]
 _KAFKA_TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
@@ -304,6 +310,44 @@ _TOP_LEVEL_ENV = {
 }
 
 
+_NO_ORCHESTRATOR_SERVER = (
+    "the orchestrator integration is a library hook in your process, it connects to no server"
+)
+#: Settings of the original design that never had an effect, and were removed: (section,
+#: field) -> why. A file or environment variable still setting one is ignored with one
+#: warning naming it, so that an old configuration keeps loading.
+REMOVED_SETTINGS: dict[tuple[str, str], str] = {
+    ("mcp", "max_retries"): (
+        "the MCP proxy never repeats a request (a tool call may not be safe to run twice)"
+    ),
+    ("orchestrator", "host"): _NO_ORCHESTRATOR_SERVER,
+    ("orchestrator", "port"): _NO_ORCHESTRATOR_SERVER,
+    ("orchestrator", "timeout"): (
+        "a task runs as long as it takes (bound it with asyncio.timeout in your code)"
+    ),
+    ("orchestrator", "session_timeout"): (
+        "sessions do not expire; tokens held for a task end with reservations.ttl"
+    ),
+    ("performance", "batch_size"): (
+        "the emitter batches by emitter.linger_ms and emitter.max_batch_bytes, the "
+        "worker by worker.batch_size"
+    ),
+    ("performance", "async_operations"): "every integration is async",
+}
+_warned: set[str] = set()
+
+
+def _warn_removed(setting: tuple[str, str], where: str, action: str) -> None:
+    """Warn once per process that `setting`, set `where`, was removed and is ignored."""
+    message = (
+        f"removed setting {'.'.join(setting)} ({where}) is ignored: "
+        f"{REMOVED_SETTINGS[setting]}; {action}"
+    )
+    if message not in _warned:
+        _warned.add(message)
+        log.warning("%s", message)
+
+
 def _field_key(name: str, info: FieldInfo) -> str:
     alias = info.validation_alias
     return alias if isinstance(alias, str) else name
@@ -323,6 +367,14 @@ def env_var_names() -> dict[tuple[str, ...], tuple[str, ...]]:
     return names
 
 
+def removed_env_var_names() -> dict[tuple[str, str], tuple[str, ...]]:
+    """Removed setting (see REMOVED_SETTINGS) -> the environment variables that set it."""
+    return {
+        (section, key): tuple(prefix + key.upper() for prefix in _SECTION_PREFIXES[section])
+        for section, key in REMOVED_SETTINGS
+    }
+
+
 class _FlatEnvSource(PydanticBaseSettingsSource):
     """Reads the flat variables of env_var_names(); empty values count as unset."""
 
@@ -330,6 +382,10 @@ class _FlatEnvSource(PydanticBaseSettingsSource):
         return None, field_name, False  # everything happens in __call__
 
     def __call__(self) -> dict[str, Any]:
+        for setting, variables in removed_env_var_names().items():
+            for variable in variables:
+                if os.environ.get(variable):
+                    _warn_removed(setting, f"environment variable {variable}", f"unset {variable}")
         data: dict[str, Any] = {}
         for path, variables in env_var_names().items():
             value = next((os.environ[v] for v in variables if os.environ.get(v)), None)
@@ -353,6 +409,13 @@ class _JsonFileSource(PydanticBaseSettingsSource):
         if path is None:
             return {}
         data = _read_json_file(path)
+        for section, key in REMOVED_SETTINGS:
+            for name in (section, "kilocode") if section == "orchestrator" else (section,):
+                values = data.get(name)
+                if isinstance(values, dict) and key in values:
+                    del values[key]
+                    where = f"in {path}" if name == section else f"as {name}.{key} in {path}"
+                    _warn_removed((section, key), where, "delete it")
         if "kilocode" in data:  # the original design's name for the orchestrator section
             if "orchestrator" in data:
                 raise ConfigError(

@@ -45,10 +45,21 @@ class _Section(BaseModel):
 class McpSettings(_Section):
     """The MCP integration (decorator, server hooks, metering proxy)."""
 
-    host: str = "localhost"
-    port: Port = 8000
-    timeout: Seconds = 30
-    max_retries: Annotated[int, Field(ge=0)] = 3
+    host: str = Field(
+        default="127.0.0.1",
+        min_length=1,
+        description="Address `tokenquota mcp-proxy --http` listens on (its --host wins)",
+    )
+    port: Port = Field(
+        default=8765, description="Port `tokenquota mcp-proxy --http` listens on (its --port wins)"
+    )
+    timeout: Seconds | None = Field(
+        default=None,
+        description=(
+            "How long `tokenquota mcp-proxy` waits for the upstream server's answer to each "
+            "request, the handshake included (seconds); unset: no limit"
+        ),
+    )
     token_budget_per_request: Annotated[int, Field(gt=0)] = 4000
     session_sources: tuple[SessionSource, ...] = Field(
         default=("config", "meta", "header", "client"),
@@ -99,11 +110,7 @@ class McpSettings(_Section):
 class OrchestratorSettings(_Section):
     """The agent orchestrator integration (the original design called it `kilocode`)."""
 
-    host: str = "localhost"
-    port: Port = 8080
-    timeout: Seconds = 60
     max_concurrent_tasks: Annotated[int, Field(gt=0)] = 10
-    session_timeout: Seconds = 3600
 
 
 class ExternalApiSettings(_Section):
@@ -129,12 +136,10 @@ class ExternalApiSettings(_Section):
 
 
 class PerformanceSettings(_Section):
-    """Caching and batching knobs."""
+    """The token counter's cache."""
 
     enable_caching: bool = True
     cache_size: Annotated[int, Field(ge=0)] = 1000
-    batch_size: Annotated[int, Field(gt=0)] = 10
-    async_operations: bool = True
 
 
 class EmitterSettings(_Section):

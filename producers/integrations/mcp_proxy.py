@@ -3,6 +3,8 @@
 `tokenquota mcp-proxy -- <command>` starts the upstream server as a child process,
 serves its tools, prompts and resources over stdio (or streamable HTTP), and meters
 every `tools/call` the way `setup_mcp_token_hooks` does. Clients need no change.
+Over HTTP it listens on `mcp.host`:`mcp.port`; `mcp.timeout` bounds the wait for each of
+the upstream server's answers.
 """
 
 from __future__ import annotations
@@ -105,12 +107,19 @@ def build_proxy_server(upstream: Client, name: str = "tokenquota-proxy") -> Serv
 
 
 @contextlib.asynccontextmanager
-async def connect_upstream(command: Sequence[str]) -> AsyncIterator[Client]:
-    """Start `command` as a stdio MCP server (with this process's environment) and connect."""
+async def connect_upstream(
+    command: Sequence[str], *, timeout: float | None = None
+) -> AsyncIterator[Client]:
+    """Start `command` as a stdio MCP server (with this process's environment) and connect.
+
+    `timeout` (seconds, None: no limit) bounds the wait for each of the server's answers,
+    the handshake's included; one that does not come in time raises MCPError with code
+    REQUEST_TIMEOUT (-32001), which the proxy passes on to its client.
+    """
     if not command:
         raise ValueError("no upstream command: use `tokenquota mcp-proxy -- <command> [args...]`")
     params = StdioServerParameters(command=command[0], args=list(command[1:]), env=dict(os.environ))
-    async with Client(params, cache=None) as client:
+    async with Client(params, cache=None, read_timeout_seconds=timeout) as client:
         yield client
 
 
@@ -132,12 +141,19 @@ async def run_proxy(
     settings: Settings,
     *,
     transport: Literal["stdio", "http"] = "stdio",
-    host: str = "127.0.0.1",
-    port: int = 8765,
+    host: str | None = None,
+    port: int | None = None,
 ) -> None:
-    """Serve the upstream `command` behind budgets until the client (or Ctrl-C) ends it."""
+    """Serve the upstream `command` behind budgets until the client (or Ctrl-C) ends it.
+
+    Over HTTP on `host`:`port` (default `mcp.host`:`mcp.port`); each request to the
+    upstream server waits at most `mcp.timeout`.
+    """
     settings = proxy_spool_settings(command, settings)
-    async with TokenQuota(settings) as quota, connect_upstream(command) as upstream:
+    host = settings.mcp.host if host is None else host
+    port = settings.mcp.port if port is None else port
+    upstream_session = connect_upstream(command, timeout=settings.mcp.timeout)
+    async with TokenQuota(settings) as quota, upstream_session as upstream:
         server = build_proxy_server(upstream)
         meter = McpMeter(settings, quota=quota, server_name=f"proxy:{server.name}")
         setup_mcp_token_hooks(server, meter)

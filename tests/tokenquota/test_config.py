@@ -3,22 +3,32 @@
 from __future__ import annotations
 
 import json
+import logging
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tokenquota.config import ConfigError, DatabaseSettings, env_var_names, load_settings
+from tokenquota import config
+from tokenquota.config import (
+    REMOVED_SETTINGS,
+    ConfigError,
+    DatabaseSettings,
+    env_var_names,
+    load_settings,
+    removed_env_var_names,
+)
 
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No setting leaks in from the machine running the tests."""
-    for variables in env_var_names().values():
+    """No setting leaks in from the machine running the tests; no warning was given yet."""
+    for variables in [*env_var_names().values(), *removed_env_var_names().values()]:
         for variable in variables:
             monkeypatch.delenv(variable, raising=False)
     monkeypatch.delenv("TOKENQUOTA_CONFIG", raising=False)
+    monkeypatch.setattr(config, "_warned", set())
 
 
 def test_mcp_session_sources_read_from_a_comma_separated_variable(
@@ -39,12 +49,13 @@ def _file(tmp_path: Path, content: Any) -> Path:
 
 def test_defaults_are_those_of_the_original_design() -> None:
     settings = load_settings()
-    design = {"host", "port", "timeout", "max_retries", "token_budget_per_request"}
+    # Except mcp.host/port, `tokenquota mcp-proxy --http`'s address, and mcp.timeout, its
+    # wait for the upstream server: they keep what the proxy did before it read them.
+    design = {"host", "port", "timeout", "token_budget_per_request"}
     assert settings.mcp.model_dump(include=design) == {
-        "host": "localhost",
-        "port": 8000,
-        "timeout": 30,
-        "max_retries": 3,
+        "host": "127.0.0.1",
+        "port": 8765,
+        "timeout": None,
         "token_budget_per_request": 4000,
     }
     # The operator's configured session comes first: a client cannot pick whose budget
@@ -52,7 +63,6 @@ def test_defaults_are_those_of_the_original_design() -> None:
     assert settings.mcp.session_sources == ("config", "meta", "header", "client")
     assert settings.external_apis.default_max_output_tokens == 4096
     assert settings.orchestrator.max_concurrent_tasks == 10
-    assert settings.orchestrator.session_timeout == 3600
     assert settings.external_apis.rate_limit == 60
     assert settings.external_apis.fallback_enabled is True
     limits = settings.token_limits
@@ -81,7 +91,7 @@ def test_the_seed_configuration_file_loads_with_kilocode_as_the_orchestrator(
         tmp_path,
         {
             "mcp": {"host": "mcp.internal", "port": 9000, "token_budget_per_request": 2000},
-            "kilocode": {"port": 8181, "max_concurrent_tasks": 4},
+            "kilocode": {"max_concurrent_tasks": 4},
             "token_limits": {"daily_limit": 5000, "warning_threshold": 0.7},
             "performance": {"enable_caching": False},
             "kafka": {"bootstrap_servers": "k1:9092,k2:9092", "partitions": 24},
@@ -91,8 +101,7 @@ def test_the_seed_configuration_file_loads_with_kilocode_as_the_orchestrator(
     )
     settings = load_settings(path)
     assert settings.mcp.host == "mcp.internal" and settings.mcp.port == 9000
-    assert settings.mcp.timeout == 30  # unspecified fields keep their defaults
-    assert settings.orchestrator.port == 8181
+    assert settings.mcp.timeout is None  # unspecified fields keep their defaults
     assert settings.orchestrator.max_concurrent_tasks == 4
     assert settings.token_limits.daily_limit == 5000
     assert settings.token_limits.warning_threshold == Decimal("0.7")
@@ -111,27 +120,99 @@ def test_environment_variables_override_the_file(
     monkeypatch.setenv("TOKENQUOTA_CONFIG", str(path))
     monkeypatch.setenv("MCP_PORT", "9100")
     monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:19092")
-    monkeypatch.setenv("KILOCODE_TIMEOUT", "90")
+    monkeypatch.setenv("KILOCODE_MAX_CONCURRENT_TASKS", "3")
     monkeypatch.setenv("TOKEN_LIMITS_HARD_LIMIT", "2000000")
-    monkeypatch.setenv("PERFORMANCE_ASYNC_OPERATIONS", "false")
+    monkeypatch.setenv("PERFORMANCE_ENABLE_CACHING", "false")
     monkeypatch.setenv("LOG_FILE", "logs/token_integration.log")
     settings = load_settings()
     assert settings.mcp.port == 9100
     assert settings.mcp.host == "from-file"
     assert settings.kafka.partitions == 6
     assert settings.kafka.bootstrap_servers == "127.0.0.1:19092"
-    assert settings.orchestrator.timeout == 90
+    assert settings.orchestrator.max_concurrent_tasks == 3
     assert settings.token_limits.hard_limit == 2_000_000
-    assert settings.performance.async_operations is False
+    assert settings.performance.enable_caching is False
     assert settings.log_file == Path("logs/token_integration.log")
 
 
 def test_orchestrator_variables_win_over_their_kilocode_aliases(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("KILOCODE_PORT", "1111")
-    monkeypatch.setenv("ORCHESTRATOR_PORT", "2222")
-    assert load_settings().orchestrator.port == 2222
+    monkeypatch.setenv("KILOCODE_MAX_CONCURRENT_TASKS", "1111")
+    monkeypatch.setenv("ORCHESTRATOR_MAX_CONCURRENT_TASKS", "2222")
+    assert load_settings().orchestrator.max_concurrent_tasks == 2222
+
+
+def _removal_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "tokenquota.config" and r.levelno == logging.WARNING
+    ]
+
+
+def test_a_removed_setting_in_the_file_is_ignored_with_one_warning_naming_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The original design's file, as the README showed it before these were removed.
+    path = _file(
+        tmp_path,
+        {
+            "mcp": {"host": "localhost", "port": 8000, "timeout": 30, "max_retries": 3},
+            "kilocode": {"host": "localhost", "port": 8080, "timeout": 60, "session_timeout": 9},
+            "performance": {"cache_size": 10, "batch_size": 10, "async_operations": True},
+        },
+    )
+    with caplog.at_level(logging.WARNING, logger="tokenquota.config"):
+        settings = load_settings(path)
+        load_settings(path)  # once per process, however often the settings are loaded
+    assert (settings.mcp.port, settings.mcp.timeout, settings.performance.cache_size) == (
+        8000,
+        30,
+        10,
+    )
+    warnings = _removal_warnings(caplog)
+    assert len(warnings) == len(REMOVED_SETTINGS) == 7
+    assert (
+        f"removed setting mcp.max_retries (in {path}) is ignored: the MCP proxy never "
+        "repeats a request (a tool call may not be safe to run twice); delete it"
+    ) in warnings
+    assert any(
+        w.startswith(f"removed setting orchestrator.port (as kilocode.port in {path}) is ignored")
+        for w in warnings
+    )
+    assert any(
+        w.startswith(f"removed setting performance.batch_size (in {path}) is ignored")
+        for w in warnings
+    )
+
+
+def test_a_removed_setting_in_the_environment_is_ignored_with_one_warning_naming_it(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("ORCHESTRATOR_SESSION_TIMEOUT", "3600")
+    monkeypatch.setenv("KILOCODE_HOST", "kilo.internal")
+    monkeypatch.setenv("PERFORMANCE_ASYNC_OPERATIONS", "false")
+    monkeypatch.setenv("MCP_MAX_RETRIES", "")  # empty counts as unset, as for every variable
+    with caplog.at_level(logging.WARNING, logger="tokenquota.config"):
+        load_settings()
+    assert sorted(_removal_warnings(caplog)) == [
+        "removed setting orchestrator.host (environment variable KILOCODE_HOST) is ignored: "
+        "the orchestrator integration is a library hook in your process, it connects to no "
+        "server; unset KILOCODE_HOST",
+        "removed setting orchestrator.session_timeout (environment variable "
+        "ORCHESTRATOR_SESSION_TIMEOUT) is ignored: sessions do not expire; tokens held for a "
+        "task end with reservations.ttl; unset ORCHESTRATOR_SESSION_TIMEOUT",
+        "removed setting performance.async_operations (environment variable "
+        "PERFORMANCE_ASYNC_OPERATIONS) is ignored: every integration is async; "
+        "unset PERFORMANCE_ASYNC_OPERATIONS",
+    ]
+
+
+def test_a_setting_that_never_existed_is_still_an_error(tmp_path: Path) -> None:
+    path = _file(tmp_path, {"orchestrator": {"hots": "x"}})
+    with pytest.raises(ConfigError, match=r"orchestrator\.hots = 'x'.*unknown setting"):
+        load_settings(path)
 
 
 def test_database_from_parts_quotes_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -161,6 +242,11 @@ def test_an_unconfigured_database_says_how_to_configure_one() -> None:
             "Input should be less than or equal to 65535",
         ),
         ({"MCP_TIMEOUT": "soon"}, "mcp.timeout = 'soon' (from environment variable MCP_TIMEOUT)"),
+        (
+            {"MCP_TIMEOUT": "0"},
+            "mcp.timeout = '0' (from environment variable MCP_TIMEOUT): "
+            "Input should be greater than 0",
+        ),
         (
             {"KAFKA_PARTITIONS": "0"},
             "kafka.partitions = '0' (from environment variable "
