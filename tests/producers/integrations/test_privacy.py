@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import anthropic
@@ -12,11 +14,12 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 from llm_stub import running_fake_llm
 from mcp import Client
+from mcp.client.stdio import StdioServerParameters
 from mcp.server.mcpserver import Context, MCPServer
 from pydantic import SecretStr
 
 from tests.producers.integrations.mcp_support import session_meta, text_of
-from tests.support import fetch_value, set_budget, wait_until
+from tests.support import fetch_value, set_budget, settings_env, wait_until
 from tokenquota.config import ReservationSettings, Settings
 from tokenquota.privacy import stored_session_id
 from tokenquota.producers import (
@@ -33,6 +36,7 @@ from tokenquota.sections import McpSettings, PrivacySettings
 pytestmark = pytest.mark.integration
 
 CANARY = "canary-7f3a9c-secret-prompt-text"
+UPSTREAM = Path(__file__).parents[3] / "examples" / "plain_mcp_server.py"
 RAW_SESSION = "alice@example.com"
 
 
@@ -79,7 +83,7 @@ async def every_table_text(settings: Settings) -> str:
 
 
 async def every_topic_message(settings: Settings) -> bytes:
-    """Every message of the usage and dead-letter topics, keys and values."""
+    """Every message of the usage and dead-letter topics: keys, values and headers."""
     kafka = settings.kafka
     consumer = AIOKafkaConsumer(
         kafka.usage_topic,
@@ -93,7 +97,9 @@ async def every_topic_message(settings: Settings) -> bytes:
         chunks: list[bytes] = []
         while batch := await consumer.getmany(timeout_ms=2_000):
             for messages in batch.values():
-                chunks += [(m.key or b"") + b"\t" + (m.value or b"") for m in messages]
+                for m in messages:
+                    headers = b"\t".join(name.encode() + b"=" + value for name, value in m.headers)
+                    chunks.append((m.key or b"") + b"\t" + (m.value or b"") + b"\t" + headers)
         return b"\n".join(chunks)
     finally:
         await consumer.stop()
@@ -155,11 +161,33 @@ async def test_no_prompt_or_response_text_and_no_raw_session_id_is_stored_or_emi
                 await api.messages.create(
                     model="claude-sonnet-4-5", max_tokens=100, messages=messages
                 )
+                # Streamed, the wrappers count the streamed text themselves.
+                chunks = await api.chat.completions.create(
+                    model="gpt-4o", messages=messages, stream=True
+                )
+                assert [chunk async for chunk in chunks]
+                async with await api.messages.create(
+                    model="claude-sonnet-4-5", max_tokens=100, messages=messages, stream=True
+                ) as stream:
+                    assert [event async for event in stream]
         finally:
             await openai_client.close()
             await anthropic_client.close()
+        # The metering proxy in front of an MCP server nobody here changed: arguments out,
+        # results back (reversed by the server), the session named on the command line.
+        proxy = StdioServerParameters(
+            command=sys.executable,
+            args=["-m", "tokenquota", "mcp-proxy", "--session", RAW_SESSION, "--",
+                  sys.executable, str(UPSTREAM), "--stdio"],
+            env={**settings_env(settings), "PRIVACY_HASH_SESSION_IDS": "true",
+                 "PRIVACY_SESSION_ID_KEY": "k" * 32, "LOG_LEVEL": "WARNING"},
+        )  # fmt: skip
+        async with Client(proxy, cache=None, read_timeout_seconds=90) as proxied:
+            result = await proxied.call_tool("reverse", {"text": f"prompt {CANARY}"})
+            assert not result.is_error and CANARY[::-1] in text_of(result)
 
-        # MCP (2 events), memory (2), task (1), OpenAI and Anthropic (TokenUsed + ApiCost each).
+        # MCP (2 events), memory (2), task (1), OpenAI and Anthropic (TokenUsed + ApiCost
+        # each, streamed and not), the proxy (2).
         async def all_applied() -> bool:
             count = await fetch_value(
                 settings.database,
@@ -167,7 +195,7 @@ async def test_no_prompt_or_response_text_and_no_raw_session_id_is_stored_or_emi
                 " WHERE session_id = $1 AND event_type <> 'BudgetSet'",
                 stored,
             )
-            return bool(count >= 11)
+            return bool(count >= 17)
 
         await wait_until(all_applied, 60, "every hook's events applied")
         # Look-ups by the raw id find the hashed session.
@@ -177,9 +205,9 @@ async def test_no_prompt_or_response_text_and_no_raw_session_id_is_stored_or_emi
 
     tables = await every_table_text(settings)
     assert stored in tables  # the scan sees the session's rows
-    assert CANARY not in tables
-    assert RAW_SESSION not in tables
+    for secret in (CANARY, CANARY[::-1], RAW_SESSION):
+        assert secret not in tables, secret
     topics = await every_topic_message(settings)
     assert stored.encode() in topics
-    assert CANARY.encode() not in topics
-    assert RAW_SESSION.encode() not in topics
+    for secret in (CANARY, CANARY[::-1], RAW_SESSION):
+        assert secret.encode() not in topics, secret
