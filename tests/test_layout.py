@@ -34,7 +34,7 @@ PUBLIC = {
         "apply_batch_isolating", "apply_migrations", "available_tokens", "connect",
         "decision_channel", "fold", "headroom", "is_permanent", "load_migrations", "new_session",
         "projection_lock_key", "quote_schema", "reservation", "schema_drift", "session_metrics",
-        "undo_open_transaction",
+        "sessions_metrics", "undo_open_transaction",
     },
     "tokenquota.producers": {
         "APIConfig", "Delivery", "Emitter", "ExternalAPIClient", "McpMeter", "MemoryStorage",

@@ -159,11 +159,13 @@ async def test_unreachable_servers_are_reported_without_a_traceback(
 
 async def test_config_prints_the_effective_settings_with_secrets_masked(tmp_path: Path) -> None:
     path = tmp_path / "config.json"
-    path.write_text(json.dumps({"kilocode": {"port": 9999}, "database": {"password": "s3cret"}}))
+    path.write_text(
+        json.dumps({"kilocode": {"max_concurrent_tasks": 7}, "database": {"password": "s3cret"}})
+    )
     run = await _run("--config", str(path), "config", env=_environment(MCP_PORT="8123"))
     assert run.code == 0, run.stderr
     shown = json.loads(run.stdout)
-    assert shown["orchestrator"]["port"] == 9999
+    assert shown["orchestrator"]["max_concurrent_tasks"] == 7  # `kilocode`: its old name
     assert shown["mcp"]["port"] == 8123
     assert "s3cret" not in run.stdout
 
