@@ -271,6 +271,9 @@ async def _reservations(
         highwater = sum((await partition_highwaters(kafka, kafka.usage_topic)).values())
         await wait_applied(conn, settings.database.schema_name, kafka.usage_topic,
                            highwater, 300, "worker catching up")  # fmt: skip
+        # The catch-up wrote a few hundred MB; flushed now, their writeback does not slow
+        # the commits of the measured rounds (a 60-75 ms COMMIT was seen without this).
+        await conn.execute("CHECKPOINT")
     finally:
         await conn.close()
     samples: dict[str, list[float]] = {}
