@@ -162,47 +162,60 @@ async def test_usage_reports_and_costs_show_what_the_events_imply(
     await _applied(pipeline_settings, 6)
     env = _environment(pipeline_settings, tmp_path)
 
-    usage = await _run(env, "usage", "ops-bob", "--format", "csv")
+    day = now.date().isoformat()
+    # Each command a process of its own, run side by side (each mostly waits for imports).
+    (
+        usage,
+        usage_table,
+        top,
+        costs,
+        costs_table,
+        report,
+        apis,
+        report_table,
+        alerts,
+    ) = await asyncio.gather(
+        _run(env, "usage", "ops-bob", "--format", "csv"),
+        _run(env, "usage", "ops-bob"),
+        _run(env, "top", "--by", "tokens", "--format", "json"),
+        _run(env, "costs", "--by", "api", "--format", "csv"),
+        _run(env, "costs"),
+        _run(env, "report", "daily", "--date", day, "--format", "json"),
+        _run(env, "report", "daily", "--date", day, "--rows", "apis", "-f", "csv"),
+        _run(env, "report", "daily", "--date", day),
+        _run(env, "alerts", "--since", "1h", "--format", "json"),
+    )
     assert usage.code == 0, (usage, worker.log_path.read_text()[-2000:])
     windows = {row["window"]: row for row in usage.csv()}
     assert windows["daily"]["used"] == "7234"
     assert windows["daily"]["limit"] == "10000"
     assert windows["daily"]["remaining"] == "2766"
     assert windows["total"]["used"] == "7234"
-    table = await _run(env, "usage", "ops-bob")
-    assert "7,234" in table.stdout and "72.3% warning" in table.stdout
+    assert "7,234" in usage_table.stdout and "72.3% warning" in usage_table.stdout
 
-    top = await _run(env, "top", "--by", "tokens", "--format", "json")
     assert top.code == 0, top
     ranked = top.json
     assert isinstance(ranked, list)
     assert [row["session_id"] for row in ranked[:2]] == ["ops-bob", "ops-carol"]
     assert ranked[0]["tokens_used"] == 7234
 
-    costs = await _run(env, "costs", "--by", "api", "--format", "csv")
     assert costs.code == 0, costs
     by_api = {row["api_name"]: row for row in costs.csv()}
     assert Decimal(by_api["openai"]["cost_usd"]) == Decimal("1.75")
     assert by_api["openai"]["requests"] == "2"
-    costs_table = await _run(env, "costs")
     assert "$1.75" in costs_table.stdout
 
-    day = now.date().isoformat()
-    report = await _run(env, "report", "daily", "--date", day, "--format", "json")
     assert report.code == 0, report
     sessions = {row["session_id"]: row for row in report.json["sessions"]}
     assert sessions["ops-bob"]["input_tokens"] == 6_000
     assert sessions["ops-bob"]["output_tokens"] == 1_234
-    apis = await _run(env, "report", "daily", "--date", day, "--rows", "apis", "-f", "csv")
     assert [(r["api_name"], r["model"], Decimal(r["cost_usd"])) for r in apis.csv()] == [
         ("openai", "gpt-4o", Decimal("1.75"))
     ]
-    table = await _run(env, "report", "daily", "--date", day)
-    assert table.code == 0, table
-    assert f"daily report {day}: 8,734 tokens, $1.75" in table.stdout
-    assert "6,000" in table.stdout and "1,234" in table.stdout
+    assert report_table.code == 0, report_table
+    assert f"daily report {day}: 8,734 tokens, $1.75" in report_table.stdout
+    assert "6,000" in report_table.stdout and "1,234" in report_table.stdout
 
-    alerts = await _run(env, "alerts", "--since", "1h", "--format", "json")
     assert alerts.code == 0, alerts
     crossings = [(a["session_id"], a["window_name"], a["level"]) for a in alerts.json]
     assert ("ops-bob", "daily", "warning") in crossings
@@ -230,13 +243,17 @@ async def test_reservations_lists_decisions_with_status_filter(
     assert [row["status"] for row in rows] == ["settled"]
     assert rows[0]["tokens"] == "400"
     every = run.json
-    for status in ReservationStatus:  # every status the command offers works
-        only = await _run(env, "reservations", "ops-dave", "--status", status, "-f", "json")
+    # Every status the command offers works (side by side: each mostly waits for imports).
+    statuses_offered = list(ReservationStatus)
+    *filtered, pending = await asyncio.gather(
+        *(_run(env, "reservations", "ops-dave", "--status", st, "-f", "json")
+          for st in statuses_offered),
+        _run(env, "reservations", "ops-dave", "--status", "pending"),
+    )  # fmt: skip
+    for status, only in zip(statuses_offered, filtered, strict=True):
         assert only.code == 0, only
         assert only.json == [row for row in every if row["status"] == status], only
-    _one_error_line(
-        await _run(env, "reservations", "ops-dave", "--status", "pending"), 2, "--status"
-    )
+    _one_error_line(pending, 2, "--status")
 
 
 async def test_commands_of_one_session_refuse_a_session_no_event_named(
@@ -247,20 +264,23 @@ async def test_commands_of_one_session_refuse_a_session_no_event_named(
         await _budget(quota, "ops-gina", 1_000, 10_000, 100_000)
     await _applied(pipeline_settings, 1)
     env = _environment(pipeline_settings, tmp_path)
-    known = await _run(env, "audit", "--session", "ops-gina", "-f", "json")
-    assert known.code == 0 and len(known.json) == 1, known
-    for args in (("reservations", "ops-gina"), ("alerts", "--session", "ops-gina")):
-        run = await _run(env, *args, "-f", "json")
+    unknown, marked = "ops-nobody", "ops-[bold]nobody[/x]"
+    # Each a process of its own, run side by side (each mostly waits for its imports).
+    audit, reservations, alerts, *refused = await asyncio.gather(
+        _run(env, "audit", "--session", "ops-gina", "-f", "json"),
+        _run(env, "reservations", "ops-gina", "-f", "json"),
+        _run(env, "alerts", "--session", "ops-gina", "-f", "json"),
+        _run(env, "reservations", unknown, timeout=30),
+        _run(env, "alerts", "--session", unknown, timeout=30),
+        _run(env, "audit", "--session", unknown, timeout=30),
+        _run(env, "tail", "--session", unknown, timeout=30),
+        _run(env, "reservations", marked, timeout=30),  # printed as typed, not as markup
+    )
+    assert audit.code == 0 and len(audit.json) == 1, audit
+    for run in (reservations, alerts):
         assert (run.code, run.json) == (0, []), run
-    for unknown in ("ops-nobody", "ops-[bold]nobody[/x]"):
-        for args in (
-            ("reservations", unknown),
-            ("alerts", "--session", unknown),
-            ("audit", "--session", unknown),
-            ("tail", "--session", unknown),
-        ):
-            run = await _run(env, *args, timeout=20)
-            _one_error_line(run, 1, f"unknown session {unknown!r}")
+    for run, session in zip(refused, [unknown] * 4 + [marked], strict=True):
+        _one_error_line(run, 1, f"unknown session {session!r}")
 
 
 async def test_tail_follows_applied_events_until_ctrl_c(
@@ -353,37 +373,35 @@ async def test_user_mistakes_are_one_line_and_a_non_zero_exit(
     pipeline_settings: Settings, tmp_path: Path
 ) -> None:
     env = _environment(pipeline_settings, tmp_path)
-    _one_error_line(await _run(env, "usage", "nobody-ever"), 1, "nobody-ever")
-    _one_error_line(await _run(env, "budget", "show", "nobody-ever"), 1, "nobody-ever")
-    _one_error_line(await _run(env, "report", "daily", "--date", "2026-13-40"), 2, "2026-13-40")
-    _one_error_line(await _run(env, "alerts", "--since", "yesterday-ish"), 2, "yesterday-ish")
-    _one_error_line(await _run(env, "top", "--limit", "0"), 2, "--limit")
-    _one_error_line(await _run(env, "top", "--by", "colour"), 2, "--by")
-    _one_error_line(await _run(env, "costs", "--since", "2999-01-01"), 2, "2999-01-01")
-    _one_error_line(
-        await _run(
-            env, "budget", "set", "x", "--daily", "500", "--monthly", "100", "--hard", "900"
-        ),
-        2,
-        "daily_limit <= monthly_limit",
-    )
-    _one_error_line(
-        await _run(env, "budget", "set", "x", "--daily", "1", "--monthly", "2", "--hard", "3",
-                   "--warning", "high"),
-        2,
-        "--warning",
-    )  # fmt: skip
-    _one_error_line(await _run(env, "budget", "set", "x", "--daily", "1"), 2, "--monthly")
     unreachable = _environment(
         pipeline_settings, tmp_path, DATABASE_URL=f"postgresql://postgres@127.0.0.1:{free_port()}/x"
     )
-    _one_error_line(await _run(unreachable, "usage", "x"), 1, "unreachable")
-    _one_error_line(await _run(unreachable, "top"), 1, "unreachable")
     unconfigured = _environment(None, tmp_path)
-    _one_error_line(await _run(unconfigured, "costs"), 2, "DATABASE_URL")
     # No worker runs in this test: the budget is sent but not applied in time.
     no_worker = ("budget", "set", "x", "--daily", "1", "--monthly", "2", "--hard", "3")
-    _one_error_line(await _run(env, *no_worker, "--timeout", "0.5"), 1, "no worker applied it")
+    cases: list[tuple[dict[str, str], tuple[str, ...], int, str]] = [
+        (env, ("usage", "nobody-ever"), 1, "nobody-ever"),
+        (env, ("budget", "show", "nobody-ever"), 1, "nobody-ever"),
+        (env, ("report", "daily", "--date", "2026-13-40"), 2, "2026-13-40"),
+        (env, ("alerts", "--since", "yesterday-ish"), 2, "yesterday-ish"),
+        (env, ("top", "--limit", "0"), 2, "--limit"),
+        (env, ("top", "--by", "colour"), 2, "--by"),
+        (env, ("costs", "--since", "2999-01-01"), 2, "2999-01-01"),
+        (env, ("budget", "set", "x", "--daily", "500", "--monthly", "100", "--hard", "900"), 2,
+         "daily_limit <= monthly_limit"),
+        (env, ("budget", "set", "x", "--daily", "1", "--monthly", "2", "--hard", "3",
+               "--warning", "high"), 2, "--warning"),
+        (env, ("budget", "set", "x", "--daily", "1"), 2, "--monthly"),
+        (unreachable, ("usage", "x"), 1, "unreachable"),
+        (unreachable, ("top",), 1, "unreachable"),
+        (unconfigured, ("costs",), 2, "DATABASE_URL"),
+        (env, (*no_worker, "--timeout", "0.5"), 1, "no worker applied it"),
+    ]  # fmt: skip
+    # Each a process of its own, run side by side (each mostly waits for its imports).
+    runs = await asyncio.gather(*(_run(e, *args, timeout=60) for e, args, _, _ in cases))
+    for run, (_, args, code, word) in zip(runs, cases, strict=True):
+        assert run.code == code, (args, run)
+        _one_error_line(run, code, word)
 
 
 async def test_hashed_session_ids_are_looked_up_by_the_raw_id(
