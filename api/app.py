@@ -20,12 +20,13 @@ from tokenquota.health import check_integration_health_async
 from tokenquota.producers import TokenQuota
 from tokenquota.schemas import Source
 
-from . import ingest, reads, reservations
+from . import browse, ingest, reads, reservations
 from .auth import RateLimiter
 from .docs import mount_docs
 from .lane import ReservationLane
 from .metrics import RequestTimer
 from .metrics import router as metrics_router
+from .page import mount_page
 from .state import ApiState, reader
 
 __all__ = ["create_app"]
@@ -73,8 +74,10 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(ingest.router)
     app.include_router(reservations.router)
     app.include_router(reads.router)
+    app.include_router(browse.router)
     app.include_router(metrics_router)
     mount_docs(app, tokens_required=bool(settings.api.tokens))
+    mount_page(app)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

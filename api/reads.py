@@ -29,7 +29,7 @@ from tokenquota.projections.read_models import (
 from .auth import Caller
 from .state import admin, reader, state_of
 
-__all__ = ["router"]
+__all__ = ["known_session", "router"]
 
 router = APIRouter(prefix="/v1")
 _LIMIT = Query(default=100, ge=1, le=1000)
@@ -136,7 +136,7 @@ async def decisions(
     caller: Caller = reader,
 ) -> list[DecisionRow]:
     """Recent reservation decisions, newest first (404 for a session no event named)."""
-    dashboard = await _known(request, session_id)
+    dashboard = await known_session(request, session_id)
     return await dashboard.recent_decisions(session_id, status, limit)
 
 
@@ -150,7 +150,7 @@ async def alerts(
 ) -> list[AlertRow]:
     """Threshold crossings and refusals at a limit, newest first, with webhook delivery
     (404 for a session no event named)."""
-    dashboard = await _known(request, session_id)
+    dashboard = await known_session(request, session_id)
     return await dashboard.recent_alerts(since, session_id, limit)
 
 
@@ -164,7 +164,7 @@ async def integration_logs(
 ) -> list[IntegrationLogRow]:
     """A session's integration_logs: applied events, decisions and notices, newest first
     (404 for a session no event named)."""
-    dashboard = await _known(request, session_id)
+    dashboard = await known_session(request, session_id)
     return await dashboard.integration_logs(session_id, since, limit)
 
 
@@ -174,11 +174,11 @@ async def audit(
 ) -> list[AuditRow]:
     """Budget and defaults changes and who made them (the log is the audit trail; 404 for a
     session no event named)."""
-    dashboard = await _known(request, session_id)
+    dashboard = await known_session(request, session_id)
     return await dashboard.audit(session_id, limit)
 
 
-async def _known(request: Request, session_id: str | None) -> AsyncTokenDashboard:
+async def known_session(request: Request, session_id: str | None) -> AsyncTokenDashboard:
     """The dashboard, once `session_id` (when given) is known: UnknownSessionError (a 404)
     for a session no applied event named, as the CLI refuses it."""
     dashboard = state_of(request).dashboard

@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 import asyncpg
 
 from .budget import local_day, month_of, start_of_day
-from .read import session_metrics
+from .read import SessionMetrics, session_metrics
 from .read_models import (
     CostRow,
     DailyApiRow,
@@ -28,6 +28,7 @@ from .read_models import (
     SessionReport,
     SystemOverview,
     TopSession,
+    WindowName,
     WindowUsage,
 )
 
@@ -37,6 +38,7 @@ __all__ = [
     "session_report",
     "system_overview",
     "top_sessions",
+    "windows_of",
     "windows_zone",
 ]
 
@@ -57,6 +59,26 @@ def _ratio(used: int, limit: int) -> Decimal:
     if not limit:
         return Decimal(1 if used else 0).quantize(_RATIO)
     return (Decimal(used) / Decimal(limit)).quantize(_RATIO)
+
+
+def windows_of(metrics: SessionMetrics) -> dict[WindowName, WindowUsage]:
+    """The daily, monthly and total (hard limit) windows of a session's metrics."""
+    limits = metrics.limits
+    return {
+        "daily": _window(metrics.tokens_used_today, limits.daily_limit, metrics.daily_alert),
+        "monthly": _window(metrics.tokens_used_month, limits.monthly_limit, metrics.monthly_alert),
+        "total": _window(metrics.tokens_used_total, limits.hard_limit, metrics.total_alert),
+    }
+
+
+def _window(used: int, limit: int, alert: str) -> WindowUsage:
+    return WindowUsage(
+        used=used,
+        limit=limit,
+        remaining=max(limit - used, 0),
+        utilization=_ratio(used, limit),
+        alert=alert,
+    )
 
 
 _SESSION_EXTRAS = """
@@ -84,19 +106,6 @@ async def session_report(
     extras = await conn.fetchrow(_SESSION_EXTRAS, session_id, now, day, month_of(day))
     assert extras is not None
     limits = metrics.limits
-    windows = {}
-    for name, used, limit, alert in (
-        ("daily", metrics.tokens_used_today, limits.daily_limit, metrics.daily_alert),
-        ("monthly", metrics.tokens_used_month, limits.monthly_limit, metrics.monthly_alert),
-        ("total", metrics.tokens_used_total, limits.hard_limit, metrics.total_alert),
-    ):
-        windows[name] = WindowUsage(
-            used=used,
-            limit=limit,
-            remaining=max(limit - used, 0),
-            utilization=_ratio(used, limit),
-            alert=alert,
-        )
     return SessionReport(
         session_id=session_id,
         limits=SessionLimits(
@@ -107,7 +116,7 @@ async def session_report(
             critical_threshold=limits.critical_threshold,
             budget_source=limits.source,
         ),
-        windows=windows,
+        windows=windows_of(metrics),
         utilization=metrics.utilization,
         binding_limit=metrics.binding_limit,
         available_tokens=metrics.available_tokens,

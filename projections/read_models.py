@@ -23,11 +23,18 @@ __all__ = [
     "LedgerEvent",
     "LedgerPage",
     "PartitionLag",
+    "SessionApiRow",
     "SessionLimits",
+    "SessionPage",
     "SessionReport",
+    "SessionRow",
     "SystemOverview",
     "TailCursor",
+    "TaskRow",
+    "Timeline",
+    "TimelinePoint",
     "TopSession",
+    "WindowName",
     "WindowUsage",
 ]
 
@@ -290,3 +297,75 @@ class LedgerPage(_Model):
 
     events: list[LedgerEvent]
     cursor: TailCursor
+
+
+class SessionRow(_Model):
+    """A session in a page of sessions: its windows and thresholds."""
+
+    session_id: str
+    windows: dict[WindowName, WindowUsage]
+    warning_threshold: Decimal
+    critical_threshold: Decimal
+    utilization: Decimal
+    tokens_held: int
+    last_activity: datetime | None
+
+
+class SessionPage(_Model):
+    """One page of the sessions, in `order`, and how many there are in all."""
+
+    total: int
+    offset: int
+    limit: int
+    order: Literal["recent", "utilization", "name"]
+    prefix: str | None
+    sessions: list[SessionRow]
+    as_of: datetime
+
+
+class TimelinePoint(_Model):
+    """The pipeline in one minute or hour of the log clock."""
+
+    at: datetime
+    events_applied: int
+    tokens_used: int
+    cost_usd: Usd
+    reservations_accepted: int
+    reservations_rejected: int
+
+
+class Timeline(_Model):
+    """Tokens over time: per minute for the last hour, or per hour for the last days."""
+
+    scale: Literal["minute", "hour"]
+    start: datetime
+    end: datetime
+    points: list[TimelinePoint]
+
+
+class TaskRow(_Model):
+    """A task of a session (task_token_allocations)."""
+
+    task_id: str
+    allocated_tokens: int
+    tokens_used: int
+    status: str
+    created_at: datetime
+    completed_at: datetime | None
+    updated_at: datetime
+
+
+class SessionApiRow(_Model):
+    """A session's use of one external API and the provider's last rate-limit state."""
+
+    api_name: str
+    requests: int
+    input_tokens: int
+    output_tokens: int
+    cache_read_tokens: int
+    cache_write_tokens: int
+    tokens_used: int
+    cost_usd: Usd
+    last_used: datetime
+    rate_limit_remaining: int | None
+    rate_limit_reset: datetime | None

@@ -31,7 +31,7 @@ from .errors import IntegrationError, UnknownSessionError
 from .kafka_probe import HighwaterProbe
 from .privacy import stored_session_id
 from .producers.spool_depth import pending_bytes
-from .projections import activity, analytics, undo_open_transaction
+from .projections import activity, analytics, browse, undo_open_transaction
 from .projections.dead_letters import reviewed_offsets, unreviewed
 from .projections.read_models import (
     AlertRow,
@@ -41,9 +41,13 @@ from .projections.read_models import (
     DecisionRow,
     IntegrationLogRow,
     LedgerPage,
+    SessionApiRow,
+    SessionPage,
     SessionReport,
     SystemOverview,
     TailCursor,
+    TaskRow,
+    Timeline,
     TopSession,
 )
 
@@ -226,6 +230,39 @@ class AsyncTokenDashboard:
         session = None if session_id is None else self._session(session_id)
         return await self._read(lambda conn: activity.audit_trail(conn, session, limit))
 
+    async def sessions(
+        self,
+        *,
+        offset: int = 0,
+        limit: int = 25,
+        order: Literal["recent", "utilization", "name"] = "recent",
+        prefix: str | None = None,
+    ) -> SessionPage:
+        """A page of sessions with their windows: most recently active first, most
+        utilized first, or by id; only ids starting with `prefix` when given."""
+        return await self._read(
+            lambda conn: browse.session_page(
+                conn, offset=offset, limit=limit, order=order, prefix=prefix
+            )
+        )
+
+    async def timeline(
+        self, scale: Literal["minute", "hour"] = "minute", *, hours: int = 48
+    ) -> Timeline:
+        """Events, tokens, cost and decisions per minute of the last hour, or per hour of
+        the last `hours`."""
+        return await self._read(lambda conn: browse.timeline(conn, scale, hours=hours))
+
+    async def session_tasks(self, session_id: str, limit: int = 100) -> list[TaskRow]:
+        """A session's tasks (allocated and used tokens, status), latest first."""
+        session = self._session(session_id)
+        return await self._read(lambda conn: browse.session_tasks(conn, session, limit))
+
+    async def session_apis(self, session_id: str) -> list[SessionApiRow]:
+        """A session's external APIs: tokens, cost and the last rate-limit state."""
+        session = self._session(session_id)
+        return await self._read(lambda conn: browse.session_apis(conn, session))
+
     async def tail_cursor(
         self, since: datetime | None = None, session_id: str | None = None
     ) -> TailCursor:
@@ -350,3 +387,28 @@ class TokenDashboard:
     def audit(self, session_id: str | None = None, limit: int = 100) -> list[AuditRow]:
         """See AsyncTokenDashboard.audit."""
         return self._run(self._dashboard.audit(session_id, limit))
+
+    def sessions(
+        self,
+        *,
+        offset: int = 0,
+        limit: int = 25,
+        order: Literal["recent", "utilization", "name"] = "recent",
+        prefix: str | None = None,
+    ) -> SessionPage:
+        """See AsyncTokenDashboard.sessions."""
+        return self._run(
+            self._dashboard.sessions(offset=offset, limit=limit, order=order, prefix=prefix)
+        )
+
+    def timeline(self, scale: Literal["minute", "hour"] = "minute", *, hours: int = 48) -> Timeline:
+        """See AsyncTokenDashboard.timeline."""
+        return self._run(self._dashboard.timeline(scale, hours=hours))
+
+    def session_tasks(self, session_id: str, limit: int = 100) -> list[TaskRow]:
+        """See AsyncTokenDashboard.session_tasks."""
+        return self._run(self._dashboard.session_tasks(session_id, limit))
+
+    def session_apis(self, session_id: str) -> list[SessionApiRow]:
+        """See AsyncTokenDashboard.session_apis."""
+        return self._run(self._dashboard.session_apis(session_id))
