@@ -73,8 +73,11 @@ function usd(s) {
   const digits = n !== 0 && Math.abs(n) < 1 ? 4 : 2;
   return "$" + n.toLocaleString("en-US", { minimumFractionDigits: digits, maximumFractionDigits: digits });
 }
+// A ratio (a decimal string with 4 places, as the API sends it) as a percentage with one
+// decimal, rounded half up in integers (floats would round 0.0085 either way).
 function pct(ratio) {
-  return (Number(ratio) * 100).toFixed(1) + "%";
+  const tenThousandths = Math.round(Number(ratio) * 10000);
+  return (Math.floor((tenThousandths + 5) / 10) / 10).toFixed(1) + "%";
 }
 function time(iso) {
   if (!iso) return "–";
@@ -174,6 +177,11 @@ document.getElementById("pause").addEventListener("click", (event) => {
 // ---------------------------------------------------------------- health (both pages)
 
 function renderHealthPill(health) {
+  // A stopped worker means nothing new is counted: say so above everything, in words.
+  const worker = health.worker;
+  setHTML("alarm", worker.status === "down"
+    ? `<div class="banner down" role="alert" id="worker-down">Worker down: ${esc(worker.reason)}. Events are not being applied; the numbers below are not moving.</div>`
+    : "");
   const pill = document.getElementById("health-pill");
   pill.dataset.status = health.status;
   pill.textContent = `pipeline: ${health.status}`;
@@ -276,16 +284,12 @@ function renderOverview(d) {
 function renderPipeline(health, overview) {
   const worker = health.worker;
   const details = worker.details || {};
-  const down = worker.status === "down";
-  const banner = down
-    ? `<div class="banner down" role="alert" id="worker-down">Worker down: ${esc(worker.reason)}</div>`
-    : "";
   const components = ["broker", "database", "worker", "dlq", "spool"].map((c) =>
     `<tr data-component="${c}"><td>${c}</td><td><span class="status" data-status="${health[c].status}">${health[c].status}</span></td><td style="white-space:normal">${esc(health[c].reason)}</td></tr>`);
   const lag = (overview.lag || []).map((p) =>
     `<span class="lag" data-partition="${p.partition}" data-lag="${p.lag ?? ""}" title="log clock ${clock(p.log_clock)}">p${p.partition}: <b>${int(p.lag)}</b></span>`);
   const age = details.last_batch_age_seconds;
-  setHTML("pipeline-body", `${banner}
+  setHTML("pipeline-body", `
     <dl class="kv">
       <dt>Status</dt><dd><span class="status" data-status="${health.status}" id="pipeline-status">${health.status}</span></dd>
       <dt>Last batch applied</dt><dd id="batch-age">${age === null || age === undefined ? "never" : age.toFixed(1) + " s ago"}</dd>
