@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test lint typecheck pytest schemas clean
+.PHONY: run test lint typecheck pytest schemas vendor clean
 
 # A venv per checkout; the stamp files make re-runs skip pip when nothing changed.
 $(BIN)/python:
@@ -42,6 +42,14 @@ pytest: $(VENV)/.installed-dev
 
 schemas: $(VENV)/.installed-dev
 	$(BIN)/tokenquota schemas
+
+# The page's vendored JavaScript (api/static/vendor/VENDORED.md): needs npm; the files are committed.
+UPLOT_VERSION := 1.6.32
+vendor:
+	rm -rf build/vendor && mkdir -p build/vendor api/static/vendor/uplot
+	cd build/vendor && npm pack --silent uplot@$(UPLOT_VERSION) && tar xzf uplot-$(UPLOT_VERSION).tgz
+	cp build/vendor/package/dist/uPlot.iife.min.js build/vendor/package/dist/uPlot.min.css build/vendor/package/LICENSE api/static/vendor/uplot/
+	sha256sum build/vendor/uplot-$(UPLOT_VERSION).tgz
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .pytest_cache .ruff_cache

@@ -14,6 +14,7 @@ PostgreSQL schema of its own, removed afterwards.
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import ExitStack
@@ -181,3 +182,18 @@ def start_worker(pipeline_settings: Settings, tmp_path: Path) -> Iterator[Worker
     yield start
     for worker in started:
         worker.stop()
+
+
+_SESSION_STARTED = time.time()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Say where the browser tests left this run's screenshots (the test artefacts)."""
+    from tests.api.browser import ARTIFACTS
+
+    shots = [
+        shot for shot in sorted(ARTIFACTS.glob("*.png")) if shot.stat().st_mtime >= _SESSION_STARTED
+    ]
+    if shots:
+        names = ", ".join(shot.name for shot in shots)
+        terminalreporter.write_line(f"screenshots of the page ({names}): {ARTIFACTS}")
