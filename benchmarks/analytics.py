@@ -68,15 +68,18 @@ _LEDGER_TOP = f"""
 Query = Callable[[], Awaitable[object]]
 
 
-async def load(settings: Settings, total: int, sessions: int) -> tuple[float, float]:
-    """Emit the budgets and `total` events, then fold them with replay; (emit s, fold s)."""
+async def load(
+    settings: Settings, total: int, sessions: int, days: int = 30
+) -> tuple[float, float]:
+    """Emit the budgets and `total` events dated over the last `days` days, then fold them
+    with replay; (emit s, fold s)."""
     kafka, db = settings.kafka, settings.database
     assert kafka.bootstrap_servers is not None
     now = datetime.now(UTC)
     started = time.perf_counter()
     async with Emitter(kafka, settings.emitter, settings.data_dir / "spool") as emitter:
         await emitter.emit_many(budgets(sessions))
-        stream = events(total, sessions, now)
+        stream = events(total, sessions, now, days)
         while chunk := list(islice(stream, CHUNK)):
             deliveries = await emitter.emit_many(chunk)
             assert deliveries[-1] == "acked", deliveries[-1]

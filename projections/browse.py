@@ -26,10 +26,10 @@ SESSION_ORDERS: tuple[SessionOrder, ...] = ("recent", "utilization", "name")
 # Utilization as session_metrics computes it (a window whose day or month has passed is
 # empty; a limit of 0 is full once anything is used), so the sort agrees with the bars.
 _UTILIZATION = """GREATEST(
-    CASE WHEN current_day < $1 THEN 0
+    CASE WHEN current_day < {day} THEN 0
          WHEN daily_limit = 0 THEN (tokens_used_today > 0)::int
          ELSE tokens_used_today::numeric / daily_limit END,
-    CASE WHEN current_month < $2 THEN 0
+    CASE WHEN current_month < {month} THEN 0
          WHEN monthly_limit = 0 THEN (tokens_used_month > 0)::int
          ELSE tokens_used_month::numeric / monthly_limit END,
     CASE WHEN hard_limit = 0 THEN (tokens_used_total > 0)::int
@@ -68,8 +68,7 @@ async def session_page(
     order_by = _ORDER_BY[order]
     if order == "utilization":
         day = local_day(now, await windows_zone(conn))
-        n = len(args)
-        order_by = order_by.replace("$1", f"${n + 1}").replace("$2", f"${n + 2}")
+        order_by = order_by.format(day=f"${len(args) + 1}", month=f"${len(args) + 2}")
         args += [day, month_of(day)]
     args += [limit, offset]
     ids = [
