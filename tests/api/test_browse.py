@@ -72,6 +72,9 @@ async def test_the_page_reads_answer_what_the_fold_applied(
             "used": 90, "limit": 100, "remaining": 10, "utilization": "0.9000", "alert": "warning",
         }  # fmt: skip
         assert first["tokens_held"] == 5 and first["warning_threshold"] == "0.8000"
+        mine = {"order": "utilization", "prefix": f"b-{tag}"}
+        prefixed = (await client.get("/v1/sessions", params=mine)).json()
+        assert [s["session_id"] for s in prefixed["sessions"]] == [b, a]
         by_name = (await client.get("/v1/sessions", params={"order": "name", "limit": 1})).json()
         assert [s["session_id"] for s in by_name["sessions"]] == [a]
         second = (
