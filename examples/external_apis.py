@@ -1,7 +1,7 @@
 """The official openai and anthropic clients under budgets, with costs from genai-prices.
 
 Points the SDKs at OPENAI_BASE_URL / ANTHROPIC_BASE_URL when set; otherwise it starts
-examples/llm_stub.py on 127.0.0.1 (this machine has no internet).
+the stub LLM server of tokenquota.llm_stub on 127.0.0.1 (this machine has no internet).
 Needs the stack: run `make run`, then, with the addresses it prints,
 KAFKA_BOOTSTRAP_SERVERS=... DATABASE_URL=... .venv/bin/python examples/external_apis.py
 """
@@ -16,8 +16,8 @@ from collections.abc import AsyncIterator
 import anthropic
 import openai
 from _demo import demo_session, settled
-from llm_stub import running_fake_llm
 
+from tokenquota.llm_stub import running_fake_llm
 from tokenquota.producers import (
     APIConfig,
     close_default_quota,

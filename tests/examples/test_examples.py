@@ -191,11 +191,6 @@ def check_count_tokens(stdout: str) -> None:
     ]
 
 
-def check_llm_stub(stdout: str) -> None:
-    # Run bare it only explains itself; external_apis.py serves it and checks its replies.
-    assert stdout.startswith("usage: python examples/llm_stub.py --serve PORT"), stdout
-
-
 def check_plain_mcp_server(stdout: str) -> None:
     # Run bare it only explains itself; mcp_proxy.py serves it behind the proxy.
     assert stdout.startswith("usage: python examples/plain_mcp_server.py --stdio"), stdout
@@ -326,7 +321,6 @@ def check_external_apis(stdout: str, database_url: str) -> None:
 OFFLINE_CHECKS: dict[str, Callable[[str], None]] = {
     "build_and_encode_events.py": check_build_and_encode_events,
     "count_tokens.py": check_count_tokens,
-    "llm_stub.py": check_llm_stub,
     "plain_mcp_server.py": check_plain_mcp_server,
 }
 STACK_CHECKS: dict[str, Callable[[str, str], None]] = {

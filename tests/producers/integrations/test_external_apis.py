@@ -11,11 +11,11 @@ import anthropic
 import genai_prices
 import openai
 import pytest
-from llm_stub import REPLY, FakeLLM, running_fake_llm
 
 from tests.support import fetch_value, set_budget, wait_for_usage, wait_until
 from tokenquota.config import ReservationSettings, Settings
 from tokenquota.errors import TokenQuotaExceededError
+from tokenquota.llm_stub import REPLY, FakeLLM, running_fake_llm
 from tokenquota.producers import TokenQuota, session_scope, token_counter
 from tokenquota.producers.integrations.external_apis import (
     APIConfig,

@@ -12,7 +12,6 @@ import anthropic
 import openai
 import pytest
 from aiokafka import AIOKafkaConsumer
-from llm_stub import running_fake_llm
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters
 from mcp.server.mcpserver import Context, MCPServer
@@ -21,6 +20,7 @@ from pydantic import SecretStr
 from tests.producers.integrations.mcp_support import session_meta, text_of
 from tests.support import fetch_value, set_budget, settings_env, wait_until
 from tokenquota.config import ReservationSettings, Settings
+from tokenquota.llm_stub import running_fake_llm
 from tokenquota.privacy import stored_session_id
 from tokenquota.producers import (
     APIConfig,

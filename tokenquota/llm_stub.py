@@ -1,9 +1,11 @@
 """A stand-in LLM server on 127.0.0.1 speaking the OpenAI and Anthropic wire formats.
 
 Chat completions, responses and messages; JSON and SSE streaming; rate-limit headers;
-scripted failures (`fail_next`: status codes answered before the real reply). The
-external-API example and the tests point the official SDKs at it, since this machine
-has no internet. `python examples/llm_stub.py --serve PORT` serves it until Ctrl-C.
+scripted failures (`fail_next`: status codes answered before the real reply); the usage
+every reply reports, fixed or computed per request (`usage_of`). `tokenquota demo`, the
+external-API example and the tests point the official SDKs at it, so that none of them
+needs the internet or a key. `python -m tokenquota.llm_stub --serve PORT` serves it
+until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import asyncio
 import contextlib
 import json
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,14 +24,18 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-__all__ = ["FakeLLM", "running_fake_llm"]
+__all__ = ["REPLY", "FakeLLM", "Usage", "running_fake_llm"]
 
 REPLY = "Budgets hold."
+
+#: What a reply reports: input tokens (cached ones included), output tokens, cached tokens.
+Usage = tuple[int, int, int]
 
 
 @dataclass
 class FakeLLM:
-    """Scripted answers; `usage` is what every reply reports."""
+    """Scripted answers. Every reply reports `input_tokens`, `output_tokens` and
+    `cached_tokens`, or what `usage_of(request body)` answers when it is set."""
 
     input_tokens: int = 120
     output_tokens: int = 30
@@ -38,6 +44,16 @@ class FakeLLM:
     retry_after: str = "0.2"
     requests: list[dict[str, Any]] = field(default_factory=list)
     url: str = ""
+    usage_of: Callable[[dict[str, Any]], Usage] | None = None
+    #: Keep no request bodies (a long-running server, such as the demo's).
+    keep_requests: bool = True
+
+    def _received(self, body: dict[str, Any]) -> Usage:
+        if self.keep_requests:
+            self.requests.append(body)
+        if self.usage_of is not None:
+            return self.usage_of(body)
+        return self.input_tokens, self.output_tokens, self.cached_tokens
 
     def _headers(self, anthropic: bool) -> dict[str, str]:
         if anthropic:
@@ -65,15 +81,15 @@ class FakeLLM:
 
     async def chat(self, request: Request) -> Response:
         body = await request.json()
-        self.requests.append(body)
+        input_tokens, output_tokens, cached_tokens = self._received(body)
         failure = await self._failure(False)
         if failure is not None:
             return failure
         usage = {
-            "prompt_tokens": self.input_tokens,
-            "completion_tokens": self.output_tokens,
-            "total_tokens": self.input_tokens + self.output_tokens,
-            "prompt_tokens_details": {"cached_tokens": self.cached_tokens},
+            "prompt_tokens": input_tokens,
+            "completion_tokens": output_tokens,
+            "total_tokens": input_tokens + output_tokens,
+            "prompt_tokens_details": {"cached_tokens": cached_tokens},
         }
         base = {"id": "chatcmpl-1", "created": 1_764_000_000, "model": body["model"]}
         if not body.get("stream"):
@@ -96,16 +112,16 @@ class FakeLLM:
 
     async def responses(self, request: Request) -> Response:
         body = await request.json()
-        self.requests.append(body)
+        input_tokens, output_tokens, cached_tokens = self._received(body)
         failure = await self._failure(False)
         if failure is not None:
             return failure
         usage = {
-            "input_tokens": self.input_tokens,
-            "input_tokens_details": {"cached_tokens": self.cached_tokens},
-            "output_tokens": self.output_tokens,
+            "input_tokens": input_tokens,
+            "input_tokens_details": {"cached_tokens": cached_tokens},
+            "output_tokens": output_tokens,
             "output_tokens_details": {"reasoning_tokens": 0},
-            "total_tokens": self.input_tokens + self.output_tokens,
+            "total_tokens": input_tokens + output_tokens,
         }
         text = {"type": "output_text", "text": REPLY, "annotations": []}
         item = {
@@ -153,14 +169,15 @@ class FakeLLM:
 
     async def messages(self, request: Request) -> Response:
         body = await request.json()
-        self.requests.append(body)
+        input_tokens, output_tokens, cached_tokens = self._received(body)
         failure = await self._failure(True)
         if failure is not None:
             return failure
+        # Anthropic reports cache reads beside its input tokens, not among them.
         usage = {
-            "input_tokens": self.input_tokens,
-            "output_tokens": self.output_tokens,
-            "cache_read_input_tokens": self.cached_tokens,
+            "input_tokens": input_tokens,
+            "output_tokens": output_tokens,
+            "cache_read_input_tokens": cached_tokens,
             "cache_creation_input_tokens": 0,
         }
         message = {
@@ -197,7 +214,7 @@ class FakeLLM:
                 {
                     "type": "message_delta",
                     "delta": end,
-                    "usage": {"output_tokens": self.output_tokens},
+                    "usage": {"output_tokens": output_tokens},
                 },
                 "message_delta",
             )
@@ -224,6 +241,14 @@ def _stream(events: AsyncIterator[str], headers: dict[str, str]) -> StreamingRes
     return StreamingResponse(events, media_type="text/event-stream", headers=headers)
 
 
+class _InProcessServer(uvicorn.Server):
+    """A uvicorn server that leaves the process's signals alone: it runs inside a program
+    (the demo, a test) that handles SIGINT and SIGTERM itself and stops it."""
+
+    def capture_signals(self) -> contextlib.AbstractContextManager[None]:  # type: ignore[override]
+        return contextlib.nullcontext()
+
+
 @contextlib.asynccontextmanager
 async def running_fake_llm(fake: FakeLLM | None = None) -> AsyncIterator[FakeLLM]:
     """Serve a FakeLLM on a free port of 127.0.0.1 for the duration of the block."""
@@ -231,7 +256,7 @@ async def running_fake_llm(fake: FakeLLM | None = None) -> AsyncIterator[FakeLLM
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    server = uvicorn.Server(
+    server = _InProcessServer(
         uvicorn.Config(fake.app(), host="127.0.0.1", port=port, log_level="warning")
     )
     task = asyncio.create_task(server.serve())
@@ -253,6 +278,7 @@ if __name__ == "__main__":
     import sys
 
     if len(sys.argv) == 3 and sys.argv[1] == "--serve":
-        uvicorn.run(FakeLLM().app(), host="127.0.0.1", port=int(sys.argv[2]), log_level="info")
+        stub = FakeLLM(keep_requests=False)
+        uvicorn.run(stub.app(), host="127.0.0.1", port=int(sys.argv[2]), log_level="info")
     else:
-        print("usage: python examples/llm_stub.py --serve PORT  (an OpenAI/Anthropic stand-in)")
+        print("usage: python -m tokenquota.llm_stub --serve PORT  (an OpenAI/Anthropic stand-in)")
