@@ -19,9 +19,9 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $@ $(VENV)/.installed-run
 
-## run: the embedded dev stack (Kafka-protocol broker + PostgreSQL), the worker and the HTTP API (127.0.0.1:8787, API_PORT) until Ctrl-C
+## run: the embedded dev stack (Kafka-protocol broker + PostgreSQL), the worker, the HTTP API and its page (127.0.0.1:8787, API_PORT) and a demo workload until Ctrl-C
 run: $(VENV)/.installed-run
-	$(BIN)/tokenquota dev
+	$(BIN)/tokenquota dev --demo
 
 ## test: lint, type-check and the whole test suite against real servers
 test: lint typecheck pytest

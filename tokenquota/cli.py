@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -21,7 +22,7 @@ from .cli_run import fail, run_app
 from .cli_stack import remove_stack_file, write_stack_file
 from .config import ConfigError, Settings, load_settings
 from .devstack import run_dev
-from .embedded import ApiProcess, WorkerProcess
+from .embedded import ApiProcess, DemoProcess, WorkerProcess, api_url
 from .errors import DevStackError, IntegrationError
 from .logs import configure_logging
 from .projections import MigrationError
@@ -120,24 +121,39 @@ def dev(
     api: Annotated[
         bool, typer.Option("--api/--no-api", help="Also serve the HTTP API (api.host:api.port).")
     ] = True,
+    demo: Annotated[
+        bool,
+        typer.Option(
+            "--demo/--no-demo",
+            help="Also run `tokenquota demo` (a workload of four demo sessions) once the "
+            "worker and the API are up; its log is <data dir>/logs/demo.log.",
+        ),
+    ] = False,
 ) -> None:
     """Run the embedded dev stack (broker + PostgreSQL), the worker and the HTTP API.
 
     It runs until Ctrl-C or SIGTERM. Servers named by KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL are
     used instead of embedded ones. The embedded broker keeps events in memory only. The
-    API listens on http://127.0.0.1:8787 (API_PORT chooses another port).
+    API and its dashboard page listen on http://127.0.0.1:8787/ (API_PORT chooses another
+    port). `make run` runs `tokenquota dev --demo`.
 
     Example: tokenquota dev --data-dir ./dev-data --no-api
     """
     settings = _settings(ctx)
     if data_dir is not None:
         settings = settings.model_copy(update={"data_dir": data_dir})
+    page = f"{api_url(settings.api.host, settings.api.port)}/"
+
+    def starting() -> None:
+        if api:
+            out.print(f"tokenquota dashboard: {page} (starting...)", highlight=False)
 
     def ready(
         effective: Settings,
         report: ProvisionReport,
         worker: WorkerProcess,
         api_process: ApiProcess | None,
+        demo_process: DemoProcess | None,
     ) -> None:
         out.print("[bold green]tokenquota dev stack is up[/]")
         out.print(f"  KAFKA_BOOTSTRAP_SERVERS={effective.kafka.bootstrap_servers}")
@@ -149,13 +165,33 @@ def dev(
                 f"  api      {api_process.url}  (docs /docs), pid {api_process.pid}, "
                 f"log {api_process.log_path}"
             )
+        if demo_process is not None:
+            out.print(
+                f"  demo     pid {demo_process.pid}, log {demo_process.log_path}",
+                highlight=False,
+            )
         stack_file = write_stack_file(effective)
         out.print(f"  other tokenquota commands run here use these servers ({stack_file})")
+        if api_process is not None:
+            out.print(f"Dashboard: {api_process.url}/", highlight=False)
         out.print("Press Ctrl-C to stop.", highlight=False)
+
+    def notice(message: str) -> None:
+        err.print(Text.assemble(("warning:", "yellow"), " ", message), highlight=False)
 
     worker_env = {"TOKENQUOTA_CONFIG": str(ctx.obj)} if ctx.obj else {}
     try:
-        crash = asyncio.run(run_dev(settings, ready, worker_env=worker_env, with_api=api))
+        crash = asyncio.run(
+            run_dev(
+                settings,
+                ready,
+                worker_env=worker_env,
+                with_api=api,
+                with_demo=demo,
+                on_starting=starting,
+                on_notice=notice,
+            )
+        )
     except (DevStackError, IntegrationError, MigrationError) as exc:
         fail(str(exc))
     finally:
@@ -163,6 +199,47 @@ def dev(
     if crash is not None:
         fail(crash)
     out.print("tokenquota dev stack stopped")
+
+
+@app.command("demo")
+def demo_command(
+    ctx: typer.Context,
+    duration: Annotated[
+        float | None,
+        typer.Option(
+            help="Stop after this many seconds (default: run until Ctrl-C or SIGTERM).",
+            min=0,
+        ),
+    ] = None,
+) -> None:
+    """Run a demo workload through the real hooks until stopped, for the dashboard to show.
+
+    Four sessions (demo-research-agent, demo-support-bot, demo-batch-summarizer,
+    demo-tiny-budget) get budgets, then call MCP tools and the OpenAI and Anthropic SDKs
+    (against a stub LLM server it starts on 127.0.0.1) at a few events per second: usage,
+    costs by model, refused reservations and threshold alerts. It uses the servers
+    configured, else those of the `tokenquota dev` running here.
+
+    Example: tokenquota demo --duration 60
+    """
+    from .cli_run import run, settings_of
+    from .demo import run_demo
+
+    settings = settings_of(ctx)
+    if settings.log_level == "INFO":  # the default: no line per HTTP request or refused tool
+        for chatty in ("httpx", "httpx2", "mcp"):  # httpx2: the anthropic SDK's
+            logging.getLogger(chatty).setLevel(logging.WARNING)
+    if settings.kafka.bootstrap_servers is None:
+        fail(
+            "no Kafka configured: set KAFKA_BOOTSTRAP_SERVERS, or start `tokenquota dev` "
+            "(make run) in this directory",
+            code=2,
+        )
+
+    def say(line: str) -> None:
+        out.print(line, highlight=False, markup=False)
+
+    run(settings, run_demo(settings, duration=duration, say=say))
 
 
 @app.command()

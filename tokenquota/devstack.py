@@ -13,6 +13,7 @@ from pydantic import SecretStr
 from .config import Settings
 from .embedded import (
     ApiProcess,
+    DemoProcess,
     EmbeddedBroker,
     EmbeddedPostgres,
     WorkerProcess,
@@ -22,7 +23,7 @@ from .embedded import (
 from .errors import DevStackError
 from .provision import ProvisionReport, provision
 
-__all__ = ["DevStack", "run_dev"]
+__all__ = ["DevStack", "OnReady", "run_dev"]
 
 
 @dataclass
@@ -30,9 +31,10 @@ class DevStack:
     """The servers `tokenquota dev` started itself (none for those given by configuration)."""
 
     settings: Settings
-    _started: list[EmbeddedBroker | EmbeddedPostgres | WorkerProcess | ApiProcess] = field(
-        default_factory=list
+    _started: list[EmbeddedBroker | EmbeddedPostgres | WorkerProcess | ApiProcess | DemoProcess] = (
+        field(default_factory=list)
     )
+    _demo: DemoProcess | None = None
 
     def check_api_port(self) -> None:
         """Fail before starting anything when the API's port is taken (a second `make run`)."""
@@ -83,9 +85,36 @@ class DevStack:
         api.start({**_servers_env(effective, env), **spool})
         return api
 
+    def start_demo(self, effective: Settings, env: dict[str, str]) -> DemoProcess:
+        """Start `tokenquota demo` against the servers in use.
+
+        Its emitter spools in `<data dir>/demo-spool`, a spool of its own."""
+        data_dir = effective.data_dir.resolve()
+        demo = DemoProcess(log_path=data_dir / "logs" / "demo.log")
+        self._started.append(demo)
+        self._demo = demo
+        spool = {"EMITTER_SPOOL_DIR": str(data_dir / "demo-spool")}
+        demo.start({**_servers_env(effective, env), **spool})
+        return demo
+
+    def demo_ended(self) -> str | None:
+        """Once, when the demo has exited on its own: what to tell (the stack runs on)."""
+        demo = self._demo
+        code = demo.exit_code() if demo is not None else None
+        if demo is None or code is None:
+            return None
+        self._demo = None
+        return (
+            f"{demo.name} exited with code {code}; see {demo.log_path}. "
+            "The rest of the stack keeps running."
+        )
+
     def crashed(self) -> str | None:
-        """A description of a started server that has exited on its own, if any."""
+        """A description of a started server that has exited on its own, if any (the
+        demo is not one: see `demo_ended`)."""
         for server in self._started:
+            if isinstance(server, DemoProcess):
+                continue
             code = server.exit_code()
             if code is not None:
                 return f"{server.name} exited with code {code}; see {server.log_path}"
@@ -107,16 +136,29 @@ def _servers_env(effective: Settings, env: dict[str, str]) -> dict[str, str]:
     }
 
 
+#: What `run_dev` hands its `on_ready` callback: the settings in use, what provisioning
+#: did, and the processes it started (the API and the demo when asked for).
+OnReady = Callable[
+    [Settings, ProvisionReport, WorkerProcess, ApiProcess | None, DemoProcess | None], None
+]
+
+
 async def run_dev(
     settings: Settings,
-    on_ready: Callable[[Settings, ProvisionReport, WorkerProcess, ApiProcess | None], None],
+    on_ready: OnReady,
     stop_signals: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGTERM),
     worker_env: dict[str, str] | None = None,
     *,
     with_api: bool = True,
+    with_demo: bool = False,
+    on_starting: Callable[[], None] | None = None,
+    on_notice: Callable[[str], None] | None = None,
 ) -> str | None:
-    """Run the dev stack (and the HTTP API unless `with_api` is false) until a stop
-    signal; return why it stopped early, if it did."""
+    """Run the dev stack (the HTTP API unless `with_api` is false, the demo workload when
+    `with_demo`) until a stop signal; return why it stopped early, if it did.
+
+    `on_starting` is called once the API's port is known to be free, before anything
+    starts; `on_notice` with what to tell that stops nothing (the demo's exit)."""
     stack = DevStack(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -125,15 +167,21 @@ async def run_dev(
     try:
         if with_api:
             stack.check_api_port()
+        if on_starting is not None:
+            on_starting()
         effective = stack.start()
         report = await provision(effective)
         worker = stack.start_worker(effective, worker_env or {})
         api = stack.start_api(effective, worker_env or {}) if with_api else None
-        on_ready(effective, report, worker, api)
+        demo = stack.start_demo(effective, worker_env or {}) if with_demo else None
+        on_ready(effective, report, worker, api, demo)
         while not stop.is_set():
             crash = stack.crashed()
             if crash is not None:
                 return crash
+            notice = stack.demo_ended()
+            if notice is not None and on_notice is not None:
+                on_notice(notice)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=0.5)
         return None

@@ -31,9 +31,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ApiProcess",
+    "DemoProcess",
     "EmbeddedBroker",
     "EmbeddedPostgres",
     "WorkerProcess",
+    "api_url",
     "free_port",
     "port_in_use",
     "port_taken",
@@ -352,8 +354,7 @@ class ApiProcess(_ChildProcess):
     @property
     def url(self) -> str:
         """Where the API answers."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return api_url(self.host, self.port)
 
     def start(self, env: dict[str, str], timeout: float = 30.0) -> str:
         """Start the API with `env` (os.environ plus these); wait until GET /healthz
@@ -387,6 +388,24 @@ class ApiProcess(_ChildProcess):
                 return bool(response.status == 200)
         except (OSError, urllib.error.URLError):
             return False
+
+
+class DemoProcess(_ChildProcess):
+    """`tokenquota demo` as a child process, with its output in `log_path`."""
+
+    name = "demo workload"
+
+    def start(self, env: dict[str, str]) -> int:
+        """Start the demo with `env` (os.environ plus these); return its PID."""
+        self._spawn([sys.executable, "-m", "tokenquota", "demo"], env={**os.environ, **env})
+        assert self._process is not None
+        return self._process.pid
+
+
+def api_url(host: str, port: int) -> str:
+    """The URL of an HTTP API listening on `host`:`port`."""
+    host = f"[{host}]" if ":" in host else host
+    return f"http://{host}:{port}"
 
 
 def port_taken(host: str, port: int) -> str:

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
@@ -285,6 +286,47 @@ async def test_dev_runs_the_embedded_stack_and_stops_everything_it_started(
     assert "tokenquota dev stack stopped" in tail
     assert _gone(children)
     assert _gone([api_process])
+
+
+async def test_dev_demo_fills_the_page_through_the_hooks_and_ctrl_c_stops_it_all(
+    tmp_path: Path,
+) -> None:
+    dev = await _start_dev(_environment(TOKENQUOTA_DATA_DIR=str(tmp_path / "dev")), "--demo")
+    try:
+        api_url, _ = dev.api()
+        assert dev.output[0] == f"tokenquota dashboard: {api_url}/ (starting...)\n"
+        line = next(line for line in dev.output if line.strip().startswith("demo "))
+        demo_pid = int(line.split("pid ")[1].split(",")[0])
+        children = dev.children()
+        assert demo_pid in [c.pid for c in children]
+        seen: dict[str, list[dict[str, Any]]] = {}
+
+        async def on_the_page() -> bool:
+            async with httpx.AsyncClient(base_url=api_url, trust_env=False, timeout=10) as api:
+                for name, path, params in (
+                    ("usage", "/v1/top", {}),
+                    ("refused", "/v1/decisions", {"status": "rejected"}),
+                    ("costs", "/v1/costs", {"by": "model"}),
+                    ("alerts", "/v1/alerts", {}),
+                ):
+                    if name not in seen:
+                        rows = (await api.get(path, params=params)).json()
+                        if any(row.get("session_id", "demo-").startswith("demo-") for row in rows):
+                            seen[name] = rows
+            return len(seen) == 4
+
+        await wait_until(on_the_page, 60, "the demo's usage, refusals, costs and alerts")
+        # a refusal by the worker, at the tiny budget's limit, alerted
+        assert "demo-tiny-budget" in {row["session_id"] for row in seen["refused"]}
+        models = {row["model"] for row in seen["costs"]}
+        assert models & {"gpt-4o", "gpt-4o-mini", "gpt-4.1-mini"}, models
+        assert models & {"claude-sonnet-4-5", "claude-haiku-4-5"}, models
+    finally:
+        tail = await _stop_dev(dev, signal.SIGINT)
+    assert "tokenquota dev stack stopped" in tail
+    assert _gone(children)
+    log = (tmp_path / "dev" / "logs" / "demo.log").read_text()
+    assert "demo stopping:" in log, log[-2000:]  # it stopped on its own terms, not killed
 
 
 EMIT_FROM_PYTHON_C = """
