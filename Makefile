@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test lint typecheck pytest schemas vendor clean
+.PHONY: run test lint typecheck pytest schemas vendor screenshot clean
 
 # A venv per checkout; the stamp files make re-runs skip pip when nothing changed.
 $(BIN)/python:
@@ -50,6 +50,11 @@ vendor:
 	cd build/vendor && npm pack --silent uplot@$(UPLOT_VERSION) && tar xzf uplot-$(UPLOT_VERSION).tgz
 	cp build/vendor/package/dist/uPlot.iife.min.js build/vendor/package/dist/uPlot.min.css build/vendor/package/LICENSE api/static/vendor/uplot/
 	sha256sum build/vendor/uplot-$(UPLOT_VERSION).tgz
+
+# The README's pictures of the page (docs/dashboard*.png) from `tokenquota dev --demo`:
+# needs Debian's chromium and chromium-driver; takes about a minute.
+screenshot: $(VENV)/.installed-dev
+	$(BIN)/python docs/screenshot.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .pytest_cache .ruff_cache
