@@ -41,6 +41,14 @@ async def test_every_read_endpoint_answers_json_with_the_applied_numbers(
         events += [_cost("rd1", "openai", "gpt-4o", "0.25"), _cost("rd2", "anthropic", "c", "1")]
         ingested = await client.post("/v1/events", json=events)
         assert ingested.json()["accepted"] == 4, ingested.text
+
+        async def usage_applied() -> bool:
+            seen = (await client.get("/v1/sessions/rd1")).json()
+            return bool(seen["windows"]["daily"]["used"] == 850)
+
+        # The client's check below refuses 500 tokens only once the 850 used are applied;
+        # before that it would pass and the worker would refuse it (a second rejection).
+        await wait_until(usage_applied, 60, "the usage applied")
         granted = await client.post("/v1/reservations", json={"session_id": "rd1", "tokens": 50})
         assert granted.status_code == 201, granted.text
         refused = await client.post("/v1/reservations", json={"session_id": "rd1", "tokens": 500})

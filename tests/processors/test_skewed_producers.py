@@ -37,6 +37,9 @@ async def producer(
         **settings_env(settings),
         "EMITTER_SPOOL_DIR": str(tmp_path / f"spool-{name}"),
         "PYTHONPATH": str(REPO),
+        # What is tested is which reservations win, not how fast: 120 strict reservations
+        # at once on a loaded 2-core machine (two test workers) can take over 10 s.
+        "RESERVATIONS_DECISION_TIMEOUT": "90",
     }
     process = await asyncio.create_subprocess_exec(
         sys.executable,
