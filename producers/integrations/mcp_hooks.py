@@ -198,12 +198,22 @@ class McpMeter:
         arguments: Any,
         call: Callable[[], Awaitable[R]],
         output: Callable[[R], tuple[str, bool]],
+        *,
+        reserve: Callable[[int], int] | None = None,
+        operation: str | None = None,
     ) -> R:
-        """Run `call` under a reservation; raise TokenQuotaExceededError when it won't fit."""
+        """Run `call` under a reservation; raise TokenQuotaExceededError when it won't fit.
+
+        `reserve` gives the tokens to hold from the input's count (default: the input or
+        `mcp.token_budget_per_request`, whichever is more); `operation` names the usage
+        (default `mcp.tool:<tool>`)."""
         mcp = self.settings.mcp
         input_tokens = await self.counter.count_tokens(payload_text(arguments), mcp.model)
         quota = await get_quota(self._quota, settings=self.settings)
-        wanted = max(mcp.token_budget_per_request, input_tokens)
+        if reserve is None:
+            wanted = max(mcp.token_budget_per_request, input_tokens)
+        else:
+            wanted = max(reserve(input_tokens), 1)
         reservation = await quota.reserve(session_id, wanted, source=self.source)
         # Until the settlement is emitted, any failure (the tool's, a cancellation, a
         # result that cannot be counted) releases the tokens instead of holding them
@@ -220,7 +230,7 @@ class McpMeter:
                 input_tokens,
                 output_tokens,
                 mcp.model,
-                operation=f"mcp.tool:{tool}"[:100],
+                operation=(operation or f"mcp.tool:{tool}")[:100],
                 counted_by=by,
             )
         except BaseException:

@@ -19,7 +19,7 @@ from typing import Any, Literal
 import anyio
 import mcp_types as types
 from mcp import Client
-from mcp.client.stdio import StdioServerParameters
+from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel import Server
 from mcp.server.stdio import stdio_server
@@ -28,11 +28,14 @@ from tokenquota.config import Settings
 
 from ..reservations import TokenQuota
 from .mcp_hooks import McpMeter, setup_mcp_token_hooks
+from .mcp_relay import Relay
+from .mcp_relay_meter import RelayMeter
 
 __all__ = [
     "build_proxy_server",
     "connect_upstream",
     "proxy_spool_settings",
+    "relay_stdio",
     "run_proxy",
     "run_proxy_sync",
 ]
@@ -152,21 +155,51 @@ async def run_proxy(
     settings = proxy_spool_settings(command, settings)
     host = settings.mcp.host if host is None else host
     port = settings.mcp.port if port is None else port
+    if transport == "stdio":
+        await relay_stdio(command, settings)
+        return
     upstream_session = connect_upstream(command, timeout=settings.mcp.timeout)
     async with TokenQuota(settings) as quota, upstream_session as upstream:
         server = build_proxy_server(upstream)
         meter = McpMeter(settings, quota=quota, server_name=f"proxy:{server.name}")
         setup_mcp_token_hooks(server, meter)
-        log.info("metering %s (%s)", " ".join(command), transport)
-        if transport == "stdio":
-            async with stdio_server() as (read_stream, write_stream):
-                await server.run(read_stream, write_stream, server.create_initialization_options())
-            return
+        log.info("metering %s (streamable HTTP)", " ".join(command))
         import uvicorn
 
         app = server.streamable_http_app(host=host)
         config = uvicorn.Config(app, host=host, port=port, log_level="warning")
         await uvicorn.Server(config).serve()
+
+
+async def relay_stdio(command: Sequence[str], settings: Settings) -> None:
+    """Relay this process's stdio client to the stdio server `command`, message for
+    message (see mcp_relay), metering tool calls and sampling, until the client closes
+    stdin; the server process is stopped then (its whole process group)."""
+    if not command:
+        raise ValueError("no upstream command: use `tokenquota mcp-proxy -- <command> [args...]`")
+    label = f"the upstream MCP server ({command[0]})"
+    params = StdioServerParameters(command=command[0], args=list(command[1:]), env=dict(os.environ))
+    async with (
+        TokenQuota(settings) as quota,
+        stdio_client(params) as (server_read, server_write),
+        stdio_server() as (client_read, client_write),
+    ):
+        meter = McpMeter(settings, quota=quota, server_name=f"proxy:{os.path.basename(command[0])}")
+        relay = RelayMeter(meter).install(
+            Relay(
+                client_read,
+                client_write,
+                server_read,
+                server_write,
+                timeout=settings.mcp.timeout,
+                server_label=label,
+            )
+        )
+        log.info("metering %s (stdio relay)", " ".join(command))
+        try:
+            await relay.run()
+        finally:
+            await client_write.aclose()
 
 
 def run_proxy_sync(command: Sequence[str], settings: Settings, **options: Any) -> None:

@@ -1,0 +1,248 @@
+"""A transparent MCP relay: every JSON-RPC message between one client (downstream) and one
+server (upstream) passes through unchanged, both ways, except that `tools/call` and
+`sampling/createMessage` are metered.
+
+The relay is one client to one server, so request ids need no mapping: the client's ids
+name its requests to the server, the server's ids its requests to the client, and each
+side's answers come back with the ids it chose. `initialize` goes through as the client
+sent it (its capabilities and client info reach the server) and its answer comes back
+as the server sent it (server info, instructions, capabilities).
+
+- A request of the client's waits at most `timeout` seconds for the server's answer;
+  then the client gets a REQUEST_TIMEOUT error and the server a `notifications/cancelled`.
+- When the server goes away, every request in flight and every later one is answered
+  with a CONNECTION_CLOSED error naming it, until the client closes its side.
+- `notifications/cancelled` from either side stops the relay's own wait for that request
+  (a metered call or sampling then releases its tokens) and is passed on.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup
+from mcp.shared._stream_protocols import ReadStream, WriteStream
+from mcp.shared.message import SessionMessage
+from mcp_types import (
+    CONNECTION_CLOSED,
+    REQUEST_TIMEOUT,
+    ErrorData,
+    JSONRPCError,
+    JSONRPCMessage,
+    JSONRPCNotification,
+    JSONRPCRequest,
+    JSONRPCResponse,
+    RequestId,
+)
+
+__all__ = ["Answer", "Relay", "RequestHook", "error_answer"]
+
+log = logging.getLogger("tokenquota.mcp_relay")
+
+#: What answers a request: a result or an error.
+Answer = JSONRPCResponse | JSONRPCError
+#: Given a request and a way to forward it (and wait for its answer), the answer to send.
+RequestHook = Callable[[JSONRPCRequest, Callable[[], Awaitable[Answer]]], Awaitable[Answer]]
+
+
+def error_answer(request_id: RequestId, code: int, message: str) -> JSONRPCError:
+    """A JSON-RPC error answering `request_id`."""
+    return JSONRPCError(jsonrpc="2.0", id=request_id, error=ErrorData(code=code, message=message))
+
+
+@dataclass
+class _Side:
+    """One side of the relay: its streams, the requests we wait on it to answer, whether
+    it has gone."""
+
+    name: str
+    read: ReadStream[SessionMessage | Exception]
+    write: WriteStream[SessionMessage]
+    waiting: dict[RequestId, anyio.Event] = field(default_factory=dict)
+    answers: dict[RequestId, Answer] = field(default_factory=dict)
+    gone: bool = False
+
+
+@dataclass
+class Relay:
+    """Relay `client` (the downstream streams) and `server` (the upstream streams) until
+    the client closes its side. `on_client_request` / `on_server_request` map a method to
+    a hook that may answer on its own or forward (tools/call, sampling/createMessage).
+    """
+
+    client_read: ReadStream[SessionMessage | Exception]
+    client_write: WriteStream[SessionMessage]
+    server_read: ReadStream[SessionMessage | Exception]
+    server_write: WriteStream[SessionMessage]
+    timeout: float | None = None
+    on_client_request: dict[str, RequestHook] = field(default_factory=dict)
+    on_server_request: dict[str, RequestHook] = field(default_factory=dict)
+    server_label: str = "the upstream MCP server"
+    #: The `initialize` request's params as the client sent them (None until then).
+    client_params: dict[str, Any] | None = None
+    _scopes: dict[tuple[str, RequestId], anyio.CancelScope] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._client = _Side("client", self.client_read, self.client_write)
+        self._server = _Side("server", self.server_read, self.server_write)
+
+    async def run(self) -> None:
+        """Relay until the client's stream ends; then stop whatever is still in flight."""
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(self._pump_server, tasks)
+            await self._pump_client(tasks)
+            tasks.cancel_scope.cancel()
+
+    # -- the two directions --------------------------------------------------------------
+
+    async def _pump_client(self, tasks: TaskGroup) -> None:
+        async for item in self._client.read:
+            if isinstance(item, Exception):
+                log.warning("unreadable message from the client: %s", item)
+                continue
+            message = item.message
+            if isinstance(message, JSONRPCRequest):
+                if message.method == "initialize" and isinstance(message.params, dict):
+                    self.client_params = message.params
+                tasks.start_soon(self._client_request, message)
+            elif isinstance(message, JSONRPCNotification):
+                self._cancelled(message, by=self._client)
+                await self._send(self._server, message)
+            else:  # an answer to one of the server's requests
+                self._answered(self._client, message)
+        self._client.gone = True
+        for event in self._client.waiting.values():
+            event.set()
+
+    async def _pump_server(self, tasks: TaskGroup) -> None:
+        async for item in self._server.read:
+            if isinstance(item, Exception):
+                log.warning("unreadable message from %s: %s", self.server_label, item)
+                continue
+            message = item.message
+            if isinstance(message, JSONRPCRequest):
+                tasks.start_soon(self._server_request, message)
+            elif isinstance(message, JSONRPCNotification):
+                self._cancelled(message, by=self._server)
+                await self._send(self._client, message)
+            else:
+                self._answered(self._server, message)
+        log.error("%s closed its connection; answering the client's requests with errors",
+                  self.server_label)  # fmt: skip
+        self._server.gone = True
+        for event in self._server.waiting.values():
+            event.set()
+
+    # -- requests ------------------------------------------------------------------------
+
+    async def _client_request(self, request: JSONRPCRequest) -> None:
+        hook = self.on_client_request.get(request.method)
+        with self._scope("client", request.id):
+
+            async def ask() -> Answer:
+                return await self._ask(self._server, request, self.timeout)
+
+            answer = await (hook(request, ask) if hook is not None else ask())
+            await self._send(self._client, answer)
+
+    async def _server_request(self, request: JSONRPCRequest) -> None:
+        hook = self.on_server_request.get(request.method)
+        with self._scope("server", request.id):
+
+            async def ask() -> Answer:
+                return await self._ask(self._client, request, None)
+
+            answer = await (hook(request, ask) if hook is not None else ask())
+            await self._send(self._server, answer)
+
+    def _scope(self, who: str, request_id: RequestId) -> anyio.CancelScope:
+        """A scope that a `notifications/cancelled` from `who` cancels."""
+        scope = anyio.CancelScope()
+        self._scopes[(who, request_id)] = scope
+        return _Forget(scope, lambda: self._scopes.pop((who, request_id), None))  # type: ignore[return-value]
+
+    async def _ask(self, side: _Side, request: JSONRPCRequest, timeout: float | None) -> Answer:
+        """Send `request` to `side` and wait for its answer (or an error saying why none
+        came: the side went away, or did not answer within `timeout`)."""
+        if side.gone:
+            return self._gone_error(side, request)
+        event = side.waiting[request.id] = anyio.Event()
+        try:
+            await self._send(side, request)
+            with anyio.move_on_after(math.inf if timeout is None else timeout) as waited:
+                await event.wait()
+            if waited.cancelled_caught:
+                await self._send(side, _cancel(request.id, "timed out in tokenquota mcp-proxy"))
+                log.error("%s did not answer %s within %s s", self.server_label, request.method,
+                          timeout)  # fmt: skip
+                return error_answer(
+                    request.id,
+                    REQUEST_TIMEOUT,
+                    f"{self.server_label} did not answer {request.method} within {timeout:g} s",
+                )
+            answer = side.answers.pop(request.id, None)
+            return answer if answer is not None else self._gone_error(side, request)
+        finally:
+            side.waiting.pop(request.id, None)
+
+    def _gone_error(self, side: _Side, request: JSONRPCRequest) -> JSONRPCError:
+        who = self.server_label if side is self._server else "the MCP client"
+        return error_answer(
+            request.id, CONNECTION_CLOSED, f"{who} has closed its connection ({request.method})"
+        )
+
+    def _answered(self, side: _Side, answer: JSONRPCMessage) -> None:
+        assert isinstance(answer, JSONRPCResponse | JSONRPCError)
+        event = side.waiting.get(answer.id) if answer.id is not None else None
+        if event is None:
+            log.info("dropping an answer from the %s to a request no longer waited for: %s",
+                     side.name, answer.id)  # fmt: skip
+            return
+        side.answers[answer.id] = answer  # type: ignore[index]
+        event.set()
+
+    def _cancelled(self, note: JSONRPCNotification, *, by: _Side) -> None:
+        """A `notifications/cancelled` from `by` stops the relay's own work on that request."""
+        if note.method != "notifications/cancelled" or not isinstance(note.params, dict):
+            return
+        scope = self._scopes.get((by.name, note.params.get("requestId")))  # type: ignore[arg-type]
+        if scope is not None:
+            scope.cancel()
+
+    async def _send(self, side: _Side, message: JSONRPCMessage) -> None:
+        if side.gone:
+            return
+        try:
+            await side.write.send(SessionMessage(message))
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            side.gone = True
+
+
+def _cancel(request_id: RequestId, reason: str) -> JSONRPCNotification:
+    return JSONRPCNotification(
+        jsonrpc="2.0",
+        method="notifications/cancelled",
+        params={"requestId": request_id, "reason": reason},
+    )
+
+
+class _Forget:
+    """A cancel scope that runs `forget` when it is left."""
+
+    def __init__(self, scope: anyio.CancelScope, forget: Callable[[], object]) -> None:
+        self._scope = scope
+        self._forget = forget
+
+    def __enter__(self) -> anyio.CancelScope:
+        return self._scope.__enter__()
+
+    def __exit__(self, *exc: Any) -> bool:
+        try:
+            return bool(self._scope.__exit__(*exc))
+        finally:
+            self._forget()

@@ -1,0 +1,153 @@
+"""`tokenquota mcp-proxy` (stdio) in front of the MCP project's reference server, which
+exercises the whole protocol: a client sees what it sees directly, server-to-client
+requests (roots, sampling, elicitation) get through, and sampling is metered."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import mcp_types as types
+import pytest
+from mcp import Client
+from mcp.client.stdio import StdioServerParameters
+from mcp.shared.exceptions import MCPError
+
+from tests.producers.integrations.npm_servers import npm_bin
+from tests.support import fetch_value, set_budget, settings_env, wait_until
+from tokenquota.config import ReservationSettings, Settings
+from tokenquota.producers import TokenQuota
+
+pytestmark = pytest.mark.integration
+
+REPLY = "Budgets hold, said the stand-in LLM."
+
+
+class _Callbacks:
+    """A client that declares roots, sampling and elicitation, and records what it got."""
+
+    def __init__(self) -> None:
+        self.sampled: list[types.CreateMessageRequestParams] = []
+        self.roots_asked = 0
+
+    async def roots(self, context: Any) -> types.ListRootsResult:
+        self.roots_asked += 1
+        return types.ListRootsResult(roots=[types.Root(uri="file:///work/project", name="project")])
+
+    async def sample(
+        self, context: Any, params: types.CreateMessageRequestParams
+    ) -> types.CreateMessageResult:
+        self.sampled.append(params)
+        return types.CreateMessageResult(
+            role="assistant", content=types.TextContent(type="text", text=REPLY), model="stub-llm"
+        )
+
+    async def elicit(self, context: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
+        return types.ElicitResult(action="decline")
+
+    def client(self, server: StdioServerParameters) -> Client:
+        return Client(
+            server,
+            cache=None,
+            mode="legacy",
+            read_timeout_seconds=90,
+            list_roots_callback=self.roots,
+            sampling_callback=self.sample,
+            elicitation_callback=self.elicit,
+        )
+
+
+async def _view(client: Client) -> dict[str, Any]:
+    """What a client sees of a server: its lists and a call, a read and a prompt."""
+    tools = (await client.list_tools()).tools
+    resources = (await client.list_resources()).resources
+    return {
+        "server": client.server_info,
+        "capabilities": client.server_capabilities,
+        "instructions": client.instructions,
+        "tools": tools,
+        "prompts": (await client.list_prompts()).prompts,
+        "resources": resources,
+        "templates": (await client.list_resource_templates()).resource_templates,
+        "sum": await client.call_tool("get-sum", {"a": 2, "b": 3}),
+        "structured": await client.call_tool("get-structured-content", {"location": "New York"}),
+        "read": await client.read_resource(resources[0].uri),
+        "prompt": await client.get_prompt("simple-prompt"),
+    }
+
+
+async def test_the_reference_server_looks_the_same_through_the_proxy_and_sampling_is_metered(
+    pipeline_settings: Settings, start_worker: Any, tmp_path: Path
+) -> None:
+    settings = pipeline_settings.model_copy(
+        update={"reservations": ReservationSettings(decision_timeout=60)}
+    )
+    start_worker()
+    everything = str(npm_bin("mcp-server-everything"))
+    direct = _Callbacks()
+    async with direct.client(StdioServerParameters(command=everything, args=["stdio"])) as c:
+        seen_directly = await _view(c)
+    names = {tool.name for tool in seen_directly["tools"]}
+    # The tools it offers only to clients declaring these capabilities.
+    assert {"get-roots-list", "trigger-sampling-request", "trigger-elicitation-request"} <= names
+
+    env = {**settings_env(settings), "LOG_LEVEL": "WARNING", "MCP_TOKEN_BUDGET_PER_REQUEST": "300"}
+    proxied = StdioServerParameters(
+        command=sys.executable,
+        args=[
+            "-m",
+            "tokenquota",
+            "mcp-proxy",
+            "--session",
+            "relay-user",
+            "--",
+            everything,
+            "stdio",
+        ],
+        env=env,
+    )
+    through = _Callbacks()
+    async with TokenQuota(settings) as quota:
+        await set_budget(quota, "relay-user", 20_000)
+        async with through.client(proxied) as client:
+            assert await _view(client) == seen_directly
+
+            roots = await client.call_tool("get-roots-list", {})
+            assert "file:///work/project" in str(roots.content), roots
+            assert through.roots_asked >= 1
+
+            sampled = await client.call_tool(
+                "trigger-sampling-request", {"prompt": "count my tokens", "maxTokens": 50}
+            )
+            assert not sampled.is_error and REPLY in str(sampled.content)
+            assert [p.max_tokens for p in through.sampled] == [50]
+            declined = await client.call_tool("trigger-elicitation-request", {})
+            assert "decline" in str(declined.content).lower()
+
+            async def sampling_settled() -> bool:
+                rows = await fetch_value(
+                    settings.database,
+                    "SELECT count(*) FROM usage_events WHERE session_id = 'relay-user'"
+                    " AND payload->>'operation' = 'mcp.sampling/createMessage'",
+                )
+                return bool(rows == 1)
+
+            await wait_until(sampling_settled, 60, "the sampling's usage applied")
+
+            # Room for the tool call (300 tokens) but not for the sampling's maxTokens:
+            # the server gets an MCP error, and the client is never asked.
+            used = (await quota.session_metrics("relay-user")).tokens_used_total
+            await set_budget(quota, "relay-user", used + 2_000)
+            before = len(through.sampled)
+            try:
+                refused = await client.call_tool(
+                    "trigger-sampling-request", {"prompt": "too much", "maxTokens": 5000}
+                )
+            except MCPError as exc:
+                said = str(exc)
+            else:
+                assert refused.is_error, refused
+                said = str(refused.content)
+            assert "token budget" in said, said
+            assert len(through.sampled) == before
