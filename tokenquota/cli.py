@@ -440,10 +440,25 @@ def mcp_proxy(
             )
         ),
     ] = None,
+    upstream_url: Annotated[
+        str | None,
+        typer.Option(
+            "--upstream-url",
+            help="A remote MCP server (streamable HTTP) instead of a command; served over stdio.",
+        ),
+    ] = None,
+    header: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--header",
+            help="'Name: value' sent to --upstream-url with every request (repeatable).",
+        ),
+    ] = None,
 ) -> None:
-    """Serve any stdio MCP server unchanged, with budgets on every tool call.
+    """Serve any MCP server unchanged, with budgets on every tool call and sampling.
 
     Usage: tokenquota mcp-proxy [--session ID] [--http] -- <command> \\[args...]
+           tokenquota mcp-proxy [--session ID] --upstream-url URL [--header 'K: V'...]
 
     Without --session (or mcp.session_id) the client names the session: the _meta key
     tokenquota/session, the header x-tokenquota-session, or its clientInfo name, each
@@ -456,8 +471,24 @@ def mcp_proxy(
     from .sections import McpSettings
 
     command = [arg for arg in ctx.args if arg != "--"]
-    if not command:
-        fail("no upstream server: tokenquota mcp-proxy -- <command> [args...]", code=2)
+    if not command and upstream_url is None:
+        fail(
+            "no upstream server: tokenquota mcp-proxy -- <command> [args...], "
+            "or --upstream-url URL",
+            code=2,
+        )
+    if command and upstream_url is not None:
+        fail("give either an upstream command (after --) or --upstream-url, not both", code=2)
+    if upstream_url is not None and not upstream_url.startswith(("http://", "https://")):
+        fail(f"--upstream-url {upstream_url!r}: use an http:// or https:// URL", code=2)
+    headers: dict[str, str] = {}
+    for item in header or []:
+        name, sep, value = item.partition(":")
+        if not sep or not name.strip():
+            fail(f"--header {item!r}: use 'Name: value'", code=2)
+        headers[name.strip()] = value.strip()
+    if headers and upstream_url is None:
+        fail("--header goes with --upstream-url", code=2)
     settings = _settings(ctx)
     if session is not None:
         mcp = McpSettings(**{**settings.mcp.model_dump(), "session_id": session})
@@ -469,6 +500,8 @@ def mcp_proxy(
             transport="http" if http else "stdio",
             host=settings.mcp.host if host is None else host,
             port=settings.mcp.port if port is None else port,
+            upstream_url=upstream_url,
+            headers=headers,
         )
     except (IntegrationError, OSError) as exc:
         fail(f"mcp-proxy: {exc}")

@@ -13,18 +13,21 @@ import contextlib
 import hashlib
 import logging
 import os
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, Literal
 
 import anyio
 import mcp_types as types
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters, stdio_client
+from mcp.client.streamable_http import streamable_http_client
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel import Server
 from mcp.server.stdio import stdio_server
+from mcp.shared._httpx_utils import create_mcp_http_client
 
 from tokenquota.config import Settings
+from tokenquota.errors import IntegrationError
 
 from ..reservations import TokenQuota
 from .mcp_hooks import McpMeter, setup_mcp_token_hooks
@@ -146,18 +149,25 @@ async def run_proxy(
     transport: Literal["stdio", "http"] = "stdio",
     host: str | None = None,
     port: int | None = None,
+    upstream_url: str | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> None:
     """Serve the upstream `command` behind budgets until the client (or Ctrl-C) ends it.
 
     Over HTTP on `host`:`port` (default `mcp.host`:`mcp.port`); each request to the
     upstream server waits at most `mcp.timeout`.
     """
-    settings = proxy_spool_settings(command, settings)
+    settings = proxy_spool_settings([upstream_url] if upstream_url else command, settings)
     host = settings.mcp.host if host is None else host
     port = settings.mcp.port if port is None else port
     if transport == "stdio":
-        await relay_stdio(command, settings)
+        await relay_stdio(command, settings, upstream_url=upstream_url, headers=headers)
         return
+    if upstream_url is not None:
+        raise IntegrationError(
+            "--upstream-url is served over stdio only so far (no --http): serving "
+            "streamable HTTP in front of a remote server is not built yet"
+        )
     upstream_session = connect_upstream(command, timeout=settings.mcp.timeout)
     async with TokenQuota(settings) as quota, upstream_session as upstream:
         server = build_proxy_server(upstream)
@@ -171,20 +181,45 @@ async def run_proxy(
         await uvicorn.Server(config).serve()
 
 
-async def relay_stdio(command: Sequence[str], settings: Settings) -> None:
-    """Relay this process's stdio client to the stdio server `command`, message for
-    message (see mcp_relay), metering tool calls and sampling, until the client closes
-    stdin; the server process is stopped then (its whole process group)."""
-    if not command:
-        raise ValueError("no upstream command: use `tokenquota mcp-proxy -- <command> [args...]`")
-    label = f"the upstream MCP server ({command[0]})"
+@contextlib.asynccontextmanager
+async def _upstream(
+    command: Sequence[str], url: str | None, headers: Mapping[str, str]
+) -> AsyncIterator[tuple[Any, Any]]:
+    """The upstream's streams: `command` started as a stdio child, or `url` over
+    streamable HTTP with `headers` on every request."""
+    if url is not None:
+        async with (
+            create_mcp_http_client(headers=dict(headers)) as http,
+            streamable_http_client(url, http_client=http) as streams,
+        ):
+            yield streams
+        return
     params = StdioServerParameters(command=command[0], args=list(command[1:]), env=dict(os.environ))
+    async with stdio_client(params) as streams:
+        yield streams
+
+
+async def relay_stdio(
+    command: Sequence[str],
+    settings: Settings,
+    *,
+    upstream_url: str | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> None:
+    """Relay this process's stdio client to the MCP server `command` (a stdio child) or
+    at `upstream_url` (streamable HTTP, sending `headers`), message for message (see
+    mcp_relay), metering tool calls and sampling, until the client closes stdin; a child
+    server is stopped then (its whole process group)."""
+    if not command and upstream_url is None:
+        raise ValueError("no upstream command: use `tokenquota mcp-proxy -- <command> [args...]`")
+    label = f"the upstream MCP server ({upstream_url or command[0]})"
+    name = upstream_url or os.path.basename(command[0])
     async with (
         TokenQuota(settings) as quota,
-        stdio_client(params) as (server_read, server_write),
+        _upstream(command, upstream_url, headers or {}) as (server_read, server_write),
         stdio_server() as (client_read, client_write),
     ):
-        meter = McpMeter(settings, quota=quota, server_name=f"proxy:{os.path.basename(command[0])}")
+        meter = McpMeter(settings, quota=quota, server_name=f"proxy:{name}")
         relay = RelayMeter(meter).install(
             Relay(
                 client_read,
@@ -193,9 +228,10 @@ async def relay_stdio(command: Sequence[str], settings: Settings) -> None:
                 server_write,
                 timeout=settings.mcp.timeout,
                 server_label=label,
+                stamp_protocol_version=upstream_url is not None,
             )
         )
-        log.info("metering %s (stdio relay)", " ".join(command))
+        log.info("metering %s (stdio relay)", upstream_url or " ".join(command))
         try:
             await relay.run()
         finally:

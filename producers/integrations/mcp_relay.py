@@ -27,7 +27,7 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup
 from mcp.shared._stream_protocols import ReadStream, WriteStream
-from mcp.shared.message import SessionMessage
+from mcp.shared.message import ClientMessageMetadata, SessionMessage
 from mcp_types import (
     CONNECTION_CLOSED,
     REQUEST_TIMEOUT,
@@ -83,8 +83,13 @@ class Relay:
     on_client_request: dict[str, RequestHook] = field(default_factory=dict)
     on_server_request: dict[str, RequestHook] = field(default_factory=dict)
     server_label: str = "the upstream MCP server"
+    #: Send `mcp-protocol-version` (as initialize agreed it) with every message to the
+    #: server: a streamable HTTP server needs the header, a stdio one ignores it.
+    stamp_protocol_version: bool = False
     #: The `initialize` request's params as the client sent them (None until then).
     client_params: dict[str, Any] | None = None
+    #: The protocol version the server's `initialize` answer agreed (None until then).
+    protocol_version: str | None = None
     _scopes: dict[tuple[str, RequestId], anyio.CancelScope] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -148,6 +153,9 @@ class Relay:
                 return await self._ask(self._server, request, self.timeout)
 
             answer = await (hook(request, ask) if hook is not None else ask())
+            if request.method == "initialize" and isinstance(answer, JSONRPCResponse):
+                version = answer.result.get("protocolVersion")
+                self.protocol_version = version if isinstance(version, str) else None
             await self._send(self._client, answer)
 
     async def _server_request(self, request: JSONRPCRequest) -> None:
@@ -217,8 +225,13 @@ class Relay:
     async def _send(self, side: _Side, message: JSONRPCMessage) -> None:
         if side.gone:
             return
+        metadata = None
+        if side is self._server and self.stamp_protocol_version and self.protocol_version:
+            metadata = ClientMessageMetadata(
+                headers={"mcp-protocol-version": self.protocol_version}
+            )
         try:
-            await side.write.send(SessionMessage(message))
+            await side.write.send(SessionMessage(message, metadata=metadata))
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
             side.gone = True
 

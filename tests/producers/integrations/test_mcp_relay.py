@@ -4,6 +4,9 @@ requests (roots, sampling, elicitation) get through, and sampling is metered."""
 
 from __future__ import annotations
 
+import asyncio
+import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,6 +20,7 @@ from mcp.shared.exceptions import MCPError
 from tests.producers.integrations.npm_servers import npm_bin
 from tests.support import fetch_value, set_budget, settings_env, wait_until
 from tokenquota.config import ReservationSettings, Settings
+from tokenquota.embedded import free_port, port_in_use
 from tokenquota.producers import TokenQuota
 
 pytestmark = pytest.mark.integration
@@ -46,7 +50,7 @@ class _Callbacks:
     async def elicit(self, context: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
         return types.ElicitResult(action="decline")
 
-    def client(self, server: StdioServerParameters) -> Client:
+    def client(self, server: StdioServerParameters | str) -> Client:
         return Client(
             server,
             cache=None,
@@ -151,3 +155,58 @@ async def test_the_reference_server_looks_the_same_through_the_proxy_and_samplin
                 said = str(refused.content)
             assert "token budget" in said, said
             assert len(through.sampled) == before
+
+
+async def test_a_remote_server_over_streamable_http_looks_the_same_through_the_proxy(
+    pipeline_settings: Settings, start_worker: Any, tmp_path: Path
+) -> None:
+    settings = pipeline_settings.model_copy(
+        update={"reservations": ReservationSettings(decision_timeout=60)}
+    )
+    start_worker()
+    port = free_port()
+    with (tmp_path / "everything-http.log").open("wb") as log:
+        server = await asyncio.create_subprocess_exec(
+            str(npm_bin("mcp-server-everything")), "streamableHttp",
+            env={**os.environ, "PORT": str(port)}, stdout=log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+    try:
+
+        async def listening() -> bool:
+            return port_in_use("127.0.0.1", port)
+
+        await wait_until(listening, 30, "server-everything listening over HTTP")
+        url = f"http://127.0.0.1:{port}/mcp"
+        direct = _Callbacks()
+        async with direct.client(url) as c:
+            seen_directly = await _view(c)
+        env = {**settings_env(settings), "LOG_LEVEL": "WARNING"}
+        proxied = StdioServerParameters(
+            command=sys.executable,
+            args=["-m", "tokenquota", "mcp-proxy", "--session", "remote-user",
+                  "--upstream-url", url, "--header", "X-Test: relayed"],
+            env=env,
+        )  # fmt: skip
+        through = _Callbacks()
+        async with TokenQuota(settings) as quota:
+            await set_budget(quota, "remote-user", 20_000)
+            async with through.client(proxied) as client:
+                seen = await _view(client)
+                # Each session of server-everything gets its own id in some results.
+                assert seen.keys() == seen_directly.keys()
+                for key in ("server", "capabilities", "tools", "prompts", "templates", "sum"):
+                    assert seen[key] == seen_directly[key], key
+                sampled = await client.call_tool(
+                    "trigger-sampling-request", {"prompt": "remote", "maxTokens": 40}
+                )
+                assert not sampled.is_error and REPLY in str(sampled.content)
+
+            async def metered() -> bool:
+                used = (await quota.session_metrics("remote-user")).tokens_used_total
+                return used > 0
+
+            await wait_until(metered, 60, "the remote calls metered")
+    finally:
+        server.terminate()
+        await asyncio.wait_for(server.wait(), 10)
