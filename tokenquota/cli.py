@@ -444,7 +444,7 @@ def mcp_proxy(
         str | None,
         typer.Option(
             "--upstream-url",
-            help="A remote MCP server (streamable HTTP) instead of a command; served over stdio.",
+            help="A remote MCP server (streamable HTTP) instead of a command.",
         ),
     ] = None,
     header: Annotated[

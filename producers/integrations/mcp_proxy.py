@@ -1,10 +1,13 @@
-"""A metering MCP proxy: any stdio MCP server, served unchanged, with budgets on every call.
+"""A metering MCP proxy: any MCP server, served unchanged, with budgets on every call.
 
-`tokenquota mcp-proxy -- <command>` starts the upstream server as a child process,
-serves its tools, prompts and resources over stdio (or streamable HTTP), and meters
-every `tools/call` the way `setup_mcp_token_hooks` does. Clients need no change.
-Over HTTP it listens on `mcp.host`:`mcp.port`; `mcp.timeout` bounds the wait for each of
-the upstream server's answers.
+`tokenquota mcp-proxy -- <command>` starts the upstream server as a child process (or
+`--upstream-url` connects to a remote one over streamable HTTP) and relays its client
+to it message for message (mcp_relay): whatever the two say to each other passes,
+`initialize` and server-to-client requests included, while `tools/call` is metered as
+`setup_mcp_token_hooks` meters it and `sampling/createMessage` spends the client's
+session (mcp_relay_meter). Clients and servers need no change. Served over stdio, or
+over streamable HTTP on `mcp.host`:`mcp.port` (mcp_relay_http); `mcp.timeout` bounds the
+wait for each of the upstream server's answers.
 """
 
 from __future__ import annotations
@@ -17,116 +20,26 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, Literal
 
 import anyio
-import mcp_types as types
-from mcp import Client
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
-from mcp.server.context import ServerRequestContext
-from mcp.server.lowlevel import Server
 from mcp.server.stdio import stdio_server
 from mcp.shared._httpx_utils import create_mcp_http_client
 
 from tokenquota.config import Settings
-from tokenquota.errors import IntegrationError
 
 from ..reservations import TokenQuota
-from .mcp_hooks import McpMeter, setup_mcp_token_hooks
+from .mcp_hooks import McpMeter
 from .mcp_relay import Relay
+from .mcp_relay_http import relay_http_app
 from .mcp_relay_meter import RelayMeter
 
 __all__ = [
-    "build_proxy_server",
-    "connect_upstream",
     "proxy_spool_settings",
-    "relay_stdio",
     "run_proxy",
     "run_proxy_sync",
 ]
 
 log = logging.getLogger("tokenquota.mcp_proxy")
-
-Context = ServerRequestContext[Any, Any]
-
-
-def build_proxy_server(upstream: Client, name: str = "tokenquota-proxy") -> Server[Any]:
-    """A server forwarding every list, read, prompt and tool call to `upstream`.
-
-    Only the capabilities the upstream server announced are served.
-    """
-    capabilities = upstream.server_capabilities
-    info = upstream.server_info
-    handlers: dict[str, Any] = {}
-    if capabilities.tools is not None:
-
-        async def list_tools(
-            ctx: Context, params: types.PaginatedRequestParams | None
-        ) -> types.ListToolsResult:
-            return await upstream.list_tools(cursor=params.cursor if params else None)
-
-        async def call_tool(
-            ctx: Context, params: types.CallToolRequestParams
-        ) -> types.CallToolResult:
-            return await upstream.call_tool(params.name, params.arguments, meta=params.meta)
-
-        handlers |= {"on_list_tools": list_tools, "on_call_tool": call_tool}
-    if capabilities.resources is not None:
-
-        async def list_resources(
-            ctx: Context, params: types.PaginatedRequestParams | None
-        ) -> types.ListResourcesResult:
-            return await upstream.list_resources(cursor=params.cursor if params else None)
-
-        async def list_templates(
-            ctx: Context, params: types.PaginatedRequestParams | None
-        ) -> types.ListResourceTemplatesResult:
-            return await upstream.list_resource_templates(cursor=params.cursor if params else None)
-
-        async def read_resource(
-            ctx: Context, params: types.ReadResourceRequestParams
-        ) -> types.ReadResourceResult:
-            return await upstream.read_resource(str(params.uri))
-
-        handlers |= {
-            "on_list_resources": list_resources,
-            "on_list_resource_templates": list_templates,
-            "on_read_resource": read_resource,
-        }
-    if capabilities.prompts is not None:
-
-        async def list_prompts(
-            ctx: Context, params: types.PaginatedRequestParams | None
-        ) -> types.ListPromptsResult:
-            return await upstream.list_prompts(cursor=params.cursor if params else None)
-
-        async def get_prompt(
-            ctx: Context, params: types.GetPromptRequestParams
-        ) -> types.GetPromptResult:
-            return await upstream.get_prompt(params.name, params.arguments)
-
-        handlers |= {"on_list_prompts": list_prompts, "on_get_prompt": get_prompt}
-    return Server(
-        info.name if info is not None else name,
-        version=info.version if info is not None else "",
-        instructions=upstream.instructions,
-        **handlers,
-    )
-
-
-@contextlib.asynccontextmanager
-async def connect_upstream(
-    command: Sequence[str], *, timeout: float | None = None
-) -> AsyncIterator[Client]:
-    """Start `command` as a stdio MCP server (with this process's environment) and connect.
-
-    `timeout` (seconds, None: no limit) bounds the wait for each of the server's answers,
-    the handshake's included; one that does not come in time raises MCPError with code
-    REQUEST_TIMEOUT (-32001), which the proxy passes on to its client.
-    """
-    if not command:
-        raise ValueError("no upstream command: use `tokenquota mcp-proxy -- <command> [args...]`")
-    params = StdioServerParameters(command=command[0], args=list(command[1:]), env=dict(os.environ))
-    async with Client(params, cache=None, read_timeout_seconds=timeout) as client:
-        yield client
 
 
 def proxy_spool_settings(command: Sequence[str], settings: Settings) -> Settings:
@@ -152,31 +65,55 @@ async def run_proxy(
     upstream_url: str | None = None,
     headers: Mapping[str, str] | None = None,
 ) -> None:
-    """Serve the upstream `command` behind budgets until the client (or Ctrl-C) ends it.
+    """Relay a client to the MCP server `command` (a stdio child) or at `upstream_url`
+    (streamable HTTP, sending `headers`), message for message (see mcp_relay), metering
+    tool calls and sampling, until the client (or Ctrl-C) ends it.
 
-    Over HTTP on `host`:`port` (default `mcp.host`:`mcp.port`); each request to the
-    upstream server waits at most `mcp.timeout`.
+    Over stdio: one client, one upstream, until the client closes stdin. Over HTTP, on
+    `host`:`port` (default `mcp.host`:`mcp.port`) at /mcp: an upstream connection per MCP
+    session. Each request to the upstream waits at most `mcp.timeout`. A child server
+    is stopped (its whole process group) when its client's session ends.
     """
+    if not command and upstream_url is None:
+        raise ValueError("no upstream command: use `tokenquota mcp-proxy -- <command> [args...]`")
     settings = proxy_spool_settings([upstream_url] if upstream_url else command, settings)
     host = settings.mcp.host if host is None else host
     port = settings.mcp.port if port is None else port
-    if transport == "stdio":
-        await relay_stdio(command, settings, upstream_url=upstream_url, headers=headers)
-        return
-    if upstream_url is not None:
-        raise IntegrationError(
-            "--upstream-url is served over stdio only so far (no --http): serving "
-            "streamable HTTP in front of a remote server is not built yet"
-        )
-    upstream_session = connect_upstream(command, timeout=settings.mcp.timeout)
-    async with TokenQuota(settings) as quota, upstream_session as upstream:
-        server = build_proxy_server(upstream)
-        meter = McpMeter(settings, quota=quota, server_name=f"proxy:{server.name}")
-        setup_mcp_token_hooks(server, meter)
-        log.info("metering %s (streamable HTTP)", " ".join(command))
+    label = f"the upstream MCP server ({upstream_url or command[0]})"
+    name = upstream_url or os.path.basename(command[0])
+    async with TokenQuota(settings) as quota:
+        meter = McpMeter(settings, quota=quota, server_name=f"proxy:{name}")
+
+        async def relay(client_read: Any, client_write: Any, *, over_http: bool) -> None:
+            async with _upstream(command, upstream_url, headers or {}) as (up_read, up_write):
+                relayed = Relay(
+                    client_read,
+                    client_write,
+                    up_read,
+                    up_write,
+                    timeout=settings.mcp.timeout,
+                    server_label=label,
+                    stamp_protocol_version=upstream_url is not None,
+                    relate_to_requests=over_http,
+                )
+                await RelayMeter(meter).install(relayed).run()
+
+        where = upstream_url or " ".join(command)
+        if transport == "stdio":
+            log.info("metering %s (stdio)", where)
+            async with stdio_server() as (client_read, client_write):
+                try:
+                    await relay(client_read, client_write, over_http=False)
+                finally:
+                    await client_write.aclose()
+            return
         import uvicorn
 
-        app = server.streamable_http_app(host=host)
+        async def session(client_read: Any, client_write: Any) -> None:
+            await relay(client_read, client_write, over_http=True)
+
+        log.info("metering %s (streamable HTTP on %s:%s)", where, host, port)
+        app = relay_http_app(session, host)
         config = uvicorn.Config(app, host=host, port=port, log_level="warning")
         await uvicorn.Server(config).serve()
 
@@ -197,45 +134,6 @@ async def _upstream(
     params = StdioServerParameters(command=command[0], args=list(command[1:]), env=dict(os.environ))
     async with stdio_client(params) as streams:
         yield streams
-
-
-async def relay_stdio(
-    command: Sequence[str],
-    settings: Settings,
-    *,
-    upstream_url: str | None = None,
-    headers: Mapping[str, str] | None = None,
-) -> None:
-    """Relay this process's stdio client to the MCP server `command` (a stdio child) or
-    at `upstream_url` (streamable HTTP, sending `headers`), message for message (see
-    mcp_relay), metering tool calls and sampling, until the client closes stdin; a child
-    server is stopped then (its whole process group)."""
-    if not command and upstream_url is None:
-        raise ValueError("no upstream command: use `tokenquota mcp-proxy -- <command> [args...]`")
-    label = f"the upstream MCP server ({upstream_url or command[0]})"
-    name = upstream_url or os.path.basename(command[0])
-    async with (
-        TokenQuota(settings) as quota,
-        _upstream(command, upstream_url, headers or {}) as (server_read, server_write),
-        stdio_server() as (client_read, client_write),
-    ):
-        meter = McpMeter(settings, quota=quota, server_name=f"proxy:{name}")
-        relay = RelayMeter(meter).install(
-            Relay(
-                client_read,
-                client_write,
-                server_read,
-                server_write,
-                timeout=settings.mcp.timeout,
-                server_label=label,
-                stamp_protocol_version=upstream_url is not None,
-            )
-        )
-        log.info("metering %s (stdio relay)", upstream_url or " ".join(command))
-        try:
-            await relay.run()
-        finally:
-            await client_write.aclose()
 
 
 def run_proxy_sync(command: Sequence[str], settings: Settings, **options: Any) -> None:

@@ -27,7 +27,7 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup
 from mcp.shared._stream_protocols import ReadStream, WriteStream
-from mcp.shared.message import ClientMessageMetadata, SessionMessage
+from mcp.shared.message import ClientMessageMetadata, ServerMessageMetadata, SessionMessage
 from mcp_types import (
     CONNECTION_CLOSED,
     REQUEST_TIMEOUT,
@@ -86,11 +86,21 @@ class Relay:
     #: Send `mcp-protocol-version` (as initialize agreed it) with every message to the
     #: server: a streamable HTTP server needs the header, a stdio one ignores it.
     stamp_protocol_version: bool = False
+    #: Mark each server-to-client message with the client request it belongs to, so a
+    #: streamable HTTP client gets it on that request's stream: a progress notification
+    #: by its progress token; anything else sent while one client request is in flight,
+    #: to that one; while several are, to the latest tool call; else to none.
+    relate_to_requests: bool = False
     #: The `initialize` request's params as the client sent them (None until then).
     client_params: dict[str, Any] | None = None
     #: The protocol version the server's `initialize` answer agreed (None until then).
     protocol_version: str | None = None
     _scopes: dict[tuple[str, RequestId], anyio.CancelScope] = field(default_factory=dict)
+    #: The client's requests in flight, in arrival order, with their method.
+    _in_flight: dict[RequestId, str] = field(default_factory=dict)
+    _progress: dict[Any, RequestId] = field(default_factory=dict)
+    #: Each client request's transport metadata (over HTTP: its Starlette request).
+    request_context: dict[RequestId, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._client = _Side("client", self.client_read, self.client_write)
@@ -114,6 +124,9 @@ class Relay:
             if isinstance(message, JSONRPCRequest):
                 if message.method == "initialize" and isinstance(message.params, dict):
                     self.client_params = message.params
+                context = getattr(item.metadata, "request_context", None)
+                if context is not None:
+                    self.request_context[message.id] = context
                 tasks.start_soon(self._client_request, message)
             elif isinstance(message, JSONRPCNotification):
                 self._cancelled(message, by=self._client)
@@ -147,6 +160,22 @@ class Relay:
 
     async def _client_request(self, request: JSONRPCRequest) -> None:
         hook = self.on_client_request.get(request.method)
+        self._in_flight[request.id] = request.method
+        meta = (request.params or {}).get("_meta")
+        token = meta.get("progressToken") if isinstance(meta, dict) else None
+        if token is not None:
+            self._progress[token] = request.id
+        try:
+            await self._relay_client_request(request, hook)
+        finally:
+            self._in_flight.pop(request.id, None)
+            self.request_context.pop(request.id, None)
+            if token is not None:
+                self._progress.pop(token, None)
+
+    async def _relay_client_request(
+        self, request: JSONRPCRequest, hook: RequestHook | None
+    ) -> None:
         with self._scope("client", request.id):
 
             async def ask() -> Answer:
@@ -225,15 +254,31 @@ class Relay:
     async def _send(self, side: _Side, message: JSONRPCMessage) -> None:
         if side.gone:
             return
-        metadata = None
+        metadata: ClientMessageMetadata | ServerMessageMetadata | None = None
         if side is self._server and self.stamp_protocol_version and self.protocol_version:
             metadata = ClientMessageMetadata(
                 headers={"mcp-protocol-version": self.protocol_version}
             )
+        elif side is self._client and self.relate_to_requests:
+            related = self._related(message)
+            if related is not None:
+                metadata = ServerMessageMetadata(related_request_id=related)
         try:
             await side.write.send(SessionMessage(message, metadata=metadata))
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
             side.gone = True
+
+    def _related(self, message: JSONRPCMessage) -> RequestId | None:
+        """The client request a server-to-client message belongs to, if it can be told."""
+        if not isinstance(message, JSONRPCRequest | JSONRPCNotification):
+            return None  # an answer goes on its own request's stream
+        params = message.params or {}
+        if message.method == "notifications/progress":
+            return self._progress.get(params.get("progressToken"))
+        if len(self._in_flight) == 1:
+            return next(iter(self._in_flight))
+        calls = [rid for rid, method in self._in_flight.items() if method == "tools/call"]
+        return calls[-1] if calls else None
 
 
 def _cancel(request_id: RequestId, reason: str) -> JSONRPCNotification:

@@ -8,8 +8,8 @@ settles it; an error or a cancellation releases it; over budget the server gets 
 error and the client never sees the request.
 
 The session of a call is found as the other MCP hooks find it (`mcp.session_sources`:
-config, the request's `_meta`, the client's `clientInfo.name`; there is no HTTP header
-on a relay). A sampling request names no session of the client's: it is billed to the
+config, the request's `_meta`, the HTTP header when served over HTTP, the client's
+`clientInfo.name`). A sampling request names no session of the client's: it is billed to the
 configured session, else to the session of the client's latest tool call, else to its
 client name.
 """
@@ -64,8 +64,10 @@ class RelayMeter:
         relay.on_server_request["sampling/createMessage"] = self.sampling
         return relay
 
-    def session(self, meta: Mapping[str, Any] | None) -> str | None:
-        """The session of a client's request with `_meta` `meta` (None: none is named);
+    def session(
+        self, meta: Mapping[str, Any] | None, request: JSONRPCRequest | None = None
+    ) -> str | None:
+        """The session of a client's `request` with `_meta` `meta` (None: none is named);
         SessionNotAllowedError for one the client may not name."""
         mcp = self.meter.settings.mcp
         for source in mcp.session_sources:
@@ -77,6 +79,11 @@ class RelayMeter:
             if source == "meta" and meta is not None:
                 value = meta.get(mcp.session_meta_key)
                 origin = f"the request _meta key {mcp.session_meta_key!r}"
+            elif source == "header" and request is not None and self.relay is not None:
+                context = self.relay.request_context.get(request.id)
+                headers = getattr(context, "headers", None)
+                value = headers.get(mcp.session_header) if headers is not None else None
+                origin = f"the HTTP header {mcp.session_header!r}"
             elif source == "client" and self.relay is not None and self.relay.client_params:
                 info = self.relay.client_params.get("clientInfo")
                 value = info.get("name") if isinstance(info, Mapping) else None
@@ -93,7 +100,7 @@ class RelayMeter:
         tool = str(params.get("name", "?"))
         meta = params.get("_meta")
         try:
-            session = self.session(meta if isinstance(meta, Mapping) else None)
+            session = self.session(meta if isinstance(meta, Mapping) else None, request)
         except SessionNotAllowedError as exc:
             return _tool_error(request, str(exc))
         if session is None:

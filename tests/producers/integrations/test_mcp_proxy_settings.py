@@ -8,21 +8,23 @@ from __future__ import annotations
 import sys
 import textwrap
 import time
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import anyio
+import mcp_types as types
 import pytest
 import uvicorn
-from mcp import Client, MCPError
+from mcp.client.stdio import StdioServerParameters, stdio_client
+from mcp.shared.message import SessionMessage
 from mcp_types import REQUEST_TIMEOUT
 from typer.testing import CliRunner
 
-from tests.producers.integrations.mcp_support import text_of
 from tokenquota import cli
 from tokenquota.config import Settings, env_var_names, load_settings
 from tokenquota.producers.integrations import mcp_proxy
+from tokenquota.producers.integrations.mcp_relay import Relay
 
 UPSTREAM = textwrap.dedent(
     """
@@ -61,29 +63,47 @@ def upstream(tmp_path: Path) -> list[str]:
     return [sys.executable, str(script)]
 
 
-async def _wait(command: Sequence[str], settings: Settings, seconds: float) -> str:
-    async with mcp_proxy.connect_upstream(command, timeout=settings.mcp.timeout) as client:
-        return text_of(await client.call_tool("wait", {"seconds": seconds}))
+async def _exchange(upstream: list[str], timeout: float | None, calls: list[float]) -> list[Any]:
+    """Through a Relay with `timeout` (no metering), initialize and call `wait` for each
+    of `calls` seconds in turn; the answers, as the client gets them."""
+    to_relay, relay_reads = anyio.create_memory_object_stream[SessionMessage | Exception](10)
+    relay_writes, from_relay = anyio.create_memory_object_stream[SessionMessage](10)
+    params = StdioServerParameters(command=upstream[0], args=upstream[1:])
+
+    async def ask(message: dict[str, Any]) -> Any:
+        await to_relay.send(SessionMessage(types.jsonrpc_message_adapter.validate_python(message)))
+        if "id" not in message:
+            return None
+        return (await from_relay.receive()).message
+
+    answers: list[Any] = []
+    async with stdio_client(params) as (up_read, up_write), anyio.create_task_group() as tasks:
+        relay = Relay(relay_reads, relay_writes, up_read, up_write, timeout=timeout)
+        tasks.start_soon(relay.run)
+        await ask({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {},
+            "clientInfo": {"name": "test", "version": "0"}}})  # fmt: skip
+        await ask({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        for n, seconds in enumerate(calls, start=1):
+            started = time.monotonic()
+            call = {"name": "wait", "arguments": {"seconds": seconds}}
+            answer = await ask({"jsonrpc": "2.0", "id": n, "method": "tools/call", "params": call})
+            answers.append((answer, time.monotonic() - started))
+        await to_relay.aclose()
+    return answers
 
 
-async def test_mcp_timeout_bounds_the_wait_for_each_upstream_answer(
-    upstream: list[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Unset (the default): the proxy waits as long as the upstream server takes.
-    assert await _wait(upstream, load_settings(), 3.5) == "waited 3.5"
+async def test_mcp_timeout_bounds_the_wait_for_each_upstream_answer(upstream: list[str]) -> None:
+    # Unset (the default): the relay waits as long as the upstream server takes.
+    [(slow, _)] = await _exchange(upstream, None, [3.5])
+    assert isinstance(slow, types.JSONRPCResponse) and "waited 3.5" in str(slow.result)
 
-    # The handshake counts too: leave the upstream's start-up time to spare.
-    monkeypatch.setenv("MCP_TIMEOUT", "3")
-    settings = load_settings()
-    assert await _wait(upstream, settings, 0.1) == "waited 0.1"  # an answer in time passes
-    async with mcp_proxy.connect_upstream(upstream, timeout=settings.mcp.timeout) as client:
-        started = time.monotonic()
-        with pytest.raises(MCPError) as caught:
-            await client.call_tool("wait", {"seconds": 20})
-        assert time.monotonic() - started < 10
-        assert caught.value.code == REQUEST_TIMEOUT
-        # The connection survives a timed-out request.
-        assert text_of(await client.call_tool("wait", {"seconds": 0})) == "waited 0.0"
+    timed_out, again = await _exchange(upstream, 3, [20, 0])
+    answer, took = timed_out
+    assert isinstance(answer, types.JSONRPCError) and answer.error.code == REQUEST_TIMEOUT
+    assert "within 3 s" in answer.error.message and took < 10
+    # The connection survives a timed-out request.
+    assert isinstance(again[0], types.JSONRPCResponse) and "waited 0" in str(again[0].result)
 
 
 class _NoBudgets:
@@ -99,33 +119,22 @@ class _NoBudgets:
         return None
 
 
-async def test_run_proxy_listens_on_mcp_host_and_port_and_passes_mcp_timeout_upstream(
+async def test_run_proxy_listens_on_mcp_host_and_port(
     upstream: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seen: dict[str, Any] = {}
-    connect = mcp_proxy.connect_upstream
-
-    @asynccontextmanager
-    async def connect_spy(
-        command: Sequence[str], *, timeout: float | None
-    ) -> AsyncIterator[Client]:
-        seen["timeout"] = timeout
-        async with connect(command, timeout=timeout) as client:
-            seen["read_timeout_seconds"] = client.read_timeout_seconds
-            yield client
 
     async def serve(server: uvicorn.Server) -> None:
         seen["address"] = (server.config.host, server.config.port)
+        seen["paths"] = [route.path for route in server.config.app.routes]
 
     monkeypatch.setattr(mcp_proxy, "TokenQuota", _NoBudgets)
-    monkeypatch.setattr(mcp_proxy, "connect_upstream", connect_spy)
     monkeypatch.setattr(uvicorn.Server, "serve", serve)
     monkeypatch.setenv("MCP_HOST", "127.0.0.2")
     monkeypatch.setenv("MCP_PORT", "9123")
-    monkeypatch.setenv("MCP_TIMEOUT", "7")
 
     await mcp_proxy.run_proxy(upstream, load_settings(), transport="http")
-    assert seen == {"timeout": 7, "read_timeout_seconds": 7, "address": ("127.0.0.2", 9123)}
+    assert seen == {"address": ("127.0.0.2", 9123), "paths": ["/mcp"]}
 
 
 @pytest.mark.parametrize(
@@ -156,8 +165,11 @@ def test_mcp_proxy_http_address_defaults_to_mcp_host_and_port(
     result = CliRunner().invoke(cli.app, ["mcp-proxy", "--http", *options, "--", "upstream"])
     assert result.exit_code == 0, result.output
     assert calls == [
-        {"command": ["upstream"], "transport": "http", "host": address[0], "port": address[1]}
-    ]
+        {
+            "command": ["upstream"], "transport": "http", "host": address[0],
+            "port": address[1], "upstream_url": None, "headers": {},
+        }
+    ]  # fmt: skip
 
 
 def test_mcp_proxy_address_from_the_configuration_file(

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import mcp_types as types
+import psutil
 import pytest
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters
@@ -210,3 +211,53 @@ async def test_a_remote_server_over_streamable_http_looks_the_same_through_the_p
     finally:
         server.terminate()
         await asyncio.wait_for(server.wait(), 10)
+
+
+async def test_served_over_http_each_session_gets_its_own_upstream_and_sampling_finds_its_call(
+    pipeline_settings: Settings, start_worker: Any, tmp_path: Path
+) -> None:
+    settings = pipeline_settings.model_copy(
+        update={"reservations": ReservationSettings(decision_timeout=60)}
+    )
+    start_worker()
+    everything = str(npm_bin("mcp-server-everything"))
+    port = free_port()
+    env = {**os.environ, **settings_env(settings), "LOG_LEVEL": "WARNING"}
+    with (tmp_path / "proxy-http.log").open("wb") as log:
+        proxy = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "tokenquota", "mcp-proxy", "--http", "--port", str(port),
+            "--session", "http-user", "--", everything, "stdio",
+            env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+    try:
+
+        async def listening() -> bool:
+            assert proxy.returncode is None, (tmp_path / "proxy-http.log").read_text()
+            return port_in_use("127.0.0.1", port)
+
+        await wait_until(listening, 30, "the proxy listening over HTTP")
+        async with TokenQuota(settings) as quota:
+            await set_budget(quota, "http-user", 20_000)
+            first, second = _Callbacks(), _Callbacks()
+            url = f"http://127.0.0.1:{port}/mcp"
+            async with first.client(url) as one, second.client(url) as two:
+                assert (await one.call_tool("get-sum", {"a": 1, "b": 2})).content == (
+                    await two.call_tool("get-sum", {"a": 1, "b": 2})
+                ).content
+                # The server's sampling request, sent during the call, reaches the client
+                # on that call's stream.
+                sampled = await one.call_tool(
+                    "trigger-sampling-request", {"prompt": "over http", "maxTokens": 30}
+                )
+                assert not sampled.is_error and REPLY in str(sampled.content)
+                assert len(first.sampled) == 1 and not second.sampled
+
+            async def upstreams_stopped() -> bool:
+                # Each session's upstream child ends with the client's session (DELETE).
+                children = psutil.Process(proxy.pid).children(recursive=True)
+                return not [c for c in children if c.name() == "node"]
+
+            await wait_until(upstreams_stopped, 15, "the sessions' upstream servers stopped")
+    finally:
+        proxy.terminate()
+        await asyncio.wait_for(proxy.wait(), 15)
