@@ -19,6 +19,7 @@ import uvicorn
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.shared.message import SessionMessage
 from mcp_types import REQUEST_TIMEOUT
+from starlette.applications import Starlette
 from typer.testing import CliRunner
 
 from tokenquota import cli
@@ -126,7 +127,9 @@ async def test_run_proxy_listens_on_mcp_host_and_port(
 
     async def serve(server: uvicorn.Server) -> None:
         seen["address"] = (server.config.host, server.config.port)
-        seen["paths"] = [route.path for route in server.config.app.routes]
+        app = server.config.app
+        assert isinstance(app, Starlette)
+        seen["paths"] = [getattr(route, "path", None) for route in app.routes]
 
     monkeypatch.setattr(mcp_proxy, "TokenQuota", _NoBudgets)
     monkeypatch.setattr(uvicorn.Server, "serve", serve)
