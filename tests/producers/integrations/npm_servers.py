@@ -20,6 +20,8 @@ PREFIX = ROOT / "npm"
 PACKAGES = {
     "@modelcontextprotocol/server-everything": "2026.8.31",
     "@modelcontextprotocol/server-memory": "2026.8.31",
+    # its --cli mode: a third-party MCP client (warns that it wants node >= 22.19; works on 20)
+    "@modelcontextprotocol/inspector": "2.12.0",
 }
 
 
