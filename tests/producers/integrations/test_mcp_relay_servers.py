@@ -199,7 +199,16 @@ async def test_the_inspector_cli_sees_the_same_through_the_proxy_and_the_call_is
     call += ["--tool-name", "get-sum"]
 
     methods = {"list": list_tools, "call": call}
-    direct = {name: _inspect(everything, method, {}, tmp_path) for name, method in methods.items()}
+    direct: dict[str, Any] = {}
+
+    async def inspect_directly(name: str) -> None:
+        home = tmp_path / name
+        home.mkdir()
+        direct[name] = await anyio.to_thread.run_sync(_inspect, everything, methods[name], {}, home)
+
+    async with anyio.create_task_group() as tasks:  # each run takes seconds: both at once
+        for name in methods:
+            tasks.start_soon(inspect_directly, name)
     async with TokenQuota(settings) as quota:
         await set_budget(quota, "inspector-user", 20_000)
         env = _proxy_env(settings, **{MARK: "inspector-user"})
@@ -233,7 +242,7 @@ def _marked(mark: str) -> list[psutil.Process]:
 def _stop_left_behind(mark: str) -> list[str]:
     """Kill what is left of a proxy and its upstream after its client has gone (with a
     moment to go by itself); what was left."""
-    _, alive = psutil.wait_procs(_marked(mark), timeout=5)
+    _, alive = psutil.wait_procs(_marked(mark), timeout=3)
     left = []
     for process in alive:
         try:
