@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import signal
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, Literal
 
@@ -101,11 +102,17 @@ async def run_proxy(
         where = upstream_url or " ".join(command)
         if transport == "stdio":
             log.info("metering %s (stdio)", where)
-            async with stdio_server() as (client_read, client_write):
-                try:
-                    await relay(client_read, client_write, over_http=False)
-                finally:
-                    await client_write.aclose()
+            async with anyio.create_task_group() as tasks:
+                # A client that ends the proxy with SIGTERM (as the TypeScript SDK's does,
+                # 2 s after closing stdin) must not leave the server running: the signal
+                # cancels the relay, whose exit stops the server's process group.
+                tasks.start_soon(_stop_on_sigterm, tasks.cancel_scope)
+                async with stdio_server() as (client_read, client_write):
+                    try:
+                        await relay(client_read, client_write, over_http=False)
+                    finally:
+                        await client_write.aclose()
+                tasks.cancel_scope.cancel()
             return
         import uvicorn
 
@@ -116,6 +123,14 @@ async def run_proxy(
         app = relay_http_app(session, host)
         config = uvicorn.Config(app, host=host, port=port, log_level="warning")
         await uvicorn.Server(config).serve()
+
+
+async def _stop_on_sigterm(scope: anyio.CancelScope) -> None:
+    with anyio.open_signal_receiver(signal.SIGTERM) as signals:
+        async for _ in signals:
+            log.info("SIGTERM: stopping the upstream server")
+            scope.cancel()
+            return
 
 
 @contextlib.asynccontextmanager

@@ -253,12 +253,6 @@ def _stop_left_behind(mark: str) -> list[str]:
     return left
 
 
-@pytest.mark.xfail(
-    reason="The inspector (TypeScript SDK StdioClientTransport.close) ends the proxy's stdin"
-    " and sends SIGTERM 2 s later; the proxy, itself waiting 2 s (mcp stdio_client) for"
-    " server-everything, which does not leave on stdin EOF after this session, dies of"
-    " the SIGTERM without stopping it, and its upstream (its own session) stays behind",
-)
 async def test_a_client_that_sigterms_the_proxy_after_closing_its_stdin_leaves_no_upstream(
     pipeline_settings: Settings, start_worker: Any, tmp_path: Path
 ) -> None:
