@@ -41,7 +41,7 @@ def session(session_id: str) -> RequestParamsMeta:
 
 async def main() -> None:
     alice = await demo_session("mcp-alice", 20_000)
-    broke = await demo_session("mcp-broke", 100)
+    broke = await demo_session("mcp-broke", 5)  # less than the call's own arguments
     async with Client(server) as client:
         text = "Budgets hold. Everything else follows."
         reply = await client.call_tool("summarize", {"text": text}, meta=session(alice))

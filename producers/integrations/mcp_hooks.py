@@ -1,7 +1,8 @@
 """Budgets for MCP tools: a decorator per tool, or server-wide hooks.
 
-Every metered call counts its arguments, reserves `mcp.token_budget_per_request`
-tokens (or the argument tokens, if more) for its session, runs the tool, counts the
+Every metered call counts its arguments, reserves them plus an output allowance of at
+most `mcp.token_budget_per_request` (less when the session has less left, so a call that
+fits a small budget still runs; see `fair_reservation`), runs the tool, counts the
 result and settles the reservation with both counts. A call that does not fit gets a
 tool error (`isError`) naming the session, the tokens requested and those available;
 the server keeps serving. A call whose tool fails, is cancelled, or whose result cannot
@@ -45,6 +46,7 @@ __all__ = [
     "SessionNotAllowedError",
     "TokenMeteringMiddleware",
     "check_client_session",
+    "fair_reservation",
     "mcp_token_decorator",
     "resolve_session",
     "result_text",
@@ -165,6 +167,18 @@ def result_text(result: Any) -> tuple[str, bool]:
     return "\n".join(texts), exact
 
 
+def fair_reservation(input_tokens: int, allowance: int, room: int) -> int:
+    """What a tool call reserves: its counted input plus an output allowance of at most
+    `allowance` (`mcp.token_budget_per_request`), cut to what the session has left (`room`)
+    after the input, so that a call fits a budget smaller than the allowance. A call
+    whose input alone does not fit asks for input + allowance (and is refused with the
+    numbers). A result longer than its allowance is billed in full when it settles."""
+    left = room - input_tokens
+    if left <= 0:
+        return max(input_tokens + allowance, 1)
+    return max(input_tokens + min(allowance, left), 1)
+
+
 class McpMeter:
     """Reserve, run, count and settle one MCP tool call at a time.
 
@@ -204,14 +218,15 @@ class McpMeter:
     ) -> R:
         """Run `call` under a reservation; raise TokenQuotaExceededError when it won't fit.
 
-        `reserve` gives the tokens to hold from the input's count (default: the input or
-        `mcp.token_budget_per_request`, whichever is more); `operation` names the usage
-        (default `mcp.tool:<tool>`)."""
+        `reserve` gives the tokens to hold from the input's count (default: the input plus
+        an output allowance, see `fair_reservation`); `operation` names the usage (default
+        `mcp.tool:<tool>`)."""
         mcp = self.settings.mcp
         input_tokens = await self.counter.count_tokens(payload_text(arguments), mcp.model)
         quota = await get_quota(self._quota, settings=self.settings)
         if reserve is None:
-            wanted = max(mcp.token_budget_per_request, input_tokens)
+            room = (await quota.session_metrics(session_id)).headroom().available
+            wanted = fair_reservation(int(input_tokens), mcp.token_budget_per_request, room)
         else:
             wanted = max(reserve(input_tokens), 1)
         reservation = await quota.reserve(session_id, wanted, source=self.source)

@@ -12,6 +12,7 @@ from tests.producers.integrations.mcp_support import session_meta, text_of, toke
 from tests.support import fetch_value, set_budget, wait_for_usage, wait_until
 from tokenquota.config import ReservationSettings, Settings
 from tokenquota.producers import TokenQuota, mcp_token_decorator, setup_mcp_token_hooks
+from tokenquota.producers.integrations.mcp_hooks import fair_reservation
 from tokenquota.sections import McpSettings
 
 pytestmark = pytest.mark.integration
@@ -52,6 +53,7 @@ async def test_the_decorator_settles_counted_tokens_and_refuses_over_budget_call
 
         await set_budget(quota, "alice", 10_000)
         await set_budget(quota, "bob", 500)
+        await set_budget(quota, "carol", 2)
         async with Client(server) as client:
             result = await client.call_tool(
                 "shout", {"text": "hello there"}, meta=session_meta("alice")
@@ -60,11 +62,18 @@ async def test_the_decorator_settles_counted_tokens_and_refuses_over_budget_call
             expected = tokens({"text": "hello there"}) + tokens("HELLO THERE!")
             await wait_for_usage(quota, "alice", expected)
 
-            refused = await client.call_tool("shout", {"text": "hi"}, meta=session_meta("bob"))
+            # 500 tokens left, under the 1000 of mcp.token_budget_per_request: the call
+            # reserves its input and what is left, and runs.
+            small = await client.call_tool("shout", {"text": "hi"}, meta=session_meta("bob"))
+            assert not small.is_error and text_of(small) == "HI!"
+            await wait_for_usage(quota, "bob", tokens({"text": "hi"}) + tokens("HI!"))
+            # Not even the input fits: refused, asking for the input and the allowance.
+            refused = await client.call_tool("shout", {"text": "hi"}, meta=session_meta("carol"))
             assert refused.is_error
             message = text_of(refused)
-            assert "'bob'" in message and "requested 1000 tokens" in message
-            assert "500 available" in message
+            wanted = tokens({"text": "hi"}) + 1000
+            assert "'carol'" in message and f"requested {wanted} tokens" in message
+            assert "2 available" in message
 
             missing = await client.call_tool("whisper", {"text": "hi"})
             assert missing.is_error and "no tokenquota session" in text_of(missing)
@@ -75,7 +84,7 @@ async def test_the_decorator_settles_counted_tokens_and_refuses_over_budget_call
             assert text_of(again) == "STILL UP!"
             expected += tokens({"text": "still up"}) + tokens("STILL UP!")
             await wait_for_usage(quota, "alice", expected)
-        assert (await quota.session_metrics("bob")).tokens_used_total == 0
+        assert (await quota.session_metrics("carol")).tokens_used_total == 0
         row = await fetch_value(
             settings.database,
             "SELECT (payload->>'counted_by') || ' ' || (payload->>'operation') FROM usage_events"
@@ -245,3 +254,20 @@ async def test_a_result_that_cannot_be_counted_releases_its_reservation(
         await wait_until(released, 60, "the release of the uncounted call's reservation")
         metrics = await quota.session_metrics("carol")
         assert (metrics.tokens_used_total, metrics.tokens_held) == (0, 0)
+
+
+@pytest.mark.parametrize(
+    ("input_tokens", "allowance", "room", "reserved"),
+    [
+        (50, 4000, 100_000, 4050),  # plenty of room: the whole allowance
+        (50, 4000, 1_000, 1000),  # less room than the allowance: what is left
+        (50, 4000, 51, 51),  # one token of output fits
+        (50, 4000, 50, 4050),  # the input alone fills it: asks for all, to be refused
+        (50, 4000, 0, 4050),
+        (0, 1, -5, 1),  # never nothing
+    ],
+)
+def test_a_tool_call_reserves_its_input_and_an_allowance_cut_to_what_is_left(
+    input_tokens: int, allowance: int, room: int, reserved: int
+) -> None:
+    assert fair_reservation(input_tokens, allowance, room) == reserved

@@ -114,7 +114,7 @@ async def test_a_proxy_that_trusts_the_client_bills_its_session_within_the_prefi
     )
     async with TokenQuota(settings) as quota:
         await set_budget(quota, "ide-user", 10_000)
-        await set_budget(quota, "team-tiny", 100)
+        await set_budget(quota, "team-tiny", 2)  # less than the call's own arguments
         await set_budget(quota, "tiny", 10_000)
         async with Client(proxied, cache=None, read_timeout_seconds=90) as client:
             refused = await client.call_tool(
@@ -122,7 +122,8 @@ async def test_a_proxy_that_trusts_the_client_bills_its_session_within_the_prefi
             )
             assert refused.is_error  # the client's session is used: its budget refuses
             assert "'team-tiny'" in text_of(refused)
-            assert "requested 300 tokens" in text_of(refused)
+            wanted = tokens({"text": "x"}) + 300  # the arguments and the whole allowance
+            assert f"requested {wanted} tokens, 2 available" in text_of(refused)
             outside = await client.call_tool("reverse", {"text": "x"}, meta=session_meta("tiny"))
             assert outside.is_error
             assert text_of(outside) == (

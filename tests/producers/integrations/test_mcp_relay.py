@@ -254,8 +254,13 @@ async def test_served_over_http_each_session_gets_its_own_upstream_and_sampling_
 
             async def upstreams_stopped() -> bool:
                 # Each session's upstream child ends with the client's session (DELETE).
-                children = psutil.Process(proxy.pid).children(recursive=True)
-                return not [c for c in children if c.name() == "node"]
+                nodes = 0
+                for child in psutil.Process(proxy.pid).children(recursive=True):
+                    try:
+                        nodes += child.name() == "node"
+                    except psutil.NoSuchProcess:  # it has just ended
+                        continue
+                return nodes == 0
 
             await wait_until(upstreams_stopped, 15, "the sessions' upstream servers stopped")
     finally:
