@@ -18,9 +18,10 @@ as the server sent it (server info, instructions, capabilities).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -197,11 +198,15 @@ class Relay:
             answer = await (hook(request, ask) if hook is not None else ask())
             await self._send(self._server, answer)
 
-    def _scope(self, who: str, request_id: RequestId) -> anyio.CancelScope:
+    @contextlib.contextmanager
+    def _scope(self, who: str, request_id: RequestId) -> Iterator[None]:
         """A scope that a `notifications/cancelled` from `who` cancels."""
-        scope = anyio.CancelScope()
-        self._scopes[(who, request_id)] = scope
-        return _Forget(scope, lambda: self._scopes.pop((who, request_id), None))  # type: ignore[return-value]
+        with anyio.CancelScope() as scope:
+            self._scopes[(who, request_id)] = scope
+            try:
+                yield
+            finally:
+                self._scopes.pop((who, request_id), None)
 
     async def _ask(self, side: _Side, request: JSONRPCRequest, timeout: float | None) -> Answer:
         """Send `request` to `side` and wait for its answer (or an error saying why none
@@ -287,20 +292,3 @@ def _cancel(request_id: RequestId, reason: str) -> JSONRPCNotification:
         method="notifications/cancelled",
         params={"requestId": request_id, "reason": reason},
     )
-
-
-class _Forget:
-    """A cancel scope that runs `forget` when it is left."""
-
-    def __init__(self, scope: anyio.CancelScope, forget: Callable[[], object]) -> None:
-        self._scope = scope
-        self._forget = forget
-
-    def __enter__(self) -> anyio.CancelScope:
-        return self._scope.__enter__()
-
-    def __exit__(self, *exc: Any) -> bool:
-        try:
-            return bool(self._scope.__exit__(*exc))
-        finally:
-            self._forget()

@@ -107,15 +107,13 @@ class RelayMeter:
             return _tool_error(request, str(_missing_session(self.meter.settings.mcp)))
         self._last_session = session
 
-        async def call() -> JSONRPCResponse:
-            answer = await forward()
-            if not isinstance(answer, JSONRPCResponse):
-                raise _AnsweredError(answer)
-            return answer
-
         try:
             return await self.meter.meter(
-                session, tool, params.get("arguments") or {}, call, lambda a: result_text(a.result)
+                session,
+                tool,
+                params.get("arguments") or {},
+                lambda: _result_of(forward),
+                lambda a: result_text(a.result),
             )
         except _AnsweredError as failed:
             return failed.answer
@@ -139,18 +137,12 @@ class RelayMeter:
         max_tokens = params.get("maxTokens")
         allowance = max_tokens if isinstance(max_tokens, int) and max_tokens > 0 else 0
 
-        async def call() -> JSONRPCResponse:
-            answer = await forward()
-            if not isinstance(answer, JSONRPCResponse):
-                raise _AnsweredError(answer)
-            return answer
-
         try:
             return await self.meter.meter(
                 session,
                 "sampling",
                 _texts(prompt),
-                call,
+                lambda: _result_of(forward),
                 lambda a: (_texts(a.result.get("content")), True),
                 reserve=lambda counted: counted + allowance,
                 operation="mcp.sampling/createMessage",
@@ -162,6 +154,14 @@ class RelayMeter:
             return error_answer(request.id, BUDGET_EXCEEDED, _budget_error(exc))
         except IntegrationError as exc:
             return error_answer(request.id, INTERNAL_ERROR, _budget_error(exc))
+
+
+async def _result_of(forward: Callable[[], Awaitable[Answer]]) -> JSONRPCResponse:
+    """The forwarded request's result; an error answer raises, to release and pass it on."""
+    answer = await forward()
+    if not isinstance(answer, JSONRPCResponse):
+        raise _AnsweredError(answer)
+    return answer
 
 
 def _texts(value: Any) -> str:
