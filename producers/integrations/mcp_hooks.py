@@ -23,6 +23,7 @@ import inspect
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
@@ -39,9 +40,10 @@ from tokenquota.sections import McpSettings, SessionSource
 
 from ..defaults import get_quota
 from ..reservations import Reservation, TokenQuota
-from ..token_counter import TokenCounter, payload_text, token_counter
+from ..token_counter import TokenCounter, Tokens, payload_text, token_counter
 
 __all__ = [
+    "Held",
     "McpMeter",
     "SessionNotAllowedError",
     "TokenMeteringMiddleware",
@@ -50,6 +52,7 @@ __all__ = [
     "mcp_token_decorator",
     "resolve_session",
     "result_text",
+    "session_from",
     "setup_mcp_token_hooks",
 ]
 
@@ -105,18 +108,31 @@ def resolve_session(
     session from one of the client's sources must pass `check_client_session`, else
     SessionNotAllowedError is raised (the next source is not tried).
     """
+    headers = getattr(request.request, "headers", None) if request is not None else None
+    params = request.session.client_params if request is not None else None
+    client = params.client_info.name if params is not None else None
+    return session_from(settings, meta=meta, headers=headers, client_name=client)
+
+
+def session_from(
+    settings: McpSettings,
+    *,
+    meta: Mapping[str, Any] | None = None,
+    headers: Mapping[str, str] | None = None,
+    client_name: object = None,
+) -> str | None:
+    """`resolve_session` over plain inputs: the request's `_meta`, its HTTP `headers`
+    (None when not served over HTTP) and the name in the client's `clientInfo`."""
     for source in settings.session_sources:
         value: object = None
         if source == "meta" and meta is not None:
             value = meta.get(settings.session_meta_key)
-        elif source == "header" and request is not None:
-            headers = getattr(request.request, "headers", None)
-            value = headers.get(settings.session_header) if headers is not None else None
+        elif source == "header" and headers is not None:
+            value = headers.get(settings.session_header)
         elif source == "config":
             value = settings.session_id
-        elif source == "client" and request is not None:
-            params = request.session.client_params
-            value = params.client_info.name if params is not None else None
+        elif source == "client":
+            value = client_name
         if isinstance(value, str) and value.strip():
             session = value.strip()
             if source == "config":
@@ -179,6 +195,16 @@ def fair_reservation(input_tokens: int, allowance: int, room: int) -> int:
     return max(input_tokens + min(allowance, left), 1)
 
 
+@dataclass(frozen=True)
+class Held:
+    """Tokens reserved for one metered operation, until `McpMeter.settle` or `release`."""
+
+    quota: TokenQuota
+    reservation: Reservation
+    input_tokens: Tokens
+    operation: str
+
+
 class McpMeter:
     """Reserve, run, count and settle one MCP tool call at a time.
 
@@ -221,15 +247,9 @@ class McpMeter:
         `reserve` gives the tokens to hold from the input's count (default: the input plus
         an output allowance, see `fair_reservation`); `operation` names the usage (default
         `mcp.tool:<tool>`)."""
-        mcp = self.settings.mcp
-        input_tokens = await self.counter.count_tokens(payload_text(arguments), mcp.model)
-        quota = await get_quota(self._quota, settings=self.settings)
-        if reserve is None:
-            room = (await quota.session_metrics(session_id)).headroom().available
-            wanted = fair_reservation(int(input_tokens), mcp.token_budget_per_request, room)
-        else:
-            wanted = max(reserve(input_tokens), 1)
-        reservation = await quota.reserve(session_id, wanted, source=self.source)
+        held = await self.hold(
+            session_id, payload_text(arguments), reserve, operation or f"mcp.tool:{tool}"
+        )
         # Until the settlement is emitted, any failure (the tool's, a cancellation, a
         # result that cannot be counted) releases the tokens instead of holding them
         # until the reservation's TTL. An uncounted result's usage is not known: nothing
@@ -237,21 +257,50 @@ class McpMeter:
         try:
             result = await call()
             text, exact = output(result)
-            output_tokens = await self.counter.count_tokens(text, mcp.model)
-            by: CountedBy = (
-                "tiktoken" if exact and input_tokens.exact and output_tokens.exact else "estimate"
-            )
-            await reservation.settle(
-                input_tokens,
-                output_tokens,
-                mcp.model,
-                operation=(operation or f"mcp.tool:{tool}")[:100],
-                counted_by=by,
-            )
+            await self.settle(held, text, exact=exact)
         except BaseException:
-            await _release_unsettled(quota, reservation)
+            await self.release(held)
             raise
         return result
+
+    async def hold(
+        self,
+        session_id: str,
+        text: str,
+        reserve: Callable[[int], int] | None = None,
+        operation: str = "mcp",
+    ) -> Held:
+        """Count `text` (the input) and reserve tokens for it: `reserve(count)`, or by
+        default the count plus a fair output allowance (`fair_reservation`).
+        TokenQuotaExceededError when they do not fit."""
+        mcp = self.settings.mcp
+        input_tokens = await self.counter.count_tokens(text, mcp.model)
+        quota = await get_quota(self._quota, settings=self.settings)
+        if reserve is None:
+            room = (await quota.session_metrics(session_id)).headroom().available
+            wanted = fair_reservation(int(input_tokens), mcp.token_budget_per_request, room)
+        else:
+            wanted = max(reserve(input_tokens), 1)
+        reservation = await quota.reserve(session_id, wanted, source=self.source)
+        return Held(quota, reservation, input_tokens, operation[:100])
+
+    async def settle(
+        self, held: Held, output: str, *, exact: bool = True, model: str | None = None
+    ) -> None:
+        """Settle `held` with its counted input and `output` counted for `model` (default
+        `mcp.model`); `exact` False marks the counts as an estimate."""
+        model = model or self.settings.mcp.model
+        output_tokens = await self.counter.count_tokens(output, model)
+        by: CountedBy = (
+            "tiktoken" if exact and held.input_tokens.exact and output_tokens.exact else "estimate"
+        )
+        await held.reservation.settle(
+            held.input_tokens, output_tokens, model, operation=held.operation, counted_by=by
+        )
+
+    async def release(self, held: Held) -> None:
+        """Give `held`'s tokens back (also when cancelled; a failure is only logged)."""
+        await _release_unsettled(held.quota, held.reservation)
 
 
 def _budget_error(error: Exception) -> str:

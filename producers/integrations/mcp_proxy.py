@@ -18,7 +18,7 @@ import logging
 import os
 import signal
 from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 import anyio
 from mcp.client.stdio import StdioServerParameters, stdio_client
@@ -94,23 +94,32 @@ async def run_proxy(
                     up_write,
                     timeout=settings.mcp.timeout,
                     server_label=label,
-                    stamp_protocol_version=upstream_url is not None,
+                    stamp_headers=upstream_url is not None,
                     relate_to_requests=over_http,
                 )
-                await RelayMeter(meter).install(relayed).run()
+                metered = RelayMeter(meter)
+                try:
+                    await metered.install(relayed).run()
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        await metered.close()
 
         where = upstream_url or " ".join(command)
         if transport == "stdio":
             log.info("metering %s (stdio)", where)
+            terminated = anyio.Event()
             async with anyio.create_task_group() as tasks:
                 # A client that ends the proxy with SIGTERM (as the TypeScript SDK's does,
                 # 2 s after closing stdin) must not leave the server running: the signal
                 # cancels the relay, whose exit stops the server's process group.
-                tasks.start_soon(_stop_on_sigterm, tasks.cancel_scope)
+                tasks.start_soon(_stop_on_sigterm, tasks.cancel_scope, terminated)
                 async with stdio_server() as (client_read, client_write):
                     try:
                         await relay(client_read, client_write, over_http=False)
                     finally:
+                        if terminated.is_set():
+                            with anyio.CancelScope(shield=True):
+                                await _exit_now(quota)
                         await client_write.aclose()
                 tasks.cancel_scope.cancel()
             return
@@ -125,12 +134,26 @@ async def run_proxy(
         await uvicorn.Server(config).serve()
 
 
-async def _stop_on_sigterm(scope: anyio.CancelScope) -> None:
+async def _stop_on_sigterm(scope: anyio.CancelScope, terminated: anyio.Event) -> None:
     with anyio.open_signal_receiver(signal.SIGTERM) as signals:
         async for _ in signals:
             log.info("SIGTERM: stopping the upstream server")
+            terminated.set()
             scope.cancel()
             return
+
+
+async def _exit_now(quota: TokenQuota) -> NoReturn:
+    """End the process after SIGTERM, the upstream stopped and `quota`'s events flushed.
+
+    The stdio server reads stdin in a thread that no cancellation reaches: with a client
+    that still holds stdin open, leaving it would wait for the client's next line.
+    """
+    try:
+        await quota.close()
+    finally:
+        logging.shutdown()
+        os._exit(0)
 
 
 @contextlib.asynccontextmanager

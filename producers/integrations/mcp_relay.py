@@ -41,6 +41,8 @@ from mcp_types import (
     RequestId,
 )
 
+from .mcp_relay_headers import UpstreamHeaders
+
 __all__ = ["Answer", "Relay", "RequestHook", "error_answer"]
 
 log = logging.getLogger("tokenquota.mcp_relay")
@@ -84,9 +86,10 @@ class Relay:
     on_client_request: dict[str, RequestHook] = field(default_factory=dict)
     on_server_request: dict[str, RequestHook] = field(default_factory=dict)
     server_label: str = "the upstream MCP server"
-    #: Send `mcp-protocol-version` (as initialize agreed it) with every message to the
-    #: server: a streamable HTTP server needs the header, a stdio one ignores it.
-    stamp_protocol_version: bool = False
+    #: Send the server the HTTP headers a streamable HTTP server expects with each
+    #: message (its protocol version, and per request its method and name in the
+    #: 2026-07-28 era; see mcp_relay_headers); a stdio server ignores them.
+    stamp_headers: bool = False
     #: Mark each server-to-client message with the client request it belongs to, so a
     #: streamable HTTP client gets it on that request's stream: a progress notification
     #: by its progress token; anything else sent while one client request is in flight,
@@ -94,8 +97,7 @@ class Relay:
     relate_to_requests: bool = False
     #: The `initialize` request's params as the client sent them (None until then).
     client_params: dict[str, Any] | None = None
-    #: The protocol version the server's `initialize` answer agreed (None until then).
-    protocol_version: str | None = None
+    _headers: UpstreamHeaders = field(default_factory=UpstreamHeaders)
     _scopes: dict[tuple[str, RequestId], anyio.CancelScope] = field(default_factory=dict)
     #: The client's requests in flight, in arrival order, with their method.
     _in_flight: dict[RequestId, str] = field(default_factory=dict)
@@ -183,9 +185,8 @@ class Relay:
                 return await self._ask(self._server, request, self.timeout)
 
             answer = await (hook(request, ask) if hook is not None else ask())
-            if request.method == "initialize" and isinstance(answer, JSONRPCResponse):
-                version = answer.result.get("protocolVersion")
-                self.protocol_version = version if isinstance(version, str) else None
+            if self.stamp_headers and isinstance(answer, JSONRPCResponse):
+                self._headers.answered(request, answer.result)
             await self._send(self._client, answer)
 
     async def _server_request(self, request: JSONRPCRequest) -> None:
@@ -260,10 +261,9 @@ class Relay:
         if side.gone:
             return
         metadata: ClientMessageMetadata | ServerMessageMetadata | None = None
-        if side is self._server and self.stamp_protocol_version and self.protocol_version:
-            metadata = ClientMessageMetadata(
-                headers={"mcp-protocol-version": self.protocol_version}
-            )
+        if side is self._server and self.stamp_headers:
+            headers = self._headers.of(message)
+            metadata = ClientMessageMetadata(headers=headers) if headers else None
         elif side is self._client and self.relate_to_requests:
             related = self._related(message)
             if related is not None:

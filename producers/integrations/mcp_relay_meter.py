@@ -3,9 +3,14 @@
 `sampling/createMessage`, which spends the client's LLM tokens.
 
 Sampling: the counted messages (and system prompt) plus `maxTokens` are reserved for the
-session before the request reaches the client; the client's answer is counted and
-settles it; an error or a cancellation releases it; over budget the server gets an MCP
-error and the client never sees the request.
+session before the request reaches the client; the client's answer, counted for the
+model it names, settles it; an error or a cancellation releases it; over budget the
+server gets an MCP error and the client never sees the request. In the 2026-07-28
+protocol era a server asks for sampling inside a tool result (`resultType:
+input_required`) and the client answers by calling the tool again with
+`inputResponses`: the same tokens are held when that result passes (over budget the
+client gets a tool error instead and is not asked), and settled by the retry that
+answers them; its arguments, billed in the first round, are not billed again.
 
 The session of a call is found as the other MCP hooks find it (`mcp.session_sources`:
 config, the request's `_meta`, the HTTP header when served over HTTP, the client's
@@ -20,17 +25,25 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from mcp_types import INTERNAL_ERROR, CallToolResult, JSONRPCRequest, JSONRPCResponse, TextContent
+from mcp_types import (
+    CLIENT_INFO_META_KEY,
+    INTERNAL_ERROR,
+    CallToolResult,
+    JSONRPCRequest,
+    JSONRPCResponse,
+    TextContent,
+)
 
 from tokenquota.errors import IntegrationError, TokenQuotaExceededError
 
 from .mcp_hooks import (
+    Held,
     McpMeter,
     SessionNotAllowedError,
     _budget_error,
     _missing_session,
-    check_client_session,
     result_text,
+    session_from,
 )
 from .mcp_relay import Answer, Relay, error_answer
 
@@ -56,6 +69,9 @@ class RelayMeter:
         self.meter = meter
         self.relay: Relay | None = None
         self._last_session: str | None = None
+        #: Sampling asked for in `input_required` tool results, by (requestState, key),
+        #: held until the client's retry answers it.
+        self._asked: dict[tuple[str | None, str], Held] = {}
 
     def install(self, relay: Relay) -> Relay:
         """Hook into `relay` (returned)."""
@@ -64,33 +80,30 @@ class RelayMeter:
         relay.on_server_request["sampling/createMessage"] = self.sampling
         return relay
 
+    async def close(self) -> None:
+        """Release what sampling asked for in `input_required` results and the client
+        never answered (its session has ended)."""
+        asked, self._asked = self._asked, {}
+        for held in asked.values():
+            await self.meter.release(held)
+
     def session(
         self, meta: Mapping[str, Any] | None, request: JSONRPCRequest | None = None
     ) -> str | None:
         """The session of a client's `request` with `_meta` `meta` (None: none is named);
         SessionNotAllowedError for one the client may not name."""
-        mcp = self.meter.settings.mcp
-        for source in mcp.session_sources:
-            value: object = None
-            if source == "config":
-                if mcp.session_id:
-                    return mcp.session_id
-                continue
-            if source == "meta" and meta is not None:
-                value = meta.get(mcp.session_meta_key)
-                origin = f"the request _meta key {mcp.session_meta_key!r}"
-            elif source == "header" and request is not None and self.relay is not None:
+        headers = None
+        info: object = None
+        if self.relay is not None:
+            if request is not None:
                 context = self.relay.request_context.get(request.id)
                 headers = getattr(context, "headers", None)
-                value = headers.get(mcp.session_header) if headers is not None else None
-                origin = f"the HTTP header {mcp.session_header!r}"
-            elif source == "client" and self.relay is not None and self.relay.client_params:
+            if self.relay.client_params:
                 info = self.relay.client_params.get("clientInfo")
-                value = info.get("name") if isinstance(info, Mapping) else None
-                origin = "the client's clientInfo.name"
-            if isinstance(value, str) and value.strip():
-                return check_client_session(value.strip(), origin, mcp)
-        return None
+        if info is None and meta is not None:  # the 2026-07-28 era: in each request's _meta
+            info = meta.get(CLIENT_INFO_META_KEY)
+        name = info.get("name") if isinstance(info, Mapping) else None
+        return session_from(self.meter.settings.mcp, meta=meta, headers=headers, client_name=name)
 
     async def tool_call(
         self, request: JSONRPCRequest, forward: Callable[[], Awaitable[Answer]]
@@ -106,12 +119,20 @@ class RelayMeter:
         if session is None:
             return _tool_error(request, str(_missing_session(self.meter.settings.mcp)))
         self._last_session = session
+        answers = params.get("inputResponses")
+        if isinstance(answers, Mapping) and answers:
+            # A retry with what the client was asked for: its arguments were billed in
+            # the first round; the sampling it answers settles now.
+            await self._answered(params.get("requestState"), answers)
+            arguments: Any = {}
+        else:
+            arguments = params.get("arguments") or {}
 
         try:
-            return await self.meter.meter(
+            answer = await self.meter.meter(
                 session,
                 tool,
-                params.get("arguments") or {},
+                arguments,
                 lambda: _result_of(forward),
                 lambda a: result_text(a.result),
             )
@@ -120,12 +141,48 @@ class RelayMeter:
         except (TokenQuotaExceededError, IntegrationError) as exc:
             log.info("tool %r refused: %s", tool, exc)
             return _tool_error(request, _budget_error(exc))
+        refusal = await self._ask(session, answer.result)
+        return answer if refusal is None else _tool_error(request, refusal)
+
+    async def _ask(self, session: str, result: Mapping[str, Any]) -> str | None:
+        """Hold the sampling an `input_required` result asks the client for (the
+        2026-07-28 era's way to ask), as a sampling request is held; the refusal when
+        one does not fit (then none is held and the client is not asked)."""
+        requests = result.get("inputRequests")
+        if result.get("resultType") != "input_required" or not isinstance(requests, Mapping):
+            return None
+        state = result.get("requestState")
+        held: dict[tuple[str | None, str], Held] = {}
+        try:
+            for key, asked in requests.items():
+                if isinstance(asked, Mapping) and asked.get("method") == "sampling/createMessage":
+                    params = asked.get("params")
+                    held[(state, key)] = await self._hold_sampling(
+                        session, params if isinstance(params, Mapping) else {}
+                    )
+        except (TokenQuotaExceededError, IntegrationError) as exc:
+            log.info("sampling refused: %s", exc)
+            for one in held.values():
+                await self.meter.release(one)
+            return _budget_error(exc)
+        self._asked.update(held)
+        return None
+
+    async def _answered(self, state: object, answers: Mapping[str, Any]) -> None:
+        """Settle the held sampling that a retry's `inputResponses` answer."""
+        for key, answer in answers.items():
+            held = self._asked.pop((state if isinstance(state, str) else None, key), None)
+            if held is None:
+                continue
+            if isinstance(answer, Mapping) and "content" in answer:
+                await self._settle_sampling(held, answer)
+            else:  # the client did not sample (an error, or declined)
+                await self.meter.release(held)
 
     async def sampling(
         self, request: JSONRPCRequest, forward: Callable[[], Awaitable[Answer]]
     ) -> Answer:
         """Meter a server's `sampling/createMessage` on the client's session."""
-        params = request.params or {}
         try:
             session = self.meter.settings.mcp.session_id or self._last_session or self.session(None)
         except SessionNotAllowedError as exc:
@@ -133,27 +190,44 @@ class RelayMeter:
         if session is None:
             message = str(_missing_session(self.meter.settings.mcp))
             return error_answer(request.id, BUDGET_EXCEEDED, message)
-        prompt = {"systemPrompt": params.get("systemPrompt"), "messages": params.get("messages")}
-        max_tokens = params.get("maxTokens")
-        allowance = max_tokens if isinstance(max_tokens, int) and max_tokens > 0 else 0
-
         try:
-            return await self.meter.meter(
-                session,
-                "sampling",
-                _texts(prompt),
-                lambda: _result_of(forward),
-                lambda a: (_texts(a.result.get("content")), True),
-                reserve=lambda counted: counted + allowance,
-                operation="mcp.sampling/createMessage",
-            )
-        except _AnsweredError as failed:
-            return failed.answer
+            held = await self._hold_sampling(session, request.params or {})
         except TokenQuotaExceededError as exc:
             log.info("sampling refused: %s", exc)
             return error_answer(request.id, BUDGET_EXCEEDED, _budget_error(exc))
         except IntegrationError as exc:
             return error_answer(request.id, INTERNAL_ERROR, _budget_error(exc))
+        try:
+            answer = await forward()
+            if isinstance(answer, JSONRPCResponse):
+                await self._settle_sampling(held, answer.result)
+            else:
+                await self.meter.release(held)
+        except BaseException:
+            await self.meter.release(held)
+            raise
+        return answer
+
+    async def _hold_sampling(self, session: str, params: Mapping[str, Any]) -> Held:
+        """Reserve a sampling request's counted prompt plus its `maxTokens`."""
+        prompt = {"systemPrompt": params.get("systemPrompt"), "messages": params.get("messages")}
+        max_tokens = params.get("maxTokens")
+        allowance = max_tokens if isinstance(max_tokens, int) and max_tokens > 0 else 0
+        return await self.meter.hold(
+            session,
+            _texts(prompt),
+            lambda counted: counted + allowance,
+            "mcp.sampling/createMessage",
+        )
+
+    async def _settle_sampling(self, held: Held, result: Mapping[str, Any]) -> None:
+        """Settle sampling with the client's answer, counted for the model it names."""
+        model = result.get("model")
+        await self.meter.settle(
+            held,
+            _texts(result.get("content")),
+            model=model if isinstance(model, str) and model else None,
+        )
 
 
 async def _result_of(forward: Callable[[], Awaitable[Answer]]) -> JSONRPCResponse:

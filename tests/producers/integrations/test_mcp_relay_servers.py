@@ -5,6 +5,7 @@ client; and an upstream server that dies in the middle of a session."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -266,6 +267,51 @@ async def test_a_client_that_sigterms_the_proxy_after_closing_its_stdin_leaves_n
     )
     assert listed["tools"]
     assert _stop_left_behind("sigterm-user") == []
+
+
+async def test_sigterm_with_the_clients_stdin_still_open_stops_the_upstream_and_keeps_the_usage(
+    pipeline_settings: Settings, start_worker: Any
+) -> None:
+    settings = _settings(pipeline_settings)
+    start_worker()
+    everything = [str(npm_bin("mcp-server-everything")), "stdio"]
+    session = "open-stdin-user"
+    args = ["-m", "tokenquota", "mcp-proxy", "--session", session, "--", *everything]
+    async with TokenQuota(settings) as quota:
+        await set_budget(quota, session, 20_000)
+    proxy = await asyncio.create_subprocess_exec(
+        sys.executable, *args, env={**os.environ, **_proxy_env(settings)},
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert proxy.stdin is not None and proxy.stdout is not None
+    try:
+
+        async def ask(request_id: int, method: str, params: dict[str, Any]) -> Any:
+            line = {"jsonrpc": "2.0", "id": request_id, "method": method, "params": params}
+            proxy.stdin.write(json.dumps(line).encode() + b"\n")  # type: ignore[union-attr]
+            while True:  # skip the server's notifications
+                answer = json.loads(await proxy.stdout.readline())  # type: ignore[union-attr]
+                if answer.get("id") == request_id:
+                    return answer
+
+        with anyio.fail_after(30):
+            client = {"name": "raw", "version": "1"}
+            hello = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": client}
+            assert "result" in await ask(1, "initialize", hello)
+            proxy.stdin.write(b'{"jsonrpc":"2.0","method":"notifications/initialized"}\n')
+            summed = await ask(2, "tools/call", {"name": "get-sum", "arguments": {"a": 1, "b": 2}})
+            assert "The sum of 1 and 2 is 3." in json.dumps(summed)
+        upstream = psutil.Process(proxy.pid).children(recursive=True)
+        assert upstream, "the proxy started no server"
+        proxy.send_signal(signal.SIGTERM)  # stdin stays open
+        assert await asyncio.wait_for(proxy.wait(), 15) == 0
+        _, alive = psutil.wait_procs(upstream, timeout=10)
+        assert not alive, alive
+    finally:
+        if proxy.returncode is None:
+            proxy.kill()
+            await proxy.wait()
+    await _metered(settings, session)  # the call's usage left with the proxy
 
 
 # -- the upstream server dies -------------------------------------------------------------
