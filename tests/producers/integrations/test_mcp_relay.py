@@ -5,12 +5,14 @@ requests (roots, sampling, elicitation) get through, and sampling is metered."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+import anyio
 import mcp_types as types
 import psutil
 import pytest
@@ -299,3 +301,73 @@ async def test_served_over_http_each_session_gets_its_own_upstream_and_sampling_
     finally:
         proxy.terminate()
         await asyncio.wait_for(proxy.wait(), 15)
+
+
+async def test_blobs_resource_updates_and_a_cancelled_call_pass_through_and_release_its_tokens(
+    pipeline_settings: Settings, start_worker: Any
+) -> None:
+    settings = pipeline_settings.model_copy(
+        update={"reservations": ReservationSettings(decision_timeout=60)}
+    )
+    start_worker()
+    everything = str(npm_bin("mcp-server-everything"))
+    session = "relay-more-user"
+    env = {**settings_env(settings), "LOG_LEVEL": "WARNING", "MCP_TOKEN_BUDGET_PER_REQUEST": "300"}
+    args = ["-m", "tokenquota", "mcp-proxy", "--session", session, "--", everything, "stdio"]
+    updated: list[str] = []
+    first_step = anyio.Event()
+
+    async def on_message(message: Any) -> None:
+        if isinstance(message, types.ResourceUpdatedNotification):
+            updated.append(str(message.params.uri))
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        first_step.set()
+
+    async with TokenQuota(settings) as quota:
+        await set_budget(quota, session, 20_000)
+        proxied = StdioServerParameters(command=sys.executable, args=args, env=env)
+        async with Client(proxied, cache=None, mode="legacy", message_handler=on_message) as client:
+            blob = (await client.read_resource("demo://resource/dynamic/blob/2")).contents[0]
+            assert isinstance(blob, types.BlobResourceContents), blob
+            assert base64.b64decode(blob.blob).startswith(b"Resource 2: This is a base64 blob")
+
+            uri = "demo://resource/dynamic/text/1"
+            await client.subscribe_resource(uri)
+            await client.call_tool("toggle-subscriber-updates", {})  # sends one at once
+
+            async def notified() -> bool:
+                return uri in updated
+
+            await wait_until(notified, 15, "notifications/resources/updated through the proxy")
+            await client.call_tool("toggle-subscriber-updates", {})
+
+            # A call the client gives up on: the SDK sends notifications/cancelled, the
+            # proxy passes it on and releases the call's reservation at once.
+            with anyio.move_on_after(20) as waited:
+                async with anyio.create_task_group() as tasks:
+
+                    async def long_call() -> None:
+                        await client.call_tool(
+                            "trigger-long-running-operation",
+                            {"duration": 60, "steps": 60},
+                            progress_callback=on_progress,
+                        )
+
+                    tasks.start_soon(long_call)
+                    await first_step.wait()  # the call runs upstream
+                    tasks.cancel_scope.cancel()
+            assert not waited.cancelled_caught, "the call never reported progress"
+
+            async def released() -> bool:
+                rows = await fetch_value(
+                    settings.database,
+                    "SELECT count(*) FROM reservations WHERE session_id = $1"
+                    " AND status = 'released'",
+                    session,
+                )
+                return bool(rows == 1)
+
+            await wait_until(released, 20, "the cancelled call's reservation released")
+            summed = await client.call_tool("get-sum", {"a": 4, "b": 5})
+            assert "The sum of 4 and 5 is 9." in str(summed.content)
