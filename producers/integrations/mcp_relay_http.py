@@ -7,6 +7,9 @@ DELETE, or the client going away, ends the relay and stops that upstream.
 Server-to-client messages are sent on the stream of the client request they belong to
 when the relay can tell which (see `Relay.relate_to_requests`), else on the client's GET
 stream, as the SDK's servers do.
+
+Requests of the 2026-07-28 era (an `MCP-Protocol-Version` of that era and no session)
+are sessionless: they share one relay and upstream connection (mcp_relay_modern).
 """
 
 from __future__ import annotations
@@ -22,11 +25,14 @@ from anyio.abc import TaskGroup, TaskStatus
 from mcp.server.streamable_http import StreamableHTTPServerTransport
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp_types import INVALID_REQUEST, ErrorData, JSONRPCError
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
+
+from .mcp_relay_modern import ModernExchanges
 
 __all__ = ["RelaySessions", "relay_http_app"]
 
@@ -45,19 +51,26 @@ class RelaySessions:
         self._security = security
         self._sessions: dict[str, StreamableHTTPServerTransport] = {}
         self._tasks: TaskGroup | None = None
+        self._modern: ModernExchanges | None = None
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
         """Hold the sessions' task group while the app serves; end them all after."""
         async with anyio.create_task_group() as tasks:
             self._tasks = tasks
+            self._modern = ModernExchanges(self._relay, self._security, tasks)
             try:
                 yield
             finally:
                 tasks.cancel_scope.cancel()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        session_id = Request(scope, receive).headers.get("mcp-session-id")
+        headers = Request(scope, receive).headers
+        session_id = headers.get("mcp-session-id")
+        if session_id is None and headers.get("mcp-protocol-version") in MODERN_PROTOCOL_VERSIONS:
+            assert self._modern is not None, "RelaySessions serves inside its lifespan only"
+            await self._modern.handle(scope, receive, send)
+            return
         if session_id is not None:
             transport = self._sessions.get(session_id)
             if transport is None:
@@ -83,7 +96,10 @@ class RelaySessions:
                     task_status.started()
                     await self._relay(read, write)
             except Exception:
-                log.exception("MCP session %s failed", session_id)
+                if transport.is_terminated:  # its opening request was refused
+                    log.debug("MCP session %s ended with its refused opening", session_id)
+                else:
+                    log.exception("MCP session %s failed", session_id)
             finally:
                 await self._discard(session_id, transport)
 

@@ -69,9 +69,11 @@ class RelayMeter:
         self.meter = meter
         self.relay: Relay | None = None
         self._last_session: str | None = None
-        #: Sampling asked for in `input_required` tool results, by (requestState, key),
-        #: held until the client's retry answers it.
-        self._asked: dict[tuple[str | None, str], Held] = {}
+        #: Sampling asked for in `input_required` tool results, held until the client's
+        #: retry answers it, by (session, requestState, key). Served to several clients
+        #: (the 2026-07-28 era over HTTP) two may be asked under the same key and state:
+        #: their holds wait in order, and either answer settles one of them.
+        self._asked: dict[tuple[str, str | None, str], list[Held]] = {}
 
     def install(self, relay: Relay) -> Relay:
         """Hook into `relay` (returned)."""
@@ -84,8 +86,9 @@ class RelayMeter:
         """Release what sampling asked for in `input_required` results and the client
         never answered (its session has ended)."""
         asked, self._asked = self._asked, {}
-        for held in asked.values():
-            await self.meter.release(held)
+        for holds in asked.values():
+            for held in holds:
+                await self.meter.release(held)
 
     def session(
         self, meta: Mapping[str, Any] | None, request: JSONRPCRequest | None = None
@@ -123,7 +126,7 @@ class RelayMeter:
         if isinstance(answers, Mapping) and answers:
             # A retry with what the client was asked for: its arguments were billed in
             # the first round; the sampling it answers settles now.
-            await self._answered(params.get("requestState"), answers)
+            await self._answered(session, params.get("requestState"), answers)
             arguments: Any = {}
         else:
             arguments = params.get("arguments") or {}
@@ -152,12 +155,14 @@ class RelayMeter:
         if result.get("resultType") != "input_required" or not isinstance(requests, Mapping):
             return None
         state = result.get("requestState")
-        held: dict[tuple[str | None, str], Held] = {}
+        held: dict[tuple[str, str | None, str], Held] = {}
         try:
             for key, asked in requests.items():
                 if isinstance(asked, Mapping) and asked.get("method") == "sampling/createMessage":
                     params = asked.get("params")
-                    held[(state, key)] = await self._hold_sampling(
+                    held[
+                        (session, state if isinstance(state, str) else None, key)
+                    ] = await self._hold_sampling(
                         session, params if isinstance(params, Mapping) else {}
                     )
         except (TokenQuotaExceededError, IntegrationError) as exc:
@@ -165,15 +170,20 @@ class RelayMeter:
             for one in held.values():
                 await self.meter.release(one)
             return _budget_error(exc)
-        self._asked.update(held)
+        for asked_as, one in held.items():
+            self._asked.setdefault(asked_as, []).append(one)
         return None
 
-    async def _answered(self, state: object, answers: Mapping[str, Any]) -> None:
+    async def _answered(self, session: str, state: object, answers: Mapping[str, Any]) -> None:
         """Settle the held sampling that a retry's `inputResponses` answer."""
         for key, answer in answers.items():
-            held = self._asked.pop((state if isinstance(state, str) else None, key), None)
-            if held is None:
+            asked_as = (session, state if isinstance(state, str) else None, key)
+            holds = self._asked.get(asked_as)
+            if not holds:
                 continue
+            held = holds.pop(0)
+            if not holds:
+                del self._asked[asked_as]
             if isinstance(answer, Mapping) and "content" in answer:
                 await self._settle_sampling(held, answer)
             else:  # the client did not sample (an error, or declined)
