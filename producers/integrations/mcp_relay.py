@@ -29,6 +29,7 @@ import anyio
 from anyio.abc import TaskGroup
 from mcp.shared._stream_protocols import ReadStream, WriteStream
 from mcp.shared.message import ClientMessageMetadata, ServerMessageMetadata, SessionMessage
+from mcp.shared.subscriptions import SUBSCRIPTION_ID_META_KEY
 from mcp_types import (
     CONNECTION_CLOSED,
     REQUEST_TIMEOUT,
@@ -91,9 +92,10 @@ class Relay:
     #: 2026-07-28 era; see mcp_relay_headers); a stdio server ignores them.
     stamp_headers: bool = False
     #: Mark each server-to-client message with the client request it belongs to, so a
-    #: streamable HTTP client gets it on that request's stream: a progress notification
-    #: by its progress token; anything else sent while one client request is in flight,
-    #: to that one; while several are, to the latest tool call; else to none.
+    #: streamable HTTP client gets it on that request's stream: a frame of a
+    #: subscriptions/listen stream by its subscription id, a progress notification by
+    #: its progress token; anything else sent while one client request is in flight, to
+    #: that one; while several are, to the latest tool call; else to none.
     relate_to_requests: bool = False
     #: The `initialize` request's params as the client sent them (None until then).
     client_params: dict[str, Any] | None = None
@@ -278,6 +280,11 @@ class Relay:
         if not isinstance(message, JSONRPCRequest | JSONRPCNotification):
             return None  # an answer goes on its own request's stream
         params = message.params or {}
+        meta = params.get("_meta")
+        if isinstance(meta, dict):  # a frame of a subscriptions/listen stream
+            listen = meta.get(SUBSCRIPTION_ID_META_KEY)
+            if listen is not None and listen in self._in_flight:
+                return listen  # type: ignore[no-any-return]
         if message.method == "notifications/progress":
             return self._progress.get(params.get("progressToken"))
         if len(self._in_flight) == 1:

@@ -28,6 +28,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from mcp.server.streamable_http import check_accept_headers
 from mcp.server.transport_security import TransportSecurityMiddleware, TransportSecuritySettings
 from mcp.shared.message import ServerMessageMetadata, SessionMessage
+from mcp.shared.subscriptions import SUBSCRIPTION_ID_META_KEY
 from mcp_types import (
     INVALID_REQUEST,
     METHOD_NOT_FOUND,
@@ -122,7 +123,7 @@ class ModernExchanges:
             await to_relay.send(SessionMessage(relayed, metadata=metadata))
             async with anyio.create_task_group() as tasks:
                 tasks.start_soon(_until_disconnected, receive, tasks.cancel_scope)
-                await _respond(message.id, outbox, send)
+                await _respond(message.id, relayed_id, outbox, send)
                 answered = True
                 tasks.cancel_scope.cancel()
         finally:
@@ -191,26 +192,42 @@ class ModernExchanges:
 
 
 async def _respond(
-    request_id: RequestId, outbox: MemoryObjectReceiveStream[JSONRPCMessage], send: Send
+    request_id: RequestId,
+    relayed_id: str,
+    outbox: MemoryObjectReceiveStream[JSONRPCMessage],
+    send: Send,
 ) -> None:
-    """Send the answer (under `request_id`) as JSON, or as an SSE stream when
-    notifications for the request come before it."""
-    first = await outbox.receive()
+    """Send the answer (under `request_id`, the client's id for what was relayed as
+    `relayed_id`) as JSON, or as an SSE stream when notifications for the request come
+    before it (a subscriptions/listen stream's frames name it too)."""
+    first = _as_sent(await outbox.receive(), request_id, relayed_id)
     if isinstance(first, JSONRPCResponse | JSONRPCError):
-        await _send_json(first.model_copy(update={"id": request_id}), send)
+        await _send_json(first, send)
         return
     await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
     message: JSONRPCMessage | None = first
     while True:
         if isinstance(message, JSONRPCResponse | JSONRPCError):
-            last = _sse(message.model_copy(update={"id": request_id}))
+            last = _sse(message)
             await send({"type": "http.response.body", "body": last, "more_body": False})
             return
         body = _sse(message) if message is not None else b": ping\r\n\r\n"
         await send({"type": "http.response.body", "body": body, "more_body": True})
         message = None
         with anyio.move_on_after(_PING_SECONDS):
-            message = await outbox.receive()
+            message = _as_sent(await outbox.receive(), request_id, relayed_id)
+
+
+def _as_sent(message: JSONRPCMessage, request_id: RequestId, relayed_id: str) -> JSONRPCMessage:
+    """`message` with the client's id for its request where the relay's stands."""
+    if isinstance(message, JSONRPCResponse | JSONRPCError):
+        return message.model_copy(update={"id": request_id})
+    params = message.params if isinstance(message, JSONRPCNotification) else None
+    meta = params.get("_meta") if params is not None else None
+    if isinstance(meta, dict) and meta.get(SUBSCRIPTION_ID_META_KEY) == relayed_id:
+        meta = {**meta, SUBSCRIPTION_ID_META_KEY: request_id}
+        return message.model_copy(update={"params": {**(params or {}), "_meta": meta}})
+    return message
 
 
 async def _until_disconnected(receive: Receive, scope: anyio.CancelScope) -> None:
