@@ -13,11 +13,13 @@ wait for each of the upstream server's answers.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import logging
 import os
 import signal
 from collections.abc import AsyncIterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any, Literal, NoReturn
 
 import anyio
@@ -47,13 +49,30 @@ def proxy_spool_settings(command: Sequence[str], settings: Settings) -> Settings
     """Settings whose spool is the proxy's own: `<spool_dir>/mcp-proxy-<hash of command>`.
 
     An IDE runs one proxy per MCP server, each a process needing a spool of its own; a
-    restarted proxy of the same server finds (and drains) its predecessor's spool.
+    restarted proxy of the same server finds (and drains) its predecessor's spool. When
+    another proxy of the same server runs (two IDE windows), the next free of
+    `mcp-proxy-<hash>-2`, `-3`... is taken instead.
     """
     digest = hashlib.sha256("\0".join(command).encode()).hexdigest()[:12]
-    emitter = settings.emitter.model_copy(
-        update={"spool_dir": settings.spool_dir / f"mcp-proxy-{digest}"}
-    )
+    base = settings.spool_dir / f"mcp-proxy-{digest}"
+    slots = (base, *(base.with_name(f"{base.name}-{n}") for n in range(2, 65)))
+    spool_dir = next((d for d in slots if _free(d)), base)  # all taken: the spool says so
+    emitter = settings.emitter.model_copy(update={"spool_dir": spool_dir})
     return settings.model_copy(update={"emitter": emitter})
+
+
+def _free(spool_dir: Path) -> bool:
+    """No process holds the spool in `spool_dir` (see producers.spool)."""
+    lock = spool_dir / "usage.spool.lock"
+    if not lock.exists():
+        return True
+    with lock.open("a") as file:
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        fcntl.flock(file, fcntl.LOCK_UN)
+    return True
 
 
 async def run_proxy(

@@ -26,6 +26,7 @@ from tokenquota import cli
 from tokenquota.config import Settings, env_var_names, load_settings
 from tokenquota.producers.integrations import mcp_proxy
 from tokenquota.producers.integrations.mcp_relay import Relay
+from tokenquota.producers.spool import Spool
 
 UPSTREAM = textwrap.dedent(
     """
@@ -192,3 +193,24 @@ def test_mcp_proxy_address_from_the_configuration_file(
     )
     assert result.exit_code == 0, result.output
     assert calls == [("127.0.0.4", 9300)]
+
+
+def test_a_second_proxy_of_the_same_server_gets_a_spool_of_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EMITTER_SPOOL_DIR", str(tmp_path))
+    settings = load_settings()
+    command = ["npx", "-y", "@modelcontextprotocol/server-memory"]
+    first = mcp_proxy.proxy_spool_settings(command, settings).spool_dir
+    assert first.parent == tmp_path and first.name.startswith("mcp-proxy-")
+    # Another command has a spool of its own anyway.
+    assert mcp_proxy.proxy_spool_settings(["other"], settings).spool_dir != first
+    held = Spool(first, max_bytes=1 << 20)  # the first proxy, running
+    try:
+        second = mcp_proxy.proxy_spool_settings(command, settings).spool_dir
+        assert second == first.with_name(f"{first.name}-2")
+        Spool(second, max_bytes=1 << 20).close()  # free: it opens
+    finally:
+        held.close()
+    # The first gone, a restarted proxy takes (and drains) its spool again.
+    assert mcp_proxy.proxy_spool_settings(command, settings).spool_dir == first
