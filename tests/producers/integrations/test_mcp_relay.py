@@ -4,10 +4,7 @@ requests (roots, sampling, elicitation) get through, and sampling is metered."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,10 +17,11 @@ from mcp import Client
 from mcp.client.stdio import StdioServerParameters
 from mcp.shared.exceptions import MCPError
 
+from tests.producers.integrations.mcp_support import listening, proxy_env
 from tests.producers.integrations.npm_servers import npm_bin
-from tests.support import fetch_value, set_budget, settings_env, wait_until
+from tests.support import fetch_value, set_budget, wait_until
 from tokenquota.config import ReservationSettings, Settings
-from tokenquota.embedded import free_port, port_in_use
+from tokenquota.embedded import free_port
 from tokenquota.producers import TokenQuota
 
 pytestmark = pytest.mark.integration
@@ -131,7 +129,7 @@ async def test_the_reference_server_looks_the_same_through_the_proxy_and_samplin
     # The tools it offers only to clients declaring these capabilities.
     assert {"get-roots-list", "trigger-sampling-request", "trigger-elicitation-request"} <= names
 
-    env = {**settings_env(settings), "LOG_LEVEL": "WARNING", "MCP_TOKEN_BUDGET_PER_REQUEST": "300"}
+    env = proxy_env(settings, MCP_TOKEN_BUDGET_PER_REQUEST="300")
     proxied = StdioServerParameters(
         command=sys.executable,
         args=[
@@ -201,23 +199,13 @@ async def test_a_remote_server_over_streamable_http_looks_the_same_through_the_p
     )
     start_worker()
     port = free_port()
-    with (tmp_path / "everything-http.log").open("wb") as log:
-        server = await asyncio.create_subprocess_exec(
-            str(npm_bin("mcp-server-everything")), "streamableHttp",
-            env={**os.environ, "PORT": str(port)}, stdout=log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )  # fmt: skip
-    try:
-
-        async def listening() -> bool:
-            return port_in_use("127.0.0.1", port)
-
-        await wait_until(listening, 30, "server-everything listening over HTTP")
+    everything = [str(npm_bin("mcp-server-everything")), "streamableHttp"]
+    async with listening(everything, port, tmp_path / "everything-http.log", {"PORT": str(port)}):
         url = f"http://127.0.0.1:{port}/mcp"
         direct = _Callbacks()
         async with direct.client(url) as c:
             seen_directly = await _view(c)
-        env = {**settings_env(settings), "LOG_LEVEL": "WARNING"}
+        env = proxy_env(settings)
         proxied = StdioServerParameters(
             command=sys.executable,
             args=["-m", "tokenquota", "mcp-proxy", "--session", "remote-user",
@@ -243,9 +231,6 @@ async def test_a_remote_server_over_streamable_http_looks_the_same_through_the_p
                 return used > 0
 
             await wait_until(metered, 60, "the remote calls metered")
-    finally:
-        server.terminate()
-        await asyncio.wait_for(server.wait(), 10)
 
 
 async def test_served_over_http_each_session_gets_its_own_upstream_and_sampling_finds_its_call(
@@ -257,50 +242,41 @@ async def test_served_over_http_each_session_gets_its_own_upstream_and_sampling_
     start_worker()
     everything = str(npm_bin("mcp-server-everything"))
     port = free_port()
-    env = {**os.environ, **settings_env(settings), "LOG_LEVEL": "WARNING"}
-    with (tmp_path / "proxy-http.log").open("wb") as log:
-        proxy = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "tokenquota", "mcp-proxy", "--http", "--port", str(port),
-            "--session", "http-user", "--", everything, "stdio",
-            env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        )  # fmt: skip
-    try:
+    env = proxy_env(settings)
+    proxy_command = [
+        sys.executable, "-m", "tokenquota", "mcp-proxy", "--http", "--port", str(port),
+        "--session", "http-user", "--", everything, "stdio",
+    ]  # fmt: skip
+    async with (
+        listening(proxy_command, port, tmp_path / "proxy-http.log", env) as proxy,
+        TokenQuota(settings) as quota,
+    ):
+        await set_budget(quota, "http-user", 20_000)
+        first, second = _Callbacks(), _Callbacks()
+        url = f"http://127.0.0.1:{port}/mcp"
+        async with first.client(url) as one, second.client(url) as two:
+            assert (await one.call_tool("get-sum", {"a": 1, "b": 2})).content == (
+                await two.call_tool("get-sum", {"a": 1, "b": 2})
+            ).content
+            # The server's sampling request, sent during the call, reaches the client
+            # on that call's stream.
+            sampled = await one.call_tool(
+                "trigger-sampling-request", {"prompt": "over http", "maxTokens": 30}
+            )
+            assert not sampled.is_error and REPLY in str(sampled.content)
+            assert len(first.sampled) == 1 and not second.sampled
 
-        async def listening() -> bool:
-            assert proxy.returncode is None, (tmp_path / "proxy-http.log").read_text()
-            return port_in_use("127.0.0.1", port)
+        async def upstreams_stopped() -> bool:
+            # Each session's upstream child ends with the client's session (DELETE).
+            nodes = 0
+            for child in psutil.Process(proxy.pid).children(recursive=True):
+                try:
+                    nodes += child.name() == "node"
+                except psutil.NoSuchProcess:  # it has just ended
+                    continue
+            return nodes == 0
 
-        await wait_until(listening, 30, "the proxy listening over HTTP")
-        async with TokenQuota(settings) as quota:
-            await set_budget(quota, "http-user", 20_000)
-            first, second = _Callbacks(), _Callbacks()
-            url = f"http://127.0.0.1:{port}/mcp"
-            async with first.client(url) as one, second.client(url) as two:
-                assert (await one.call_tool("get-sum", {"a": 1, "b": 2})).content == (
-                    await two.call_tool("get-sum", {"a": 1, "b": 2})
-                ).content
-                # The server's sampling request, sent during the call, reaches the client
-                # on that call's stream.
-                sampled = await one.call_tool(
-                    "trigger-sampling-request", {"prompt": "over http", "maxTokens": 30}
-                )
-                assert not sampled.is_error and REPLY in str(sampled.content)
-                assert len(first.sampled) == 1 and not second.sampled
-
-            async def upstreams_stopped() -> bool:
-                # Each session's upstream child ends with the client's session (DELETE).
-                nodes = 0
-                for child in psutil.Process(proxy.pid).children(recursive=True):
-                    try:
-                        nodes += child.name() == "node"
-                    except psutil.NoSuchProcess:  # it has just ended
-                        continue
-                return nodes == 0
-
-            await wait_until(upstreams_stopped, 15, "the sessions' upstream servers stopped")
-    finally:
-        proxy.terminate()
-        await asyncio.wait_for(proxy.wait(), 15)
+        await wait_until(upstreams_stopped, 15, "the sessions' upstream servers stopped")
 
 
 async def test_blobs_resource_updates_and_a_cancelled_call_pass_through_and_release_its_tokens(
@@ -312,7 +288,7 @@ async def test_blobs_resource_updates_and_a_cancelled_call_pass_through_and_rele
     start_worker()
     everything = str(npm_bin("mcp-server-everything"))
     session = "relay-more-user"
-    env = {**settings_env(settings), "LOG_LEVEL": "WARNING", "MCP_TOKEN_BUDGET_PER_REQUEST": "300"}
+    env = proxy_env(settings, MCP_TOKEN_BUDGET_PER_REQUEST="300")
     args = ["-m", "tokenquota", "mcp-proxy", "--session", session, "--", everything, "stdio"]
     updated: list[str] = []
     first_step = anyio.Event()

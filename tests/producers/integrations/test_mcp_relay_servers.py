@@ -21,8 +21,9 @@ from mcp import Client
 from mcp.client.stdio import StdioServerParameters
 from mcp.shared.exceptions import MCPError
 
+from tests.producers.integrations.mcp_support import proxy_env
 from tests.producers.integrations.npm_servers import npm_bin
-from tests.support import fetch_value, set_budget, settings_env, wait_until
+from tests.support import fetch_value, set_budget, wait_until
 from tokenquota.config import ReservationSettings, Settings
 from tokenquota.producers import TokenQuota
 
@@ -38,12 +39,7 @@ def _settings(pipeline_settings: Settings) -> Settings:
 
 
 def _proxy_env(settings: Settings, **extra: str) -> dict[str, str]:
-    return {
-        **settings_env(settings),
-        "LOG_LEVEL": "WARNING",
-        "MCP_TOKEN_BUDGET_PER_REQUEST": "300",
-        **extra,
-    }
+    return proxy_env(settings, MCP_TOKEN_BUDGET_PER_REQUEST="300", **extra)
 
 
 def _proxied(session: str, upstream: list[str], env: dict[str, str]) -> StdioServerParameters:
