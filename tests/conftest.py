@@ -149,9 +149,12 @@ async def migrated_database(database_settings: DatabaseSettings) -> DatabaseSett
 
 
 @pytest.fixture
-def settings(kafka_settings: KafkaSettings, database_settings: DatabaseSettings) -> Settings:
-    """Settings pointing at this test's topics and schema; everything else default."""
-    return Settings(kafka=kafka_settings, database=database_settings)
+def settings(
+    kafka_settings: KafkaSettings, database_settings: DatabaseSettings, tmp_path: Path
+) -> Settings:
+    """Settings pointing at this test's topics, schema and data folder (its spool: never
+    the checkout's, which a test running beside it may hold); everything else default."""
+    return Settings(kafka=kafka_settings, database=database_settings, data_dir=tmp_path / "data")
 
 
 @pytest.fixture

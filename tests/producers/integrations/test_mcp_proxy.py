@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,8 @@ def command(
         **settings_env(settings),
         "MCP_TOKEN_BUDGET_PER_REQUEST": "300",
         "LOG_LEVEL": "WARNING",
+        # a spool of its own, never the checkout's (a test beside it may hold that)
+        "EMITTER_SPOOL_DIR": str(settings.spool_dir / f"process-{uuid.uuid4().hex[:8]}"),
         **(env or {}),
     }
     return StdioServerParameters(
