@@ -1,7 +1,18 @@
 """Event schemas of the tokenquota usage log: models, the envelope, encoding and JSON Schema."""
 
 from .codec import EventDecodeError, FieldError, decode, encode
-from .envelope import BIGINT_MAX, ID_MAX_LENGTH, Component, Source, new_event_id, utc_now
+from .envelope import (
+    BIGINT_MAX,
+    ID_MAX_LENGTH,
+    AccountPath,
+    Component,
+    Source,
+    account_root,
+    ancestors,
+    new_event_id,
+    partition_key,
+    utc_now,
+)
 from .events import (
     DEFAULTS_SESSION,
     USAGE_TOKENS_MAX,
@@ -23,6 +34,7 @@ __all__ = [
     "DEFAULTS_SESSION",
     "ID_MAX_LENGTH",
     "USAGE_TOKENS_MAX",
+    "AccountPath",
     "ApiCost",
     "BudgetSet",
     "Component",
@@ -36,10 +48,13 @@ __all__ = [
     "Source",
     "TokenReserved",
     "TokenUsed",
+    "account_root",
+    "ancestors",
     "check_limits",
     "check_timezone",
     "decode",
     "encode",
     "new_event_id",
+    "partition_key",
     "utc_now",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Literal
@@ -10,16 +11,22 @@ import uuid6
 from pydantic import UUID7, AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
 __all__ = [
+    "ACCOUNT_MAX_DEPTH",
+    "ACCOUNT_SEGMENT_MAX",
     "BIGINT_MAX",
     "ID_MAX_LENGTH",
     "NO_CONTROL_CHARACTERS",
+    "AccountPath",
     "Component",
     "EventBase",
     "Identifier",
     "Source",
     "TokenCount",
     "UtcDatetime",
+    "account_root",
+    "ancestors",
     "new_event_id",
+    "partition_key",
     "utc_now",
 ]
 
@@ -43,6 +50,21 @@ def _to_utc(value: datetime) -> datetime:
 #: A non-empty, bounded identifier without control characters.
 Identifier = Annotated[
     str, Field(min_length=1, max_length=ID_MAX_LENGTH, pattern=NO_CONTROL_CHARACTERS)
+]
+#: An account path holds at most this many segments ("tenant/team/user" is three)...
+ACCOUNT_MAX_DEPTH = 8
+#: ...of at most this many characters each.
+ACCOUNT_SEGMENT_MAX = 64
+_SEGMENT = rf"[^/\x00-\x1f\x7f]{{1,{ACCOUNT_SEGMENT_MAX}}}"
+#: Where a session sits in a budget tree: "acme/research/alice" is the session's user
+#: node, under the team "acme/research", under the tenant "acme" (its first segment).
+AccountPath = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=ID_MAX_LENGTH,
+        pattern=rf"^{_SEGMENT}(?:/{_SEGMENT}){{0,{ACCOUNT_MAX_DEPTH - 1}}}$",
+    ),
 ]
 #: A timezone-aware timestamp, normalised to UTC. Naive datetimes are rejected.
 UtcDatetime = Annotated[AwareDatetime, AfterValidator(_to_utc)]
@@ -84,6 +106,35 @@ class EventBase(BaseModel):
         default_factory=utc_now,
         description="When it happened, in UTC. Budget windows are computed from this.",
     )
-    session_id: Identifier = Field(description="The budget owner; also the Kafka partition key.")
+    session_id: Identifier = Field(
+        description="The budget owner; also the Kafka partition key when there is no account."
+    )
     task_id: Identifier | None = None
     source: Source
+    account: AccountPath | None = Field(
+        default=None,
+        exclude_if=lambda value: value is None,
+        description=(
+            "The budget tree node the session belongs to (tenant/team/user...); every event "
+            "of a session names the same one. Its first segment is then the partition key."
+        ),
+    )
+
+
+def account_root(account: str) -> str:
+    """The tenant of an account path: its first segment."""
+    return account.partition("/")[0]
+
+
+@functools.lru_cache(maxsize=65536)
+def ancestors(account: str) -> tuple[str, ...]:
+    """The nodes from the tenant down to `account`: "a/b/c" -> ("a", "a/b", "a/b/c")."""
+    parts = account.split("/")
+    return tuple("/".join(parts[: i + 1]) for i in range(len(parts)))
+
+
+def partition_key(event: EventBase) -> bytes:
+    """The Kafka key of `event`: its tenant when it names an account (a whole tree is then
+    decided in one partition, in log order), else its session."""
+    account = event.account
+    return (account.partition("/")[0] if account is not None else event.session_id).encode()

@@ -115,7 +115,8 @@ def check_timezone(value: str) -> str:
 
 
 class BudgetSet(EventBase):
-    """Limits for a session, in force from this event on in the log."""
+    """Limits for a session, or (`target="account"`) for the budget tree node `account`,
+    in force from this event on in the log."""
 
     event_type: Literal["BudgetSet"] = "BudgetSet"
     daily_limit: TokenCount
@@ -127,6 +128,14 @@ class BudgetSet(EventBase):
         default=None,
         description="Who set it (an API token's name, the OS user of the CLI): the audit trail",
     )
+    target: Literal["session", "account"] = Field(
+        default="session",
+        exclude_if=lambda value: value == "session",
+        description=(
+            "What the limits apply to: the session, or the node named by `account` (whose "
+            f'session_id is then "{DEFAULTS_SESSION}")'
+        ),
+    )
 
     @model_validator(mode="after")
     def _limits_are_ordered(self) -> Self:
@@ -137,6 +146,13 @@ class BudgetSet(EventBase):
             self.warning_threshold,
             self.critical_threshold,
         )
+        if self.target == "account" and (
+            self.account is None or self.session_id != DEFAULTS_SESSION
+        ):
+            raise ValueError(
+                "a BudgetSet for an account names it in `account`, with session_id "
+                f'"{DEFAULTS_SESSION}"'
+            )
         return self
 
 
@@ -206,6 +222,11 @@ class DefaultsSet(EventBase):
     event_type: Literal["DefaultsSet"] = "DefaultsSet"
     session_id: Literal["*"] = Field(
         default="*", description="Always '*': a DefaultsSet applies to its whole partition."
+    )
+    account: None = Field(
+        default=None,
+        exclude_if=lambda value: value is None,
+        description="Never set: a DefaultsSet applies to its whole partition.",
     )
     daily_limit: TokenCount
     monthly_limit: TokenCount
