@@ -7,7 +7,9 @@ from .expected_schema import EXPECTED_COLUMNS, schema_drift
 from .fold import PoisonEventError, fold, new_session
 from .migrator import Migration, MigrationError, apply_migrations, load_migrations
 from .read import (
+    AccountMetrics,
     SessionMetrics,
+    account_metrics,
     available_tokens,
     reservation,
     session_metrics,
@@ -43,6 +45,7 @@ __all__ = [
     "EXPECTED_COLUMNS",
     "PROJECTION_TABLES",
     "PROJECTION_VIEWS",
+    "AccountMetrics",
     "BatchResult",
     "Decision",
     "FoldConfig",
@@ -59,6 +62,7 @@ __all__ = [
     "ReservationRecord",
     "SessionBudget",
     "SessionMetrics",
+    "account_metrics",
     "alert_level",
     "apply_batch",
     "apply_batch_isolating",

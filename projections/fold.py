@@ -14,6 +14,7 @@ the alert levels and their outbox rows in `projections/alerts.py`.
 from __future__ import annotations
 
 import copy
+import heapq
 import uuid
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
@@ -28,6 +29,8 @@ from tokenquota.schemas import (
     Event,
     TokenReserved,
     TokenUsed,
+    account_root,
+    ancestors,
 )
 
 from . import rollups
@@ -44,6 +47,7 @@ from .state import (
     LogRecord,
     LogRow,
     MinuteDelta,
+    NodeBudget,
     PartitionState,
     ProjectionState,
     ReservationRecord,
@@ -51,11 +55,12 @@ from .state import (
     TaskDelta,
 )
 
-__all__ = ["FoldConfig", "PoisonEventError", "fold", "new_session"]
+__all__ = ["FoldConfig", "PoisonEventError", "fold", "new_node", "new_session"]
 
 
 class PoisonEventError(Exception):
-    """An event the projections can never hold (it would overflow a BIGINT total).
+    """An event the projections can never hold: it would overflow a BIGINT total, or it
+    names another account than its session's.
 
     The store sends it to the dead-letter topic and applies the rest of its batch; the
     decision is a function of the log alone, so a replay skips the same event.
@@ -67,7 +72,28 @@ class PoisonEventError(Exception):
         super().__init__(f"event {event_id}: {reason}")
 
 
-def new_session(session_id: str, at: datetime, config: FoldConfig) -> SessionBudget:
+def new_node(account: str, at: datetime, config: FoldConfig) -> NodeBudget:
+    """A budget tree node first seen at log time `at`: without limits of its own."""
+    day = local_day(at, config.zone)
+    return NodeBudget(
+        account=account,
+        limits=None,
+        budget_event=None,
+        current_day=day,
+        tokens_used_today=0,
+        current_month=month_of(day),
+        tokens_used_month=0,
+        tokens_used_total=0,
+        reservations_accepted=0,
+        reservations_rejected=0,
+        created_at=at,
+        updated_at=at,
+    )
+
+
+def new_session(
+    session_id: str, at: datetime, config: FoldConfig, account: str | None = None
+) -> SessionBudget:
     """A session first seen at log time `at`, on the partition's default limits."""
     day = local_day(at, config.zone)
     return SessionBudget(
@@ -87,6 +113,7 @@ def new_session(session_id: str, at: datetime, config: FoldConfig) -> SessionBud
         last_reset=start_of_day(day, config.zone),
         created_at=at,
         updated_at=at,
+        account=account,
     )
 
 
@@ -105,12 +132,20 @@ class _Folder:
                 sessions={k: copy.copy(v) for k, v in state.sessions.items()},
                 reservations={k: copy.copy(v) for k, v in state.reservations.items()},
                 partitions={k: copy.copy(v) for k, v in state.partitions.items()},
+                nodes={k: copy.copy(v) for k, v in state.nodes.items()},
             )
         )
         self.sessions = self.out.state.sessions
         self.reservations = self.out.state.reservations
         self.partitions = self.out.state.partitions
+        self.nodes = self.out.state.nodes
         self.held: dict[str, dict[uuid.UUID, ReservationRecord]] = {}
+        #: Tokens held by accepted reservations at each tree node (of the sessions under
+        #: it), and each tree's accepted reservations by expiry: derived, never stored.
+        self.node_held: dict[str, int] = {}
+        self.expiring: dict[str, list[tuple[datetime, uuid.UUID]]] = {}
+        #: The tree nodes of the event being applied, tenant first (empty: no account).
+        self.chain: tuple[NodeBudget, ...] = ()
         self.calendar = rollups.Calendar()
         #: The system_usage_minutely row of the record being applied.
         self.minute = MinuteDelta()
@@ -118,6 +153,8 @@ class _Folder:
         for record in self.reservations.values():
             if record.status == "accepted":
                 self.held.setdefault(record.session_id, {})[record.reservation_id] = record
+                if record.account is not None:
+                    self._hold(record)
 
     def run(self, records: Iterable[LogRecord]) -> Folded:
         # By exact type: isinstance on pydantic models goes through ABCMeta, and this
@@ -145,8 +182,18 @@ class _Folder:
             moment = moment_of(event, clock, config)
             if moment.shift:
                 self._flag_skew(event, clock, config, moment.shift)
-            session = self._session(event.session_id, clock, config)
-            self._expire(session.session_id, clock)
+            account = event.account
+            if account is None:
+                self.chain = ()
+                session = self._session(event, clock, config)
+                self._expire(session.session_id, clock)
+            elif type(event) is BudgetSet and event.target == "account":
+                self._node_budget_set(event, clock, config)
+                continue
+            else:
+                session = self._session(event, clock, config)
+                self.chain = self._chain(account, clock, config)
+                self._expire_tree(account_root(account), clock)
             handlers[type(event)](session, event, moment)
         return self.out
 
@@ -178,11 +225,20 @@ class _Folder:
 
     # -- session windows -------------------------------------------------------------
 
-    def _session(self, session_id: str, clock: datetime, config: FoldConfig) -> SessionBudget:
+    def _session(self, event: Event, clock: datetime, config: FoldConfig) -> SessionBudget:
+        session_id, account = event.session_id, event.account
         session = self.sessions.get(session_id)
         if session is None:
-            session = new_session(session_id, clock, config)
+            session = new_session(session_id, clock, config, account)
             self.sessions[session_id] = session
+        elif session.account != account:
+            raise PoisonEventError(
+                event.event_id,
+                f"session {session_id!r} belongs to "
+                + (f"account {session.account!r}" if session.account else "no account")
+                + "; this event names "
+                + (f"account {account!r}" if account else "none"),
+            )
         today = local_day(clock, config.zone)
         if today > session.current_day:
             session.current_day = today
@@ -197,6 +253,57 @@ class _Folder:
             session.updated_at = clock
         self.out.changed_sessions.add(session_id)
         return session
+
+    def _chain(self, account: str, clock: datetime, config: FoldConfig) -> tuple[NodeBudget, ...]:
+        """The nodes from `account`'s tenant down to it, each in its current windows."""
+        chain = []
+        today = local_day(clock, config.zone)
+        for path in ancestors(account):
+            node = self.nodes.get(path)
+            if node is None:
+                node = self.nodes[path] = new_node(path, clock, config)
+            if today > node.current_day:
+                node.current_day = today
+                node.tokens_used_today = 0
+            if today.replace(day=1) > node.current_month:
+                node.current_month = month_of(today)
+                node.tokens_used_month = 0
+            if clock > node.updated_at:
+                node.updated_at = clock
+            self.out.changed_nodes.add(path)
+            chain.append(node)
+        return tuple(chain)
+
+    def _hold(self, record: ReservationRecord) -> None:
+        """Count an accepted reservation's tokens as held at each node of its account."""
+        assert record.account is not None
+        for path in ancestors(record.account):
+            self.node_held[path] = self.node_held.get(path, 0) + record.tokens
+        heapq.heappush(
+            self.expiring.setdefault(account_root(record.account), []),
+            (record.expires_at, record.reservation_id),
+        )
+
+    def _unhold(self, record: ReservationRecord) -> None:
+        """An accepted reservation of a tree leaves `accepted`: its nodes hold it no more."""
+        assert record.account is not None
+        for path in ancestors(record.account):
+            self.node_held[path] -= record.tokens
+
+    def _expire_tree(self, root: str, clock: datetime) -> None:
+        """Expire every accepted reservation of the tree `root` past its time, whichever
+        session it is of: their tokens were held at nodes this event may need."""
+        queue = self.expiring.get(root)
+        while queue and clock > queue[0][0]:
+            _, rid = heapq.heappop(queue)
+            record = self.reservations[rid]
+            if record.status != "accepted":
+                continue  # settled or released since it was queued
+            self.held.get(record.session_id, {}).pop(rid, None)
+            self._unhold(record)
+            record.status = "expired"
+            self.out.changed_reservations.add(rid)
+            rollups.count_outcome(self.out, record, self.config.zone, "accepted")
 
     def _expire(self, session_id: str, clock: datetime) -> None:
         held = self.held.get(session_id)
@@ -220,6 +327,20 @@ class _Folder:
         partition.defaults_event = event.event_id
         partition.defaults_set_at = clock
         self.out.changed_defaults.add(key)
+
+    def _node_budget_set(self, event: BudgetSet, clock: datetime, config: FoldConfig) -> None:
+        """Limits for a tree node (its usage and holds stay)."""
+        assert event.account is not None
+        node = self._chain(event.account, clock, config)[-1]
+        node.limits = Limits(
+            daily_limit=event.daily_limit,
+            monthly_limit=event.monthly_limit,
+            hard_limit=event.hard_limit,
+            warning_threshold=event.warning_threshold,
+            critical_threshold=event.critical_threshold,
+            source="event",
+        )
+        node.budget_event = event.event_id
 
     def _budget_set(self, session: SessionBudget, event: BudgetSet, moment: Moment) -> None:
         # The integration_logs view shows the event itself; no notice of its own.
@@ -259,6 +380,25 @@ class _Folder:
         expired = expires_at <= moment.clock
         accepted = not expired and event.tokens <= room.available
         reason = None if accepted else ("expired" if expired else room.window)
+        refusing: NodeBudget | None = None
+        if accepted and self.chain:
+            # Every node above the session that has limits must have room too; the
+            # nearest one that has none is named.
+            for node in reversed(self.chain):
+                if node.limits is None:
+                    continue
+                node_room = headroom(
+                    node.limits,
+                    node.tokens_used_today,
+                    node.tokens_used_month,
+                    node.tokens_used_total,
+                    self.node_held.get(node.account, 0),
+                    event.priority,
+                )
+                if event.tokens > node_room.available:
+                    accepted, reason, refusing, room = False, node_room.window, node, node_room
+                    break
+        refused_by = refusing.account if refusing is not None else None
         record = ReservationRecord(
             reservation_id=rid,
             event_id=event.event_id,
@@ -273,34 +413,53 @@ class _Folder:
             requested_at=moment.at,
             decided_at=moment.clock,
             expires_at=expires_at,
+            account=event.account,
+            refused_by=refused_by,
         )
         self.reservations[rid] = record
         self.out.changed_reservations.add(rid)
-        self.out.decisions.append(Decision(rid, record.status, reason, session.session_id))
+        self.out.decisions.append(
+            Decision(rid, record.status, reason, session.session_id, refused_by)
+        )
         rollups.count_decision(self.out, record, self.config.zone, self.minute)
         # The integration_logs view shows the decision (from reservations): no notice.
         if accepted:
             session.reservations_accepted += 1
             self.held.setdefault(session.session_id, {})[rid] = record
+            if self.chain:
+                self._hold(record)
+                for node in self.chain:
+                    node.reservations_accepted += 1
             if event.task_id is not None:
                 self._task(session.session_id, event.task_id, moment.at, allocated=event.tokens)
             return
         session.reservations_rejected += 1
-        refused_alert(self.out, session, event, moment, record)
+        if refusing is not None:
+            refusing.reservations_rejected += 1
+        else:  # the session's own window is exhausted
+            refused_alert(self.out, session, event, moment, record)
 
     def _used(self, session: SessionBudget, event: TokenUsed, moment: Moment) -> None:
         total = event.input_tokens + event.output_tokens
-        if session.tokens_used_total + total > BIGINT_MAX:
-            raise PoisonEventError(
-                event.event_id,
-                f"session {session.session_id!r} has used {session.tokens_used_total} tokens; "
-                f"{total} more would exceed the largest total a BIGINT holds ({BIGINT_MAX})",
-            )
+        for owner, used in (
+            (f"session {session.session_id!r}", session.tokens_used_total),
+            *((f"account {n.account!r}", n.tokens_used_total) for n in self.chain),
+        ):
+            if used + total > BIGINT_MAX:
+                raise PoisonEventError(
+                    event.event_id,
+                    f"{owner} has used {used} tokens; {total} more would exceed the "
+                    f"largest total a BIGINT holds ({BIGINT_MAX})",
+                )
         # Every usage counts in the windows of the log clock (those the session is in
         # now), whatever its occurred_at; the rollups date it by occurred_at.
         session.tokens_used_today += total
         session.tokens_used_month += total
         session.tokens_used_total += total
+        for node in self.chain:
+            node.tokens_used_today += total
+            node.tokens_used_month += total
+            node.tokens_used_total += total
         rollups.add_usage(self.out, self.calendar, session.session_id, event, moment)
         self.minute.tokens_used += total
         if event.task_id is not None:
@@ -318,6 +477,8 @@ class _Folder:
         elif record.status in ("accepted", "expired"):
             was = record.status
             self.held.get(session.session_id, {}).pop(rid, None)
+            if was == "accepted" and record.account is not None:
+                self._unhold(record)
             record.status = "released" if total == 0 else "settled"
             record.settled_at = at
             record.settled_tokens = total

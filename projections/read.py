@@ -11,15 +11,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+from zoneinfo import ZoneInfo
 
 import asyncpg
+
+from tokenquota.schemas import ancestors
 
 from .budget import Headroom, headroom, local_day, month_of
 from .state import BUILTIN_DEFAULTS, AlertLevel, Limits, ReservationRecord
 from .store import defaults_from_row, reservation_from_row
 
 __all__ = [
+    "AccountMetrics",
     "SessionMetrics",
+    "account_metrics",
     "available_tokens",
     "reservation",
     "session_metrics",
@@ -49,6 +54,8 @@ class SessionMetrics:
     overage_tokens: int
     updated_at: datetime | None
     as_of: datetime
+    #: The budget tree node the session belongs to (None: none).
+    account: str | None = None
 
     def headroom(self, priority: str = "normal") -> Headroom:
         """Tokens a reservation of `priority` could take now."""
@@ -151,6 +158,91 @@ def _metrics(row: asyncpg.Record, now: datetime) -> SessionMetrics:
         reservations_accepted=row["reservations_accepted"] if known else 0,
         reservations_rejected=row["reservations_rejected"] if known else 0,
         overage_tokens=row["overage_tokens"] if known else 0,
+        updated_at=row["updated_at"],
+        as_of=now,
+        account=row["account"],
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class AccountMetrics:
+    """A budget tree node as of `as_of`: its limits (None: it does not limit), the usage
+    of the sessions under it per window, the tokens they hold, what is left."""
+
+    account: str
+    known: bool
+    limits: Limits | None
+    tokens_used_today: int
+    tokens_used_month: int
+    tokens_used_total: int
+    tokens_held: int
+    #: None when the node has no limits.
+    available_tokens: int | None
+    binding_limit: str | None
+    utilization: Decimal | None
+    reservations_accepted: int
+    reservations_rejected: int
+    updated_at: datetime | None
+    as_of: datetime
+
+
+_ACCOUNT = """
+    SELECT q.account AS asked_account, b.*,
+           (SELECT COALESCE(sum(r.tokens), 0)::bigint FROM reservations r
+             WHERE split_part(r.account, '/', 1) = split_part(q.account, '/', 1)
+               AND r.account IS NOT NULL AND r.status = 'accepted'
+               AND (r.account = q.account OR r.account LIKE q.account || '/%')
+               AND r.expires_at > $2) AS tokens_held,
+           (SELECT timezone FROM partition_defaults
+             ORDER BY set_at DESC, topic, kafka_partition LIMIT 1) AS default_timezone
+      FROM unnest($1::varchar[]) AS q(account)
+      LEFT JOIN account_budgets b ON b.account = q.account
+"""
+
+
+async def account_metrics(
+    conn: asyncpg.Connection, account: str, *, now: datetime | None = None
+) -> list[AccountMetrics]:
+    """The nodes from `account`'s tenant down to it, tenant first; a node no event has
+    reached reads as unused and unlimited."""
+    now = now or datetime.now(UTC)
+    rows = await conn.fetch(_ACCOUNT, list(ancestors(account)), now)
+    by_account = {row["asked_account"]: row for row in rows}
+    return [_account(by_account[path], now) for path in ancestors(account)]
+
+
+def _account(row: asyncpg.Record, now: datetime) -> AccountMetrics:
+    known = row["current_day"] is not None
+    zone = ZoneInfo(row["default_timezone"] or "UTC")
+    day = local_day(now, zone)
+    today = row["tokens_used_today"] if known and row["current_day"] >= day else 0
+    month = row["tokens_used_month"] if known and row["current_month"] >= month_of(day) else 0
+    total = row["tokens_used_total"] if known else 0
+    limits = None
+    if known and row["budget_event"] is not None:
+        limits = Limits(
+            row["daily_limit"],
+            row["monthly_limit"],
+            row["hard_limit"],
+            row["warning_threshold"],
+            row["critical_threshold"],
+            "event",
+        )
+    held = row["tokens_held"]
+    room = headroom(limits, today, month, total, held) if limits is not None else None
+    return AccountMetrics(
+        account=row["asked_account"],
+        known=known,
+        limits=limits,
+        tokens_used_today=today,
+        tokens_used_month=month,
+        tokens_used_total=total,
+        tokens_held=held,
+        available_tokens=max(room.available, 0) if room is not None else None,
+        binding_limit=room.window if room is not None else None,
+        utilization=_utilization(limits, today, month, total) if limits is not None else None,
+        reservations_accepted=row["reservations_accepted"] if known else 0,
+        reservations_rejected=row["reservations_rejected"] if known else 0,
         updated_at=row["updated_at"],
         as_of=now,
     )

@@ -27,6 +27,7 @@ __all__ = [
     "LogRow",
     "MinuteDelta",
     "ModelDayDelta",
+    "NodeBudget",
     "PartitionKey",
     "PartitionState",
     "ProjectionState",
@@ -159,6 +160,30 @@ class SessionBudget:
     last_reset: datetime
     created_at: datetime
     updated_at: datetime
+    #: The budget tree node the session belongs to (None: none; it never changes).
+    account: str | None = None
+
+
+@dataclass(slots=True)
+class NodeBudget:
+    """A node of a budget tree (an account path): its limits, if a BudgetSet gave it any,
+    and the usage of every session under it in its windows. Its window fields are named
+    as a session's, so the same roll-over and headroom apply."""
+
+    account: str
+    #: None: no BudgetSet for this node, so it does not limit.
+    limits: Limits | None
+    budget_event: uuid.UUID | None
+    current_day: date
+    tokens_used_today: int
+    current_month: date
+    tokens_used_month: int
+    tokens_used_total: int
+    reservations_accepted: int
+    #: Reservations this node refused (a session or a node below may refuse others).
+    reservations_rejected: int
+    created_at: datetime
+    updated_at: datetime
 
 
 @dataclass(slots=True)
@@ -181,19 +206,26 @@ class ReservationRecord:
     settled_at: datetime | None = None
     settled_tokens: int | None = None
     overage_tokens: int = 0
+    #: The session's account; holds count at each node from its tenant down to it.
+    account: str | None = None
+    #: The node whose limit refused it (None: accepted, or refused by the session's own).
+    refused_by: str | None = None
 
 
 @dataclass(slots=True)
 class ProjectionState:
     """What the fold needs of the sessions a batch touches.
 
-    `reservations` holds every accepted reservation of those sessions plus every
-    reservation the batch's events name; `partitions` the partitions of the batch.
+    `reservations` holds every accepted reservation of those sessions (and of the budget
+    trees the batch's events name an account of) plus every reservation the batch's
+    events name; `partitions` the partitions of the batch; `nodes` the tree nodes of the
+    batch's accounts and their ancestors (those that have a row).
     """
 
     sessions: dict[str, SessionBudget] = field(default_factory=dict)
     reservations: dict[uuid.UUID, ReservationRecord] = field(default_factory=dict)
     partitions: dict[PartitionKey, PartitionState] = field(default_factory=dict)
+    nodes: dict[str, NodeBudget] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -351,6 +383,8 @@ class Decision:
     #: accepted.
     reason: str | None
     session_id: str
+    #: The budget tree node that refused it (None: accepted, or the session refused it).
+    refused_by: str | None = None
 
 
 @dataclass(slots=True)
@@ -360,6 +394,7 @@ class Folded:
     state: ProjectionState
     changed_sessions: set[str] = field(default_factory=set)
     changed_reservations: set[uuid.UUID] = field(default_factory=set)
+    changed_nodes: set[str] = field(default_factory=set)
     #: The rollups, keyed as their tables are; a missing key reads as a zero delta.
     daily: defaultdict[tuple[str, date], UsageDelta] = field(
         default_factory=lambda: defaultdict(UsageDelta)

@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo
 
 import asyncpg
 
-from tokenquota.schemas import DefaultsSet, Event
+from tokenquota.schemas import BudgetSet, DefaultsSet, Event, account_root, ancestors
 
 from .fold import PoisonEventError, fold
 from .state import (
@@ -26,6 +26,7 @@ from .state import (
     FoldConfig,
     Limits,
     LogRecord,
+    NodeBudget,
     PartitionKey,
     PartitionState,
     ProjectionState,
@@ -57,6 +58,7 @@ PROJECTION_TABLES = (
     "partition_checkpoints",
     "partition_defaults",
     "session_token_budgets",
+    "account_budgets",
     "reservations",
     "task_token_allocations",
     "external_api_tokens",
@@ -342,7 +344,16 @@ _CREATE_INCOMING = """
 async def _load_state(conn: asyncpg.Connection, records: Sequence[LogRecord]) -> ProjectionState:
     events: list[Event] = [r.event for r in records]
     partitions = sorted({(r.topic, r.partition) for r in records})
-    sessions = sorted({e.session_id for e in events if type(e) is not DefaultsSet})
+    # A DefaultsSet, and a BudgetSet of a tree node, name no session ("*").
+    sessions = sorted(
+        {
+            e.session_id
+            for e in events
+            if type(e) is not DefaultsSet and not (type(e) is BudgetSet and e.target == "account")
+        }
+    )
+    accounts = {a for e in events if (a := e.account) is not None}
+    tenants = sorted({account_root(a) for a in accounts})
     # Only TokenReserved and TokenUsed name one (getattr: cheaper than isinstance on
     # pydantic models, which goes through ABCMeta, for every event).
     named = [rid for e in events if (rid := getattr(e, "reservation_id", None)) is not None]
@@ -351,7 +362,9 @@ async def _load_state(conn: asyncpg.Connection, records: Sequence[LogRecord]) ->
     # locks come first and each kind is sorted, so locks are always taken in one order.
     await conn.execute(
         "SELECT count(pg_advisory_xact_lock(hashtextextended(k, 1))) FROM unnest($1::text[]) k",
-        [f"partition {t}/{p}" for t, p in partitions] + [f"session {s}" for s in sessions],
+        [f"partition {t}/{p}" for t, p in partitions]
+        + [f"tree {t}" for t in tenants]
+        + [f"session {s}" for s in sessions],
     )
     partition_rows = await conn.fetch(
         _PARTITION_STATE, [t for t, _ in partitions], [p for _, p in partitions]
@@ -368,12 +381,24 @@ async def _load_state(conn: asyncpg.Connection, records: Sequence[LogRecord]) ->
         sessions,
         named,
     )
+    node_rows: list[asyncpg.Record] = []
+    if tenants:  # a tree decides with every hold in it and the nodes above its sessions
+        reservation_rows += await conn.fetch(
+            """SELECT * FROM reservations WHERE split_part(account, '/', 1) = ANY($1::text[])
+                  AND account IS NOT NULL AND status = 'accepted'""",
+            tenants,
+        )
+        paths = sorted({path for a in accounts for path in ancestors(a)})
+        node_rows = await conn.fetch(
+            "SELECT * FROM account_budgets WHERE account = ANY($1::varchar[])", paths
+        )
     return ProjectionState(
         sessions={row["session_id"]: _session(row) for row in session_rows},
         reservations={row["reservation_id"]: reservation_from_row(row) for row in reservation_rows},
         partitions={
             (row["topic"], row["kafka_partition"]): _partition(row) for row in partition_rows
         },
+        nodes={row["account"]: _node(row) for row in node_rows},
     )
 
 
@@ -434,6 +459,34 @@ def _session(row: asyncpg.Record) -> SessionBudget:
         reservations_rejected=row["reservations_rejected"],
         overage_tokens=row["overage_tokens"],
         last_reset=row["last_reset"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        account=row["account"],
+    )
+
+
+def _node(row: asyncpg.Record) -> NodeBudget:
+    limits = None
+    if row["budget_event"] is not None:
+        limits = Limits(
+            daily_limit=row["daily_limit"],
+            monthly_limit=row["monthly_limit"],
+            hard_limit=row["hard_limit"],
+            warning_threshold=row["warning_threshold"],
+            critical_threshold=row["critical_threshold"],
+            source="event",
+        )
+    return NodeBudget(
+        account=row["account"],
+        limits=limits,
+        budget_event=row["budget_event"],
+        current_day=row["current_day"],
+        tokens_used_today=row["tokens_used_today"],
+        current_month=row["current_month"],
+        tokens_used_month=row["tokens_used_month"],
+        tokens_used_total=row["tokens_used_total"],
+        reservations_accepted=row["reservations_accepted"],
+        reservations_rejected=row["reservations_rejected"],
         created_at=row["created_at"],
         updated_at=row["updated_at"],
     )

@@ -17,7 +17,15 @@ import asyncpg
 
 from tokenquota.schemas import BIGINT_MAX
 
-from .state import AlertRow, Folded, LogRow, PartitionKey, ReservationRecord, SessionBudget
+from .state import (
+    AlertRow,
+    Folded,
+    LogRow,
+    NodeBudget,
+    PartitionKey,
+    ReservationRecord,
+    SessionBudget,
+)
 
 __all__ = ["CHECKPOINT", "RESERVATION_FIELDS", "Write", "execute_write", "fold_writes"]
 
@@ -36,6 +44,15 @@ _SESSION_COLUMNS = (
     ("daily_alert", "text"), ("monthly_alert", "text"), ("total_alert", "text"),
     ("reservations_accepted", "bigint"), ("reservations_rejected", "bigint"),
     ("overage_tokens", "bigint"), ("last_reset", "timestamptz"),
+    ("created_at", "timestamptz"), ("updated_at", "timestamptz"), ("account", "varchar"),
+)  # fmt: skip
+_NODE_COLUMNS = (
+    ("account", "varchar"), ("daily_limit", "bigint"), ("monthly_limit", "bigint"),
+    ("hard_limit", "bigint"), ("warning_threshold", "numeric"),
+    ("critical_threshold", "numeric"), ("budget_event", "uuid"), ("current_day", "date"),
+    ("tokens_used_today", "bigint"), ("current_month", "date"),
+    ("tokens_used_month", "bigint"), ("tokens_used_total", "bigint"),
+    ("reservations_accepted", "bigint"), ("reservations_rejected", "bigint"),
     ("created_at", "timestamptz"), ("updated_at", "timestamptz"),
 )  # fmt: skip
 _RESERVATION_TYPES = {
@@ -44,6 +61,7 @@ _RESERVATION_TYPES = {
     "reason": "text", "available_tokens": "bigint", "limit_tokens": "bigint",
     "requested_at": "timestamptz", "decided_at": "timestamptz", "expires_at": "timestamptz",
     "settled_at": "timestamptz", "settled_tokens": "bigint", "overage_tokens": "bigint",
+    "account": "varchar", "refused_by": "varchar",
 }  # fmt: skip
 _RESERVATION_COLUMNS = tuple((name, _RESERVATION_TYPES[name]) for name in RESERVATION_FIELDS)
 _USAGE_COLUMNS = (
@@ -79,6 +97,12 @@ _UPSERT_SESSIONS = _bulk(
     _SESSION_COLUMNS,
     "session_id",
     _replace(_SESSION_COLUMNS, "session_id"),
+)
+_UPSERT_NODES = _bulk(
+    "account_budgets",
+    _NODE_COLUMNS,
+    "account",
+    _replace(_NODE_COLUMNS, "account"),
 )
 _UPSERT_RESERVATIONS = _bulk(
     "reservations",
@@ -295,6 +319,7 @@ def fold_writes(folded: Folded) -> list[Write]:
             _UPSERT_SESSIONS,
             [_session_args(state.sessions[s]) for s in sorted(folded.changed_sessions)],
         ),
+        (_UPSERT_NODES, [_node_args(state.nodes[a]) for a in sorted(folded.changed_nodes)]),
         (
             _UPSERT_RESERVATIONS,
             [
@@ -448,6 +473,29 @@ def _session_args(s: SessionBudget) -> tuple[Any, ...]:
         s.last_reset,
         s.created_at,
         s.updated_at,
+        s.account,
+    )
+
+
+def _node_args(n: NodeBudget) -> tuple[Any, ...]:
+    limits = n.limits
+    return (
+        n.account,
+        limits.daily_limit if limits else None,
+        limits.monthly_limit if limits else None,
+        limits.hard_limit if limits else None,
+        limits.warning_threshold if limits else None,
+        limits.critical_threshold if limits else None,
+        n.budget_event,
+        n.current_day,
+        n.tokens_used_today,
+        n.current_month,
+        n.tokens_used_month,
+        n.tokens_used_total,
+        n.reservations_accepted,
+        n.reservations_rejected,
+        n.created_at,
+        n.updated_at,
     )
 
 

@@ -14,6 +14,7 @@ from tokenquota.embedded import WorkerProcess, process_env
 from tokenquota.producers.reservations import TokenQuota
 from tokenquota.projections import PROJECTION_TABLES, LogRecord, connect
 from tokenquota.schemas import (
+    DEFAULTS_SESSION,
     ApiCost,
     BudgetSet,
     Event,
@@ -31,6 +32,7 @@ __all__ = [
     "fetch_value",
     "live_workload",
     "log_records",
+    "node_budget",
     "reserved",
     "set_budget",
     "settings_env",
@@ -53,10 +55,37 @@ def budget(
     hard: int = 1_000_000,
     warning: str = "0.8",
     critical: str = "0.95",
+    account: str | None = None,
 ) -> BudgetSet:
-    """A BudgetSet for `session`."""
+    """A BudgetSet for `session` (of `account`)."""
     return BudgetSet(
         session_id=session,
+        source=SOURCE,
+        account=account,
+        occurred_at=at,
+        daily_limit=daily,
+        monthly_limit=monthly,
+        hard_limit=hard,
+        warning_threshold=Decimal(warning),
+        critical_threshold=Decimal(critical),
+    )
+
+
+def node_budget(
+    account: str,
+    at: datetime = T0,
+    *,
+    daily: int = 10_000,
+    monthly: int = 100_000,
+    hard: int = 1_000_000,
+    warning: str = "0.8",
+    critical: str = "0.95",
+) -> BudgetSet:
+    """A BudgetSet for the budget tree node `account`."""
+    return BudgetSet(
+        session_id=DEFAULTS_SESSION,
+        target="account",
+        account=account,
         source=SOURCE,
         occurred_at=at,
         daily_limit=daily,
@@ -76,12 +105,14 @@ def reserved(
     ttl: timedelta = timedelta(minutes=5),
     task: str | None = None,
     rid: uuid.UUID | None = None,
+    account: str | None = None,
 ) -> TokenReserved:
-    """A TokenReserved for `session`."""
+    """A TokenReserved for `session` (of `account`)."""
     return TokenReserved(
         session_id=session,
         task_id=task,
         source=SOURCE,
+        account=account,
         occurred_at=at,
         reservation_id=rid or uuid.uuid4(),
         tokens=tokens,
@@ -98,12 +129,14 @@ def used(
     rid: uuid.UUID | None = None,
     task: str | None = None,
     output: int = 0,
+    account: str | None = None,
 ) -> TokenUsed:
-    """A TokenUsed of `tokens` input (+ `output`) tokens for `session`."""
+    """A TokenUsed of `tokens` input (+ `output`) tokens for `session` (of `account`)."""
     return TokenUsed(
         session_id=session,
         task_id=task,
         source=SOURCE,
+        account=account,
         occurred_at=at,
         reservation_id=rid,
         model="gpt-4o",
