@@ -17,7 +17,7 @@ from tokenquota.errors import (
     TokenQuotaExceededError,
 )
 from tokenquota.producers import Reservation
-from tokenquota.schemas import Priority, Source, TokenReserved
+from tokenquota.schemas import AccountPath, Priority, Source, TokenReserved
 
 from .auth import Caller
 from .lean import body_schema, json_body, json_response
@@ -45,6 +45,11 @@ class ReserveRequest(BaseModel):
     priority: Priority = "normal"
     mode: Literal["strict", "optimistic"] | None = None
     ttl: float | None = Field(default=None, gt=0, description="seconds")
+    account: AccountPath | None = Field(
+        default=None,
+        description="The session's budget tree node (tenant/team/user): every node above "
+        "it with limits must have room too",
+    )
 
 
 class ReservationOut(BaseModel):
@@ -103,6 +108,7 @@ def _refused(exc: TokenQuotaExceededError) -> JSONResponse:
             "available": exc.available,
             "limit": exc.limit,
             "window": exc.window,
+            "refused_by": exc.refused_by,
         },
     )
 
@@ -135,6 +141,7 @@ async def reserve(request: Request) -> Response:
             body.ttl,
             body.mode,
             source=_source(caller.name),
+            account=body.account,
         )
     except TokenQuotaExceededError as exc:
         return _refused(exc)
@@ -169,6 +176,7 @@ async def _handle(request: Request, reservation_id: uuid.UUID, caller: Caller) -
         session_id=record.session_id,
         task_id=record.task_id,
         source=source,
+        account=record.account,
         occurred_at=record.requested_at,
         reservation_id=record.reservation_id,
         tokens=record.tokens,

@@ -51,6 +51,7 @@ def decision_error(
             record.available_tokens,
             record.limit_tokens,
             reason,
+            record.refused_by,
         )
     because = f" (reason {reason!r})" if reason else ""
     return IntegrationError(

@@ -42,7 +42,7 @@ from aiokafka.errors import KafkaError
 
 from tokenquota.config import EmitterSettings, KafkaSettings, Settings
 from tokenquota.errors import IntegrationError
-from tokenquota.schemas import Event, encode
+from tokenquota.schemas import Event, encode, partition_key
 
 from .kafka_rounds import (
     BATCH_OVERHEAD,
@@ -177,7 +177,7 @@ class Emitter:
         """
         if self._closed:
             raise IntegrationError("this Emitter is closed")
-        messages = [SpooledMessage(e.session_id.encode(), encode(e)) for e in events]
+        messages = [SpooledMessage(partition_key(e), encode(e)) for e in events]
         if not messages:
             return []
         largest = max(len(m.key) + len(m.value) for m in messages)

@@ -38,8 +38,10 @@ from tokenquota.errors import (
 )
 from tokenquota.privacy import stored_session_id
 from tokenquota.projections import (
+    AccountMetrics,
     ReservationRecord,
     SessionMetrics,
+    account_metrics,
     available_tokens,
     decision_channel,
     reservation,
@@ -131,6 +133,7 @@ class Reservation:
             session_id=self.event.session_id,
             task_id=self.event.task_id,
             source=self.event.source,
+            account=self.event.account,
             occurred_at=self._quota.clock(),
             reservation_id=self.reservation_id,
             model=model,
@@ -291,6 +294,11 @@ class TokenQuota:
         """The session's budget right now."""
         return await self._metrics.get(self.stored_session_id(session_id))
 
+    async def account_metrics(self, account: str) -> list[AccountMetrics]:
+        """The budget tree nodes from `account`'s tenant down to it, right now."""
+        async with self._acquire() as conn:
+            return await account_metrics(conn, account)
+
     async def _sessions_metrics(self, session_ids: list[str]) -> dict[str, SessionMetrics]:
         async with self._acquire() as conn:
             return await sessions_metrics(conn, session_ids)
@@ -322,10 +330,15 @@ class TokenQuota:
         mode: Mode | None = None,
         *,
         source: Source | None = None,
+        account: str | None = None,
     ) -> Reservation:
         """Reserve `tokens` for `session_id`; raise TokenQuotaExceededError when they don't fit.
 
         `source` names the integration on the events (default: this client's source).
+        `account` places the session in a budget tree ("acme/research/alice"): the tokens
+        must then fit every node above it that has limits too, and the error names the
+        node that refused (`refused_by`). Every event of a session names the same
+        account (its settlement does; events naming another go to the dead-letter topic).
 
         Raises TokenBudgetExhaustedError when the hard limit is reached,
         ReservationExpiredError when the reservation expired before it was decided or
@@ -345,6 +358,7 @@ class TokenQuota:
             session_id=stored,
             task_id=task_id,
             source=source or self.source,
+            account=account,
             occurred_at=now,
             reservation_id=uuid.uuid4(),
             tokens=tokens,

@@ -49,34 +49,50 @@ class DevStackError(RuntimeError):
 
 
 class TokenQuotaExceededError(Exception):
-    """A reservation does not fit the session's budget.
+    """A reservation does not fit the session's budget, or (`refused_by`) that of a node
+    of its budget tree.
 
     Carries what was asked (`requested`), what was left (`available`), the limit that
     decided (`limit`, in tokens, and `window`: daily_limit, monthly_limit, hard_limit or
-    critical_threshold) and the session.
+    critical_threshold), the session, and the account path of the node that refused
+    (None: the session's own limit).
     """
 
     def __init__(
-        self, session_id: str, requested: int, available: int, limit: int, window: str
+        self,
+        session_id: str,
+        requested: int,
+        available: int,
+        limit: int,
+        window: str,
+        refused_by: str | None = None,
     ) -> None:
         self.session_id = session_id
         self.requested = requested
         self.available = available
         self.limit = limit
         self.window = window
+        self.refused_by = refused_by
+        who = f"account {refused_by!r}" if refused_by else f"session {session_id!r}"
         super().__init__(
-            f"session {session_id!r}: requested {requested} tokens, {available} available "
+            f"{who}: requested {requested} tokens, {available} available "
             f"under its {window.replace('_', ' ')} of {limit} tokens"
         )
 
     @classmethod
     def for_window(
-        cls, session_id: str, requested: int, available: int, limit: int, window: str
+        cls,
+        session_id: str,
+        requested: int,
+        available: int,
+        limit: int,
+        window: str,
+        refused_by: str | None = None,
     ) -> TokenQuotaExceededError:
         """The error for a refusal: TokenBudgetExhaustedError when the hard limit is reached."""
         exhausted = window == "hard_limit" and available <= 0
         error_class = TokenBudgetExhaustedError if exhausted else TokenQuotaExceededError
-        return error_class(session_id, requested, max(available, 0), limit, window)
+        return error_class(session_id, requested, max(available, 0), limit, window, refused_by)
 
 
 class TokenBudgetExhaustedError(TokenQuotaExceededError):

@@ -318,6 +318,23 @@ def check_external_apis(stdout: str, database_url: str) -> None:
     ]
 
 
+def check_team_budget(stdout: str, database_url: str) -> None:
+    first, second = stdout.splitlines()[:2]
+    team = re.fullmatch(r"alice's call used 550 of (example-\w+/research)'s 1000 tokens", first)
+    assert team is not None, first
+    assert second == (
+        f"bob refused by {team[1]}: account '{team[1]}': requested 600 tokens, 450 available "
+        "under its daily limit of 1000 tokens"
+    )
+    rows = _rows(
+        database_url,
+        "SELECT account, tokens_used_total, reservations_rejected FROM account_budgets"
+        " WHERE account = $1",
+        team[1],
+    )
+    assert [tuple(r.values()) for r in rows] == [(team[1], 550, 1)]
+
+
 OFFLINE_CHECKS: dict[str, Callable[[str], None]] = {
     "build_and_encode_events.py": check_build_and_encode_events,
     "count_tokens.py": check_count_tokens,
@@ -329,6 +346,7 @@ STACK_CHECKS: dict[str, Callable[[str, str], None]] = {
     "orchestrator.py": check_orchestrator,
     "memory_store.py": check_memory_store,
     "external_apis.py": check_external_apis,
+    "team_budget.py": check_team_budget,
 }
 
 
