@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, NoReturn
 
 from tokenquota.schemas import (
     BIGINT_MAX,
@@ -441,16 +441,11 @@ class _Folder:
 
     def _used(self, session: SessionBudget, event: TokenUsed, moment: Moment) -> None:
         total = event.input_tokens + event.output_tokens
-        for owner, used in (
-            (f"session {session.session_id!r}", session.tokens_used_total),
-            *((f"account {n.account!r}", n.tokens_used_total) for n in self.chain),
-        ):
-            if used + total > BIGINT_MAX:
-                raise PoisonEventError(
-                    event.event_id,
-                    f"{owner} has used {used} tokens; {total} more would exceed the "
-                    f"largest total a BIGINT holds ({BIGINT_MAX})",
-                )
+        if session.tokens_used_total + total > BIGINT_MAX:
+            self._overflow(event, f"session {session.session_id!r}", session.tokens_used_total)
+        for node in self.chain:
+            if node.tokens_used_total + total > BIGINT_MAX:
+                self._overflow(event, f"account {node.account!r}", node.tokens_used_total)
         # Every usage counts in the windows of the log clock (those the session is in
         # now), whatever its occurred_at; the rollups date it by occurred_at.
         session.tokens_used_today += total
@@ -467,6 +462,15 @@ class _Folder:
         if event.reservation_id is not None:
             self._settle(session, event, total, moment.at)
         threshold_alerts(self.out, session, event, moment)
+
+    @staticmethod
+    def _overflow(event: TokenUsed, owner: str, used: int) -> NoReturn:
+        total = event.input_tokens + event.output_tokens
+        raise PoisonEventError(
+            event.event_id,
+            f"{owner} has used {used} tokens; {total} more would exceed the largest total a "
+            f"BIGINT holds ({BIGINT_MAX})",
+        )
 
     def _settle(self, session: SessionBudget, event: TokenUsed, total: int, at: datetime) -> None:
         rid = event.reservation_id

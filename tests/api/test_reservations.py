@@ -42,6 +42,7 @@ async def test_reserve_settle_release_and_refusals(
             "available": 400,
             "limit": 1_000,
             "window": "daily_limit",
+            "refused_by": None,
         }
         rid = body["reservation_id"]
         settled = await client.post(

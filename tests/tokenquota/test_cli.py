@@ -119,13 +119,14 @@ async def test_migrate_applies_once(database_settings: DatabaseSettings) -> None
         0,
         "migrations applied: 0001_usage_ledger, 0002_budget_projections, 0003_log_clock, "
         "0004_alerts, 0005_read_model_rollups, 0006_worker_status, "
-        "0007_integration_logs_view, 0008_read_model_indexes, 0009_dlq_reviews",
+        "0007_integration_logs_view, 0008_read_model_indexes, 0009_dlq_reviews, "
+        "0010_budget_tree",
     )
     second = await _run("migrate", env=env)
     assert (second.code, second.stdout.strip()) == (0, "migrations applied: none pending")
     conn = await connect(database_settings.dsn(), database_settings.schema_name)
     try:
-        assert await conn.fetchval("SELECT count(*) FROM tokenquota_schema_migrations") == 9
+        assert await conn.fetchval("SELECT count(*) FROM tokenquota_schema_migrations") == 10
     finally:
         await conn.close()
 
