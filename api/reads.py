@@ -8,12 +8,12 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 from pydantic_core import ErrorDetails
 
 from tokenquota.dashboard import AsyncTokenDashboard
 from tokenquota.errors import UnknownSessionError
-from tokenquota.producers.budgets import set_budget
+from tokenquota.producers.budgets import set_account_budget, set_budget
 from tokenquota.projections.read_models import (
     AlertRow,
     AuditRow,
@@ -25,6 +25,7 @@ from tokenquota.projections.read_models import (
     SystemOverview,
     TopSession,
 )
+from tokenquota.schemas import AccountPath
 
 from .auth import Caller
 from .state import admin, reader, state_of
@@ -74,6 +75,90 @@ async def put_budget(
         return await state.dashboard.get_session_metrics(session_id)
     except ValidationError as exc:  # limits or thresholds out of order: nothing was sent
         raise RequestValidationError(_located(exc.errors())) from None
+
+
+class AccountNode(BaseModel):
+    """A budget tree node: its limits (none: it does not limit), the usage of every session
+    under it per window, the tokens they hold, and what is left under its limits."""
+
+    account: str
+    known: bool
+    daily_limit: int | None
+    monthly_limit: int | None
+    hard_limit: int | None
+    tokens_used_today: int
+    tokens_used_month: int
+    tokens_used_total: int
+    tokens_held: int
+    available_tokens: int | None
+    binding_limit: str | None
+    utilization: Decimal | None
+    reservations_accepted: int
+    reservations_rejected: int
+    updated_at: datetime | None
+
+
+async def _nodes(request: Request, account: str) -> list[AccountNode]:
+    try:
+        checked = _ACCOUNT.validate_python(account)
+    except ValidationError as exc:
+        raise RequestValidationError(
+            [{**e, "loc": ("path", "account", *e["loc"])} for e in exc.errors()]
+        ) from None
+    nodes = await state_of(request).quota.account_metrics(checked)
+    return [
+        AccountNode(
+            account=n.account,
+            known=n.known,
+            daily_limit=n.limits.daily_limit if n.limits else None,
+            monthly_limit=n.limits.monthly_limit if n.limits else None,
+            hard_limit=n.limits.hard_limit if n.limits else None,
+            tokens_used_today=n.tokens_used_today,
+            tokens_used_month=n.tokens_used_month,
+            tokens_used_total=n.tokens_used_total,
+            tokens_held=n.tokens_held,
+            available_tokens=n.available_tokens,
+            binding_limit=n.binding_limit,
+            utilization=n.utilization,
+            reservations_accepted=n.reservations_accepted,
+            reservations_rejected=n.reservations_rejected,
+            updated_at=n.updated_at,
+        )
+        for n in nodes
+    ]
+
+
+@router.get("/accounts/{account:path}", response_model=list[AccountNode])
+async def account(account: str, request: Request, caller: Caller = reader) -> list[AccountNode]:
+    """A budget tree node and the nodes above it (tenant first): limits, usage per window,
+    held and available tokens."""
+    return await _nodes(request, account)
+
+
+@router.put("/accounts/{account:path}/budget", response_model=list[AccountNode])
+async def put_account_budget(
+    account: str, body: BudgetRequest, request: Request, caller: Caller = admin
+) -> list[AccountNode]:
+    """Set a budget tree node's limits (every session under it must fit them too): a
+    BudgetSet naming the token as its actor, answered once the worker has applied it."""
+    await _nodes(request, account)  # a valid path
+    try:
+        await set_account_budget(
+            state_of(request).quota,
+            account,
+            daily_limit=body.daily_limit,
+            monthly_limit=body.monthly_limit,
+            hard_limit=body.hard_limit,
+            warning_threshold=body.warning_threshold,
+            critical_threshold=body.critical_threshold,
+            actor=caller.actor,
+        )
+    except ValidationError as exc:
+        raise RequestValidationError(_located(exc.errors())) from None
+    return await _nodes(request, account)
+
+
+_ACCOUNT: TypeAdapter[str] = TypeAdapter(AccountPath)
 
 
 def _located(errors: list[ErrorDetails]) -> list[dict[str, Any]]:

@@ -1,0 +1,63 @@
+"""Budget tree nodes over HTTP: a node's budget set, reservations naming an account
+refused by it (and naming it), the nodes read back; a path that is not one is a 422."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.api.support import api_client
+from tokenquota.config import ReservationSettings, Settings
+
+pytestmark = pytest.mark.integration
+
+
+async def test_a_node_budget_refuses_over_http_and_reads_back(
+    pipeline_settings: Settings, start_worker: Any
+) -> None:
+    settings = pipeline_settings.model_copy(
+        update={"reservations": ReservationSettings(decision_timeout=60)}
+    )
+    start_worker()
+    async with api_client(settings) as client:
+        budget = {"daily_limit": 1_000, "monthly_limit": 5_000, "hard_limit": 9_000}
+        put = await client.put("/v1/accounts/acme/research/budget", json=budget)
+        assert put.status_code == 200, put.text
+        assert [(n["account"], n["daily_limit"]) for n in put.json()] == [
+            ("acme", None),
+            ("acme/research", 1_000),
+        ]
+
+        def ask(session: str, user: str) -> dict[str, Any]:
+            return {"session_id": session, "tokens": 700, "account": f"acme/research/{user}"}
+
+        granted = await client.post("/v1/reservations", json=ask("h-alice", "alice"))
+        assert granted.status_code == 201, granted.text
+        refused = await client.post("/v1/reservations", json=ask("h-bob", "bob"))
+        assert refused.status_code == 429, refused.text
+        assert refused.json() | {"detail": ""} == {
+            "error": "quota_exceeded",
+            "detail": "",
+            "session_id": "h-bob",
+            "requested": 700,
+            "available": 300,
+            "limit": 1_000,
+            "window": "daily_limit",
+            "refused_by": "acme/research",
+        }
+        nodes = (await client.get("/v1/accounts/acme/research/bob")).json()
+        assert [n["account"] for n in nodes] == ["acme", "acme/research", "acme/research/bob"]
+        team = nodes[1]
+        assert (team["tokens_held"], team["available_tokens"], team["binding_limit"]) == (
+            700,
+            300,
+            "daily_limit",
+        )
+        assert (team["reservations_accepted"], team["reservations_rejected"]) == (1, 1)
+
+        bad = await client.get("/v1/accounts/acme//x")
+        assert bad.status_code == 422, bad.text
+        assert bad.json()["errors"][0]["path"] == "path.account", bad.json()
+        bad_ask = await client.post("/v1/reservations", json=ask("h-carol", "a/b/c/d/e/f/g/h"))
+        assert bad_ask.status_code == 422
