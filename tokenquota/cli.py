@@ -440,6 +440,15 @@ def mcp_proxy(
             )
         ),
     ] = None,
+    account: Annotated[
+        str | None,
+        typer.Option(
+            help=(
+                "The budget tree node (tenant/team/user) of the sessions billed: every node "
+                "above them with limits must have room too \\[env: MCP_ACCOUNT]."
+            )
+        ),
+    ] = None,
     upstream_url: Annotated[
         str | None,
         typer.Option(
@@ -457,7 +466,7 @@ def mcp_proxy(
 ) -> None:
     """Serve any MCP server unchanged, with budgets on every tool call and sampling.
 
-    Usage: tokenquota mcp-proxy [--session ID] [--http] -- <command> \\[args...]
+    Usage: tokenquota mcp-proxy [--session ID] [--account PATH] [--http] -- <command> \\[args...]
            tokenquota mcp-proxy [--session ID] --upstream-url URL [--header 'K: V'...]
 
     Without --session (or mcp.session_id) the client names the session: the _meta key
@@ -467,7 +476,10 @@ def mcp_proxy(
 
     Example: tokenquota mcp-proxy --session alice -- npx -y @modelcontextprotocol/server-memory
     """
+    from pydantic import ValidationError
+
     from .producers.integrations.mcp_proxy import run_proxy_sync
+    from .schemas.envelope import ACCOUNT_MAX_DEPTH, ACCOUNT_SEGMENT_MAX
     from .sections import McpSettings
 
     command = [arg for arg in ctx.args if arg != "--"]
@@ -490,8 +502,19 @@ def mcp_proxy(
     if headers and upstream_url is None:
         fail("--header goes with --upstream-url", code=2)
     settings = _settings(ctx)
-    if session is not None:
-        mcp = McpSettings(**{**settings.mcp.model_dump(), "session_id": session})
+    given = {k: v for k, v in (("session_id", session), ("account", account)) if v is not None}
+    if given:
+        try:
+            mcp = McpSettings(**{**settings.mcp.model_dump(), **given})
+        except ValidationError as exc:
+            problem = exc.errors()[0]
+            if problem["type"] == "string_pattern_mismatch":  # the pattern says little
+                problem["msg"] = (
+                    f"an account path is 1 to {ACCOUNT_MAX_DEPTH} segments of 1 to "
+                    f"{ACCOUNT_SEGMENT_MAX} characters, separated by '/', without control "
+                    "characters"
+                )
+            fail(f"--account {account!r}: {problem['msg']}", code=2)
         settings = settings.model_copy(update={"mcp": mcp})
     try:
         run_proxy_sync(

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from tokenquota.schemas.envelope import NO_CONTROL_CHARACTERS
+from tokenquota.schemas.envelope import NO_CONTROL_CHARACTERS, AccountPath
 
 __all__ = [
     "AlertSettings",
@@ -94,6 +94,13 @@ class McpSettings(_Section):
         description="The HTTP header (streamable HTTP transport)",
     )
     session_id: str | None = Field(default=None, description="A fixed session ('config')")
+    account: AccountPath | None = Field(
+        default=None,
+        description=(
+            "The budget tree node (tenant/team/user) of the sessions this MCP integration "
+            "bills: their reservations must fit every node above them with limits too"
+        ),
+    )
     client_session_prefix: str | None = Field(
         default=None,
         min_length=1,

@@ -281,7 +281,9 @@ class McpMeter:
             wanted = fair_reservation(int(input_tokens), mcp.token_budget_per_request, room)
         else:
             wanted = max(reserve(input_tokens), 1)
-        reservation = await quota.reserve(session_id, wanted, source=self.source)
+        reservation = await quota.reserve(
+            session_id, wanted, source=self.source, account=mcp.account
+        )
         return Held(quota, reservation, input_tokens, operation[:100])
 
     async def settle(

@@ -12,6 +12,7 @@ from tests.producers.integrations.mcp_support import session_meta, text_of, toke
 from tests.support import fetch_value, set_budget, wait_for_usage, wait_until
 from tokenquota.config import ReservationSettings, Settings
 from tokenquota.producers import TokenQuota, mcp_token_decorator, setup_mcp_token_hooks
+from tokenquota.producers.budgets import set_account_budget
 from tokenquota.producers.integrations.mcp_hooks import fair_reservation
 from tokenquota.sections import McpSettings
 
@@ -271,3 +272,36 @@ def test_a_tool_call_reserves_its_input_and_an_allowance_cut_to_what_is_left(
     input_tokens: int, allowance: int, room: int, reserved: int
 ) -> None:
     assert fair_reservation(input_tokens, allowance, room) == reserved
+
+
+async def test_with_mcp_account_the_calls_count_in_the_tree_and_its_node_refuses(
+    pipeline_settings: Settings, start_worker: Any
+) -> None:
+    base = metered_settings(pipeline_settings, per_request=200)
+    mcp = base.mcp.model_copy(update={"session_id": "tree-ide", "account": "acme/dev/ide"})
+    settings = base.model_copy(update={"mcp": mcp})
+    start_worker()
+    async with TokenQuota(settings) as quota:
+        server = MCPServer(name="tools")
+
+        @server.tool()
+        async def echo(text: str) -> str:
+            """Echo."""
+            return text
+
+        setup_mcp_token_hooks(server, settings=settings, quota=quota)
+        await set_account_budget(
+            quota, "acme/dev", daily_limit=300, monthly_limit=300, hard_limit=300, actor="test"
+        )
+        async with Client(server) as client:
+            assert text_of(await client.call_tool("echo", {"text": "hello"})) == "hello"
+            # The session has its defaults' room; the team node has less than the input.
+            refused = await client.call_tool("echo", {"text": "word " * 400})
+        assert refused.is_error and "account 'acme/dev'" in text_of(refused), text_of(refused)
+        first = tokens({"text": "hello"}) + tokens("hello")
+        await wait_for_usage(quota, "tree-ide", first)
+        session = await quota.session_metrics("tree-ide")
+        assert session.account == "acme/dev/ide"
+        tenant, team, ide = await quota.account_metrics("acme/dev/ide")
+        assert tenant.tokens_used_total == team.tokens_used_total == ide.tokens_used_total == first
+        assert team.reservations_rejected == 1

@@ -214,3 +214,21 @@ def test_a_second_proxy_of_the_same_server_gets_a_spool_of_its_own(
         held.close()
     # The first gone, a restarted proxy takes (and drains) its spool again.
     assert mcp_proxy.proxy_spool_settings(command, settings).spool_dir == first
+
+
+def test_mcp_proxy_account_is_checked_and_reaches_the_settings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    accounts: list[str | None] = []
+
+    def run_proxy_sync(command: Sequence[str], settings: Settings, **kwargs: Any) -> None:
+        accounts.append(settings.mcp.account)
+
+    monkeypatch.setattr(mcp_proxy, "run_proxy_sync", run_proxy_sync)
+    monkeypatch.setattr(cli, "configure_logging", lambda *args: None)
+    args = ["mcp-proxy", "--account", "acme/research/alice", "--", "upstream"]
+    assert CliRunner().invoke(cli.app, args).exit_code == 0
+    assert accounts == ["acme/research/alice"]
+    bad = CliRunner().invoke(cli.app, ["mcp-proxy", "--account", "acme//x", "--", "upstream"])
+    assert bad.exit_code == 2 and accounts == ["acme/research/alice"]
+    assert "an account path is 1 to 8 segments of 1 to 64 characters" in bad.output
