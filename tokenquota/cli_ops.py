@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from .cli_accounts import AccountOption, account_or_session, print_nodes, set_node_budget
 from .cli_format import Column, OutputFormat, format_time, render
 from .cli_reports import register_reports
 from .cli_run import (
     FormatOption,
-    SessionArgument,
     err,
     fail,
     out,
@@ -30,6 +30,13 @@ if TYPE_CHECKING:
     from .config import Settings
 
 __all__ = ["register"]
+
+OptionalSession = Annotated[
+    str | None,
+    typer.Argument(
+        help="The session id, as its events name it (or --account).", show_default=False
+    ),
+]
 
 budget_app = typer.Typer(
     help="Set and show session budgets.\n\nExample: tokenquota budget show alice",
@@ -119,10 +126,11 @@ def _print_session(report: Any, fmt: OutputFormat, *, with_budget: bool) -> None
 @budget_app.command("set")
 def budget_set(
     ctx: typer.Context,
-    session: SessionArgument,
     daily: Annotated[int, typer.Option("--daily", help="Tokens per day.", min=0)],
     monthly: Annotated[int, typer.Option("--monthly", help="Tokens per month.", min=0)],
     hard: Annotated[int, typer.Option("--hard", help="Tokens ever (the hard limit).", min=0)],
+    session: OptionalSession = None,
+    account: AccountOption = None,
     warning: Annotated[
         str | None,
         typer.Option(
@@ -145,11 +153,14 @@ def budget_set(
 
     Emits a BudgetSet naming you (os:<user>) as its actor, waits until the worker has
     applied it (--timeout), then prints what `budget show` prints. A threshold left out
-    keeps the session's own (a new session: the defaults in the log).
+    keeps the session's own (a new session: the defaults in the log). With --account, the
+    limits of that budget tree node instead: every session under it must fit them too.
 
     Example: tokenquota budget set alice --daily 100000 --monthly 2000000 --hard 10000000
     """
     from .schemas.events import check_limits
+
+    node = account_or_session(session, account)
 
     warning_ratio = _decimal("--warning", warning)
     critical_ratio = _decimal("--critical", critical)
@@ -165,6 +176,16 @@ def budget_set(
     except ValueError as exc:
         fail(str(exc), code=2)
     settings = settings_of(ctx)
+    if node is not None:
+        limits = {"daily_limit": daily, "monthly_limit": monthly, "hard_limit": hard,
+                  "warning_threshold": warning_ratio, "critical_threshold": critical_ratio,
+                  "timeout": timeout}  # fmt: skip
+        set_node_budget(settings, node, limits)
+        if fmt is OutputFormat.table:
+            err.print(f"budget of account {node!r} applied", highlight=False, markup=False)
+        print_nodes(settings, node, fmt)
+        return
+    assert session is not None
 
     async def apply() -> Any:
         from .actors import os_actor
@@ -196,27 +217,45 @@ def budget_set(
 
 @budget_app.command("show")
 def budget_show(
-    ctx: typer.Context, session: SessionArgument, fmt: FormatOption = OutputFormat.table
+    ctx: typer.Context,
+    session: OptionalSession = None,
+    account: AccountOption = None,
+    fmt: FormatOption = OutputFormat.table,
 ) -> None:
-    """A session's limits, thresholds and usage in each window.
+    """A session's limits, thresholds and usage in each window (--account: the budget
+    tree nodes from the tenant down to that one).
 
     Example: tokenquota budget show alice --format json
     """
+    node = account_or_session(session, account)
     settings = settings_of(ctx)
+    if node is not None:
+        print_nodes(settings, node, fmt)
+        return
+    assert session is not None
     _print_session(run(settings, _session_report(settings, session)), fmt, with_budget=True)
 
 
 def usage(
-    ctx: typer.Context, session: SessionArgument, fmt: FormatOption = OutputFormat.table
+    ctx: typer.Context,
+    session: OptionalSession = None,
+    account: AccountOption = None,
+    fmt: FormatOption = OutputFormat.table,
 ) -> None:
     """A session's usage per window, held tokens, cost and last activity.
 
     Used, limit, remaining and utilization today, this month and in total, utilization
-    labelled at the session's warning and critical thresholds.
+    labelled at the session's warning and critical thresholds. With --account: each
+    budget tree node from the tenant down to that one (usage, held, available).
 
     Example: tokenquota usage alice
     """
+    node = account_or_session(session, account)
     settings = settings_of(ctx)
+    if node is not None:
+        print_nodes(settings, node, fmt)
+        return
+    assert session is not None
     _print_session(run(settings, _session_report(settings, session)), fmt, with_budget=False)
 
 

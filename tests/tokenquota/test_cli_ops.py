@@ -480,3 +480,37 @@ async def test_after_make_run_the_commands_find_the_dev_stack_without_any_settin
     assert dev.returncode == 0, output.decode()
     assert not stack_file.exists()  # removed when the stack stops
     _one_error_line(await _run(env, "usage", "new-user"), 2, "DATABASE_URL")
+
+
+async def test_budget_set_and_usage_of_a_budget_tree_node(
+    pipeline_settings: Settings, start_worker: WorkerStarter, tmp_path: Path
+) -> None:
+    worker = start_worker()
+    env = _environment(pipeline_settings, tmp_path)
+    limits = ("--daily", "1000", "--monthly", "20000", "--hard", "300000")
+    run = await _run(env, "budget", "set", "--account", "acme/ops", *limits, "--format", "json",
+                     "--timeout", "60")  # fmt: skip
+    assert run.code == 0, (run, worker.log_path.read_text()[-2000:])
+    nodes = run.json
+    assert isinstance(nodes, list)
+    assert [(n["account"], n["daily_limit"]) for n in nodes] == [("acme", None), ("acme/ops", 1000)]
+    async with TokenQuota(pipeline_settings) as quota:
+        await (await quota.reserve("cli-tree", 300, account="acme/ops/dana")).settle(200, 0)
+
+        async def settled() -> bool:
+            return (await quota.account_metrics("acme/ops/dana"))[1].tokens_used_today == 200
+
+        await wait_until(settled, 60, "the node's usage")
+    shown = await _run(env, "usage", "--account", "acme/ops/dana", "--format", "csv")
+    assert shown.code == 0, shown
+    rows = shown.csv()
+    assert [(r["account"], r["tokens_used_today"], r["available_tokens"]) for r in rows] == [
+        ("acme", "200", ""),
+        ("acme/ops", "200", "800"),
+        ("acme/ops/dana", "200", ""),
+    ]
+    table = await _run(env, "budget", "show", "--account", "acme/ops")
+    assert table.code == 0 and "budget tree of acme/ops" in table.stdout, table
+    _one_error_line(await _run(env, "usage"), 2, "--account")
+    _one_error_line(await _run(env, "usage", "s", "--account", "acme"), 2, "not both")
+    _one_error_line(await _run(env, "usage", "--account", "acme//x"), 2, "1 to 8 segments")

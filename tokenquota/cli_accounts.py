@@ -1,0 +1,113 @@
+"""The CLI's view of budget tree nodes: `budget set --account`, `budget show --account`
+and `usage --account` print the nodes from the tenant down to the account."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from .cli_format import Column, OutputFormat, render
+from .cli_run import fail, out, run
+
+if TYPE_CHECKING:
+    from .config import Settings
+    from .projections import AccountMetrics
+
+__all__ = ["AccountOption", "account_or_session", "print_nodes", "set_node_budget"]
+
+AccountOption = Annotated[
+    str | None,
+    typer.Option(
+        "--account",
+        help="A budget tree node (tenant/team/user) instead of a session.",
+        show_default=False,
+    ),
+]
+
+NODE_COLUMNS = (
+    Column("account", "account"),
+    Column("daily_limit", "daily limit", "int"),
+    Column("monthly_limit", "monthly limit", "int"),
+    Column("hard_limit", "hard limit", "int"),
+    Column("tokens_used_today", "today", "int"),
+    Column("tokens_used_month", "month", "int"),
+    Column("tokens_used_total", "total", "int"),
+    Column("tokens_held", "held", "int"),
+    Column("available_tokens", "available", "int"),
+    Column("utilization", "utilization", "utilization"),
+)
+
+
+def account_or_session(session: str | None, account: str | None) -> str | None:
+    """The checked account path when `--account` is given (and no session); None for a
+    session. Exit 2 for neither, both, or a path that is not one."""
+    if (session is None) == (account is None):
+        fail("give a session, or --account PATH for a budget tree node (not both)", code=2)
+    if account is None:
+        return None
+    from pydantic import TypeAdapter, ValidationError
+
+    from .schemas import AccountPath
+    from .schemas.envelope import ACCOUNT_MAX_DEPTH, ACCOUNT_SEGMENT_MAX
+
+    try:
+        return TypeAdapter(AccountPath).validate_python(account)
+    except ValidationError:
+        fail(
+            f"--account {account!r}: an account path is 1 to {ACCOUNT_MAX_DEPTH} segments of "
+            f"1 to {ACCOUNT_SEGMENT_MAX} characters, separated by '/', without control "
+            "characters",
+            code=2,
+        )
+
+
+async def _nodes(settings: Settings, account: str) -> list[AccountMetrics]:
+    from .producers import TokenQuota
+
+    async with TokenQuota(settings) as quota:
+        return await quota.account_metrics(account)
+
+
+def print_nodes(settings: Settings, account: str, fmt: OutputFormat) -> None:
+    """The nodes from `account`'s tenant down to it, in `fmt`."""
+    nodes = run(settings, _nodes(settings, account))
+    rows = [_row(node) for node in nodes]
+    render(out, fmt, rows, NODE_COLUMNS, data=rows, title=f"budget tree of {account}")
+
+
+def set_node_budget(settings: Settings, account: str, limits: dict[str, Any]) -> None:
+    """Emit a BudgetSet for the node `account` and wait until it applies."""
+
+    async def apply() -> None:
+        from .actors import os_actor
+        from .producers import TokenQuota
+        from .producers.budgets import set_account_budget
+        from .schemas import Source
+
+        source = Source(component="cli", name="tokenquota budget set")
+        async with TokenQuota(settings, source=source) as quota:
+            await set_account_budget(quota, account, actor=os_actor(), source=source, **limits)
+
+    run(settings, apply())
+
+
+def _row(node: AccountMetrics) -> dict[str, Any]:
+    limits = node.limits
+    return {
+        "account": node.account,
+        "daily_limit": limits.daily_limit if limits else None,
+        "monthly_limit": limits.monthly_limit if limits else None,
+        "hard_limit": limits.hard_limit if limits else None,
+        "warning_threshold": limits.warning_threshold if limits else Decimal("0.8"),
+        "critical_threshold": limits.critical_threshold if limits else Decimal("0.95"),
+        "tokens_used_today": node.tokens_used_today,
+        "tokens_used_month": node.tokens_used_month,
+        "tokens_used_total": node.tokens_used_total,
+        "tokens_held": node.tokens_held,
+        "available_tokens": node.available_tokens,
+        "utilization": node.utilization,
+        "reservations_accepted": node.reservations_accepted,
+        "reservations_rejected": node.reservations_rejected,
+    }
