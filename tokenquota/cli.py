@@ -478,8 +478,8 @@ def mcp_proxy(
     """
     from pydantic import ValidationError
 
+    from .cli_accounts import account_rule
     from .producers.integrations.mcp_proxy import run_proxy_sync
-    from .schemas.envelope import ACCOUNT_MAX_DEPTH, ACCOUNT_SEGMENT_MAX
     from .sections import McpSettings
 
     command = [arg for arg in ctx.args if arg != "--"]
@@ -508,13 +508,8 @@ def mcp_proxy(
             mcp = McpSettings(**{**settings.mcp.model_dump(), **given})
         except ValidationError as exc:
             problem = exc.errors()[0]
-            if problem["type"] == "string_pattern_mismatch":  # the pattern says little
-                problem["msg"] = (
-                    f"an account path is 1 to {ACCOUNT_MAX_DEPTH} segments of 1 to "
-                    f"{ACCOUNT_SEGMENT_MAX} characters, separated by '/', without control "
-                    "characters"
-                )
-            fail(f"--account {account!r}: {problem['msg']}", code=2)
+            pattern = problem["type"] == "string_pattern_mismatch"
+            fail(f"--account {account!r}: {account_rule() if pattern else problem['msg']}", code=2)
         settings = settings.model_copy(update={"mcp": mcp})
     try:
         run_proxy_sync(

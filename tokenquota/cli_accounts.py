@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from .config import Settings
     from .projections import AccountMetrics
 
-__all__ = ["AccountOption", "account_or_session", "print_nodes", "set_node_budget"]
+__all__ = ["AccountOption", "account_or_session", "account_rule", "print_nodes", "set_node_budget"]
 
 AccountOption = Annotated[
     str | None,
@@ -40,6 +40,16 @@ NODE_COLUMNS = (
 )
 
 
+def account_rule() -> str:
+    """What an account path may be, in words (its pattern says little to a user)."""
+    from .schemas.envelope import ACCOUNT_MAX_DEPTH, ACCOUNT_SEGMENT_MAX
+
+    return (
+        f"an account path is 1 to {ACCOUNT_MAX_DEPTH} segments of 1 to {ACCOUNT_SEGMENT_MAX} "
+        "characters, separated by '/', without control characters"
+    )
+
+
 def account_or_session(session: str | None, account: str | None) -> str | None:
     """The checked account path when `--account` is given (and no session); None for a
     session. Exit 2 for neither, both, or a path that is not one."""
@@ -50,17 +60,11 @@ def account_or_session(session: str | None, account: str | None) -> str | None:
     from pydantic import TypeAdapter, ValidationError
 
     from .schemas import AccountPath
-    from .schemas.envelope import ACCOUNT_MAX_DEPTH, ACCOUNT_SEGMENT_MAX
 
     try:
         return TypeAdapter(AccountPath).validate_python(account)
     except ValidationError:
-        fail(
-            f"--account {account!r}: an account path is 1 to {ACCOUNT_MAX_DEPTH} segments of "
-            f"1 to {ACCOUNT_SEGMENT_MAX} characters, separated by '/', without control "
-            "characters",
-            code=2,
-        )
+        fail(f"--account {account!r}: {account_rule()}", code=2)
 
 
 async def _nodes(settings: Settings, account: str) -> list[AccountMetrics]:
