@@ -271,13 +271,18 @@ class McpMeter:
         operation: str = "mcp",
     ) -> Held:
         """Count `text` (the input) and reserve tokens for it: `reserve(count)`, or by
-        default the count plus a fair output allowance (`fair_reservation`).
+        default the count plus a fair output allowance (`fair_reservation`, cut to what
+        the session and, with `mcp.account`, each node above it has left).
         TokenQuotaExceededError when they do not fit."""
         mcp = self.settings.mcp
         input_tokens = await self.counter.count_tokens(text, mcp.model)
         quota = await get_quota(self._quota, settings=self.settings)
         if reserve is None:
             room = (await quota.session_metrics(session_id)).headroom().available
+            if mcp.account is not None:  # and what each node above the session has left
+                nodes = await quota.account_metrics(mcp.account)
+                left = [n.available_tokens for n in nodes if n.available_tokens is not None]
+                room = min([room, *left])
             wanted = fair_reservation(int(input_tokens), mcp.token_budget_per_request, room)
         else:
             wanted = max(reserve(input_tokens), 1)

@@ -305,3 +305,20 @@ async def test_with_mcp_account_the_calls_count_in_the_tree_and_its_node_refuses
         tenant, team, ide = await quota.account_metrics("acme/dev/ide")
         assert tenant.tokens_used_total == team.tokens_used_total == ide.tokens_used_total == first
         assert team.reservations_rejected == 1
+
+        # A team with less left than the output allowance (200): the call reserves what
+        # the team has left, not the allowance, and fits.
+        await set_account_budget(
+            quota, "acme/dev", daily_limit=100, monthly_limit=300, hard_limit=300, actor="test"
+        )
+        async with Client(server) as client:
+            small = await client.call_tool("echo", {"text": "again"})
+        assert text_of(small) == "again"
+        second = tokens({"text": "again"}) + tokens("again")
+        await wait_for_usage(quota, "tree-ide", first + second)
+        held = await fetch_value(
+            settings.database,
+            "SELECT tokens FROM reservations WHERE session_id = 'tree-ide'"
+            " AND status = 'settled' ORDER BY requested_at DESC LIMIT 1",
+        )
+        assert held == 100 - first  # the team's daily room, not input + 200
