@@ -35,7 +35,7 @@ from pathlib import Path
 
 from tokenquota.errors import IntegrationError
 
-__all__ = ["Spool", "SpoolFullError", "SpoolWriteError", "SpooledMessage"]
+__all__ = ["Spool", "SpoolFullError", "SpoolWriteError", "SpooledMessage", "spool_in_use"]
 
 log = logging.getLogger("tokenquota.spool")
 
@@ -79,6 +79,24 @@ class _Segment:
     first: bytes | None = None  # its first 8 bytes, read when a head inside it is written
 
 
+_LOCK = "usage.spool.lock"
+
+
+def spool_in_use(directory: Path) -> bool:
+    """Whether another process holds the spool in `directory` now (a Spool there would
+    refuse to open)."""
+    lock = directory / _LOCK
+    if not lock.exists():
+        return False
+    with lock.open("a") as file:
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(file, fcntl.LOCK_UN)
+    return False
+
+
 class Spool:
     """The spool in `directory` (see the module docstring). One process at a time."""
 
@@ -91,7 +109,7 @@ class Spool:
         self.max_bytes = max_bytes
         self._segment_bytes = segment_bytes
         directory.mkdir(parents=True, exist_ok=True)
-        self._lock = (directory / "usage.spool.lock").open("a")
+        self._lock = (directory / _LOCK).open("a")
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -82,18 +82,9 @@ def node_budget(
     critical: str = "0.95",
 ) -> BudgetSet:
     """A BudgetSet for the budget tree node `account`."""
-    return BudgetSet(
-        session_id=DEFAULTS_SESSION,
-        target="account",
-        account=account,
-        source=SOURCE,
-        occurred_at=at,
-        daily_limit=daily,
-        monthly_limit=monthly,
-        hard_limit=hard,
-        warning_threshold=Decimal(warning),
-        critical_threshold=Decimal(critical),
-    )
+    event = budget(DEFAULTS_SESSION, at, daily=daily, monthly=monthly, hard=hard,
+                   warning=warning, critical=critical, account=account)  # fmt: skip
+    return event.model_copy(update={"target": "account"})
 
 
 def reserved(

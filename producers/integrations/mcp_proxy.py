@@ -13,13 +13,11 @@ wait for each of the upstream server's answers.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import logging
 import os
 import signal
 from collections.abc import AsyncIterator, Mapping, Sequence
-from pathlib import Path
 from typing import Any, Literal, NoReturn
 
 import anyio
@@ -31,6 +29,7 @@ from mcp.shared._httpx_utils import create_mcp_http_client
 from tokenquota.config import Settings
 
 from ..reservations import TokenQuota
+from ..spool import spool_in_use
 from .mcp_hooks import McpMeter
 from .mcp_relay import Relay
 from .mcp_relay_http import relay_http_app
@@ -56,23 +55,10 @@ def proxy_spool_settings(command: Sequence[str], settings: Settings) -> Settings
     digest = hashlib.sha256("\0".join(command).encode()).hexdigest()[:12]
     base = settings.spool_dir / f"mcp-proxy-{digest}"
     slots = (base, *(base.with_name(f"{base.name}-{n}") for n in range(2, 65)))
-    spool_dir = next((d for d in slots if _free(d)), base)  # all taken: the spool says so
+    # all taken: the first, whose spool then says so
+    spool_dir = next((d for d in slots if not spool_in_use(d)), base)
     emitter = settings.emitter.model_copy(update={"spool_dir": spool_dir})
     return settings.model_copy(update={"emitter": emitter})
-
-
-def _free(spool_dir: Path) -> bool:
-    """No process holds the spool in `spool_dir` (see producers.spool)."""
-    lock = spool_dir / "usage.spool.lock"
-    if not lock.exists():
-        return True
-    with lock.open("a") as file:
-        try:
-            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False
-        fcntl.flock(file, fcntl.LOCK_UN)
-    return True
 
 
 async def run_proxy(
