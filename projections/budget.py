@@ -9,16 +9,19 @@ from decimal import ROUND_FLOOR, Decimal
 from typing import Literal
 from zoneinfo import ZoneInfo
 
-from .state import AlertLevel, Limits
+from .state import AlertLevel, Limits, UsdLimits
 
 __all__ = [
     "Headroom",
+    "UsdRefusal",
+    "UsdWindow",
     "Window",
     "alert_level",
     "headroom",
     "local_day",
     "month_of",
     "start_of_day",
+    "usd_refusal",
 ]
 
 Window = Literal["daily_limit", "monthly_limit", "hard_limit", "critical_threshold"]
@@ -68,6 +71,55 @@ def headroom(
                 capped - held, _floor(Decimal(cap_limit) * critical), "critical_threshold"
             )
     return result
+
+
+UsdWindow = Literal["daily_usd_limit", "monthly_usd_limit", "total_usd_limit"]
+
+
+@dataclass(frozen=True, slots=True)
+class UsdRefusal:
+    """The USD window that refuses a reservation: its limit (for low priority, the part
+    up to the critical threshold), what the level has used in it, and what it holds."""
+
+    window: UsdWindow
+    limit: Decimal
+    used: Decimal
+    held: Decimal
+
+
+def usd_refusal(
+    usd: UsdLimits,
+    used_today: Decimal,
+    used_month: Decimal,
+    used_total: Decimal,
+    held: Decimal,
+    requested: Decimal,
+    priority: str = "normal",
+    critical: Decimal = Decimal(1),
+) -> UsdRefusal | None:
+    """None if `requested` dollars fit every USD window that has a limit, else the
+    tightest window (on a tie the wider one, as for tokens).
+
+    A window without room left refuses even an unpriced (0 USD) reservation, so spend
+    already at a limit stops new calls whose price is not known.
+    """
+    worst: tuple[Decimal, UsdRefusal] | None = None
+    windows: tuple[tuple[Decimal | None, Decimal, UsdWindow], ...] = (
+        (usd.total, used_total, "total_usd_limit"),
+        (usd.monthly, used_month, "monthly_usd_limit"),
+        (usd.daily, used_today, "daily_usd_limit"),
+    )
+    for limit, used, window in windows:
+        if limit is None:
+            continue
+        if priority == "low":
+            limit *= critical
+        available = limit - used - held
+        if worst is None or available < worst[0]:
+            worst = (available, UsdRefusal(window, limit, used, held))
+    if worst is None or (requested <= worst[0] and worst[0] > 0):
+        return None
+    return worst[1]
 
 
 def alert_level(used: int, limit: int, limits: Limits) -> AlertLevel:

@@ -35,7 +35,7 @@ from tokenquota.schemas import (
 
 from . import rollups
 from .alerts import refused_alert, threshold_alerts
-from .budget import headroom, local_day, month_of, start_of_day
+from .budget import UsdRefusal, headroom, local_day, month_of, start_of_day, usd_refusal
 from .log_clock import Moment, advance, moment_of
 from .state import (
     BUILTIN_DEFAULTS,
@@ -53,7 +53,10 @@ from .state import (
     ReservationRecord,
     SessionBudget,
     TaskDelta,
+    UsdLimits,
 )
+
+_ZERO = Decimal(0)
 
 __all__ = ["FoldConfig", "PoisonEventError", "fold", "new_node", "new_session"]
 
@@ -143,6 +146,10 @@ class _Folder:
         #: Tokens held by accepted reservations at each tree node (of the sessions under
         #: it), and each tree's accepted reservations by expiry: derived, never stored.
         self.node_held: dict[str, int] = {}
+        #: The same for dollars: reserved_usd of reservations whose USD hold is open,
+        #: per node, and per session by reservation.
+        self.node_held_usd: dict[str, Decimal] = {}
+        self.usd_open: dict[str, dict[uuid.UUID, ReservationRecord]] = {}
         self.expiring: dict[str, list[tuple[datetime, uuid.UUID]]] = {}
         #: The tree nodes of the event being applied, tenant first (empty: no account).
         self.chain: tuple[NodeBudget, ...] = ()
@@ -151,10 +158,13 @@ class _Folder:
         self.minute = MinuteDelta()
         self.config = BUILTIN_DEFAULTS
         for record in self.reservations.values():
-            if record.status == "accepted":
+            accepted = record.status == "accepted"
+            if accepted:
                 self.held.setdefault(record.session_id, {})[record.reservation_id] = record
-                if record.account is not None:
-                    self._hold(record)
+            if record.usd_held is not None:
+                self.usd_open.setdefault(record.session_id, {})[record.reservation_id] = record
+            if record.account is not None and (accepted or record.usd_held is not None):
+                self._hold(record)
 
     def run(self, records: Iterable[LogRecord]) -> Folded:
         # By exact type: isinstance on pydantic models goes through ABCMeta, and this
@@ -243,11 +253,13 @@ class _Folder:
         if today > session.current_day:
             session.current_day = today
             session.tokens_used_today = 0
+            session.usd_used_today = _ZERO
             session.daily_alert = "none"
             session.last_reset = start_of_day(today, config.zone)
         if today.replace(day=1) > session.current_month:
             session.current_month = month_of(today)
             session.tokens_used_month = 0
+            session.usd_used_month = _ZERO
             session.monthly_alert = "none"
         if clock > session.updated_at:
             session.updated_at = clock
@@ -265,9 +277,11 @@ class _Folder:
             if today > node.current_day:
                 node.current_day = today
                 node.tokens_used_today = 0
+                node.usd_used_today = _ZERO
             if today.replace(day=1) > node.current_month:
                 node.current_month = month_of(today)
                 node.tokens_used_month = 0
+                node.usd_used_month = _ZERO
             if clock > node.updated_at:
                 node.updated_at = clock
             self.out.changed_nodes.add(path)
@@ -275,10 +289,15 @@ class _Folder:
         return tuple(chain)
 
     def _hold(self, record: ReservationRecord) -> None:
-        """Count an accepted reservation's tokens as held at each node of its account."""
+        """Count an accepted reservation's tokens, and its open USD hold, as held at each
+        node of its account."""
         assert record.account is not None
+        tokens = record.tokens if record.status == "accepted" else 0
+        usd = record.usd_held
         for path in ancestors(record.account):
-            self.node_held[path] = self.node_held.get(path, 0) + record.tokens
+            self.node_held[path] = self.node_held.get(path, 0) + tokens
+            if usd is not None:
+                self.node_held_usd[path] = self.node_held_usd.get(path, _ZERO) + usd
         heapq.heappush(
             self.expiring.setdefault(account_root(record.account), []),
             (record.expires_at, record.reservation_id),
@@ -290,6 +309,18 @@ class _Folder:
         for path in ancestors(record.account):
             self.node_held[path] -= record.tokens
 
+    def _close_usd(self, record: ReservationRecord) -> None:
+        """End a reservation's USD hold (its ApiCost came, or it was released or expired)."""
+        usd = record.usd_held
+        if usd is None:
+            return
+        self.usd_open.get(record.session_id, {}).pop(record.reservation_id, None)
+        if record.account is not None:
+            for path in ancestors(record.account):
+                self.node_held_usd[path] -= usd
+        record.usd_held = None
+        self.out.changed_reservations.add(record.reservation_id)
+
     def _expire_tree(self, root: str, clock: datetime) -> None:
         """Expire every accepted reservation of the tree `root` past its time, whichever
         session it is of: their tokens were held at nodes this event may need."""
@@ -297,6 +328,7 @@ class _Folder:
         while queue and clock > queue[0][0]:
             _, rid = heapq.heappop(queue)
             record = self.reservations[rid]
+            self._close_usd(record)
             if record.status != "accepted":
                 continue  # settled or released since it was queued
             self.held.get(record.session_id, {}).pop(rid, None)
@@ -306,6 +338,10 @@ class _Folder:
             rollups.count_outcome(self.out, record, self.config.zone, "accepted")
 
     def _expire(self, session_id: str, clock: datetime) -> None:
+        dollars = self.usd_open.get(session_id)
+        if dollars:
+            for record in [r for r in dollars.values() if clock > r.expires_at]:
+                self._close_usd(record)
         held = self.held.get(session_id)
         if not held:
             return
@@ -317,6 +353,9 @@ class _Folder:
 
     def _held_tokens(self, session_id: str) -> int:
         return sum(r.tokens for r in self.held.get(session_id, {}).values())
+
+    def _held_usd(self, session_id: str) -> Decimal:
+        return sum((r.usd_held or _ZERO for r in self.usd_open.get(session_id, {}).values()), _ZERO)
 
     # -- events ----------------------------------------------------------------------
 
@@ -340,6 +379,7 @@ class _Folder:
             critical_threshold=event.critical_threshold,
             source="event",
         )
+        node.usd = UsdLimits.of(event)
         node.budget_event = event.event_id
 
     def _budget_set(self, session: SessionBudget, event: BudgetSet, moment: Moment) -> None:
@@ -353,6 +393,7 @@ class _Folder:
             critical_threshold=event.critical_threshold,
             source="event",
         )
+        session.usd = UsdLimits.of(event)
         threshold_alerts(self.out, session, event, moment, previous=previous)
 
     def _reserved(self, session: SessionBudget, event: TokenReserved, moment: Moment) -> None:
@@ -379,8 +420,23 @@ class _Folder:
         )
         expired = expires_at <= moment.clock
         accepted = not expired and event.tokens <= room.available
-        reason = None if accepted else ("expired" if expired else room.window)
+        reason: str | None = None if accepted else ("expired" if expired else room.window)
+        requested_usd = event.reserved_usd or _ZERO
         refusing: NodeBudget | None = None
+        dollars: UsdRefusal | None = None
+        if accepted and session.usd is not None:
+            dollars = usd_refusal(
+                session.usd,
+                session.usd_used_today,
+                session.usd_used_month,
+                session.usd_used_total,
+                self._held_usd(session.session_id),
+                requested_usd,
+                event.priority,
+                session.limits.critical_threshold,
+            )
+            if dollars is not None:
+                accepted, reason = False, dollars.window
         if accepted and self.chain:
             # Every node above the session that has limits must have room too; the
             # nearest one that has none is named.
@@ -397,6 +453,21 @@ class _Folder:
                 )
                 if event.tokens > node_room.available:
                     accepted, reason, refusing, room = False, node_room.window, node, node_room
+                    break
+                if node.usd is None:
+                    continue
+                dollars = usd_refusal(
+                    node.usd,
+                    node.usd_used_today,
+                    node.usd_used_month,
+                    node.usd_used_total,
+                    self.node_held_usd.get(node.account, _ZERO),
+                    requested_usd,
+                    event.priority,
+                    node.limits.critical_threshold,
+                )
+                if dollars is not None:
+                    accepted, reason, refusing = False, dollars.window, node
                     break
         refused_by = refusing.account if refusing is not None else None
         record = ReservationRecord(
@@ -415,6 +486,12 @@ class _Folder:
             expires_at=expires_at,
             account=event.account,
             refused_by=refused_by,
+            reserved_usd=event.reserved_usd,
+            price_source=event.price_source,
+            usd_held=event.reserved_usd if accepted and event.reserved_usd else None,
+            limit_usd=dollars.limit if dollars is not None else None,
+            used_usd=dollars.used if dollars is not None else None,
+            held_usd=dollars.held if dollars is not None else None,
         )
         self.reservations[rid] = record
         self.out.changed_reservations.add(rid)
@@ -426,6 +503,8 @@ class _Folder:
         if accepted:
             session.reservations_accepted += 1
             self.held.setdefault(session.session_id, {})[rid] = record
+            if record.usd_held is not None:
+                self.usd_open.setdefault(session.session_id, {})[rid] = record
             if self.chain:
                 self._hold(record)
                 for node in self.chain:
@@ -483,6 +562,8 @@ class _Folder:
             self.held.get(session.session_id, {}).pop(rid, None)
             if was == "accepted" and record.account is not None:
                 self._unhold(record)
+            if total == 0:  # released: nothing was called, so nothing will cost
+                self._close_usd(record)
             record.status = "released" if total == 0 else "settled"
             record.settled_at = at
             record.settled_tokens = total
@@ -542,6 +623,35 @@ class _Folder:
             delta.rate_limit_reset = event.rate_limit_reset
         rollups.add_cost(self.out, self.calendar, session.session_id, event, moment)
         self.minute.cost_usd += event.cost_usd
+        cost = event.cost_usd
+        session.usd_used_today += cost
+        session.usd_used_month += cost
+        session.usd_used_total += cost
+        for node in self.chain:
+            node.usd_used_today += cost
+            node.usd_used_month += cost
+            node.usd_used_total += cost
+        if event.reservation_id is not None:
+            self._settle_cost(session, event, at)
+
+    def _settle_cost(self, session: SessionBudget, event: ApiCost, at: datetime) -> None:
+        """The real cost of a reservation's call: its USD hold ends, its cost is kept."""
+        rid = event.reservation_id
+        record = self.reservations.get(rid) if rid is not None else None
+        if record is None or record.session_id != session.session_id:
+            problem = "is unknown" if record is None else "belongs to another session"
+            self._log(
+                event,
+                at,
+                "unmatched_cost",
+                "warning",
+                error=f"reservation {rid} {problem}; the cost is counted without it",
+                metadata={"reservation_id": str(rid), "cost_usd": str(event.cost_usd)},
+            )
+            return
+        self._close_usd(record)
+        record.settled_usd = (record.settled_usd or _ZERO) + event.cost_usd
+        self.out.changed_reservations.add(record.reservation_id)
 
     # -- helpers ---------------------------------------------------------------------
 

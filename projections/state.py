@@ -10,7 +10,7 @@ from decimal import Decimal
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
-from tokenquota.schemas import DefaultsSet, Event
+from tokenquota.schemas import BudgetSet, DefaultsSet, Event
 
 __all__ = [
     "BUILTIN_DEFAULTS",
@@ -37,10 +37,12 @@ __all__ = [
     "SessionBudget",
     "TaskDelta",
     "UsageDelta",
+    "UsdLimits",
     "log_time",
 ]
 
 _THRESHOLD_SCALE = Decimal("0.0001")
+_ZERO = Decimal(0)
 _UTC = ZoneInfo("UTC")
 
 #: A window's alert level, in the order it rises: a threshold reached, or (exhausted) a
@@ -66,6 +68,27 @@ class Limits:
         # loaded from the table must be equal, down to Decimal('0.8') vs Decimal('0.8000').
         for name in ("warning_threshold", "critical_threshold"):
             object.__setattr__(self, name, getattr(self, name).quantize(_THRESHOLD_SCALE))
+
+
+@dataclass(frozen=True, slots=True)
+class UsdLimits:
+    """A session's or node's USD limits per window (None: no limit for that window)."""
+
+    daily: Decimal | None
+    monthly: Decimal | None
+    total: Decimal | None
+
+    @classmethod
+    def of(cls, event: BudgetSet) -> UsdLimits | None:
+        """The USD limits a BudgetSet sets (None: it sets none)."""
+        daily, monthly, total = (
+            event.daily_usd_limit,
+            event.monthly_usd_limit,
+            event.total_usd_limit,
+        )
+        if daily is None and monthly is None and total is None:
+            return None
+        return cls(daily, monthly, total)
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +185,11 @@ class SessionBudget:
     updated_at: datetime
     #: The budget tree node the session belongs to (None: none; it never changes).
     account: str | None = None
+    #: USD limits from its BudgetSet (None: none), and the ApiCost in its windows.
+    usd: UsdLimits | None = None
+    usd_used_today: Decimal = _ZERO
+    usd_used_month: Decimal = _ZERO
+    usd_used_total: Decimal = _ZERO
 
 
 @dataclass(slots=True)
@@ -184,6 +212,10 @@ class NodeBudget:
     reservations_rejected: int
     created_at: datetime
     updated_at: datetime
+    usd: UsdLimits | None = None
+    usd_used_today: Decimal = _ZERO
+    usd_used_month: Decimal = _ZERO
+    usd_used_total: Decimal = _ZERO
 
 
 @dataclass(slots=True)
@@ -210,6 +242,19 @@ class ReservationRecord:
     account: str | None = None
     #: The node whose limit refused it (None: accepted, or refused by the session's own).
     refused_by: str | None = None
+    #: The producer's price of it, and where that came from (None: unpriced).
+    reserved_usd: Decimal | None = None
+    price_source: str | None = None
+    #: reserved_usd while it is held against USD limits: from acceptance until its
+    #: ApiCost, its release, or its expiry (a TokenUsed settles tokens, not dollars).
+    usd_held: Decimal | None = None
+    #: What its ApiCosts cost.
+    settled_usd: Decimal | None = None
+    #: A refusal by a USD limit: that window's limit (for low priority, the part of it
+    #: up to the critical threshold), what the level had used, and what it held.
+    limit_usd: Decimal | None = None
+    used_usd: Decimal | None = None
+    held_usd: Decimal | None = None
 
 
 @dataclass(slots=True)

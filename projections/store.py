@@ -20,18 +20,17 @@ import asyncpg
 
 from tokenquota.schemas import BudgetSet, DefaultsSet, Event, account_root, ancestors
 
+from .budget_rows import node_of, session_of
 from .fold import PoisonEventError, fold
 from .state import (
     Decision,
     FoldConfig,
     Limits,
     LogRecord,
-    NodeBudget,
     PartitionKey,
     PartitionState,
     ProjectionState,
     ReservationRecord,
-    SessionBudget,
 )
 from .writes import CHECKPOINT, RESERVATION_FIELDS, Write, execute_write, fold_writes
 
@@ -377,6 +376,9 @@ async def _load_state(conn: asyncpg.Connection, records: Sequence[LogRecord]) ->
         # the whole table, which grows with every reservation ever made.
         """SELECT * FROM reservations WHERE session_id = ANY($1::varchar[]) AND status = 'accepted'
            UNION ALL
+           SELECT * FROM reservations WHERE session_id = ANY($1::varchar[])
+              AND usd_held IS NOT NULL
+           UNION ALL
            SELECT * FROM reservations WHERE reservation_id = ANY($2::uuid[])""",
         sessions,
         named,
@@ -385,7 +387,10 @@ async def _load_state(conn: asyncpg.Connection, records: Sequence[LogRecord]) ->
     if tenants:  # a tree decides with every hold in it and the nodes above its sessions
         reservation_rows += await conn.fetch(
             """SELECT * FROM reservations WHERE split_part(account, '/', 1) = ANY($1::text[])
-                  AND account IS NOT NULL AND status = 'accepted'""",
+                  AND account IS NOT NULL AND status = 'accepted'
+               UNION ALL
+               SELECT * FROM reservations WHERE split_part(account, '/', 1) = ANY($1::text[])
+                  AND account IS NOT NULL AND usd_held IS NOT NULL""",
             tenants,
         )
         paths = sorted({path for a in accounts for path in ancestors(a)})
@@ -393,12 +398,12 @@ async def _load_state(conn: asyncpg.Connection, records: Sequence[LogRecord]) ->
             "SELECT * FROM account_budgets WHERE account = ANY($1::varchar[])", paths
         )
     return ProjectionState(
-        sessions={row["session_id"]: _session(row) for row in session_rows},
+        sessions={row["session_id"]: session_of(row) for row in session_rows},
         reservations={row["reservation_id"]: reservation_from_row(row) for row in reservation_rows},
         partitions={
             (row["topic"], row["kafka_partition"]): _partition(row) for row in partition_rows
         },
-        nodes={row["account"]: _node(row) for row in node_rows},
+        nodes={row["account"]: node_of(row) for row in node_rows},
     )
 
 
@@ -433,62 +438,6 @@ def defaults_from_row(row: Mapping[str, Any] | asyncpg.Record) -> FoldConfig:
         ),
         ZoneInfo(row["timezone"]),
         timedelta(milliseconds=row["max_clock_skew_ms"]),
-    )
-
-
-def _session(row: asyncpg.Record) -> SessionBudget:
-    return SessionBudget(
-        session_id=row["session_id"],
-        limits=Limits(
-            daily_limit=row["daily_limit"],
-            monthly_limit=row["monthly_limit"],
-            hard_limit=row["hard_limit"],
-            warning_threshold=row["warning_threshold"],
-            critical_threshold=row["critical_threshold"],
-            source=row["budget_source"],
-        ),
-        current_day=row["current_day"],
-        tokens_used_today=row["tokens_used_today"],
-        current_month=row["current_month"],
-        tokens_used_month=row["tokens_used_month"],
-        tokens_used_total=row["tokens_used_total"],
-        daily_alert=row["daily_alert"],
-        monthly_alert=row["monthly_alert"],
-        total_alert=row["total_alert"],
-        reservations_accepted=row["reservations_accepted"],
-        reservations_rejected=row["reservations_rejected"],
-        overage_tokens=row["overage_tokens"],
-        last_reset=row["last_reset"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        account=row["account"],
-    )
-
-
-def _node(row: asyncpg.Record) -> NodeBudget:
-    limits = None
-    if row["budget_event"] is not None:
-        limits = Limits(
-            daily_limit=row["daily_limit"],
-            monthly_limit=row["monthly_limit"],
-            hard_limit=row["hard_limit"],
-            warning_threshold=row["warning_threshold"],
-            critical_threshold=row["critical_threshold"],
-            source="event",
-        )
-    return NodeBudget(
-        account=row["account"],
-        limits=limits,
-        budget_event=row["budget_event"],
-        current_day=row["current_day"],
-        tokens_used_today=row["tokens_used_today"],
-        current_month=row["current_month"],
-        tokens_used_month=row["tokens_used_month"],
-        tokens_used_total=row["tokens_used_total"],
-        reservations_accepted=row["reservations_accepted"],
-        reservations_rejected=row["reservations_rejected"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
     )
 
 

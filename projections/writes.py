@@ -17,14 +17,13 @@ import asyncpg
 
 from tokenquota.schemas import BIGINT_MAX
 
+from .budget_rows import NODE_COLUMNS, SESSION_COLUMNS, node_args, session_args
 from .state import (
     AlertRow,
     Folded,
     LogRow,
-    NodeBudget,
     PartitionKey,
     ReservationRecord,
-    SessionBudget,
 )
 
 __all__ = ["CHECKPOINT", "RESERVATION_FIELDS", "Write", "execute_write", "fold_writes"]
@@ -35,33 +34,15 @@ Write = tuple[str, list[tuple[Any, ...]]]
 #: The reservations columns, in the order of ReservationRecord's fields.
 RESERVATION_FIELDS = tuple(f.name for f in dataclasses.fields(ReservationRecord))
 
-_SESSION_COLUMNS = (
-    ("session_id", "varchar"), ("daily_limit", "bigint"), ("monthly_limit", "bigint"),
-    ("hard_limit", "bigint"), ("warning_threshold", "numeric"),
-    ("critical_threshold", "numeric"), ("budget_source", "text"), ("current_day", "date"),
-    ("tokens_used_today", "bigint"), ("current_month", "date"),
-    ("tokens_used_month", "bigint"), ("tokens_used_total", "bigint"),
-    ("daily_alert", "text"), ("monthly_alert", "text"), ("total_alert", "text"),
-    ("reservations_accepted", "bigint"), ("reservations_rejected", "bigint"),
-    ("overage_tokens", "bigint"), ("last_reset", "timestamptz"),
-    ("created_at", "timestamptz"), ("updated_at", "timestamptz"), ("account", "varchar"),
-)  # fmt: skip
-_NODE_COLUMNS = (
-    ("account", "varchar"), ("daily_limit", "bigint"), ("monthly_limit", "bigint"),
-    ("hard_limit", "bigint"), ("warning_threshold", "numeric"),
-    ("critical_threshold", "numeric"), ("budget_event", "uuid"), ("current_day", "date"),
-    ("tokens_used_today", "bigint"), ("current_month", "date"),
-    ("tokens_used_month", "bigint"), ("tokens_used_total", "bigint"),
-    ("reservations_accepted", "bigint"), ("reservations_rejected", "bigint"),
-    ("created_at", "timestamptz"), ("updated_at", "timestamptz"),
-)  # fmt: skip
 _RESERVATION_TYPES = {
     "reservation_id": "uuid", "event_id": "uuid", "session_id": "varchar",
     "task_id": "varchar", "tokens": "bigint", "priority": "text", "status": "text",
     "reason": "text", "available_tokens": "bigint", "limit_tokens": "bigint",
     "requested_at": "timestamptz", "decided_at": "timestamptz", "expires_at": "timestamptz",
     "settled_at": "timestamptz", "settled_tokens": "bigint", "overage_tokens": "bigint",
-    "account": "varchar", "refused_by": "varchar",
+    "account": "varchar", "refused_by": "varchar", "reserved_usd": "numeric",
+    "price_source": "text", "usd_held": "numeric", "settled_usd": "numeric",
+    "limit_usd": "numeric", "used_usd": "numeric", "held_usd": "numeric",
 }  # fmt: skip
 _RESERVATION_COLUMNS = tuple((name, _RESERVATION_TYPES[name]) for name in RESERVATION_FIELDS)
 _USAGE_COLUMNS = (
@@ -94,15 +75,15 @@ def _replace(columns: Sequence[tuple[str, str]], key: str) -> str:
 
 _UPSERT_SESSIONS = _bulk(
     "session_token_budgets",
-    _SESSION_COLUMNS,
+    SESSION_COLUMNS,
     "session_id",
-    _replace(_SESSION_COLUMNS, "session_id"),
+    _replace(SESSION_COLUMNS, "session_id"),
 )
 _UPSERT_NODES = _bulk(
     "account_budgets",
-    _NODE_COLUMNS,
+    NODE_COLUMNS,
     "account",
-    _replace(_NODE_COLUMNS, "account"),
+    _replace(NODE_COLUMNS, "account"),
 )
 _UPSERT_RESERVATIONS = _bulk(
     "reservations",
@@ -317,9 +298,9 @@ def fold_writes(folded: Folded) -> list[Write]:
     writes: list[Write] = [
         (
             _UPSERT_SESSIONS,
-            [_session_args(state.sessions[s]) for s in sorted(folded.changed_sessions)],
+            [session_args(state.sessions[s]) for s in sorted(folded.changed_sessions)],
         ),
-        (_UPSERT_NODES, [_node_args(state.nodes[a]) for a in sorted(folded.changed_nodes)]),
+        (_UPSERT_NODES, [node_args(state.nodes[a]) for a in sorted(folded.changed_nodes)]),
         (
             _UPSERT_RESERVATIONS,
             [
@@ -446,56 +427,6 @@ def _defaults_args(folded: Folded, key: PartitionKey) -> tuple[Any, ...]:
         config.zone.key,
         config.max_clock_skew // timedelta(milliseconds=1),
         partition.defaults_set_at,
-    )
-
-
-def _session_args(s: SessionBudget) -> tuple[Any, ...]:
-    limits = s.limits
-    return (
-        s.session_id,
-        limits.daily_limit,
-        limits.monthly_limit,
-        limits.hard_limit,
-        limits.warning_threshold,
-        limits.critical_threshold,
-        limits.source,
-        s.current_day,
-        s.tokens_used_today,
-        s.current_month,
-        s.tokens_used_month,
-        s.tokens_used_total,
-        s.daily_alert,
-        s.monthly_alert,
-        s.total_alert,
-        s.reservations_accepted,
-        s.reservations_rejected,
-        s.overage_tokens,
-        s.last_reset,
-        s.created_at,
-        s.updated_at,
-        s.account,
-    )
-
-
-def _node_args(n: NodeBudget) -> tuple[Any, ...]:
-    limits = n.limits
-    return (
-        n.account,
-        limits.daily_limit if limits else None,
-        limits.monthly_limit if limits else None,
-        limits.hard_limit if limits else None,
-        limits.warning_threshold if limits else None,
-        limits.critical_threshold if limits else None,
-        n.budget_event,
-        n.current_day,
-        n.tokens_used_today,
-        n.current_month,
-        n.tokens_used_month,
-        n.tokens_used_total,
-        n.reservations_accepted,
-        n.reservations_rejected,
-        n.created_at,
-        n.updated_at,
     )
 
 

@@ -22,11 +22,13 @@ from .events import (
     DefaultsSet,
     Event,
     EventType,
+    Money,
     Priority,
     TokenReserved,
     TokenUsed,
     check_limits,
     check_timezone,
+    check_usd_limits,
 )
 
 __all__ = [
@@ -44,6 +46,7 @@ __all__ = [
     "EventDecodeError",
     "EventType",
     "FieldError",
+    "Money",
     "Priority",
     "Source",
     "TokenReserved",
@@ -52,6 +55,7 @@ __all__ = [
     "ancestors",
     "check_limits",
     "check_timezone",
+    "check_usd_limits",
     "decode",
     "encode",
     "new_event_id",

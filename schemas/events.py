@@ -29,12 +29,14 @@ __all__ = [
     "DefaultsSet",
     "Event",
     "EventType",
+    "Money",
     "Priority",
     "Threshold",
     "TokenReserved",
     "TokenUsed",
     "check_limits",
     "check_timezone",
+    "check_usd_limits",
 ]
 
 Priority = Literal["low", "normal", "high", "critical"]
@@ -105,6 +107,21 @@ def check_limits(
         )
 
 
+def check_usd_limits(daily: Decimal | None, monthly: Decimal | None, total: Decimal | None) -> None:
+    """Raise ValueError unless the USD limits that are set satisfy daily <= monthly <= total."""
+    named = [
+        (n, v)
+        for n, v in (("daily", daily), ("monthly", monthly), ("total", total))
+        if v is not None
+    ]
+    for (wider_name, wider), (name, value) in zip(named[1:], named, strict=False):
+        if value > wider:
+            raise ValueError(
+                f"USD limits must satisfy daily <= monthly <= total, got {name} {value} "
+                f"above {wider_name} {wider}"
+            )
+
+
 def check_timezone(value: str) -> str:
     """`value` if it names an IANA time zone; ValueError otherwise."""
     try:
@@ -136,6 +153,21 @@ class BudgetSet(EventBase):
             f'session_id is then "{DEFAULTS_SESSION}")'
         ),
     )
+    daily_usd_limit: Money | None = Field(
+        default=None,
+        exclude_if=lambda value: value is None,
+        description="US dollars of ApiCost per day (None: no USD limit for the window)",
+    )
+    monthly_usd_limit: Money | None = Field(
+        default=None,
+        exclude_if=lambda value: value is None,
+        description="US dollars of ApiCost per calendar month (None: no limit)",
+    )
+    total_usd_limit: Money | None = Field(
+        default=None,
+        exclude_if=lambda value: value is None,
+        description="US dollars of ApiCost in all (None: no limit)",
+    )
 
     @model_validator(mode="after")
     def _limits_are_ordered(self) -> Self:
@@ -146,6 +178,7 @@ class BudgetSet(EventBase):
             self.warning_threshold,
             self.critical_threshold,
         )
+        check_usd_limits(self.daily_usd_limit, self.monthly_usd_limit, self.total_usd_limit)
         if self.target == "account" and (
             self.account is None or self.session_id != DEFAULTS_SESSION
         ):
@@ -164,6 +197,20 @@ class TokenReserved(EventBase):
     tokens: Annotated[int, Field(gt=0, le=BIGINT_MAX)]
     priority: Priority = "normal"
     expires_at: UtcDatetime
+    reserved_usd: Money | None = Field(
+        default=None,
+        exclude_if=lambda value: value is None,
+        description=(
+            "The producer's price of the reservation (prompt tokens at the input price plus "
+            "the reserved output at the output price); held against USD limits until its "
+            "ApiCost. None: unpriced, it holds no USD"
+        ),
+    )
+    price_source: _Label | None = Field(
+        default=None,
+        exclude_if=lambda value: value is None,
+        description="Where reserved_usd came from, e.g. 'genai-prices 0.2.5:openai/gpt-4o'",
+    )
 
     @model_validator(mode="after")
     def _expires_after_it_occurs(self) -> Self:
@@ -172,6 +219,8 @@ class TokenReserved(EventBase):
                 f"expires_at ({self.expires_at.isoformat()}) must be after "
                 f"occurred_at ({self.occurred_at.isoformat()})"
             )
+        if (self.reserved_usd is None) != (self.price_source is None):
+            raise ValueError("reserved_usd and price_source go together: give both or neither")
         return self
 
 
@@ -207,6 +256,11 @@ class ApiCost(EventBase):
     request_id: Identifier | None = None
     rate_limit_remaining: TokenCount | None = None
     rate_limit_reset: UtcDatetime | None = None
+    reservation_id: uuid.UUID | None = Field(
+        default=None,
+        exclude_if=lambda value: value is None,
+        description="The reservation this call was made under: its USD hold closes here",
+    )
 
 
 class DefaultsSet(EventBase):

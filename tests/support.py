@@ -56,9 +56,14 @@ def budget(
     warning: str = "0.8",
     critical: str = "0.95",
     account: str | None = None,
+    usd: tuple[str | None, str | None, str | None] = (None, None, None),
 ) -> BudgetSet:
-    """A BudgetSet for `session` (of `account`)."""
+    """A BudgetSet for `session` (of `account`); `usd`: its daily, monthly, total USD limits."""
+    daily_usd, monthly_usd, total_usd = (None if v is None else Decimal(v) for v in usd)
     return BudgetSet(
+        daily_usd_limit=daily_usd,
+        monthly_usd_limit=monthly_usd,
+        total_usd_limit=total_usd,
         session_id=session,
         source=SOURCE,
         account=account,
@@ -80,10 +85,11 @@ def node_budget(
     hard: int = 1_000_000,
     warning: str = "0.8",
     critical: str = "0.95",
+    usd: tuple[str | None, str | None, str | None] = (None, None, None),
 ) -> BudgetSet:
     """A BudgetSet for the budget tree node `account`."""
     event = budget(DEFAULTS_SESSION, at, daily=daily, monthly=monthly, hard=hard,
-                   warning=warning, critical=critical, account=account)  # fmt: skip
+                   warning=warning, critical=critical, account=account, usd=usd)  # fmt: skip
     return event.model_copy(update={"target": "account"})
 
 
@@ -97,9 +103,12 @@ def reserved(
     task: str | None = None,
     rid: uuid.UUID | None = None,
     account: str | None = None,
+    usd: str | None = None,
 ) -> TokenReserved:
-    """A TokenReserved for `session` (of `account`)."""
+    """A TokenReserved for `session` (of `account`), priced at `usd` dollars if given."""
     return TokenReserved(
+        reserved_usd=None if usd is None else Decimal(usd),
+        price_source=None if usd is None else "tests",
         session_id=session,
         task_id=task,
         source=SOURCE,

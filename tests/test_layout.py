@@ -21,9 +21,10 @@ PUBLIC = {
     "tokenquota.schemas": {
         "BIGINT_MAX", "DEFAULTS_SESSION", "ID_MAX_LENGTH", "USAGE_TOKENS_MAX", "AccountPath",
         "ApiCost", "BudgetSet", "Component", "CountedBy", "DefaultsSet", "Event",
-        "EventDecodeError", "EventType", "FieldError", "Priority", "Source", "TokenReserved",
-        "TokenUsed", "account_root", "ancestors", "check_limits", "check_timezone", "decode",
-        "encode", "new_event_id", "partition_key", "utc_now",
+        "EventDecodeError", "EventType", "FieldError", "Money", "Priority", "Source",
+        "TokenReserved", "TokenUsed", "account_root", "ancestors", "check_limits",
+        "check_timezone", "check_usd_limits", "decode", "encode", "new_event_id",
+        "partition_key", "utc_now",
     },
     "tokenquota.projections": {
         "ALERT_NAMESPACE", "BUILTIN_DEFAULTS", "EXPECTED_COLUMNS", "PROJECTION_TABLES",

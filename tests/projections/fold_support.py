@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -55,9 +56,20 @@ def run(
     return fold(state or BASE, log_records(events, at=at, first_offset=first_offset))
 
 
-def api_cost(session: str, tokens: int, at: datetime = T0, *, api: str = "openai") -> ApiCost:
-    """An ApiCost of `tokens` input tokens at a millionth of a dollar each."""
+def api_cost(
+    session: str,
+    tokens: int,
+    at: datetime = T0,
+    *,
+    api: str = "openai",
+    usd: str | None = None,
+    rid: uuid.UUID | None = None,
+    account: str | None = None,
+) -> ApiCost:
+    """An ApiCost of `tokens` input tokens at a millionth of a dollar each (or `usd`)."""
     return ApiCost(
+        reservation_id=rid,
+        account=account,
         session_id=session,
         source=Source(component="external_api", name="tests"),
         occurred_at=at,
@@ -65,7 +77,7 @@ def api_cost(session: str, tokens: int, at: datetime = T0, *, api: str = "openai
         model="gpt-4o",
         input_tokens=tokens,
         output_tokens=1,
-        cost_usd=Decimal(tokens) / 1_000_000,
+        cost_usd=Decimal(tokens) / 1_000_000 if usd is None else Decimal(usd),
         price_source="test",
     )
 
