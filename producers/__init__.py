@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from .defaults import (
     close_default_quota,
+    current_account,
     current_session,
     get_quota,
     reserve,
@@ -97,6 +98,7 @@ __all__ = [
     "TokenQuota",
     "Tokens",
     "close_default_quota",
+    "current_account",
     "current_session",
     "get_quota",
     "integrate_with_external_apis",

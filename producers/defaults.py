@@ -5,7 +5,9 @@ The integration functions keep the design's short signatures
 `track_memory_operation(op, content, tokens)`), so they need a client and, for some,
 a session they are not handed. The client is built from `load_settings()` on first
 use in a running event loop (or set with `use_quota`); the session is the innermost
-`with session_scope(...)` block.
+`with session_scope(...)` block, and so is the session's budget tree account
+(`session_scope(session_id, account=...)`), which every hook inside the block puts on
+the events it emits unless it is given an account of its own.
 
 A client belongs to the event loop it was started in. When hooks run in another loop
 (a second `asyncio.run`), the client this module started in the old one is abandoned
@@ -20,14 +22,19 @@ import contextlib
 from collections.abc import Iterator
 from contextvars import ContextVar
 
+from pydantic import TypeAdapter, ValidationError
+
 from tokenquota.config import Settings, load_settings
 from tokenquota.errors import IntegrationError
-from tokenquota.schemas import Priority, Source
+from tokenquota.schemas import AccountPath, Priority, Source
+from tokenquota.schemas.envelope import ACCOUNT_MAX_DEPTH, ACCOUNT_SEGMENT_MAX
 
 from .reservations import Mode, Reservation, TokenQuota
 
 __all__ = [
+    "account_rule",
     "close_default_quota",
+    "current_account",
     "current_session",
     "get_quota",
     "reserve",
@@ -36,6 +43,8 @@ __all__ = [
 ]
 
 _session: ContextVar[str | None] = ContextVar("tokenquota_session", default=None)
+_account: ContextVar[str | None] = ContextVar("tokenquota_account", default=None)
+_account_path: TypeAdapter[str] = TypeAdapter(AccountPath)
 _quota: TokenQuota | None = None
 _quota_loop: asyncio.AbstractEventLoop | None = None
 _owned = False
@@ -43,13 +52,44 @@ _lock: asyncio.Lock | None = None
 
 
 @contextlib.contextmanager
-def session_scope(session_id: str) -> Iterator[str]:
-    """Make `session_id` the session of hooks called inside this block (and its tasks)."""
-    token = _session.set(session_id)
+def session_scope(session_id: str, *, account: str | None = None) -> Iterator[str]:
+    """Make `session_id` the session of hooks called inside this block (and its tasks),
+    and `account` (a budget tree path such as "acme/research/alice"; None: none) the
+    account their events name. A ValueError with the rule for a path that is not one."""
+    checked = _checked_account(account)
+    session_token = _session.set(session_id)
+    account_token = _account.set(checked)
     try:
         yield session_id
     finally:
-        _session.reset(token)
+        _account.reset(account_token)
+        _session.reset(session_token)
+
+
+def account_rule() -> str:
+    """What an account path may be, in words (its pattern says little to a user)."""
+    return (
+        f"an account path is 1 to {ACCOUNT_MAX_DEPTH} segments of 1 to {ACCOUNT_SEGMENT_MAX} "
+        "characters, separated by '/', without control characters"
+    )
+
+
+def _checked_account(account: str | None) -> str | None:
+    """`account` when it is an account path (or None); a ValueError with the rule if not."""
+    if account is None:
+        return None
+    try:
+        return _account_path.validate_python(account)
+    except ValidationError:
+        raise ValueError(f"account {account!r} is not an account path: {account_rule()}") from None
+
+
+def current_account(account: str | None = None) -> str | None:
+    """`account` if given (checked: a ValueError with the rule if it is not a path), else
+    the enclosing `session_scope`'s account; None when neither names one."""
+    if account is not None:
+        return _checked_account(account)
+    return _account.get()
 
 
 def current_session(session_id: str | None = None, *, what: str = "this call") -> str:
@@ -137,7 +177,10 @@ async def reserve(
     mode: Mode | None = None,
     *,
     quota: TokenQuota | None = None,
+    account: str | None = None,
 ) -> Reservation:
-    """`quota.reserve(...)`, as a function; without `quota`, the process default client."""
+    """`quota.reserve(...)`, as a function; without `quota`, the process default client.
+    The reservation names `account`, else the enclosing `session_scope`'s."""
+    resolved = current_account(account)
     client = await get_quota(quota)
-    return await client.reserve(session_id, tokens, task_id, priority, ttl, mode)
+    return await client.reserve(session_id, tokens, task_id, priority, ttl, mode, account=resolved)

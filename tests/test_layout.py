@@ -41,7 +41,7 @@ PUBLIC = {
         "APIConfig", "Delivery", "Emitter", "ExternalAPIClient", "McpMeter", "MemoryStorage",
         "Reservation", "SpoolFullError", "SpoolWriteError", "TaskOrchestrator",
         "TokenAwareMemoryStorage", "TokenCounter", "TokenQuota", "Tokens", "close_default_quota",
-        "current_session",
+        "current_account", "current_session",
         "get_quota", "integrate_with_external_apis", "integrate_with_memory",
         "kilocode_token_budget", "manage_api_tokens", "mcp_token_decorator",
         "release_task_budget", "reserve", "route_with_token_budget", "session_scope",

@@ -41,13 +41,10 @@ NODE_COLUMNS = (
 
 
 def account_rule() -> str:
-    """What an account path may be, in words (its pattern says little to a user)."""
-    from .schemas.envelope import ACCOUNT_MAX_DEPTH, ACCOUNT_SEGMENT_MAX
+    """What an account path may be, in words (the hooks' wording: one for both)."""
+    from .producers.defaults import account_rule as rule
 
-    return (
-        f"an account path is 1 to {ACCOUNT_MAX_DEPTH} segments of 1 to {ACCOUNT_SEGMENT_MAX} "
-        "characters, separated by '/', without control characters"
-    )
+    return rule()
 
 
 def account_or_session(session: str | None, account: str | None) -> str | None:
