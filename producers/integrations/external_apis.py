@@ -15,6 +15,8 @@ retried with backoff, honouring Retry-After. When the budget is exhausted,
 `external_apis.fallback` decides: `error`, a cheaper `model`, or a `cache`d reply.
 A call that fails or is cancelled (while it waits on the rate limit, is sent, or is
 read) releases its reservation; so does an answer that cannot be accounted.
+A session of a budget tree names its account (an `account=` keyword of the call, else
+the `session_scope`'s): the reservation names it, and so its settlement and the ApiCost.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from tokenquota.config import Settings
 from tokenquota.errors import IntegrationError, TokenQuotaExceededError
 from tokenquota.schemas import ApiCost, CountedBy, Priority, Source, utc_now
 
-from ..defaults import current_session, get_quota
+from ..defaults import current_account, current_session, get_quota
 from ..reservations import TokenQuota
 from ..token_counter import payload_text, token_counter
 from .api_streams import Call, Flavor, MeteredStream, release_unsettled
@@ -119,8 +121,10 @@ class MeteredAPI:
     # -- the call --------------------------------------------------------------------------
 
     async def create(self, flavor: Flavor, kwargs: dict[str, Any]) -> Any:
-        """Make one metered call; `session_id`, `task_id`, `priority` are ours, not the SDK's."""
+        """Make one metered call; `session_id`, `task_id`, `priority`, `account` are ours,
+        not the SDK's."""
         session_id = current_session(kwargs.pop("session_id", None), what=f"{self.name} call")
+        account = current_account(kwargs.pop("account", None))
         task_id: str | None = kwargs.pop("task_id", None)
         priority: Priority = kwargs.pop("priority", "normal")
         cache_key = self._cache_key(flavor, kwargs) if self._caching else None
@@ -129,11 +133,11 @@ class MeteredAPI:
         quota = await get_quota(self._quota, settings=self.settings)
         try:
             reservation = await quota.reserve(
-                session_id, wanted, task_id, priority, source=self.source
+                session_id, wanted, task_id, priority, source=self.source, account=account
             )
         except TokenQuotaExceededError as exc:
             fallback = await self._fallback(
-                exc, kwargs, prompt, cache_key, quota, task_id, priority, flavor
+                exc, kwargs, prompt, cache_key, quota, task_id, priority, flavor, account
             )
             if fallback is None:
                 raise
@@ -237,6 +241,7 @@ class MeteredAPI:
         task_id: str | None,
         priority: Priority,
         flavor: Flavor,
+        account: str | None,
     ) -> tuple[str, Any] | None:
         options = self.settings.external_apis
         if not options.fallback_enabled or options.fallback == "error":
@@ -262,7 +267,12 @@ class MeteredAPI:
         )
         try:
             reservation = await quota.reserve(
-                refused.session_id, prompt + kwargs[key], task_id, priority, source=self.source
+                refused.session_id,
+                prompt + kwargs[key],
+                task_id,
+                priority,
+                source=self.source,
+                account=account,
             )
         except TokenQuotaExceededError:
             return None
@@ -326,6 +336,7 @@ class MeteredAPI:
                 session_id=call.session_id,
                 task_id=call.reservation.event.task_id,
                 source=self.source,
+                account=call.reservation.event.account,
                 occurred_at=now,
                 api=self.name,
                 model=priced.model,
@@ -348,7 +359,8 @@ class _Create:
         self._flavor = flavor
 
     async def create(self, **kwargs: Any) -> Any:
-        """The SDK's `create`, metered (extra keywords: session_id, task_id, priority)."""
+        """The SDK's `create`, metered (extra keywords: session_id, task_id, priority,
+        account)."""
         if self._flavor == "chat" and kwargs.get("stream"):
             options = dict(kwargs.get("stream_options") or {})
             options.setdefault("include_usage", True)
@@ -416,11 +428,14 @@ async def manage_api_tokens(
     *,
     session_id: str | None = None,
     quota: TokenQuota | None = None,
+    account: str | None = None,
 ) -> bool:
     """Whether a call of `required_tokens` to `api_name` could go out now.
 
     True when the API's rate limit has room and, if a session is given or in scope,
-    the session's budget has `required_tokens` available. Nothing is reserved.
+    the session's budget has `required_tokens` available, and so has every budget tree
+    node above it (`account`, or the `session_scope`'s) that has limits. Nothing is
+    reserved.
     """
     limiter = _limiters.get(api_name)
     if limiter is not None and not limiter.has_capacity(required_tokens):
@@ -429,5 +444,9 @@ async def manage_api_tokens(
         session = current_session(session_id)
     except IntegrationError:
         return True
+    resolved = current_account(account)
     client = await get_quota(quota)
-    return await client.available_tokens(session) >= required_tokens
+    if await client.available_tokens(session) < required_tokens:
+        return False
+    nodes = await client.account_metrics(resolved) if resolved is not None else []
+    return all(n.available_tokens is None or n.available_tokens >= required_tokens for n in nodes)

@@ -8,6 +8,12 @@ tools' `session_id` argument in the place of the `_meta` source: by default a co
 `mcp.session_id` is used, and a call naming a different session is refused; a client
 may name its session when none is configured or `mcp.session_sources` lists `meta`
 before `config`, within `mcp.client_session_prefix`.
+
+`reserve_tokens` and `record_usage` take the session's budget tree node as `account`
+(checked: a path that is not one is refused with the rule). A configured `mcp.account`
+is the default, and a call naming another account is refused; without one, a call may
+name any account (the enclosing `session_scope`'s is the default, if any). A settlement
+names its reservation's account.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from tokenquota.config import Settings
 from tokenquota.errors import IntegrationError, TokenQuotaExceededError
 from tokenquota.schemas import CountedBy, Priority, Source, TokenUsed
 
+from ..defaults import current_account
 from ..reservations import Reservation, TokenQuota
 from .mcp_hooks import SessionNotAllowedError, check_client_session, resolve_session
 
@@ -114,17 +121,23 @@ def create_budget_server(settings: Settings, *, quota: TokenQuota | None = None)
         session_id: str | None = None,
         task_id: str | None = None,
         priority: Priority = "normal",
+        account: str | None = None,
     ) -> dict[str, Any]:
         """Hold `tokens` for the session; settle them later with record_usage.
 
-        `session_id` may be left out when the server has one configured.
+        `session_id` may be left out when the server has one configured; `account` (the
+        session's budget tree node, such as "acme/research/alice") when it has one
+        configured or the session belongs to none.
         """
         session_id = session_of(ctx, session_id)
+        node = _account(account, settings)
         if tokens <= 0:
             raise ToolError(f"tokens must be a positive integer, got {tokens}")
         state = tools_of(ctx)
         try:
-            held = await state.quota.reserve(session_id, tokens, task_id, priority, source=SOURCE)
+            held = await state.quota.reserve(
+                session_id, tokens, task_id, priority, source=SOURCE, account=node
+            )
         except (TokenQuotaExceededError, IntegrationError) as exc:
             raise ToolError(str(exc)) from exc
         state.held[held.reservation_id] = held
@@ -146,12 +159,16 @@ def create_budget_server(settings: Settings, *, quota: TokenQuota | None = None)
         task_id: str | None = None,
         operation: str = "agent",
         counted_by: CountedBy = "estimate",
+        account: str | None = None,
     ) -> dict[str, Any]:
         """Record tokens used; naming a reservation settles it (the unused rest is freed).
 
-        `session_id` may be left out when the server has one configured.
+        `session_id` may be left out when the server has one configured; `account` (the
+        session's budget tree node) when it has one configured, the session belongs to
+        none, or the call settles a reservation of this server (its account is used).
         """
         session_id = session_of(ctx, session_id)
+        node = _account(account, settings)
         state = tools_of(ctx)
         rid = None
         if reservation_id is not None:
@@ -167,6 +184,12 @@ def create_budget_server(settings: Settings, *, quota: TokenQuota | None = None)
                     raise ToolError(
                         f"reservation {rid} belongs to session {held.event.session_id!r}"
                     )
+                if account and node != held.event.account:
+                    state.held[held.reservation_id] = held
+                    raise ToolError(
+                        f"reservation {rid} was made for account {held.event.account!r}, "
+                        f"not {node!r}"
+                    )
                 delivery = await held.settle(
                     input_tokens, output_tokens, model, operation=operation, counted_by=counted_by
                 )
@@ -175,6 +198,7 @@ def create_budget_server(settings: Settings, *, quota: TokenQuota | None = None)
                     session_id=session_id,
                     task_id=task_id,
                     source=SOURCE,
+                    account=node,
                     reservation_id=rid,
                     model=model,
                     input_tokens=input_tokens,
@@ -230,6 +254,24 @@ def _session(ctx: Context[Any, Any], requested: str | None, settings: Settings) 
             "before config"
         )
     return session
+
+
+def _account(named: str | None, settings: Settings) -> str | None:
+    """The budget tree node a tool call bills: the argument, checked (and, with
+    `mcp.account` set, only that one), else `mcp.account`, else the `session_scope`'s."""
+    configured = settings.mcp.account
+    if not named:  # left out (or sent empty)
+        return configured if configured is not None else current_account()
+    try:
+        account = current_account(named)
+    except ValueError as exc:
+        raise ToolError(str(exc)) from None
+    if configured is not None and account != configured:
+        raise ToolError(
+            f"account {named!r} is not allowed: this server bills its sessions to account "
+            f"{configured!r} (mcp.account)"
+        )
+    return account
 
 
 def _worst(*levels: str) -> str:

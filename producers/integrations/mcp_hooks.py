@@ -13,6 +13,11 @@ default the configured `mcp.session_id` comes first, so a client can only name i
 session (`_meta`, header, clientInfo) when none is configured or the configuration
 lists a client source before `config`. `mcp.client_session_prefix` limits the sessions
 a client may name.
+
+The sessions billed belong to the budget tree node `mcp.account` when it is set: the
+configuration binds every session this integration bills. Unset, a call made inside
+`session_scope(..., account=...)` (a decorated tool called in the agent's own process,
+say) names that scope's account; otherwise none.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ from tokenquota.errors import IntegrationError, TokenQuotaExceededError
 from tokenquota.schemas import CountedBy, Source
 from tokenquota.sections import McpSettings, SessionSource
 
-from ..defaults import get_quota
+from ..defaults import current_account, get_quota
 from ..reservations import Reservation, TokenQuota
 from ..token_counter import TokenCounter, Tokens, payload_text, token_counter
 
@@ -272,23 +277,23 @@ class McpMeter:
     ) -> Held:
         """Count `text` (the input) and reserve tokens for it: `reserve(count)`, or by
         default the count plus a fair output allowance (`fair_reservation`, cut to what
-        the session and, with `mcp.account`, each node above it has left).
-        TokenQuotaExceededError when they do not fit."""
+        the session and, with an account, each node above it has left).
+        TokenQuotaExceededError when they do not fit. The account is `mcp.account`, else
+        the enclosing `session_scope`'s."""
         mcp = self.settings.mcp
+        account = mcp.account if mcp.account is not None else current_account()
         input_tokens = await self.counter.count_tokens(text, mcp.model)
         quota = await get_quota(self._quota, settings=self.settings)
         if reserve is None:
             room = (await quota.session_metrics(session_id)).headroom().available
-            if mcp.account is not None:  # and what each node above the session has left
-                nodes = await quota.account_metrics(mcp.account)
+            if account is not None:  # and what each node above the session has left
+                nodes = await quota.account_metrics(account)
                 left = [n.available_tokens for n in nodes if n.available_tokens is not None]
                 room = min([room, *left])
             wanted = fair_reservation(int(input_tokens), mcp.token_budget_per_request, room)
         else:
             wanted = max(reserve(input_tokens), 1)
-        reservation = await quota.reserve(
-            session_id, wanted, source=self.source, account=mcp.account
-        )
+        reservation = await quota.reserve(session_id, wanted, source=self.source, account=account)
         return Held(quota, reservation, input_tokens, operation[:100])
 
     async def settle(

@@ -4,7 +4,8 @@
 `search` / `delete`; every operation then emits a TokenUsed event named
 `memory.<operation>` whose input tokens are the stored content and the query and
 whose output tokens are the results returned. `track_memory_operation` records one
-operation by hand.
+operation by hand. The events name the session's budget tree account: `account=`, else
+the `session_scope`'s at the time of the operation.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from tokenquota.schemas import CountedBy, Source, TokenUsed
 
-from ..defaults import current_session, get_quota
+from ..defaults import current_account, current_session, get_quota
 from ..reservations import TokenQuota
 from ..token_counter import TokenCounter, payload_text, token_counter
 
@@ -84,9 +85,12 @@ class TokenAwareMemoryStorage:
         quota: TokenQuota | None = None,
         counter: TokenCounter | None = None,
         model: str | None = None,
+        account: str | None = None,
     ) -> None:
         self.storage = storage
         self.session_id = session_id
+        # Checked now; None: the `session_scope`'s at each operation.
+        self.account = current_account(account) if account is not None else None
         self._quota = quota
         self._counter = counter or token_counter
         self._model = model
@@ -153,6 +157,7 @@ class TokenAwareMemoryStorage:
             session_id=self.session_id,
             quota=self._quota,
             model=self._model or self._counter.default_model,
+            account=self.account,
         )
 
 
@@ -165,13 +170,16 @@ async def _emit(
     session_id: str | None,
     quota: TokenQuota | None,
     model: str,
+    account: str | None,
 ) -> None:
     session = current_session(session_id, what=f"memory operation {operation!r}")
+    resolved = current_account(account)
     client = await get_quota(quota, source=SOURCE)
     await client.emit(
         TokenUsed(
             session_id=session,
             source=SOURCE,
+            account=resolved,
             model=model,
             input_tokens=input_tokens,
             output_tokens=output_tokens,
@@ -187,14 +195,18 @@ async def integrate_with_memory(
     session_id: str | None = None,
     quota: TokenQuota | None = None,
     model: str | None = None,
+    account: str | None = None,
 ) -> TokenAwareMemoryStorage:
-    """Wrap `storage` so its operations are accounted to `session_id` (or `session_scope`)."""
+    """Wrap `storage` so its operations are accounted to `session_id` (or `session_scope`)
+    under `account`, the session's budget tree node (or the `session_scope`'s)."""
     missing = [op for op in ("store", "retrieve", "search", "delete") if not hasattr(storage, op)]
     if missing:
         raise TypeError(
             f"{type(storage).__name__} is not a memory store: it lacks {', '.join(missing)}"
         )
-    return TokenAwareMemoryStorage(storage, session_id=session_id, quota=quota, model=model)
+    return TokenAwareMemoryStorage(
+        storage, session_id=session_id, quota=quota, model=model, account=account
+    )
 
 
 async def track_memory_operation(
@@ -205,12 +217,15 @@ async def track_memory_operation(
     session_id: str | None = None,
     quota: TokenQuota | None = None,
     model: str | None = None,
+    account: str | None = None,
 ) -> int:
     """Record a memory operation by hand; returns the tokens recorded.
 
     Without `tokens_used`, `content` is counted. A count from `token_counter` keeps its
-    label; any other number is recorded as an estimate.
+    label; any other number is recorded as an estimate. `account`: the session's budget
+    tree node (default: the `session_scope`'s).
     """
+    resolved = current_account(account)
     counted_model = model or token_counter.default_model
     if tokens_used is None:
         tokens_used = await token_counter.count_tokens(content, counted_model)
@@ -225,5 +240,6 @@ async def track_memory_operation(
         session_id=session_id,
         quota=quota,
         model=counted_model,
+        account=resolved,
     )
     return int(tokens_used)

@@ -7,6 +7,10 @@ with the usage the task reports, or with its counted result. A task that raises 
 is cancelled, or whose result can be neither read for usage nor counted, releases its
 tokens. At most `orchestrator.max_concurrent_tasks` tasks of a session run at once;
 the others wait, higher priority first (`waiting_tasks` says how many wait).
+
+A session of a budget tree names its account: `account=`, else the enclosing
+`session_scope(session_id, account=...)`'s; a task run on tokens held by
+`kilocode_token_budget` settles under the account they were held for.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from tokenquota.config import Settings
 from tokenquota.errors import TokenQuotaExceededError
 from tokenquota.schemas import CountedBy, Priority, Source
 
-from ..defaults import current_session, get_quota
+from ..defaults import current_account, current_session, get_quota
 from ..reservations import Reservation, TokenQuota
 from ..token_counter import payload_text, token_counter
 
@@ -123,16 +127,19 @@ async def kilocode_token_budget(
     *,
     priority: Priority = "normal",
     quota: TokenQuota | None = None,
+    account: str | None = None,
 ) -> bool:
     """Hold `required_tokens` for the task; False (and nothing held) when they don't fit.
 
     The next `route_with_token_budget(..., task_id=task_id)` of this session uses the
     held tokens; `release_task_budget` gives them back if the task never runs.
+    `account`: the session's budget tree node (default: the `session_scope`'s).
     """
+    resolved = current_account(account)
     client = await get_quota(quota, source=SOURCE)
     try:
         reservation = await client.reserve(
-            session_id, required_tokens, task_id, priority, source=SOURCE
+            session_id, required_tokens, task_id, priority, source=SOURCE, account=resolved
         )
     except TokenQuotaExceededError:
         return False
@@ -181,17 +188,29 @@ async def route_with_token_budget(
     model: str | None = None,
     quota: TokenQuota | None = None,
     settings: Settings | None = None,
+    account: str | None = None,
     **kwargs: Any,
 ) -> R:
     """Run `task_func(*args, **kwargs)` under a reservation and settle what it used.
 
     Raises TokenQuotaExceededError (before running anything) when the estimate does
-    not fit. `task_id` defaults to the function's name.
+    not fit. `task_id` defaults to the function's name; `account`, the session's budget
+    tree node, to the `session_scope`'s.
     """
+    resolved = current_account(account)
     client = await get_quota(quota, settings=settings, source=SOURCE)
     task = task_id or str(getattr(task_func, "__name__", "task"))
     return await _run_task(
-        client, session_id, task, task_func, args, kwargs, estimated_tokens, priority, model
+        client,
+        session_id,
+        task,
+        task_func,
+        args,
+        kwargs,
+        estimated_tokens,
+        priority,
+        model,
+        resolved,
     )
 
 
@@ -205,6 +224,7 @@ async def _run_task(
     estimated_tokens: int | None,
     priority: Priority,
     model: str | None,
+    account: str | None,
 ) -> R:
     counted_model = model or token_counter.default_model
     arguments = payload_text([list(args), kwargs]) if args or kwargs else ""
@@ -213,7 +233,9 @@ async def _run_task(
         reservation = _held.pop((session_id, task), None)
         if reservation is None:
             wanted = estimated_tokens if estimated_tokens is not None else max(int(input_count), 1)
-            reservation = await client.reserve(session_id, wanted, task, priority, source=SOURCE)
+            reservation = await client.reserve(
+                session_id, wanted, task, priority, source=SOURCE, account=account
+            )
         # Until the settlement is emitted, a failure (the task's, a cancellation, a result
         # that reports no usage and cannot be counted) releases the tokens rather than
         # holding them until the reservation's TTL.
@@ -253,7 +275,8 @@ class TaskOrchestrator(Protocol):
     """An orchestrator that registers tasks with a decorator: `@orchestrator.task(...)`.
 
     Budgeted tasks get their session from a `session_id` argument (keyword, or the
-    first positional parameter named so), else from `session_scope`.
+    first positional parameter named so), else from `session_scope`; their account
+    from the `session_scope` they run in.
     """
 
     def task(self, *args: Any, **kwargs: Any) -> Callable[[Any], Any]:
@@ -271,9 +294,10 @@ def _budgeted(
     async def run(*args: Any, **kwargs: Any) -> Any:
         session = kwargs.get("session_id") or (args[0] if first_is_session and args else None)
         resolved = current_session(session, what=f"task {fn.__name__}")
+        account = current_account()
         client = await get_quota(quota, settings=settings, source=SOURCE)
         return await _run_task(
-            client, resolved, fn.__name__, fn, args, kwargs, None, priority, None
+            client, resolved, fn.__name__, fn, args, kwargs, None, priority, None, account
         )
 
     return run  # type: ignore[return-value]
