@@ -13,7 +13,8 @@ from pydantic_core import ErrorDetails
 
 from tokenquota.dashboard import AsyncTokenDashboard
 from tokenquota.errors import UnknownSessionError
-from tokenquota.producers.budgets import set_account_budget, set_budget
+from tokenquota.producers.budgets import merged_usd, set_account_budget, set_budget
+from tokenquota.projections import UsdLimits, UsdMetrics
 from tokenquota.projections.read_models import (
     AlertRow,
     AuditRow,
@@ -24,8 +25,9 @@ from tokenquota.projections.read_models import (
     SessionReport,
     SystemOverview,
     TopSession,
+    Usd,
 )
-from tokenquota.schemas import AccountPath
+from tokenquota.schemas import AccountPath, Money
 
 from .auth import Caller
 from .state import admin, reader, state_of
@@ -45,13 +47,25 @@ async def session(session_id: str, request: Request, caller: Caller = reader) ->
 
 
 class BudgetRequest(BaseModel):
-    """New limits (thresholds left out keep the session's current ones)."""
+    """New limits. Thresholds and USD limits left out keep the current ones; a USD limit
+    given as null is removed. USD amounts are decimal strings ("500.00") or integers."""
 
     daily_limit: int = Field(ge=0)
     monthly_limit: int = Field(ge=0)
     hard_limit: int = Field(ge=0)
     warning_threshold: Decimal | None = Field(default=None, gt=0, le=1)
     critical_threshold: Decimal | None = Field(default=None, gt=0, le=1)
+    daily_usd_limit: Money | None = None
+    monthly_usd_limit: Money | None = None
+    total_usd_limit: Money | None = None
+
+    def usd_changes(self) -> dict[str, Decimal | None]:
+        """The USD windows this request names (None: remove that limit)."""
+        return {
+            name.removesuffix("_usd_limit"): getattr(self, name)
+            for name in ("daily_usd_limit", "monthly_usd_limit", "total_usd_limit")
+            if name in self.model_fields_set
+        }
 
 
 @router.put("/sessions/{session_id}/budget", response_model=SessionReport)
@@ -62,9 +76,11 @@ async def put_budget(
     worker has applied it."""
     state = state_of(request)
     try:
+        current = (await state.quota.session_metrics(session_id)).usd
         await set_budget(
             state.quota,
             session_id,
+            usd=merged_usd(current.limits if current else None, body.usd_changes()),
             daily_limit=body.daily_limit,
             monthly_limit=body.monthly_limit,
             hard_limit=body.hard_limit,
@@ -96,6 +112,16 @@ class AccountNode(BaseModel):
     reservations_accepted: int
     reservations_rejected: int
     updated_at: datetime | None
+    daily_usd_limit: Usd | None = None
+    monthly_usd_limit: Usd | None = None
+    total_usd_limit: Usd | None = None
+    usd_used_today: Usd = Decimal(0)
+    usd_used_month: Usd = Decimal(0)
+    usd_used_total: Usd = Decimal(0)
+    #: Dollars priced reservations hold until their ApiCost; what is left under the
+    #: tightest USD limit (None: no USD limit).
+    usd_held: Usd = Decimal(0)
+    available_usd: Usd | None = None
 
 
 async def _nodes(request: Request, account: str) -> list[AccountNode]:
@@ -123,9 +149,26 @@ async def _nodes(request: Request, account: str) -> list[AccountNode]:
             reservations_accepted=n.reservations_accepted,
             reservations_rejected=n.reservations_rejected,
             updated_at=n.updated_at,
+            **_usd(n.usd),
         )
         for n in nodes
     ]
+
+
+def _usd(usd: UsdMetrics | None) -> dict[str, Decimal | None]:
+    if usd is None:
+        return {}
+    limits = usd.limits
+    return {
+        "daily_usd_limit": limits.daily if limits else None,
+        "monthly_usd_limit": limits.monthly if limits else None,
+        "total_usd_limit": limits.total if limits else None,
+        "usd_used_today": usd.used_today,
+        "usd_used_month": usd.used_month,
+        "usd_used_total": usd.used_total,
+        "usd_held": usd.held,
+        "available_usd": usd.available,
+    }
 
 
 @router.get("/accounts/{account:path}", response_model=list[AccountNode])
@@ -141,11 +184,13 @@ async def put_account_budget(
 ) -> list[AccountNode]:
     """Set a budget tree node's limits (every session under it must fit them too): a
     BudgetSet naming the token as its actor, answered once the worker has applied it."""
-    await _nodes(request, account)  # a valid path
+    node = (await _nodes(request, account))[-1]  # a valid path
+    current = UsdLimits(node.daily_usd_limit, node.monthly_usd_limit, node.total_usd_limit)
     try:
         await set_account_budget(
             state_of(request).quota,
             account,
+            usd=merged_usd(current, body.usd_changes()),
             daily_limit=body.daily_limit,
             monthly_limit=body.monthly_limit,
             hard_limit=body.hard_limit,

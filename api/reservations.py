@@ -4,20 +4,23 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from decimal import Decimal
 from functools import lru_cache
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from tokenquota.errors import (
     ReservationExpiredError,
     TokenBudgetExhaustedError,
     TokenQuotaExceededError,
+    UsdBudgetExceededError,
 )
 from tokenquota.producers import Reservation
-from tokenquota.schemas import AccountPath, Priority, Source, TokenReserved
+from tokenquota.producers.integrations.pricing import price_reservation
+from tokenquota.schemas import AccountPath, Money, Priority, Source, TokenReserved
 
 from .auth import Caller
 from .lean import body_schema, json_body, json_response
@@ -50,6 +53,30 @@ class ReserveRequest(BaseModel):
         description="The session's budget tree node (tenant/team/user): every node above "
         "it with limits must have room too",
     )
+    model: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        description="The model the call will use: the reservation is then priced by "
+        "genai-prices and held against USD limits until an ApiCost names it",
+    )
+    provider: str | None = Field(
+        default=None, min_length=1, max_length=100, description="e.g. openai, anthropic"
+    )
+    output_tokens: int | None = Field(
+        default=None,
+        ge=0,
+        description="How many of `tokens` are output (priced at the output price; the rest "
+        "at the input price). Default: all of them, the dearer bound",
+    )
+
+    @model_validator(mode="after")
+    def _output_within_tokens(self) -> Self:
+        if self.output_tokens is not None and self.output_tokens > self.tokens:
+            raise ValueError(
+                f"output_tokens ({self.output_tokens}) is more than tokens ({self.tokens})"
+            )
+        return self
 
 
 class ReservationOut(BaseModel):
@@ -72,6 +99,12 @@ class SettleRequest(BaseModel):
     output_tokens: int = Field(ge=0)
     model: str = Field(default="unknown", min_length=1, max_length=200)
     operation: str = Field(default="http_call", min_length=1, max_length=100)
+    cost_usd: Money | None = Field(
+        default=None,
+        description="What the call cost; with it (or a model genai-prices knows) an ApiCost "
+        "naming the reservation is sent, which lets go of the dollars its price held",
+    )
+    provider: str | None = Field(default=None, min_length=1, max_length=100)
 
 
 class Settled(BaseModel):
@@ -95,12 +128,25 @@ def _out(reservation: Reservation) -> ReservationOut:
     )
 
 
+#: Windows that never reopen by themselves: waiting does not help (409, not 429).
+_FOR_GOOD = frozenset({"hard_limit", "total_usd_limit"})
+
+
 def _refused(exc: TokenQuotaExceededError) -> JSONResponse:
-    exhausted = isinstance(exc, TokenBudgetExhaustedError) or exc.window == "hard_limit"
+    exhausted = isinstance(exc, TokenBudgetExhaustedError) or exc.window in _FOR_GOOD
     RESERVATIONS.labels("rejected", exc.window).inc()
+    dollars: dict[str, str] = {}
+    if isinstance(exc, UsdBudgetExceededError):
+        dollars = {
+            "limit_usd": str(exc.limit_usd),
+            "used_usd": str(exc.used_usd),
+            "held_usd": str(exc.held_usd),
+            "requested_usd": str(exc.requested_usd),
+        }
     return JSONResponse(
         status_code=409 if exhausted else 429,
         content={
+            **dollars,
             "error": "budget_exhausted" if exhausted else "quota_exceeded",
             "detail": str(exc),
             "session_id": exc.session_id,
@@ -120,9 +166,14 @@ def _refused(exc: TokenQuotaExceededError) -> JSONResponse:
     openapi_extra=body_schema(ReserveRequest),
     responses={
         201: {"model": ReservationOut, "description": "granted (strict) or pending (optimistic)"},
-        409: {"description": "refused at the hard limit (waiting does not help)"},
-        422: {"description": "the body is not a valid reservation request"},
-        429: {"description": "refused under a daily or monthly limit (or the critical cap)"},
+        409: {"description": "refused at the hard or total USD limit (waiting does not help)"},
+        422: {
+            "description": "the body is not a valid reservation request, or its model has no price"
+        },
+        429: {
+            "description": "refused under a daily or monthly limit, tokens or USD (or the "
+            "critical cap)"
+        },
         503: {"description": "the pipeline could not decide"},
     },
 )
@@ -132,6 +183,20 @@ async def reserve(request: Request) -> Response:
     caller = authorize(request, "admin")
     body = await json_body(request, ReserveRequest)
     state = state_of(request)
+    price = None
+    if body.model is not None:
+        output = body.tokens if body.output_tokens is None else body.output_tokens
+        price = price_reservation(body.model, body.tokens - output, output, body.provider)
+        if price is None:
+            return JSONResponse(
+                status_code=422,
+                content={
+                    "error": "unknown_model",
+                    "detail": f"genai-prices has no price for model {body.model!r}"
+                    + (f" of provider {body.provider!r}" if body.provider else "")
+                    + ": name a priced model, or leave model out to reserve unpriced",
+                },
+            )
     try:
         reservation = await state.quota.reserve(
             body.session_id,
@@ -142,6 +207,8 @@ async def reserve(request: Request) -> Response:
             body.mode,
             source=_source(caller.name),
             account=body.account,
+            reserved_usd=price.usd if price else None,
+            price_source=price.source if price else None,
         )
     except TokenQuotaExceededError as exc:
         return _refused(exc)
@@ -207,6 +274,21 @@ async def settle(reservation_id: uuid.UUID, request: Request) -> Response:
     delivery = await reservation.settle(
         body.input_tokens, body.output_tokens, body.model, operation=body.operation
     )
+    cost: tuple[Decimal, str] | None = None
+    if body.cost_usd is not None:
+        cost = (body.cost_usd, f"reported:{_source(caller.name).name}")
+    elif body.model != "unknown":
+        price = price_reservation(body.model, body.input_tokens, body.output_tokens, body.provider)
+        cost = (price.usd, price.source) if price is not None else None
+    if cost is not None:
+        await reservation.cost(
+            cost[0],
+            cost[1],
+            api=body.provider or "http-api",
+            model=body.model,
+            input_tokens=body.input_tokens,
+            output_tokens=body.output_tokens,
+        )
     state_of(request).close(reservation_id, "settled")
     return json_response(Settled(reservation_id=reservation_id, delivery=delivery))
 

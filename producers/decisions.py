@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from datetime import datetime
+from decimal import Decimal
 
 from tokenquota.errors import (
     IntegrationError,
     ReservationExpiredError,
     TokenQuotaExceededError,
+    UsdBudgetExceededError,
 )
 from tokenquota.projections import ReservationRecord
 from tokenquota.schemas import TokenReserved
@@ -16,6 +18,8 @@ __all__ = ["decision_error"]
 
 #: The reasons a refusal names a budget window for (TokenQuotaExceededError).
 _WINDOWS = frozenset({"daily_limit", "monthly_limit", "hard_limit", "critical_threshold"})
+#: ... and for a USD window (UsdBudgetExceededError).
+_USD_WINDOWS = frozenset({"daily_usd_limit", "monthly_usd_limit", "total_usd_limit"})
 
 
 def decision_error(
@@ -30,6 +34,8 @@ def decision_error(
       nothing then): ReservationExpiredError;
     - `rejected` for a budget window (daily_limit, monthly_limit, hard_limit,
       critical_threshold): TokenQuotaExceededError.for_window;
+    - `rejected` for a USD window (daily_usd_limit, monthly_usd_limit,
+      total_usd_limit): UsdBudgetExceededError;
     - `rejected` for `expired` (it had expired by the log's clock when the worker came
       to it), or a polled `expired`: ReservationExpiredError;
     - anything else: IntegrationError naming the status.
@@ -51,6 +57,18 @@ def decision_error(
             record.available_tokens,
             record.limit_tokens,
             reason,
+            record.refused_by,
+        )
+    if status == "rejected" and record is not None and reason in _USD_WINDOWS:
+        zero = Decimal(0)
+        return UsdBudgetExceededError(
+            record.session_id,
+            record.tokens,
+            reason,
+            record.limit_usd or zero,
+            record.used_usd or zero,
+            record.held_usd or zero,
+            record.reserved_usd or zero,
             record.refused_by,
         )
     because = f" (reason {reason!r})" if reason else ""

@@ -26,6 +26,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timedelta
+from decimal import Decimal
 from types import TracebackType
 from typing import Literal, Self
 
@@ -50,6 +51,7 @@ from tokenquota.projections import (
 )
 from tokenquota.schemas import (
     DEFAULTS_SESSION,
+    ApiCost,
     CountedBy,
     Event,
     Priority,
@@ -122,6 +124,35 @@ class Reservation:
     async def release(self) -> Delivery:
         """Give every reserved token back (a TokenUsed of zero tokens)."""
         return await self._close(0, 0, "none", "release", "provider")
+
+    async def cost(
+        self,
+        cost_usd: Decimal,
+        price_source: str,
+        *,
+        api: str,
+        model: str,
+        input_tokens: int,
+        output_tokens: int,
+    ) -> Delivery:
+        """Report what the call cost (an ApiCost naming this reservation): the dollars its
+        price held against USD limits are let go and the real cost counted instead. Call
+        it after `settle` (tokens) for a reservation made with `reserved_usd`."""
+        event = ApiCost(
+            session_id=self.event.session_id,
+            task_id=self.event.task_id,
+            source=self.event.source,
+            account=self.event.account,
+            occurred_at=self._quota.clock(),
+            reservation_id=self.reservation_id,
+            api=api,
+            model=model,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            cost_usd=cost_usd,
+            price_source=price_source,
+        )
+        return await self._quota.emit(event)
 
     async def _close(
         self, input_tokens: int, output_tokens: int, model: str, operation: str, by: CountedBy
@@ -331,6 +362,8 @@ class TokenQuota:
         *,
         source: Source | None = None,
         account: str | None = None,
+        reserved_usd: Decimal | None = None,
+        price_source: str | None = None,
     ) -> Reservation:
         """Reserve `tokens` for `session_id`; raise TokenQuotaExceededError when they don't fit.
 
@@ -339,6 +372,11 @@ class TokenQuota:
         must then fit every node above it that has limits too, and the error names the
         node that refused (`refused_by`). Every event of a session names the same
         account (its settlement does; events naming another go to the dead-letter topic).
+        `reserved_usd` (with `price_source`, e.g. from
+        `producers.integrations.pricing.price_reservation`) is the most the call can cost:
+        it is held against the USD limits of the session and of its nodes until an
+        ApiCost naming this reservation reports the real cost (or it is released or
+        expires); UsdBudgetExceededError when it does not fit.
 
         Raises TokenBudgetExhaustedError when the hard limit is reached,
         ReservationExpiredError when the reservation expired before it was decided or
@@ -364,6 +402,8 @@ class TokenQuota:
             tokens=tokens,
             priority=priority,
             expires_at=now + timedelta(seconds=ttl),
+            reserved_usd=reserved_usd,
+            price_source=price_source,
         )
         self._recent.spent(stored, tokens)
         if mode == "optimistic":

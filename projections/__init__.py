@@ -9,6 +9,7 @@ from .migrator import Migration, MigrationError, apply_migrations, load_migratio
 from .read import (
     AccountMetrics,
     SessionMetrics,
+    UsdMetrics,
     account_metrics,
     available_tokens,
     reservation,
@@ -26,6 +27,7 @@ from .state import (
     ProjectionState,
     ReservationRecord,
     SessionBudget,
+    UsdLimits,
 )
 from .store import (
     PROJECTION_TABLES,
@@ -62,6 +64,8 @@ __all__ = [
     "ReservationRecord",
     "SessionBudget",
     "SessionMetrics",
+    "UsdLimits",
+    "UsdMetrics",
     "account_metrics",
     "alert_level",
     "apply_batch",

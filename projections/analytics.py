@@ -105,7 +105,7 @@ async def session_report(
     day = local_day(now, await windows_zone(conn))
     extras = await conn.fetchrow(_SESSION_EXTRAS, session_id, now, day, month_of(day))
     assert extras is not None
-    limits = metrics.limits
+    limits, usd = metrics.limits, metrics.usd
     return SessionReport(
         session_id=session_id,
         limits=SessionLimits(
@@ -115,6 +115,9 @@ async def session_report(
             warning_threshold=limits.warning_threshold,
             critical_threshold=limits.critical_threshold,
             budget_source=limits.source,
+            daily_usd_limit=usd.limits.daily if usd and usd.limits else None,
+            monthly_usd_limit=usd.limits.monthly if usd and usd.limits else None,
+            total_usd_limit=usd.limits.total if usd and usd.limits else None,
         ),
         windows=windows_of(metrics),
         utilization=metrics.utilization,
@@ -130,6 +133,9 @@ async def session_report(
         cost_usd=extras["cost_total"] or _ZERO,
         last_activity=metrics.updated_at,
         as_of=now,
+        account=metrics.account,
+        usd_held=usd.held if usd else _ZERO,
+        available_usd=usd.available if usd else None,
     )
 
 

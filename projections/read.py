@@ -18,18 +18,61 @@ import asyncpg
 from tokenquota.schemas import ancestors
 
 from .budget import Headroom, headroom, local_day, month_of
-from .state import BUILTIN_DEFAULTS, AlertLevel, Limits, ReservationRecord
+from .state import BUILTIN_DEFAULTS, AlertLevel, Limits, ReservationRecord, UsdLimits
 from .store import defaults_from_row, reservation_from_row
 
 __all__ = [
     "AccountMetrics",
     "SessionMetrics",
+    "UsdMetrics",
     "account_metrics",
     "available_tokens",
     "reservation",
     "session_metrics",
     "sessions_metrics",
 ]
+
+
+@dataclass(frozen=True, slots=True)
+class UsdMetrics:
+    """Dollars of a session or node as of a read: its USD limits (None: none), the ApiCost
+    in its current windows, what priced reservations hold, and what is left under the
+    tightest limit (None without limits)."""
+
+    limits: UsdLimits | None
+    used_today: Decimal
+    used_month: Decimal
+    used_total: Decimal
+    held: Decimal
+    available: Decimal | None
+
+    @classmethod
+    def of(cls, row: asyncpg.Record, same_day: bool, same_month: bool) -> UsdMetrics:
+        """The USD columns of a budget row (and its `usd_held`), read in today's windows."""
+        zero = Decimal(0)
+        known = row["usd_used_total"] is not None
+        limits = None
+        if known and not all(row[f"{w}_usd_limit"] is None for w in ("daily", "monthly", "total")):
+            limits = UsdLimits(
+                row["daily_usd_limit"], row["monthly_usd_limit"], row["total_usd_limit"]
+            )
+        today = row["usd_used_today"] if known and same_day else zero
+        month = row["usd_used_month"] if known and same_month else zero
+        total = row["usd_used_total"] if known else zero
+        held = row["usd_held"]
+        available = None
+        if limits is not None:
+            left = [
+                limit - used - held
+                for limit, used in (
+                    (limits.daily, today),
+                    (limits.monthly, month),
+                    (limits.total, total),
+                )
+                if limit is not None
+            ]
+            available = max(min(left), zero)
+        return cls(limits, today, month, total, held, available)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +99,7 @@ class SessionMetrics:
     as_of: datetime
     #: The budget tree node the session belongs to (None: none).
     account: str | None = None
+    usd: UsdMetrics | None = None
 
     def headroom(self, priority: str = "normal") -> Headroom:
         """Tokens a reservation of `priority` could take now."""
@@ -74,6 +118,9 @@ _METRICS = """
            (SELECT COALESCE(sum(r.tokens), 0)::bigint FROM reservations r
              WHERE r.session_id = q.session_id AND r.status = 'accepted'
                AND r.expires_at > $2) AS tokens_held,
+           (SELECT COALESCE(sum(r.usd_held), 0) FROM reservations r
+             WHERE r.session_id = q.session_id AND r.usd_held IS NOT NULL
+               AND r.expires_at > $2) AS usd_held,
            d.daily_limit AS default_daily_limit, d.monthly_limit AS default_monthly_limit,
            d.hard_limit AS default_hard_limit,
            d.warning_threshold AS default_warning_threshold,
@@ -161,6 +208,7 @@ def _metrics(row: asyncpg.Record, now: datetime) -> SessionMetrics:
         updated_at=row["updated_at"],
         as_of=now,
         account=row["account"],
+        usd=UsdMetrics.of(row, same_day, same_month),
     )
 
 
@@ -184,6 +232,7 @@ class AccountMetrics:
     reservations_rejected: int
     updated_at: datetime | None
     as_of: datetime
+    usd: UsdMetrics | None = None
 
 
 _ACCOUNT = """
@@ -193,6 +242,11 @@ _ACCOUNT = """
                AND r.account IS NOT NULL AND r.status = 'accepted'
                AND (r.account = q.account OR r.account LIKE q.account || '/%')
                AND r.expires_at > $2) AS tokens_held,
+           (SELECT COALESCE(sum(r.usd_held), 0) FROM reservations r
+             WHERE split_part(r.account, '/', 1) = split_part(q.account, '/', 1)
+               AND r.account IS NOT NULL AND r.usd_held IS NOT NULL
+               AND (r.account = q.account OR r.account LIKE q.account || '/%')
+               AND r.expires_at > $2) AS usd_held,
            (SELECT timezone FROM partition_defaults
              ORDER BY set_at DESC, topic, kafka_partition LIMIT 1) AS default_timezone
       FROM unnest($1::varchar[]) AS q(account)
@@ -215,8 +269,10 @@ def _account(row: asyncpg.Record, now: datetime) -> AccountMetrics:
     known = row["current_day"] is not None
     zone = ZoneInfo(row["default_timezone"] or "UTC")
     day = local_day(now, zone)
-    today = row["tokens_used_today"] if known and row["current_day"] >= day else 0
-    month = row["tokens_used_month"] if known and row["current_month"] >= month_of(day) else 0
+    same_day = known and row["current_day"] >= day
+    same_month = known and row["current_month"] >= month_of(day)
+    today = row["tokens_used_today"] if same_day else 0
+    month = row["tokens_used_month"] if same_month else 0
     total = row["tokens_used_total"] if known else 0
     limits = None
     if known and row["budget_event"] is not None:
@@ -245,6 +301,7 @@ def _account(row: asyncpg.Record, now: datetime) -> AccountMetrics:
         reservations_rejected=row["reservations_rejected"] if known else 0,
         updated_at=row["updated_at"],
         as_of=now,
+        usd=UsdMetrics.of(row, same_day, same_month),
     )
 
 

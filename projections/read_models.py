@@ -64,6 +64,10 @@ class SessionLimits(_Model):
     warning_threshold: Decimal
     critical_threshold: Decimal
     budget_source: str
+    #: USD limits (None: no limit for the window).
+    daily_usd_limit: Usd | None = None
+    monthly_usd_limit: Usd | None = None
+    total_usd_limit: Usd | None = None
 
 
 class WindowUsage(_Model):
@@ -95,6 +99,12 @@ class SessionReport(_Model):
     cost_usd: Usd
     last_activity: datetime | None
     as_of: datetime
+    #: The budget tree node the session belongs to (None: none).
+    account: str | None = None
+    #: Dollars held by priced reservations until their ApiCost, and what is left under
+    #: the tightest USD limit (None: no USD limit).
+    usd_held: Usd = Decimal(0)
+    available_usd: Usd | None = None
 
 
 class PartitionLag(_Model):

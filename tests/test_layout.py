@@ -15,7 +15,7 @@ PUBLIC = {
     "tokenquota": {
         "AsyncTokenDashboard", "ConfigError", "DevStackError", "IntegrationError",
         "ReservationExpiredError", "Settings", "TokenBudgetExhaustedError", "TokenDashboard",
-        "TokenQuotaExceededError", "UnknownSessionError", "__version__",
+        "TokenQuotaExceededError", "UnknownSessionError", "UsdBudgetExceededError", "__version__",
         "check_integration_health", "check_integration_health_async", "load_settings",
     },
     "tokenquota.schemas": {
@@ -31,7 +31,8 @@ PUBLIC = {
         "PROJECTION_VIEWS", "AccountMetrics", "BatchResult", "Decision", "account_metrics",
         "FoldConfig", "Folded", "Headroom", "Limits", "LogRecord", "Migration", "MigrationError",
         "PartitionState", "PoisonEventError", "PoisonHandler", "ProjectionState",
-        "ReservationRecord", "SessionBudget", "SessionMetrics", "alert_level", "apply_batch",
+        "ReservationRecord", "SessionBudget", "SessionMetrics", "UsdLimits", "UsdMetrics",
+        "alert_level", "apply_batch",
         "apply_batch_isolating", "apply_migrations", "available_tokens", "connect",
         "decision_channel", "fold", "headroom", "is_permanent", "load_migrations", "new_session",
         "projection_lock_key", "quote_schema", "reservation", "schema_drift", "session_metrics",

@@ -18,6 +18,7 @@ from .errors import (
     TokenBudgetExhaustedError,
     TokenQuotaExceededError,
     UnknownSessionError,
+    UsdBudgetExceededError,
 )
 
 if TYPE_CHECKING:
@@ -40,6 +41,7 @@ __all__ = [
     "TokenDashboard",
     "TokenQuotaExceededError",
     "UnknownSessionError",
+    "UsdBudgetExceededError",
     "__version__",
     "check_integration_health",
     "check_integration_health_async",

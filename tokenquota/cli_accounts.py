@@ -15,7 +15,17 @@ if TYPE_CHECKING:
     from .config import Settings
     from .projections import AccountMetrics
 
-__all__ = ["AccountOption", "account_or_session", "account_rule", "print_nodes", "set_node_budget"]
+__all__ = [
+    "AccountOption",
+    "DailyUsdOption",
+    "MonthlyUsdOption",
+    "TotalUsdOption",
+    "account_or_session",
+    "account_rule",
+    "print_nodes",
+    "set_node_budget",
+    "usd_changes",
+]
 
 AccountOption = Annotated[
     str | None,
@@ -25,6 +35,45 @@ AccountOption = Annotated[
         show_default=False,
     ),
 ]
+
+
+def _usd_option(flag: str, per: str) -> Any:
+    return typer.Option(
+        flag, help=f"USD of ApiCost {per}, e.g. 500 (`none` removes the limit).", show_default=False
+    )
+
+
+DailyUsdOption = Annotated[str | None, _usd_option("--daily-usd", "per day")]
+MonthlyUsdOption = Annotated[str | None, _usd_option("--monthly-usd", "per calendar month")]
+TotalUsdOption = Annotated[str | None, _usd_option("--total-usd", "in all")]
+
+
+def usd_changes(
+    daily: str | None, monthly: str | None, total: str | None
+) -> dict[str, Decimal | None]:
+    """The USD windows given on the command line (exit 2 for an amount that is not one)."""
+    from decimal import InvalidOperation
+
+    changes: dict[str, Decimal | None] = {}
+    for window, value in (("daily", daily), ("monthly", monthly), ("total", total)):
+        if value is None:
+            continue
+        if value.strip().lower() == "none":
+            changes[window] = None
+            continue
+        try:
+            amount = Decimal(value.strip().lstrip("$"))
+        except InvalidOperation:
+            amount = Decimal(-1)
+        if not amount.is_finite() or amount < 0 or amount.as_tuple().exponent < -10:  # type: ignore[operator]
+            fail(
+                f"--{window}-usd must be dollars (at most 10 decimal places) or `none`, "
+                f"got {value!r}",
+                code=2,
+            )
+        changes[window] = amount
+    return changes
+
 
 NODE_COLUMNS = (
     Column("account", "account"),
@@ -37,6 +86,10 @@ NODE_COLUMNS = (
     Column("tokens_held", "held", "int"),
     Column("available_tokens", "available", "int"),
     Column("utilization", "utilization", "utilization"),
+    Column("monthly_usd_limit", "monthly USD", "usd"),
+    Column("usd_used_month", "USD month", "usd"),
+    Column("usd_held", "USD held", "usd"),
+    Column("available_usd", "USD available", "usd"),
 )
 
 
@@ -84,12 +137,18 @@ def set_node_budget(settings: Settings, account: str, limits: dict[str, Any]) ->
     async def apply() -> None:
         from .actors import os_actor
         from .producers import TokenQuota
-        from .producers.budgets import set_account_budget
+        from .producers.budgets import merged_usd, set_account_budget
         from .schemas import Source
 
         source = Source(component="cli", name="tokenquota budget set")
+        given = dict(limits)
+        changes = given.pop("usd_changes", {})
         async with TokenQuota(settings, source=source) as quota:
-            await set_account_budget(quota, account, actor=os_actor(), source=source, **limits)
+            current = (await quota.account_metrics(account))[-1].usd
+            usd = merged_usd(current.limits if current else None, changes)
+            await set_account_budget(
+                quota, account, actor=os_actor(), source=source, usd=usd, **given
+            )
 
     run(settings, apply())
 
@@ -111,4 +170,20 @@ def _row(node: AccountMetrics) -> dict[str, Any]:
         "utilization": node.utilization,
         "reservations_accepted": node.reservations_accepted,
         "reservations_rejected": node.reservations_rejected,
+        **_usd_row(node),
+    }
+
+
+def _usd_row(node: AccountMetrics) -> dict[str, Any]:
+    usd, zero = node.usd, Decimal(0)
+    limits = usd.limits if usd else None
+    return {
+        "daily_usd_limit": limits.daily if limits else None,
+        "monthly_usd_limit": limits.monthly if limits else None,
+        "total_usd_limit": limits.total if limits else None,
+        "usd_used_today": usd.used_today if usd else zero,
+        "usd_used_month": usd.used_month if usd else zero,
+        "usd_used_total": usd.used_total if usd else zero,
+        "usd_held": usd.held if usd else zero,
+        "available_usd": usd.available if usd else None,
     }

@@ -12,7 +12,16 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from .cli_accounts import AccountOption, account_or_session, print_nodes, set_node_budget
+from .cli_accounts import (
+    AccountOption,
+    DailyUsdOption,
+    MonthlyUsdOption,
+    TotalUsdOption,
+    account_or_session,
+    print_nodes,
+    set_node_budget,
+    usd_changes,
+)
 from .cli_format import Column, OutputFormat, format_time, render
 from .cli_reports import register_reports
 from .cli_run import (
@@ -59,6 +68,9 @@ BUDGET_COLUMNS = (
     Column("warning_threshold", "warning", "percent"),
     Column("critical_threshold", "critical", "percent"),
     Column("budget_source", "source"),
+    Column("daily_usd_limit", "daily USD", "usd"),
+    Column("monthly_usd_limit", "monthly USD", "usd"),
+    Column("total_usd_limit", "total USD", "usd"),
 )
 
 
@@ -144,6 +156,9 @@ def budget_set(
             help="Critical threshold, a ratio such as 0.95 (default: the session's own).",
         ),
     ] = None,
+    daily_usd: DailyUsdOption = None,
+    monthly_usd: MonthlyUsdOption = None,
+    total_usd: TotalUsdOption = None,
     timeout: Annotated[
         float, typer.Option(help="Seconds to wait for the worker to apply it.", min=0.1)
     ] = 10.0,
@@ -153,8 +168,10 @@ def budget_set(
 
     Emits a BudgetSet naming you (os:<user>) as its actor, waits until the worker has
     applied it (--timeout), then prints what `budget show` prints. A threshold left out
-    keeps the session's own (a new session: the defaults in the log). With --account, the
-    limits of that budget tree node instead: every session under it must fit them too.
+    keeps the session's own (a new session: the defaults in the log). USD limits
+    (--daily-usd, --monthly-usd, --total-usd: dollars of ApiCost, or `none` to remove
+    one) left out keep their current value. With --account, the limits of that budget
+    tree node instead: every session under it must fit them too.
 
     Example: tokenquota budget set alice --daily 100000 --monthly 2000000 --hard 10000000
     """
@@ -175,11 +192,12 @@ def budget_set(
         )
     except ValueError as exc:
         fail(str(exc), code=2)
+    usd = usd_changes(daily_usd, monthly_usd, total_usd)
     settings = settings_of(ctx)
     if node is not None:
         limits = {"daily_limit": daily, "monthly_limit": monthly, "hard_limit": hard,
                   "warning_threshold": warning_ratio, "critical_threshold": critical_ratio,
-                  "timeout": timeout}  # fmt: skip
+                  "timeout": timeout, "usd_changes": usd}  # fmt: skip
         set_node_budget(settings, node, limits)
         if fmt is OutputFormat.table:
             err.print(f"budget of account {node!r} applied", highlight=False, markup=False)
@@ -190,14 +208,16 @@ def budget_set(
     async def apply() -> Any:
         from .actors import os_actor
         from .producers import TokenQuota
-        from .producers.budgets import set_budget
+        from .producers.budgets import merged_usd, set_budget
         from .schemas import Source
 
         source = Source(component="cli", name="tokenquota budget set")
         async with TokenQuota(settings, source=source) as quota:
+            current = (await quota.session_metrics(session)).usd
             await set_budget(
                 quota,
                 session,
+                usd=merged_usd(current.limits if current else None, usd),
                 daily_limit=daily,
                 monthly_limit=monthly,
                 hard_limit=hard,

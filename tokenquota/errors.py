@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from decimal import ROUND_HALF_UP, Decimal
 
 __all__ = [
     "DevStackError",
@@ -12,6 +13,7 @@ __all__ = [
     "TokenBudgetExhaustedError",
     "TokenQuotaExceededError",
     "UnknownSessionError",
+    "UsdBudgetExceededError",
 ]
 
 
@@ -97,6 +99,50 @@ class TokenQuotaExceededError(Exception):
 
 class TokenBudgetExhaustedError(TokenQuotaExceededError):
     """The session has reached its hard limit: nothing more will fit until it is raised."""
+
+
+class UsdBudgetExceededError(TokenQuotaExceededError):
+    """A priced reservation does not fit a USD limit of the session or (`refused_by`) of a
+    node of its budget tree.
+
+    `window` is daily_usd_limit, monthly_usd_limit or total_usd_limit; `limit_usd` that
+    window's limit (for low priority, the part up to the critical threshold), `used_usd`
+    what the level spent in it, `held_usd` what reservations hold there, and
+    `requested_usd` the reservation's price. `requested` is in tokens, as for any refusal.
+    """
+
+    def __init__(
+        self,
+        session_id: str,
+        requested: int,
+        window: str,
+        limit_usd: Decimal,
+        used_usd: Decimal,
+        held_usd: Decimal,
+        requested_usd: Decimal,
+        refused_by: str | None = None,
+    ) -> None:
+        self.session_id = session_id
+        self.requested = requested
+        self.available = 0
+        self.limit = 0
+        self.window = window
+        self.refused_by = refused_by
+        self.limit_usd = limit_usd
+        self.used_usd = used_usd
+        self.held_usd = held_usd
+        self.requested_usd = requested_usd
+        who = refused_by if refused_by else f"session {session_id!r}"
+        Exception.__init__(
+            self,
+            f"{who}: {window.split('_')[0]} USD {_cents(limit_usd)}, used {_cents(used_usd)}, "
+            f"held {_cents(held_usd)}, requested {_cents(requested_usd)}",
+        )
+
+
+def _cents(amount: Decimal) -> str:
+    """Dollars to the cent, for messages only (the stored amounts stay exact)."""
+    return str(amount.quantize(Decimal("0.01"), rounding=ROUND_HALF_UP))  # as SQL round()
 
 
 class UnknownSessionError(LookupError):

@@ -12,7 +12,15 @@ from typing import Any, Literal
 
 import genai_prices
 
-__all__ = ["PricedUsage", "Provider", "price_usage", "rate_limit_state", "retry_after"]
+__all__ = [
+    "PricedUsage",
+    "Provider",
+    "ReservationPrice",
+    "price_reservation",
+    "price_usage",
+    "rate_limit_state",
+    "retry_after",
+]
 
 log = logging.getLogger("tokenquota.pricing")
 
@@ -32,6 +40,35 @@ class PricedUsage:
     cache_write_tokens: int
     cost_usd: Decimal
     price_source: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReservationPrice:
+    """What a reservation is priced at when it is made, and where the price came from."""
+
+    usd: Decimal
+    source: str
+
+
+def price_reservation(
+    model: str, prompt_tokens: int, output_tokens: int, provider: str | None = None
+) -> ReservationPrice | None:
+    """The most a call can cost: `prompt_tokens` at the model's input price plus
+    `output_tokens` (the output it may write) at its output price, from genai-prices.
+
+    None for a model genai-prices does not know: the reservation is then unpriced and
+    holds no dollars (a USD limit already spent still refuses it).
+    """
+    usage = genai_prices.Usage(input_tokens=prompt_tokens, output_tokens=output_tokens)
+    try:
+        price = genai_prices.calc_price(usage, model, provider_id=provider)
+    except LookupError:
+        log.warning("no genai-prices price for model %r: the reservation is unpriced", model)
+        return None
+    return ReservationPrice(
+        usd=price.total_price.quantize(_CENT_FRACTION),
+        source=f"{_GENAI_PRICES}:{price.provider.id}/{price.model.id}"[:200],
+    )
 
 
 def price_usage(provider: Provider, flavor: str, response: dict[str, Any]) -> PricedUsage | None:

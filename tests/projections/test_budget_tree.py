@@ -5,6 +5,7 @@ topic; replay (from the topic and from the ledger) rebuilds every table row for 
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -18,10 +19,11 @@ from tests.projections.test_replay import (
 )
 from tests.support import fetch_value, node_budget, reserved, used, wait_until
 from tokenquota.config import Settings
-from tokenquota.errors import TokenQuotaExceededError
+from tokenquota.errors import TokenQuotaExceededError, UsdBudgetExceededError
 from tokenquota.processors import parse_dead_letter_headers
 from tokenquota.producers import Emitter, TokenQuota
 from tokenquota.producers.budgets import set_account_budget
+from tokenquota.projections import UsdLimits
 from tokenquota.projections.ledger_replay import replay_from_ledger
 from tokenquota.schemas import Event, decode, utc_now
 
@@ -29,6 +31,10 @@ pytestmark = pytest.mark.integration
 
 TEAM = "acme/research"
 ALICE, BOB = f"{TEAM}/alice", f"{TEAM}/bob"
+
+
+def _priced(usd: str) -> dict[str, Any]:
+    return {"reserved_usd": Decimal(usd), "price_source": "test"}
 
 
 async def test_a_team_budget_refuses_what_the_session_budget_allows_and_replays_alike(
@@ -66,6 +72,40 @@ async def test_a_team_budget_refuses_what_the_session_budget_allows_and_replays_
         assert (bob.tokens_used_total, bob.reservations_accepted) == (0, 1)
         assert (await quota.session_metrics("bob-1")).account == BOB
 
+        # USD: the team may spend a dollar a month. A priced reservation holds its price
+        # from its acceptance until its ApiCost, through its token settlement.
+        await set_account_budget(quota, TEAM, daily_limit=1_000, monthly_limit=10_000,
+                                 hard_limit=100_000, usd=UsdLimits(None, Decimal(1), None),
+                                 actor="test")  # fmt: skip
+        call = await quota.reserve("alice-1", 10, account=ALICE, **_priced("0.80"))
+        await call.settle(5, 5, "gpt-4o")
+        with pytest.raises(UsdBudgetExceededError) as priced:
+            await quota.reserve("bob-1", 10, account=BOB, **_priced("0.30"))
+        message = "acme/research: monthly USD 1.00, used 0.00, held 0.80, requested 0.30"
+        assert (str(priced.value), priced.value.refused_by) == (message, TEAM)
+        await call.cost(Decimal("0.1"), "test", api="openai", model="gpt-4o",
+                        input_tokens=5, output_tokens=5)  # fmt: skip
+        # The real cost replaced the price: 0.90 of the dollar is left.
+        await (await quota.reserve("bob-1", 10, account=BOB, **_priced("0.90"))).release()
+
+        async def billed() -> bool:
+            team = (await quota.account_metrics(BOB))[1]
+            return (
+                team.usd is not None
+                and team.usd.used_month == Decimal("0.1")
+                and not (team.usd.held)
+            )
+
+        await wait_until(billed, 60, "the team's spend", [worker])
+        team = (await quota.account_metrics(BOB))[1]
+        assert team.usd is not None and team.usd.available == Decimal("0.9")
+        logged = await fetch_value(
+            settings.database,
+            "SELECT error_message FROM integration_logs WHERE action = 'reservation_rejected'"
+            " AND metadata ? 'limit_usd'",
+        )
+        assert logged == message
+
     # Raw events too: a tenant budget, a settlement above its reservation, a second team,
     # and an event that names no account for a session of the tree (dead-lettered, the
     # rest applied).
@@ -101,7 +141,7 @@ async def test_a_team_budget_refuses_what_the_session_budget_allows_and_replays_
         settings.database,
         "SELECT tokens_used_total FROM account_budgets WHERE account = 'acme'",
     )
-    assert acme == 250 + 150 + 5
+    assert acme == 250 + 10 + 150 + 5
 
     live = await with_views(settings)
     assert len(live["account_budgets"]) == 7  # acme, its two teams, four users
