@@ -39,7 +39,14 @@ from ..defaults import current_account, current_session, get_quota
 from ..reservations import TokenQuota
 from ..token_counter import payload_text, token_counter
 from .api_streams import Call, Flavor, MeteredStream, release_unsettled
-from .pricing import PricedUsage, Provider, price_usage, rate_limit_state, retry_after
+from .pricing import (
+    PricedUsage,
+    Provider,
+    price_reservation,
+    price_usage,
+    rate_limit_state,
+    retry_after,
+)
 from .rate_limit import RateLimiter
 
 __all__ = [
@@ -129,11 +136,18 @@ class MeteredAPI:
         priority: Priority = kwargs.pop("priority", "normal")
         cache_key = self._cache_key(flavor, kwargs) if self._caching else None
         prompt = self._prompt_tokens(flavor, kwargs)
-        wanted = prompt + self._output_limit(kwargs)
+        output_limit = self._output_limit(kwargs)
+        wanted = prompt + output_limit
         quota = await get_quota(self._quota, settings=self.settings)
         try:
             reservation = await quota.reserve(
-                session_id, wanted, task_id, priority, source=self.source, account=account
+                session_id,
+                wanted,
+                task_id,
+                priority,
+                source=self.source,
+                account=account,
+                **self._price(self._model(kwargs), prompt, output_limit),
             )
         except TokenQuotaExceededError as exc:
             fallback = await self._fallback(
@@ -224,6 +238,14 @@ class MeteredAPI:
                 return value
         return self.settings.external_apis.default_max_output_tokens
 
+    def _price(self, model: str, prompt: int, output: int) -> dict[str, Any]:
+        """The reservation's price (the most the call can cost) for USD limits; nothing
+        for a model genai-prices does not know (the reservation is then unpriced)."""
+        price = price_reservation(model, prompt, output, self.provider)
+        if price is None:
+            return {}
+        return {"reserved_usd": price.usd, "price_source": price.source}
+
     # -- fallback --------------------------------------------------------------------------
 
     def _cache_key(self, flavor: Flavor, kwargs: Mapping[str, Any]) -> str:
@@ -273,6 +295,7 @@ class MeteredAPI:
                 priority,
                 source=self.source,
                 account=account,
+                **self._price(model, prompt, kwargs[key]),
             )
         except TokenQuotaExceededError:
             return None
@@ -314,7 +337,7 @@ class MeteredAPI:
             await call.reservation.settle(
                 call.prompt_tokens, int(output), model, operation=operation, counted_by=by
             )
-            return None
+            return self._estimated_cost(call, model, int(output))
         await call.reservation.settle(
             priced.input_tokens,
             priced.output_tokens,
@@ -323,6 +346,25 @@ class MeteredAPI:
             counted_by="provider",
         )
         return priced
+
+    def _estimated_cost(self, call: Call, model: str, output: int) -> PricedUsage | None:
+        """The cost of a call without reported usage, priced from the counted tokens, for a
+        priced reservation: its ApiCost must come, or its price stays held until it expires
+        and its spend is never counted."""
+        if call.reservation.event.reserved_usd is None:
+            return None
+        price = price_reservation(model, call.prompt_tokens, output, self.provider)
+        if price is None:
+            return None
+        return PricedUsage(
+            model=model,
+            input_tokens=call.prompt_tokens,
+            output_tokens=output,
+            cache_read_tokens=0,
+            cache_write_tokens=0,
+            cost_usd=price.usd,
+            price_source=f"{price.source}:estimate"[:200],
+        )
 
     async def _emit_cost(
         self, call: Call, priced: PricedUsage, headers: Any, response_id: object
@@ -349,6 +391,7 @@ class MeteredAPI:
                 request_id=str(request_id)[:255] if request_id else None,
                 rate_limit_remaining=remaining,
                 rate_limit_reset=reset,
+                reservation_id=call.reservation.reservation_id,
             )
         )
 

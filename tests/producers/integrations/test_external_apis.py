@@ -22,6 +22,7 @@ from tokenquota.producers.integrations.external_apis import (
     integrate_with_external_apis,
     manage_api_tokens,
 )
+from tokenquota.producers.integrations.pricing import price_reservation
 from tokenquota.sections import ExternalApiSettings
 
 pytestmark = pytest.mark.integration
@@ -145,6 +146,17 @@ async def test_chat_responses_and_messages_streamed_or_not_settle_provider_usage
         prompt = token_counter.count_messages(MESSAGES, "gpt-4o")
         assert reserved[0] == prompt + 200  # max_tokens given
         assert reserved[1] == prompt + 4096  # none given: the configured cap, not the budget
+        # Each reservation was priced (prompt at the input price, its output cap at the
+        # output price), and its ApiCost named it: the price held no longer, the cost kept.
+        usd = await fetch_value(
+            settings.database,
+            "SELECT array_agg(array[reserved_usd::text, coalesce(usd_held::text, 'closed'),"
+            " settled_usd::text] ORDER BY requested_at) FROM reservations WHERE session_id = 'llm'",
+        )
+        expected = price_reservation("gpt-4o", prompt, 200, "openai")
+        assert expected is not None and Decimal(usd[0][0]) == expected.usd
+        assert [row[1] for row in usd] == ["closed"] * 6
+        assert Decimal(usd[0][2]) == price
 
 
 async def test_429_and_5xx_are_retried_honouring_retry_after_and_failures_release(
