@@ -13,7 +13,7 @@ from .cli_run import fail, out, run
 
 if TYPE_CHECKING:
     from .config import Settings
-    from .projections import AccountMetrics
+    from .projections import AccountMetrics, UsdLimits, UsdMetrics
 
 __all__ = [
     "AccountOption",
@@ -177,6 +177,17 @@ def _row(node: AccountMetrics) -> dict[str, Any]:
 def _usd_row(node: AccountMetrics) -> dict[str, Any]:
     usd, zero = node.usd, Decimal(0)
     limits = usd.limits if usd else None
+    return {
+        name: None
+        if value is None
+        else Decimal(format(value.normalize(), "f"))  # 500, not 500.0000000000
+        for name, value in _usd_values(usd, limits, zero).items()
+    }
+
+
+def _usd_values(
+    usd: UsdMetrics | None, limits: UsdLimits | None, zero: Decimal
+) -> dict[str, Decimal | None]:
     return {
         "daily_usd_limit": limits.daily if limits else None,
         "monthly_usd_limit": limits.monthly if limits else None,

@@ -141,8 +141,10 @@ class UsdBudgetExceededError(TokenQuotaExceededError):
 
 
 def _cents(amount: Decimal) -> str:
-    """Dollars to the cent, for messages only (the stored amounts stay exact)."""
-    return str(amount.quantize(Decimal("0.01"), rounding=ROUND_HALF_UP))  # as SQL round()
+    """Dollars to the cent (below a cent, to a millionth, so it never reads as 0.00), for
+    messages only: the stored amounts stay exact. As the integration_logs view words it."""
+    places = Decimal("0.000001") if 0 < abs(amount) < Decimal("0.01") else Decimal("0.01")
+    return str(amount.quantize(places, rounding=ROUND_HALF_UP))  # as SQL round()
 
 
 class UnknownSessionError(LookupError):

@@ -96,9 +96,14 @@ SELECT r.event_id,
                to_char(r.decided_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))
            WHEN r.limit_usd IS NOT NULL THEN format(
                '%s: %s USD %s, used %s, held %s, requested %s',
-               coalesce(r.refused_by, 'session ' || r.session_id),
-               split_part(r.reason, '_', 1), round(r.limit_usd, 2), round(r.used_usd, 2),
-               round(r.held_usd, 2), round(coalesce(r.reserved_usd, 0), 2))
+               coalesce(r.refused_by, 'session ' || quote_literal(r.session_id)),
+               -- to the cent, or to a millionth below a cent (never "0.00" for a sum
+               -- that is not zero); no function: replay drops its staging schema
+               split_part(r.reason, '_', 1),
+               round(r.limit_usd, CASE WHEN r.limit_usd <> 0 AND abs(r.limit_usd) < 0.01 THEN 6 ELSE 2 END),
+               round(r.used_usd, CASE WHEN r.used_usd <> 0 AND abs(r.used_usd) < 0.01 THEN 6 ELSE 2 END),
+               round(r.held_usd, CASE WHEN r.held_usd <> 0 AND abs(r.held_usd) < 0.01 THEN 6 ELSE 2 END),
+               round(coalesce(r.reserved_usd, 0), CASE WHEN coalesce(r.reserved_usd, 0) <> 0 AND abs(coalesce(r.reserved_usd, 0)) < 0.01 THEN 6 ELSE 2 END))
            WHEN r.refused_by IS NOT NULL THEN format(
                '%s: requested %s tokens, %s available under its %s of %s',
                r.refused_by, r.tokens, r.available_tokens, replace(r.reason, '_', ' '),

@@ -56,6 +56,42 @@ async def test_a_node_budget_refuses_over_http_and_reads_back(
         )
         assert (team["reservations_accepted"], team["reservations_rejected"]) == (1, 1)
 
+        # USD: the team may spend half a cent a month. A reservation naming its model is
+        # priced (gpt-4o: 300 output tokens at $10 a million = 0.003) and holds it.
+        released = await client.post(f"/v1/reservations/{granted.json()['reservation_id']}/release")
+        assert released.status_code == 200, released.text
+        put = await client.put(
+            "/v1/accounts/acme/research/budget", json=budget | {"monthly_usd_limit": "0.005"}
+        )
+        assert put.status_code == 200 and put.json()[1]["monthly_usd_limit"] == "0.005", put.text
+
+        def priced(session: str) -> dict[str, Any]:
+            return ask(session, "erin") | {"tokens": 300, "output_tokens": 300, "model": "gpt-4o"}
+
+        call = await client.post("/v1/reservations", json=priced("h-erin"))
+        assert call.status_code == 201, call.text
+        over = await client.post("/v1/reservations", json=priced("h-erin"))
+        assert over.status_code == 429, over.text
+        assert (over.json()["window"], over.json()["detail"]) == (
+            "monthly_usd_limit",
+            "acme/research: monthly USD 0.005000, used 0.00, held 0.003000, requested 0.003000",
+        )
+        settle = {"input_tokens": 0, "output_tokens": 100, "model": "gpt-4o", "cost_usd": "0.001"}
+        reservation_id = call.json()["reservation_id"]
+        settled = await client.post(f"/v1/reservations/{reservation_id}/settle", json=settle)
+        assert settled.status_code == 200, settled.text
+        # Its cost (0.001) replaced its price: 0.004 is left, the same call fits.
+        again = await client.post("/v1/reservations", json=priced("h-erin"))
+        assert again.status_code == 201, again.text
+        team = (await client.get("/v1/accounts/acme/research")).json()[1]
+        assert (team["usd_used_month"], team["usd_held"], team["available_usd"]) == (
+            "0.001",
+            "0.003",
+            "0.001",
+        )
+        unknown = await client.post("/v1/reservations", json=priced("h-erin") | {"model": "nope"})
+        assert unknown.status_code == 422 and unknown.json()["error"] == "unknown_model"
+
         bad = await client.get("/v1/accounts/acme//x")
         assert bad.status_code == 422, bad.text
         assert bad.json()["errors"][0]["path"] == "path.account", bad.json()

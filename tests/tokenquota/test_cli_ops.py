@@ -489,11 +489,23 @@ async def test_budget_set_and_usage_of_a_budget_tree_node(
     env = _environment(pipeline_settings, tmp_path)
     limits = ("--daily", "1000", "--monthly", "20000", "--hard", "300000")
     run = await _run(env, "budget", "set", "--account", "acme/ops", *limits, "--format", "json",
-                     "--timeout", "60")  # fmt: skip
+                     "--timeout", "60", "--monthly-usd", "500", "--total-usd", "$900")  # fmt: skip
     assert run.code == 0, (run, worker.log_path.read_text()[-2000:])
     nodes = run.json
     assert isinstance(nodes, list)
-    assert [(n["account"], n["daily_limit"]) for n in nodes] == [("acme", None), ("acme/ops", 1000)]
+    usd = [(n["account"], n["daily_limit"], n["monthly_usd_limit"], n["total_usd_limit"])
+           for n in nodes]  # fmt: skip
+    assert usd == [("acme", None, None, None), ("acme/ops", 1000, "500", "900")]
+    # A USD window left out keeps its limit; `none` removes one.
+    run = await _run(env, "budget", "set", "--account", "acme/ops", *limits, "--format", "json",
+                     "--timeout", "60", "--total-usd", "none")  # fmt: skip
+    assert run.code == 0, run
+    assert (run.json[1]["monthly_usd_limit"], run.json[1]["total_usd_limit"]) == ("500", None)
+    _one_error_line(
+        await _run(env, "budget", "set", "--account", "acme/ops", *limits, "--daily-usd", "ten"),
+        2,
+        "--daily-usd must be dollars",
+    )
     async with TokenQuota(pipeline_settings) as quota:
         await (await quota.reserve("cli-tree", 300, account="acme/ops/dana")).settle(200, 0)
 
