@@ -126,7 +126,7 @@ async def test_migrate_applies_once(database_settings: DatabaseSettings) -> None
     assert (second.code, second.stdout.strip()) == (0, "migrations applied: none pending")
     conn = await connect(database_settings.dsn(), database_settings.schema_name)
     try:
-        assert await conn.fetchval("SELECT count(*) FROM tokenquota_schema_migrations") == 10
+        assert await conn.fetchval("SELECT count(*) FROM tokenquota_schema_migrations") == 11
     finally:
         await conn.close()
 
