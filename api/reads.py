@@ -14,7 +14,7 @@ from pydantic_core import ErrorDetails
 from tokenquota.dashboard import AsyncTokenDashboard
 from tokenquota.errors import UnknownSessionError
 from tokenquota.producers.budgets import merged_usd, set_account_budget, set_budget
-from tokenquota.projections import UsdLimits, UsdMetrics
+from tokenquota.projections import UsdLimits
 from tokenquota.projections.read_models import (
     AlertRow,
     AuditRow,
@@ -149,26 +149,10 @@ async def _nodes(request: Request, account: str) -> list[AccountNode]:
             reservations_accepted=n.reservations_accepted,
             reservations_rejected=n.reservations_rejected,
             updated_at=n.updated_at,
-            **_usd(n.usd),
+            **(n.usd.columns() if n.usd else {}),
         )
         for n in nodes
     ]
-
-
-def _usd(usd: UsdMetrics | None) -> dict[str, Decimal | None]:
-    if usd is None:
-        return {}
-    limits = usd.limits
-    return {
-        "daily_usd_limit": limits.daily if limits else None,
-        "monthly_usd_limit": limits.monthly if limits else None,
-        "total_usd_limit": limits.total if limits else None,
-        "usd_used_today": usd.used_today,
-        "usd_used_month": usd.used_month,
-        "usd_used_total": usd.used_total,
-        "usd_held": usd.held,
-        "available_usd": usd.available,
-    }
 
 
 @router.get("/accounts/{account:path}", response_model=list[AccountNode])

@@ -28,7 +28,7 @@ from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timedelta
 from decimal import Decimal
 from types import TracebackType
-from typing import Literal, Self
+from typing import Literal, Self, TypedDict
 
 import asyncpg
 
@@ -139,12 +139,7 @@ class Reservation:
         price held against USD limits are let go and the real cost counted instead. Call
         it after `settle` (tokens) for a reservation made with `reserved_usd`."""
         event = ApiCost(
-            session_id=self.event.session_id,
-            task_id=self.event.task_id,
-            source=self.event.source,
-            account=self.event.account,
-            occurred_at=self._quota.clock(),
-            reservation_id=self.reservation_id,
+            **self._follow_up(),
             api=api,
             model=model,
             input_tokens=input_tokens,
@@ -154,6 +149,17 @@ class Reservation:
         )
         return await self._quota.emit(event)
 
+    def _follow_up(self) -> _FollowUp:
+        """The fields an event about this reservation shares with it, stamped now."""
+        return _FollowUp(
+            session_id=self.event.session_id,
+            task_id=self.event.task_id,
+            source=self.event.source,
+            account=self.event.account,
+            occurred_at=self._quota.clock(),
+            reservation_id=self.reservation_id,
+        )
+
     async def _close(
         self, input_tokens: int, output_tokens: int, model: str, operation: str, by: CountedBy
     ) -> Delivery:
@@ -161,12 +167,7 @@ class Reservation:
             raise RuntimeError(f"reservation {self.reservation_id} is already settled or released")
         self._closed = True
         event = TokenUsed(
-            session_id=self.event.session_id,
-            task_id=self.event.task_id,
-            source=self.event.source,
-            account=self.event.account,
-            occurred_at=self._quota.clock(),
-            reservation_id=self.reservation_id,
+            **self._follow_up(),
             model=model,
             input_tokens=input_tokens,
             output_tokens=output_tokens,
@@ -187,6 +188,15 @@ class Reservation:
     ) -> None:
         if not self._closed:
             await self.release()
+
+
+class _FollowUp(TypedDict):
+    session_id: str
+    task_id: str | None
+    source: Source
+    account: str | None
+    occurred_at: datetime
+    reservation_id: uuid.UUID
 
 
 class TokenQuota:

@@ -8,7 +8,7 @@ from typing import Any
 
 import asyncpg
 
-from .state import Limits, NodeBudget, SessionBudget, UsdLimits
+from .state import BudgetSource, Limits, NodeBudget, SessionBudget, UsdLimits
 
 __all__ = ["NODE_COLUMNS", "SESSION_COLUMNS", "node_args", "node_of", "session_args", "session_of"]
 
@@ -117,18 +117,22 @@ def node_args(n: NodeBudget) -> tuple[Any, ...]:
     )
 
 
+def _limits_of(row: Mapping[str, Any] | asyncpg.Record, source: BudgetSource) -> Limits:
+    return Limits(
+        daily_limit=row["daily_limit"],
+        monthly_limit=row["monthly_limit"],
+        hard_limit=row["hard_limit"],
+        warning_threshold=row["warning_threshold"],
+        critical_threshold=row["critical_threshold"],
+        source=source,
+    )
+
+
 def session_of(row: Mapping[str, Any] | asyncpg.Record) -> SessionBudget:
     """A session_token_budgets row as the fold's SessionBudget."""
     return SessionBudget(
         session_id=row["session_id"],
-        limits=Limits(
-            daily_limit=row["daily_limit"],
-            monthly_limit=row["monthly_limit"],
-            hard_limit=row["hard_limit"],
-            warning_threshold=row["warning_threshold"],
-            critical_threshold=row["critical_threshold"],
-            source=row["budget_source"],
-        ),
+        limits=_limits_of(row, row["budget_source"]),
         current_day=row["current_day"],
         tokens_used_today=row["tokens_used_today"],
         current_month=row["current_month"],
@@ -153,19 +157,9 @@ def session_of(row: Mapping[str, Any] | asyncpg.Record) -> SessionBudget:
 
 def node_of(row: Mapping[str, Any] | asyncpg.Record) -> NodeBudget:
     """An account_budgets row as the fold's NodeBudget."""
-    limits = None
-    if row["budget_event"] is not None:
-        limits = Limits(
-            daily_limit=row["daily_limit"],
-            monthly_limit=row["monthly_limit"],
-            hard_limit=row["hard_limit"],
-            warning_threshold=row["warning_threshold"],
-            critical_threshold=row["critical_threshold"],
-            source="event",
-        )
     return NodeBudget(
         account=row["account"],
-        limits=limits,
+        limits=None if row["budget_event"] is None else _limits_of(row, "event"),
         budget_event=row["budget_event"],
         current_day=row["current_day"],
         tokens_used_today=row["tokens_used_today"],

@@ -421,20 +421,11 @@ class _Folder:
         expired = expires_at <= moment.clock
         accepted = not expired and event.tokens <= room.available
         reason: str | None = None if accepted else ("expired" if expired else room.window)
-        requested_usd = event.reserved_usd or _ZERO
         refusing: NodeBudget | None = None
         dollars: UsdRefusal | None = None
         if accepted and session.usd is not None:
-            dollars = usd_refusal(
-                session.usd,
-                session.usd_used_today,
-                session.usd_used_month,
-                session.usd_used_total,
-                self._held_usd(session.session_id),
-                requested_usd,
-                event.priority,
-                session.limits.critical_threshold,
-            )
+            held = self._held_usd(session.session_id)
+            dollars = _usd_refusal(session, session.usd, held, event, session.limits)
             if dollars is not None:
                 accepted, reason = False, dollars.window
         if accepted and self.chain:
@@ -442,7 +433,7 @@ class _Folder:
             # nearest one that has none is named.
             for node in reversed(self.chain):
                 if node.limits is None:
-                    continue
+                    continue  # no BudgetSet, so neither tokens nor dollars limit here
                 node_room = headroom(
                     node.limits,
                     node.tokens_used_today,
@@ -456,16 +447,8 @@ class _Folder:
                     break
                 if node.usd is None:
                     continue
-                dollars = usd_refusal(
-                    node.usd,
-                    node.usd_used_today,
-                    node.usd_used_month,
-                    node.usd_used_total,
-                    self.node_held_usd.get(node.account, _ZERO),
-                    requested_usd,
-                    event.priority,
-                    node.limits.critical_threshold,
-                )
+                held = self.node_held_usd.get(node.account, _ZERO)
+                dollars = _usd_refusal(node, node.usd, held, event, node.limits)
                 if dollars is not None:
                     accepted, reason, refusing = False, dollars.window, node
                     break
@@ -681,3 +664,23 @@ class _Folder:
         self.out.logs.append(
             LogRow.of(event, at, action, status, tokens=tokens, error=error, metadata=metadata)
         )
+
+
+def _usd_refusal(
+    owner: SessionBudget | NodeBudget,
+    usd: UsdLimits,
+    held: Decimal,
+    event: TokenReserved,
+    limits: Limits,
+) -> UsdRefusal | None:
+    """The USD window of a session or node that refuses `event` (None: it fits)."""
+    return usd_refusal(
+        usd,
+        owner.usd_used_today,
+        owner.usd_used_month,
+        owner.usd_used_total,
+        held,
+        event.reserved_usd or _ZERO,
+        event.priority,
+        limits.critical_threshold,
+    )

@@ -74,6 +74,20 @@ class UsdMetrics:
             available = max(min(left), zero)
         return cls(limits, today, month, total, held, available)
 
+    def columns(self) -> dict[str, Decimal | None]:
+        """As the columns the API and the CLI show: each limit, spend, held, available."""
+        limits = self.limits
+        return {
+            "daily_usd_limit": limits.daily if limits else None,
+            "monthly_usd_limit": limits.monthly if limits else None,
+            "total_usd_limit": limits.total if limits else None,
+            "usd_used_today": self.used_today,
+            "usd_used_month": self.used_month,
+            "usd_used_total": self.used_total,
+            "usd_held": self.held,
+            "available_usd": self.available,
+        }
+
 
 @dataclass(frozen=True, slots=True)
 class SessionMetrics:

@@ -13,7 +13,7 @@ from .cli_run import fail, out, run
 
 if TYPE_CHECKING:
     from .config import Settings
-    from .projections import AccountMetrics, UsdLimits, UsdMetrics
+    from .projections import AccountMetrics
 
 __all__ = [
     "AccountOption",
@@ -175,26 +175,9 @@ def _row(node: AccountMetrics) -> dict[str, Any]:
 
 
 def _usd_row(node: AccountMetrics) -> dict[str, Any]:
-    usd, zero = node.usd, Decimal(0)
-    limits = usd.limits if usd else None
+    """The node's USD columns as plain digits (500, not 500.0000000000)."""
+    columns = node.usd.columns() if node.usd else {}
     return {
-        name: None
-        if value is None
-        else Decimal(format(value.normalize(), "f"))  # 500, not 500.0000000000
-        for name, value in _usd_values(usd, limits, zero).items()
-    }
-
-
-def _usd_values(
-    usd: UsdMetrics | None, limits: UsdLimits | None, zero: Decimal
-) -> dict[str, Decimal | None]:
-    return {
-        "daily_usd_limit": limits.daily if limits else None,
-        "monthly_usd_limit": limits.monthly if limits else None,
-        "total_usd_limit": limits.total if limits else None,
-        "usd_used_today": usd.used_today if usd else zero,
-        "usd_used_month": usd.used_month if usd else zero,
-        "usd_used_total": usd.used_total if usd else zero,
-        "usd_held": usd.held if usd else zero,
-        "available_usd": usd.available if usd else None,
+        name: None if value is None else Decimal(format(value.normalize(), "f"))
+        for name, value in columns.items()
     }
