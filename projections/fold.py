@@ -481,7 +481,9 @@ class _Folder:
         self.out.decisions.append(
             Decision(rid, record.status, reason, session.session_id, refused_by)
         )
-        rollups.count_decision(self.out, record, self.config.zone, self.minute)
+        rollups.count_decision(
+            self.out, record, self.config.zone, self.minute, self.calendar, self.chain
+        )
         # The integration_logs view shows the decision (from reservations): no notice.
         if accepted:
             session.reservations_accepted += 1
@@ -517,7 +519,7 @@ class _Folder:
             node.tokens_used_today += total
             node.tokens_used_month += total
             node.tokens_used_total += total
-        rollups.add_usage(self.out, self.calendar, session.session_id, event, moment)
+        rollups.add_usage(self.out, self.calendar, session.session_id, event, moment, self.chain)
         self.minute.tokens_used += total
         if event.task_id is not None:
             self._task(session.session_id, event.task_id, moment.at, used=total)
@@ -604,7 +606,7 @@ class _Folder:
             delta.rate_limit_remaining = event.rate_limit_remaining
         if event.rate_limit_reset is not None:
             delta.rate_limit_reset = event.rate_limit_reset
-        rollups.add_cost(self.out, self.calendar, session.session_id, event, moment)
+        rollups.add_cost(self.out, self.calendar, session.session_id, event, moment, self.chain)
         self.minute.cost_usd += event.cost_usd
         cost = event.cost_usd
         session.usd_used_today += cost

@@ -5,7 +5,9 @@ so a batch writes one row per key (`projections/writes.py` adds them to the tabl
 Every key comes from the event or its record: the session's usage by the day, month and
 UTC hour the event is dated at (`Moment.at`, as session_usage_daily dates it), cost and
 usage per API or component and model by that day, reservations by the day they were
-requested, and the whole pipeline by the minute of each record's log time.
+requested, and the whole pipeline by the minute of each record's log time. An event
+of a session in a budget tree adds the same to every node of its `chain` (the tenant
+down to the session's account), by that day and month.
 """
 
 from __future__ import annotations
@@ -19,11 +21,14 @@ from tokenquota.schemas import ApiCost, TokenUsed
 from .budget import local_day, month_of
 from .log_clock import Moment
 from .state import (
+    AccountDelta,
     Folded,
     MinuteDelta,
+    NodeBudget,
     ReservationDayDelta,
     ReservationRecord,
     ReservationStatus,
+    UsageDelta,
 )
 
 __all__ = [
@@ -83,17 +88,38 @@ class Calendar:
         return self._minute
 
 
+def _nodes(
+    out: Folded, calendar: Calendar, chain: tuple[NodeBudget, ...], day: date
+) -> list[AccountDelta]:
+    """The day's and the month's rollup row of every node of `chain`."""
+    month = calendar.month(day)
+    rows = []
+    for node in chain:
+        rows.append(out.account_daily[node.account, day])
+        rows.append(out.account_monthly[node.account, month])
+    return rows
+
+
 def add_usage(
-    out: Folded, calendar: Calendar, session_id: str, event: TokenUsed, moment: Moment
+    out: Folded,
+    calendar: Calendar,
+    session_id: str,
+    event: TokenUsed,
+    moment: Moment,
+    chain: tuple[NodeBudget, ...] = (),
 ) -> None:
-    """A TokenUsed in the session's day, month and hour, and its component's model's day."""
+    """A TokenUsed in the session's day, month and hour, its component's model's day, and
+    the day and month of every node of `chain`."""
     day = moment.day
     tokens_in, tokens_out = event.input_tokens, event.output_tokens
-    for delta in (
+    deltas: list[UsageDelta | AccountDelta] = [
         out.daily[session_id, day],
         out.monthly[session_id, calendar.month(day)],
         out.hourly[session_id, calendar.hour(moment.at)],
-    ):
+    ]
+    if chain:
+        deltas.extend(_nodes(out, calendar, chain, day))
+    for delta in deltas:
         delta.input_tokens += tokens_in
         delta.output_tokens += tokens_out
         delta.tokens_used += tokens_in + tokens_out
@@ -105,14 +131,23 @@ def add_usage(
 
 
 def add_cost(
-    out: Folded, calendar: Calendar, session_id: str, event: ApiCost, moment: Moment
+    out: Folded,
+    calendar: Calendar,
+    session_id: str,
+    event: ApiCost,
+    moment: Moment,
+    chain: tuple[NodeBudget, ...] = (),
 ) -> None:
-    """An ApiCost's money in the session's day, month and hour; the call in its API's day."""
+    """An ApiCost's money in the session's day, month and hour and in every node's of
+    `chain`; the call in its API's day."""
     day = moment.day
     cost: Decimal = event.cost_usd
     out.daily[session_id, day].cost_usd += cost
     out.monthly[session_id, calendar.month(day)].cost_usd += cost
     out.hourly[session_id, calendar.hour(moment.at)].cost_usd += cost
+    if chain:
+        for node_delta in _nodes(out, calendar, chain, day):
+            node_delta.cost_usd += cost
     api = out.api_daily[day, event.api, event.model]
     api.requests += 1
     api.input_tokens += event.input_tokens
@@ -127,17 +162,40 @@ def _day_of(out: Folded, record: ReservationRecord, zone: ZoneInfo) -> Reservati
 
 
 def count_decision(
-    out: Folded, record: ReservationRecord, zone: ZoneInfo, minute: MinuteDelta
+    out: Folded,
+    record: ReservationRecord,
+    zone: ZoneInfo,
+    minute: MinuteDelta,
+    calendar: Calendar | None = None,
+    chain: tuple[NodeBudget, ...] = (),
 ) -> None:
-    """A reservation just decided: in its session's day and in its record's minute."""
+    """A reservation just decided: in its session's day, in its record's minute, and in
+    the day and month of every node of `chain` (a refusal also as refused by the node
+    that refused it)."""
     delta = _day_of(out, record, zone)
-    if record.status == "accepted":
+    accepted = record.status == "accepted"
+    if accepted:
         delta.accepted += 1
         delta.reserved_tokens += record.tokens
         minute.reservations_accepted += 1
     else:
         delta.rejected += 1
         minute.reservations_rejected += 1
+    if not chain:
+        return
+    assert calendar is not None
+    day = local_day(record.requested_at, zone)
+    month = calendar.month(day)
+    refused_by = record.refused_by
+    for node in chain:
+        path = node.account
+        for row in (out.account_daily[path, day], out.account_monthly[path, month]):
+            if accepted:
+                row.reservations_accepted += 1
+            else:
+                row.reservations_rejected += 1
+                if path == refused_by:
+                    row.reservations_refused += 1
 
 
 def count_outcome(

@@ -14,6 +14,7 @@ from tokenquota.schemas import BudgetSet, DefaultsSet, Event
 
 __all__ = [
     "BUILTIN_DEFAULTS",
+    "AccountDelta",
     "AlertLevel",
     "AlertRow",
     "ApiDayDelta",
@@ -285,6 +286,21 @@ class UsageDelta:
 
 
 @dataclass(slots=True)
+class AccountDelta:
+    """What to add to one row of account_usage_daily or account_usage_monthly."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    tokens_used: int = 0
+    usage_events: int = 0
+    cost_usd: Decimal = Decimal(0)
+    reservations_accepted: int = 0
+    reservations_rejected: int = 0
+    #: Refused by this node's own limit.
+    reservations_refused: int = 0
+
+
+@dataclass(slots=True)
 class TaskDelta:
     """What to add to one row of task_token_allocations."""
 
@@ -467,6 +483,13 @@ class Folded:
     )
     minutely: defaultdict[datetime, MinuteDelta] = field(
         default_factory=lambda: defaultdict(MinuteDelta)
+    )
+    #: The budget tree's rollups (0012), per node and day or month.
+    account_daily: defaultdict[tuple[str, date], AccountDelta] = field(
+        default_factory=lambda: defaultdict(AccountDelta)
+    )
+    account_monthly: defaultdict[tuple[str, date], AccountDelta] = field(
+        default_factory=lambda: defaultdict(AccountDelta)
     )
     changed_partitions: set[PartitionKey] = field(default_factory=set)
     changed_defaults: set[PartitionKey] = field(default_factory=set)

@@ -70,6 +70,8 @@ PROJECTION_TABLES = (
     "model_usage_daily",
     "session_reservations_daily",
     "system_usage_minutely",
+    "account_usage_daily",
+    "account_usage_monthly",
 )
 
 #: Views over those tables; replay moves its rebuilt ones in with the tables (a view

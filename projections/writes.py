@@ -103,6 +103,27 @@ _ADD_MONTHLY = _bulk(
     "session_id, month",
     _ADDED_USAGE,
 )
+_ACCOUNT_COLUMNS = (
+    *_USAGE_COLUMNS, ("reservations_accepted", "bigint"), ("reservations_rejected", "bigint"),
+    ("reservations_refused", "bigint"),
+)  # fmt: skip
+# No saturation: the fold refuses an event that would take a node's total past a BIGINT.
+_ADDED_ACCOUNT = _ADDED_USAGE + """,
+        reservations_accepted = t.reservations_accepted + EXCLUDED.reservations_accepted,
+        reservations_rejected = t.reservations_rejected + EXCLUDED.reservations_rejected,
+        reservations_refused = t.reservations_refused + EXCLUDED.reservations_refused"""
+_ADD_ACCOUNT_DAILY = _bulk(
+    "account_usage_daily",
+    (("account", "varchar"), ("day", "date"), *_ACCOUNT_COLUMNS),
+    "account, day",
+    _ADDED_ACCOUNT,
+)
+_ADD_ACCOUNT_MONTHLY = _bulk(
+    "account_usage_monthly",
+    (("account", "varchar"), ("month", "date"), *_ACCOUNT_COLUMNS),
+    "account, month",
+    _ADDED_ACCOUNT,
+)
 _ADD_TASKS = _bulk(
     "task_token_allocations",
     (
@@ -386,6 +407,21 @@ def _rollup_writes(folded: Folded) -> list[Write]:
                  _cap(d.reserved_tokens), d.settled_tokens)
                 for (s, day), d in sorted(folded.reservations_daily.items())
             ],
+        ),
+        *(
+            (
+                statement,
+                [
+                    (a, w, d.input_tokens, d.output_tokens, d.tokens_used, d.usage_events,
+                     d.cost_usd, d.reservations_accepted, d.reservations_rejected,
+                     d.reservations_refused)
+                    for (a, w), d in sorted(table.items())
+                ],
+            )
+            for statement, table in (
+                (_ADD_ACCOUNT_DAILY, folded.account_daily),
+                (_ADD_ACCOUNT_MONTHLY, folded.account_monthly),
+            )
         ),
         (
             _ADD_MINUTELY,

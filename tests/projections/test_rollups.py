@@ -11,7 +11,7 @@ from decimal import Decimal
 import asyncpg
 import pytest
 
-from tests.support import T0, live_workload, log_records, reserved, used
+from tests.support import T0, live_workload, log_records, node_budget, reserved, used
 from tokenquota.config import DatabaseSettings
 from tokenquota.projections import (
     LogRecord,
@@ -33,9 +33,12 @@ from tokenquota.schemas import BIGINT_MAX, USAGE_TOKENS_MAX, ApiCost, DefaultsSe
 SECOND = timedelta(seconds=1)
 
 
-def _cost(session: str, at: datetime, cost: str, *, api: str = "openai") -> ApiCost:
+def _cost(
+    session: str, at: datetime, cost: str, *, api: str = "openai", account: str | None = None
+) -> ApiCost:
     return ApiCost(
         session_id=session,
+        account=account,
         source=Source(component="external_api", name="tests"),
         occurred_at=at,
         api=api,
@@ -165,6 +168,23 @@ def _workload() -> list[Event]:
     for i in range(10):
         at = T0 + timedelta(days=2, minutes=i)
         events.append(_cost(f"replay-{i}", at, "0.001", api="anthropic"))
+    return events + _tree_workload()
+
+
+def _tree_workload() -> list[Event]:
+    """Sessions of a budget tree over two days and a month's end: usage, costs, and
+    reservations accepted, refused by their team, refused by their session."""
+    events: list[Event] = [node_budget("acme/research", daily=500, monthly=10_000, hard=50_000)]
+    leaves = ("acme/research/alice", "acme/research/bob", "acme/ops", "globex")
+    for day in (0, 1, 6):  # 2026-11-24, 25 and 30 (a month's last day) then 12-01
+        for n, account in enumerate(leaves):
+            at = T0 + timedelta(days=day, minutes=n)
+            session = f"tree-{n}"
+            events.append(reserved(session, 250, at, account=account))
+            events.append(used(session, 40 + n, at + SECOND, output=n, account=account))
+            events.append(_cost(session, at + 2 * SECOND, f"0.0{n + 1}", account=account))
+            events.append(reserved(session, 20_000, at + 3 * SECOND, account=account))
+    events.append(used("tree-0", 5, T0 + timedelta(days=7), account=leaves[0]))
     return events
 
 
@@ -205,6 +225,51 @@ _EXPECTED = {
                COALESCE(sum(tokens) FILTER (WHERE status <> 'rejected'), 0),
                COALESCE(sum(settled_tokens), 0)
           FROM reservations GROUP BY 1, 2""",
+    # Every node of an event's account, from the tenant down, counts it.
+    "account_usage_daily": """
+        SELECT n.account, (e.occurred_at AT TIME ZONE 'UTC')::date,
+               sum(COALESCE((e.payload->>'input_tokens')::bigint, 0))
+                   FILTER (WHERE e.event_type = 'TokenUsed'),
+               sum(COALESCE((e.payload->>'output_tokens')::bigint, 0))
+                   FILTER (WHERE e.event_type = 'TokenUsed'),
+               sum((e.payload->>'input_tokens')::bigint + (e.payload->>'output_tokens')::bigint)
+                   FILTER (WHERE e.event_type = 'TokenUsed'),
+               count(*) FILTER (WHERE e.event_type = 'TokenUsed'),
+               sum((e.payload->>'cost_usd')::numeric) FILTER (WHERE e.event_type = 'ApiCost'),
+               count(*) FILTER (WHERE r.status <> 'rejected'),
+               count(*) FILTER (WHERE r.status = 'rejected'),
+               count(*) FILTER (WHERE r.status = 'rejected' AND r.refused_by = n.account)
+          FROM usage_events e
+          JOIN LATERAL (
+                SELECT array_to_string((string_to_array(e.payload->>'account', '/'))[1:k], '/')
+                  FROM generate_series(
+                       1, cardinality(string_to_array(e.payload->>'account', '/'))) AS k
+               ) AS n(account) ON true
+          LEFT JOIN reservations r ON r.event_id = e.event_id
+         WHERE e.payload ? 'account' AND e.event_type IN ('TokenUsed', 'ApiCost', 'TokenReserved')
+         GROUP BY 1, 2""",
+    "account_usage_monthly": """
+        SELECT n.account, date_trunc('month', e.occurred_at, 'UTC')::date,
+               sum(COALESCE((e.payload->>'input_tokens')::bigint, 0))
+                   FILTER (WHERE e.event_type = 'TokenUsed'),
+               sum(COALESCE((e.payload->>'output_tokens')::bigint, 0))
+                   FILTER (WHERE e.event_type = 'TokenUsed'),
+               sum((e.payload->>'input_tokens')::bigint + (e.payload->>'output_tokens')::bigint)
+                   FILTER (WHERE e.event_type = 'TokenUsed'),
+               count(*) FILTER (WHERE e.event_type = 'TokenUsed'),
+               sum((e.payload->>'cost_usd')::numeric) FILTER (WHERE e.event_type = 'ApiCost'),
+               count(*) FILTER (WHERE r.status <> 'rejected'),
+               count(*) FILTER (WHERE r.status = 'rejected'),
+               count(*) FILTER (WHERE r.status = 'rejected' AND r.refused_by = n.account)
+          FROM usage_events e
+          JOIN LATERAL (
+                SELECT array_to_string((string_to_array(e.payload->>'account', '/'))[1:k], '/')
+                  FROM generate_series(
+                       1, cardinality(string_to_array(e.payload->>'account', '/'))) AS k
+               ) AS n(account) ON true
+          LEFT JOIN reservations r ON r.event_id = e.event_id
+         WHERE e.payload ? 'account' AND e.event_type IN ('TokenUsed', 'ApiCost', 'TokenReserved')
+         GROUP BY 1, 2""",
     "system_usage_minutely": """
         SELECT date_trunc('minute', e.log_time, 'UTC'), count(*),
                COALESCE(sum((e.payload->>'input_tokens')::bigint
@@ -232,6 +297,13 @@ async def test_the_rollup_tables_equal_sql_over_the_ledger_and_the_reservations(
         await apply_batch(conn, records[start : start + 37], schema=migrated_database.schema_name)
     statuses = {r["status"] for r in await conn.fetch("SELECT status FROM reservations")}
     assert {"settled", "released", "expired", "rejected"} <= statuses
+    refusers = await conn.fetch(
+        "SELECT DISTINCT COALESCE(refused_by, '') AS by FROM reservations"
+        " WHERE account IS NOT NULL AND status = 'rejected'"
+    )
+    assert {r["by"] for r in refusers} == {"", "acme/research"}  # a session's and the team's
+    months = await conn.fetch("SELECT DISTINCT month FROM account_usage_monthly ORDER BY 1")
+    assert [r["month"] for r in months] == [date(2026, 11, 1), date(2026, 12, 1)]
     for table, expected in _EXPECTED.items():
         rows = sorted(tuple(r.values()) for r in await conn.fetch(f"SELECT * FROM {table}"))  # noqa: S608
         want = [
