@@ -7,7 +7,7 @@ at read time, and a window whose day or month has passed reads as empty.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -26,6 +26,7 @@ __all__ = [
     "SessionMetrics",
     "UsdMetrics",
     "account_metrics",
+    "accounts_metrics",
     "available_tokens",
     "reservation",
     "session_metrics",
@@ -87,6 +88,23 @@ class UsdMetrics:
             "usd_held": self.held,
             "available_usd": self.available,
         }
+
+    def utilization(self) -> Decimal | None:
+        """The highest ratio of spend to limit over the USD windows with a limit (None:
+        no USD limit); held dollars do not count, as held tokens do not."""
+        limits = self.limits
+        if limits is None:
+            return None
+        windows = [
+            (used, limit)
+            for used, limit in (
+                (self.used_today, limits.daily),
+                (self.used_month, limits.monthly),
+                (self.used_total, limits.total),
+            )
+            if limit is not None
+        ]
+        return _max_ratio(windows) if windows else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,12 +272,12 @@ _ACCOUNT = """
            (SELECT COALESCE(sum(r.tokens), 0)::bigint FROM reservations r
              WHERE split_part(r.account, '/', 1) = split_part(q.account, '/', 1)
                AND r.account IS NOT NULL AND r.status = 'accepted'
-               AND (r.account = q.account OR r.account LIKE q.account || '/%')
+               AND (r.account = q.account OR starts_with(r.account, q.account || '/'))
                AND r.expires_at > $2) AS tokens_held,
            (SELECT COALESCE(sum(r.usd_held), 0) FROM reservations r
              WHERE split_part(r.account, '/', 1) = split_part(q.account, '/', 1)
                AND r.account IS NOT NULL AND r.usd_held IS NOT NULL
-               AND (r.account = q.account OR r.account LIKE q.account || '/%')
+               AND (r.account = q.account OR starts_with(r.account, q.account || '/'))
                AND r.expires_at > $2) AS usd_held,
            (SELECT timezone FROM partition_defaults
              ORDER BY set_at DESC, topic, kafka_partition LIMIT 1) AS default_timezone
@@ -274,9 +292,17 @@ async def account_metrics(
     """The nodes from `account`'s tenant down to it, tenant first; a node no event has
     reached reads as unused and unlimited."""
     now = now or datetime.now(UTC)
-    rows = await conn.fetch(_ACCOUNT, list(ancestors(account)), now)
-    by_account = {row["asked_account"]: row for row in rows}
-    return [_account(by_account[path], now) for path in ancestors(account)]
+    by_account = await accounts_metrics(conn, ancestors(account), now=now)
+    return [by_account[path] for path in ancestors(account)]
+
+
+async def accounts_metrics(
+    conn: asyncpg.Connection, accounts: Sequence[str], *, now: datetime | None = None
+) -> dict[str, AccountMetrics]:
+    """The metrics of each node of `accounts`, in one query (a tree's nodes)."""
+    now = now or datetime.now(UTC)
+    rows = await conn.fetch(_ACCOUNT, list(accounts), now)
+    return {row["asked_account"]: _account(row, now) for row in rows}
 
 
 def _account(row: asyncpg.Record, now: datetime) -> AccountMetrics:
@@ -320,13 +346,17 @@ def _account(row: asyncpg.Record, now: datetime) -> AccountMetrics:
 
 
 def _utilization(limits: Limits, today: int, month: int, total: int) -> Decimal:
+    return _max_ratio(
+        ((today, limits.daily_limit), (month, limits.monthly_limit), (total, limits.hard_limit))
+    )
+
+
+def _max_ratio(windows: Iterable[tuple[int | Decimal, int | Decimal]]) -> Decimal:
+    """The highest used / limit of `windows` (a limit of 0 reads 100 % once used), to
+    four places."""
     ratios = [
         Decimal(used) / Decimal(limit) if limit else Decimal(1 if used else 0)
-        for used, limit in (
-            (today, limits.daily_limit),
-            (month, limits.monthly_limit),
-            (total, limits.hard_limit),
-        )
+        for used, limit in windows
     ]
     return max(ratios).quantize(Decimal("0.0001"))
 

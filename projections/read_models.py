@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, PlainSerializer
 
 __all__ = [
+    "AccountTreeNode",
     "AlertRow",
     "AuditRow",
     "CostRow",
@@ -33,6 +34,7 @@ __all__ = [
     "TaskRow",
     "Timeline",
     "TimelinePoint",
+    "TopAccount",
     "TopSession",
     "WindowName",
     "WindowUsage",
@@ -124,6 +126,62 @@ class TopSession(_Model):
     session_id: str
     tokens_used: int
     cost_usd: Usd
+
+
+class TopAccount(_Model):
+    """A budget tree node ranked by the tokens or cost of the sessions under it on a day
+    (`account_usage_daily`), with how their reservations were decided."""
+
+    account: str
+    #: 1 for a tenant, 2 for a team under it, ...
+    depth: int
+    tokens_used: int
+    cost_usd: Usd
+    reservations_accepted: int
+    reservations_rejected: int
+    #: Rejections this node's own limit made (of `reservations_rejected`).
+    reservations_refused: int
+
+
+class AccountTreeNode(_Model):
+    """A node of the budget tree as of `as_of`: its limits (None: it does not limit; a
+    node without a BudgetSet has none), the usage of every session under it per window in
+    tokens and USD, what their reservations hold, what is left, and this month's tokens
+    and cost from the monthly rollup."""
+
+    account: str
+    depth: int
+    #: The node above it (None for a tenant).
+    parent: str | None
+    daily_limit: int | None
+    monthly_limit: int | None
+    hard_limit: int | None
+    warning_threshold: Decimal | None
+    critical_threshold: Decimal | None
+    daily_usd_limit: Usd | None
+    monthly_usd_limit: Usd | None
+    total_usd_limit: Usd | None
+    tokens_used_today: int
+    tokens_used_month: int
+    tokens_used_total: int
+    usd_used_today: Usd
+    usd_used_month: Usd
+    usd_used_total: Usd
+    tokens_held: int
+    usd_held: Usd
+    #: What is left under the tightest limit (None: no limit of that kind).
+    available_tokens: int | None
+    available_usd: Usd | None
+    #: The highest used / limit over its token and USD windows (None: no limits).
+    utilization: Decimal | None
+    reservations_accepted: int
+    reservations_rejected: int
+    #: This month (in the windows' zone), from `account_usage_monthly`.
+    tokens_month: int
+    cost_usd_month: Usd
+    reservations_refused_month: int
+    updated_at: datetime | None
+    as_of: datetime
 
 
 class SystemOverview(_Model):
@@ -244,11 +302,18 @@ class AlertRow(_Model):
     session_id: str
     window_name: str
     level: str
-    used_tokens: int
-    limit_tokens: int
+    #: A token window's tokens (None for a USD window).
+    used_tokens: int | None
+    limit_tokens: int | None
     occurred_at: datetime
     created_at: datetime
     delivery: str | None
+    #: The budget tree node whose window it is (None: the session's own).
+    account: str | None = None
+    unit: Literal["tokens", "usd"] = "tokens"
+    #: A USD window's dollars.
+    used_usd: Decimal | None = None
+    limit_usd: Decimal | None = None
 
 
 class IntegrationLogRow(_Model):

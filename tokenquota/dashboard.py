@@ -31,9 +31,10 @@ from .errors import IntegrationError, UnknownSessionError
 from .kafka_probe import HighwaterProbe
 from .privacy import stored_session_id
 from .producers.spool_depth import pending_bytes
-from .projections import activity, analytics, browse, undo_open_transaction
+from .projections import account_reports, activity, analytics, browse, undo_open_transaction
 from .projections.dead_letters import reviewed_offsets, unreviewed
 from .projections.read_models import (
+    AccountTreeNode,
     AlertRow,
     AuditRow,
     CostRow,
@@ -48,6 +49,7 @@ from .projections.read_models import (
     TailCursor,
     TaskRow,
     Timeline,
+    TopAccount,
     TopSession,
 )
 
@@ -200,6 +202,28 @@ class AsyncTokenDashboard:
     ) -> list[TopSession]:
         """The sessions with the most tokens (or cost) on `day` (default today)."""
         return await self._read(lambda conn: analytics.top_sessions(conn, by, limit, day))
+
+    async def top_accounts(
+        self,
+        by: Literal["tokens", "cost"] = "tokens",
+        limit: int = 10,
+        day: date | None = None,
+        depth: int | None = None,
+        under: str | None = None,
+    ) -> list[TopAccount]:
+        """The budget tree nodes with the most tokens (or cost) on `day` (default today),
+        with their reservations accepted, rejected and refused by their own limit; only
+        nodes `depth` segments deep (1: tenants) and only `under` and below when given."""
+        return await self._read(
+            lambda conn: account_reports.top_accounts(conn, by, limit, day, depth, under)
+        )
+
+    async def account_tree(self, root: str | None = None) -> list[AccountTreeNode]:
+        """Every budget tree node (only `root` and below when given), a parent before its
+        children: limits in tokens and USD, usage per window, held, available,
+        utilization (the highest of its token and USD windows; None without limits), and
+        this month's tokens and cost."""
+        return await self._read(lambda conn: account_reports.account_tree(conn, root))
 
     async def recent_decisions(
         self, session_id: str | None = None, status: str | None = None, limit: int = 50
@@ -365,6 +389,21 @@ class TokenDashboard:
     ) -> list[TopSession]:
         """See AsyncTokenDashboard.top_sessions."""
         return self._run(self._dashboard.top_sessions(by, limit, day))
+
+    def top_accounts(
+        self,
+        by: Literal["tokens", "cost"] = "tokens",
+        limit: int = 10,
+        day: date | None = None,
+        depth: int | None = None,
+        under: str | None = None,
+    ) -> list[TopAccount]:
+        """See AsyncTokenDashboard.top_accounts."""
+        return self._run(self._dashboard.top_accounts(by, limit, day, depth, under))
+
+    def account_tree(self, root: str | None = None) -> list[AccountTreeNode]:
+        """See AsyncTokenDashboard.account_tree."""
+        return self._run(self._dashboard.account_tree(root))
 
     def recent_decisions(
         self, session_id: str | None = None, status: str | None = None, limit: int = 50
