@@ -22,6 +22,7 @@ __all__ = [
     "TotalUsdOption",
     "account_or_session",
     "account_rule",
+    "checked_account",
     "print_nodes",
     "set_node_budget",
     "usd_changes",
@@ -107,6 +108,11 @@ def account_or_session(session: str | None, account: str | None) -> str | None:
         fail("give a session, or --account PATH for a budget tree node (not both)", code=2)
     if account is None:
         return None
+    return checked_account(account)
+
+
+def checked_account(account: str) -> str:
+    """`--account`'s path, checked (exit 2 with the rule when it is not one)."""
     from pydantic import TypeAdapter, ValidationError
 
     from .schemas import AccountPath

@@ -5,10 +5,11 @@ reservation decisions and alerts. Each is one call of the read models
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 
+from .cli_accounts import checked_account
 from .cli_format import Column, OutputFormat, format_cell, render
 from .cli_run import (
     FormatOption,
@@ -20,6 +21,9 @@ from .cli_run import (
     read_dashboard,
     settings_of,
 )
+
+if TYPE_CHECKING:
+    from .projections.read_models import TopAccount, TopSession
 
 __all__ = ["register_reports", "report_app"]
 
@@ -124,6 +128,8 @@ def report_daily(
 class TopBy(StrEnum):
     tokens = "tokens"
     cost = "cost"
+    account = "account"
+    account_cost = "account-cost"
 
 
 TOP_COLUMNS = (
@@ -132,29 +138,77 @@ TOP_COLUMNS = (
     Column("tokens_used", "tokens", "int"),
     Column("cost_usd", "cost", "usd"),
 )
+TOP_ACCOUNT_COLUMNS = (
+    Column("rank", "#", "int"),
+    Column("account", "account"),
+    Column("tokens_used", "tokens", "int"),
+    Column("cost_usd", "cost", "usd"),
+    Column("reservations_refused", "refused", "int"),
+)
 
 
 def top(
     ctx: typer.Context,
-    by: Annotated[TopBy, typer.Option("--by", help="Rank by tokens or by cost.")] = TopBy.tokens,
+    by: Annotated[
+        TopBy,
+        typer.Option(
+            "--by",
+            help="Rank sessions by tokens or cost, or budget tree nodes by tokens (account) "
+            "or cost (account-cost).",
+        ),
+    ] = TopBy.tokens,
     limit: Annotated[
-        int, typer.Option("--limit", "-n", help="How many sessions (1-1000).", min=1, max=1000)
+        int, typer.Option("--limit", "-n", help="How many rows (1-1000).", min=1, max=1000)
     ] = 10,
     day: Annotated[
         str | None, typer.Option("--date", "-d", help="A day, YYYY-MM-DD (default: today).")
     ] = None,
+    depth: Annotated[
+        int | None,
+        typer.Option("--depth", help="Only nodes this deep: 1 tenants, 2 teams, ...", min=1, max=8),
+    ] = None,
+    account: Annotated[
+        str | None,
+        typer.Option(
+            "--account", help="Only this node and the nodes below it.", show_default=False
+        ),
+    ] = None,
     fmt: FormatOption = OutputFormat.table,
 ) -> None:
-    """The sessions that used the most tokens (or cost the most) on a day.
+    """The sessions that used the most tokens (or cost the most) on a day, or with --by
+    account / account-cost the budget tree nodes (the sessions under each added up), with
+    the reservations each node's own limit refused.
 
-    Example: tokenquota top --by cost --limit 5
+    Example: tokenquota top --by account --depth 1 --limit 5
     """
     when = parse_day(day)
+    nodes = by in (TopBy.account, TopBy.account_cost)
+    if not nodes and (depth is not None or account is not None):
+        fail(
+            f"--depth and --account rank budget tree nodes: use them with --by account or "
+            f"--by account-cost, not --by {by.value}",
+            code=2,
+        )
+    under = checked_account(account) if account is not None else None
+    order: Literal["tokens", "cost"] = (
+        "cost" if by in (TopBy.cost, TopBy.account_cost) else "tokens"
+    )
     settings = settings_of(ctx)
-    rows = read_dashboard(settings, lambda d: d.top_sessions(by=by.value, limit=limit, day=when))
+    rows: list[TopSession] | list[TopAccount]
+    columns: tuple[Column, ...]
+    if not nodes:
+        rows = read_dashboard(settings, lambda d: d.top_sessions(by=order, limit=limit, day=when))
+        columns, title = TOP_COLUMNS, f"top sessions by {order}"
+    else:
+        rows = read_dashboard(
+            settings,
+            lambda d: d.top_accounts(by=order, limit=limit, day=when, depth=depth, under=under),
+        )
+        columns, title = TOP_ACCOUNT_COLUMNS, f"top accounts by {order}"
+        title += f" under {under}" if under else ""
+        title += f" at depth {depth}" if depth else ""
     ranked = [{"rank": i, **row} for i, row in enumerate(_dump(rows), start=1)]
-    render(out, fmt, ranked, TOP_COLUMNS, data=rows, title=f"top sessions by {by.value}",
-           empty="no usage")  # fmt: skip
+    render(out, fmt, ranked, columns, data=rows, title=title, empty="no usage")
 
 
 class CostsBy(StrEnum):

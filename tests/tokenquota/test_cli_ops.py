@@ -21,7 +21,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from tests.conftest import WorkerStarter
-from tests.support import fetch_value, settings_env, used, wait_until
+from tests.support import fetch_value, log_records, settings_env, used, wait_until
 from tokenquota.actors import os_actor
 from tokenquota.cli_reports import ReservationStatus
 from tokenquota.config import Settings, env_var_names
@@ -526,3 +526,53 @@ async def test_budget_set_and_usage_of_a_budget_tree_node(
     _one_error_line(await _run(env, "usage"), 2, "--account")
     _one_error_line(await _run(env, "usage", "s", "--account", "acme"), 2, "not both")
     _one_error_line(await _run(env, "usage", "--account", "acme//x"), 2, "1 to 8 segments")
+
+
+async def test_top_by_account_ranks_budget_tree_nodes(
+    pipeline_settings: Settings, tmp_path: Path
+) -> None:
+    """The tree of test_account_reports, applied straight to PostgreSQL (no worker: the
+    command reads the rollups only)."""
+    from tests.projections import test_account_reports as tree
+    from tokenquota.projections import apply_batch, connect
+
+    database = pipeline_settings.database
+    conn = await connect(database.dsn(), database.schema_name)
+    try:
+        await apply_batch(conn, log_records(tree._events()), schema=database.schema_name)
+    finally:
+        await conn.close()
+    env = _environment(pipeline_settings, tmp_path)
+    day = ("--date", tree.T0.date().isoformat())
+    by_tokens, by_cost, team, mixed, bad_path, too_deep = await asyncio.gather(
+        _run(env, "top", "--by", "account", *day, "-f", "json"),
+        _run(env, "top", "--by", "account-cost", "--depth", "2", "--account", "acme", *day,
+             "-f", "csv"),
+        _run(env, "top", "--by", "account", "--account", tree.TEAM, *day),
+        _run(env, "top", "--by", "tokens", "--depth", "1"),
+        _run(env, "top", "--by", "account", "--account", "acme//x"),
+        _run(env, "top", "--by", "account", "--depth", "9"),
+    )  # fmt: skip
+    assert by_tokens.code == 0, by_tokens
+    alice, dana = tree.ALICE_IN + tree.ALICE_OUT, tree.DANA_IN
+    assert [(r["account"], r["depth"], r["tokens_used"]) for r in by_tokens.json[:4]] == [
+        ("acme", 1, alice + dana),
+        (tree.OPS, 2, dana),
+        (tree.DANA, 3, dana),
+        (tree.TEAM, 2, alice),
+    ]
+    assert by_cost.code == 0, by_cost
+    rows = [(r["rank"], r["account"], r["tokens_used"], Decimal(r["cost_usd"]),
+             r["reservations_refused"]) for r in by_cost.csv()]  # fmt: skip
+    assert rows == [
+        ("1", tree.TEAM, str(alice), tree.ALICE_USD, "1"),  # it refused bob's 600
+        ("2", tree.OPS, str(dana), tree.DANA_USD, "0"),
+        ("3", "acme/rxd", "0", 0, "0"),
+    ]
+    assert team.code == 0, team
+    assert f"top accounts by tokens under {tree.TEAM}" in team.stdout
+    assert tree.BOB in team.stdout and tree.DANA not in team.stdout
+    assert "refused" in team.stdout and f"{alice:,}" in team.stdout
+    _one_error_line(mixed, 2, "--by account", "--depth")
+    _one_error_line(bad_path, 2, "acme//x", "1 to 8 segments")
+    _one_error_line(too_deep, 2, "--depth")
