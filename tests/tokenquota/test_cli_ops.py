@@ -21,7 +21,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from tests.conftest import WorkerStarter
-from tests.support import fetch_value, log_records, settings_env, used, wait_until
+from tests.support import T0, fetch_value, log_records, settings_env, used, wait_until
 from tokenquota.actors import os_actor
 from tokenquota.cli_reports import ReservationStatus
 from tokenquota.config import Settings, env_var_names
@@ -543,7 +543,7 @@ async def test_top_by_account_ranks_budget_tree_nodes(
     finally:
         await conn.close()
     env = _environment(pipeline_settings, tmp_path)
-    day = ("--date", tree.T0.date().isoformat())
+    day = ("--date", T0.date().isoformat())
     by_tokens, by_cost, team, mixed, bad_path, too_deep = await asyncio.gather(
         _run(env, "top", "--by", "account", *day, "-f", "json"),
         _run(env, "top", "--by", "account-cost", "--depth", "2", "--account", "acme", *day,
