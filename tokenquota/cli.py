@@ -476,11 +476,7 @@ def mcp_proxy(
 
     Example: tokenquota mcp-proxy --session alice -- npx -y @modelcontextprotocol/server-memory
     """
-    from pydantic import ValidationError
-
-    from .cli_accounts import account_rule
     from .producers.integrations.mcp_proxy import run_proxy_sync
-    from .sections import McpSettings
 
     command = [arg for arg in ctx.args if arg != "--"]
     if not command and upstream_url is None:
@@ -501,16 +497,7 @@ def mcp_proxy(
         headers[name.strip()] = value.strip()
     if headers and upstream_url is None:
         fail("--header goes with --upstream-url", code=2)
-    settings = _settings(ctx)
-    given = {k: v for k, v in (("session_id", session), ("account", account)) if v is not None}
-    if given:
-        try:
-            mcp = McpSettings(**{**settings.mcp.model_dump(), **given})
-        except ValidationError as exc:
-            problem = exc.errors()[0]
-            pattern = problem["type"] == "string_pattern_mismatch"
-            fail(f"--account {account!r}: {account_rule() if pattern else problem['msg']}", code=2)
-        settings = settings.model_copy(update={"mcp": mcp})
+    settings = _with_mcp(_settings(ctx), session, account)
     try:
         run_proxy_sync(
             command,
@@ -543,26 +530,53 @@ def mcp_server(
             )
         ),
     ] = None,
+    account: Annotated[
+        str | None,
+        typer.Option(
+            help=(
+                "The budget tree node (tenant/team/user) of the sessions served: reservations "
+                "name it (a call naming another is refused), and check_budget and "
+                "usage_report show each node above the session \\[env: MCP_ACCOUNT]."
+            )
+        ),
+    ] = None,
 ) -> None:
     """An MCP server with budget tools: check_budget, reserve_tokens, record_usage, usage_report.
 
     Without --session (or mcp.session_id) each call names its session_id, limited to
-    mcp.client_session_prefix when that is set.
+    mcp.client_session_prefix when that is set. Without --account (or mcp.account) a
+    session's account is its own, or the one reserve_tokens and record_usage name.
 
-    Example: tokenquota mcp-server --http --port 8766 --session agent-7
+    Example: tokenquota mcp-server --http --session agent-7 --account acme/research/alice
     """
     from .producers.integrations.mcp_budget_server import create_budget_server
-    from .sections import McpSettings
 
-    settings = _settings(ctx)
-    if session is not None:
-        mcp = McpSettings(**{**settings.mcp.model_dump(), "session_id": session})
-        settings = settings.model_copy(update={"mcp": mcp})
+    settings = _with_mcp(_settings(ctx), session, account)
     server = create_budget_server(settings)
     if http:
         server.run("streamable-http", host=host, port=port)
     else:
         server.run("stdio")
+
+
+def _with_mcp(settings: Settings, session: str | None, account: str | None) -> Settings:
+    """`settings` with `--session` and `--account` as mcp.session_id and mcp.account (exit 2
+    with the rule for an account that is not a path)."""
+    from pydantic import ValidationError
+
+    from .cli_accounts import account_rule
+    from .sections import McpSettings
+
+    given = {k: v for k, v in (("session_id", session), ("account", account)) if v is not None}
+    if not given:
+        return settings
+    try:
+        mcp = McpSettings(**{**settings.mcp.model_dump(), **given})
+    except ValidationError as exc:
+        problem = exc.errors()[0]
+        pattern = problem["type"] == "string_pattern_mismatch"
+        fail(f"--account {account!r}: {account_rule() if pattern else problem['msg']}", code=2)
+    return settings.model_copy(update={"mcp": mcp})
 
 
 @app.command("config")

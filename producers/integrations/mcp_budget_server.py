@@ -28,9 +28,12 @@ from typing import Any
 
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
+from pydantic import TypeAdapter
 
 from tokenquota.config import Settings
 from tokenquota.errors import IntegrationError, TokenQuotaExceededError
+from tokenquota.projections import AccountMetrics, SessionMetrics, UsdMetrics, headroom
+from tokenquota.projections.read_models import Usd
 from tokenquota.schemas import CountedBy, Priority, Source, TokenUsed
 
 from ..defaults import current_account
@@ -100,12 +103,20 @@ def create_budget_server(settings: Settings, *, quota: TokenQuota | None = None)
     ) -> dict[str, Any]:
         """Tokens the session can still reserve now, and the limit that binds.
 
-        `session_id` may be left out when the server has one configured.
+        `session_id` may be left out when the server has one configured. A session with
+        USD limits adds them with its dollars used, held and available. A session in a
+        budget tree adds `account`, `tree` (each node from the tenant down: its limits,
+        tokens and USD used per window, held and available), `tightest` (the node with
+        the fewest tokens available; null when no node has limits) and
+        `tree_available_tokens` (what a reservation of `priority` can take at the session
+        and every node above it); `available_tokens` and `binding_limit` are the
+        session's own.
         """
         session_id = session_of(ctx, session_id)
-        metrics = await _metrics(tools_of(ctx).quota, session_id)
+        quota = tools_of(ctx).quota
+        metrics = await _metrics(quota, session_id)
         room = metrics.headroom(priority)
-        return {
+        report: dict[str, Any] = {
             "session_id": session_id,
             "available_tokens": max(room.available, 0),
             "binding_limit": room.window,
@@ -113,6 +124,14 @@ def create_budget_server(settings: Settings, *, quota: TokenQuota | None = None)
             "tokens_held": metrics.tokens_held,
             "alert": _worst(metrics.daily_alert, metrics.monthly_alert, metrics.total_alert),
         }
+        if metrics.usd is not None and metrics.usd.limits is not None:
+            report.update(_usd_columns(metrics.usd))
+        account, nodes = await _tree(quota, metrics, settings)
+        if account is not None:
+            report.update(_tree_report(account, nodes))
+            left = [_node_room(node, priority) for node in nodes if node.limits is not None]
+            report["tree_available_tokens"] = min([report["available_tokens"], *left])
+        return report
 
     @server.tool()
     async def reserve_tokens(
@@ -215,12 +234,17 @@ def create_budget_server(settings: Settings, *, quota: TokenQuota | None = None)
     async def usage_report(ctx: Context[Any, Any], session_id: str | None = None) -> dict[str, Any]:
         """The session's limits, usage per window, held tokens, alerts and reservations.
 
-        `session_id` may be left out when the server has one configured.
+        `session_id` may be left out when the server has one configured. A session in a
+        budget tree adds `tree` and `tightest`, as check_budget shows them.
         """
         session_id = session_of(ctx, session_id)
-        metrics = await _metrics(tools_of(ctx).quota, session_id)
+        quota = tools_of(ctx).quota
+        metrics = await _metrics(quota, session_id)
         report = dataclasses.asdict(metrics)
         report["limits"] = dataclasses.asdict(metrics.limits)
+        account, nodes = await _tree(quota, metrics, settings)
+        if account is not None:
+            report.update(_tree_report(account, nodes))
         return _plain(report)  # type: ignore[no-any-return]
 
     return server
@@ -279,8 +303,83 @@ def _worst(*levels: str) -> str:
     return max(levels, key=order.index)
 
 
-async def _metrics(quota: TokenQuota, session_id: str) -> Any:
+async def _metrics(quota: TokenQuota, session_id: str) -> SessionMetrics:
     try:
         return await quota.session_metrics(session_id)
     except IntegrationError as exc:
         raise ToolError(str(exc)) from exc
+
+
+async def _tree(
+    quota: TokenQuota, metrics: SessionMetrics, settings: Settings
+) -> tuple[str | None, list[AccountMetrics]]:
+    """The session's budget tree node (its stored one, else the one its reservations here
+    would name: `mcp.account` or the `session_scope`'s) and the nodes from its tenant
+    down; (None, []) for a session in no tree."""
+    account = metrics.account or _account(None, settings)
+    if account is None:
+        return None, []
+    try:
+        return account, await quota.account_metrics(account)
+    except IntegrationError as exc:
+        raise ToolError(str(exc)) from exc
+
+
+def _tree_report(account: str, nodes: list[AccountMetrics]) -> dict[str, Any]:
+    """`account`, each node as the HTTP API's AccountNode, and the tightest node: the one
+    with the fewest tokens available (the first from the tenant down on a tie; None when
+    no node has limits)."""
+    limiting = [node for node in nodes if node.available_tokens is not None]
+    tightest = min(limiting, key=lambda node: node.available_tokens or 0, default=None)
+    return {
+        "account": account,
+        "tree": [_node(node) for node in nodes],
+        "tightest": tightest.account if tightest is not None else None,
+    }
+
+
+def _node(node: AccountMetrics) -> dict[str, Any]:
+    """One node, in the fields and order of the HTTP API's AccountNode."""
+    limits = node.limits
+    return {
+        "account": node.account,
+        "known": node.known,
+        "daily_limit": limits.daily_limit if limits else None,
+        "monthly_limit": limits.monthly_limit if limits else None,
+        "hard_limit": limits.hard_limit if limits else None,
+        "tokens_used_today": node.tokens_used_today,
+        "tokens_used_month": node.tokens_used_month,
+        "tokens_used_total": node.tokens_used_total,
+        "tokens_held": node.tokens_held,
+        "available_tokens": node.available_tokens,
+        "binding_limit": node.binding_limit,
+        "utilization": _plain(node.utilization),
+        "reservations_accepted": node.reservations_accepted,
+        "reservations_rejected": node.reservations_rejected,
+        "updated_at": _plain(node.updated_at),
+        **_usd_columns(node.usd or _NO_USD),
+    }
+
+
+def _node_room(node: AccountMetrics, priority: Priority) -> int:
+    """Tokens a reservation of `priority` can take at `node` (which has limits)."""
+    assert node.limits is not None
+    room = headroom(
+        node.limits,
+        node.tokens_used_today,
+        node.tokens_used_month,
+        node.tokens_used_total,
+        node.tokens_held,
+        priority,
+    )
+    return max(room.available, 0)
+
+
+#: USD as the HTTP API writes it: plain digits in a string ("0", never "0E-10").
+_USD: TypeAdapter[Decimal | None] = TypeAdapter(Usd | None)
+_NO_USD = UsdMetrics(None, Decimal(0), Decimal(0), Decimal(0), Decimal(0), None)
+
+
+def _usd_columns(usd: UsdMetrics) -> dict[str, str | None]:
+    """`usd`'s limits, spend per window, held and available, named as in the HTTP API."""
+    return {name: _USD.dump_python(value, mode="json") for name, value in usd.columns().items()}
