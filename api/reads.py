@@ -16,6 +16,7 @@ from tokenquota.errors import UnknownSessionError
 from tokenquota.producers.budgets import merged_usd, set_account_budget, set_budget
 from tokenquota.projections import UsdLimits
 from tokenquota.projections.read_models import (
+    AccountTreeNode,
     AlertRow,
     AuditRow,
     CostRow,
@@ -24,10 +25,12 @@ from tokenquota.projections.read_models import (
     IntegrationLogRow,
     SessionReport,
     SystemOverview,
+    TopAccount,
     TopSession,
     Usd,
 )
 from tokenquota.schemas import AccountPath, Money
+from tokenquota.schemas.envelope import ACCOUNT_MAX_DEPTH
 
 from .auth import Caller
 from .state import admin, reader, state_of
@@ -124,13 +127,18 @@ class AccountNode(BaseModel):
     available_usd: Usd | None = None
 
 
-async def _nodes(request: Request, account: str) -> list[AccountNode]:
+def _checked(path: str, *where: str) -> str:
+    """`path` if it is an account path; else a 422 locating it at `where`."""
     try:
-        checked = _ACCOUNT.validate_python(account)
+        return _ACCOUNT.validate_python(path)
     except ValidationError as exc:
         raise RequestValidationError(
-            [{**e, "loc": ("path", "account", *e["loc"])} for e in exc.errors()]
+            [{**e, "loc": (*where, *e["loc"])} for e in exc.errors()]
         ) from None
+
+
+async def _nodes(request: Request, account: str) -> list[AccountNode]:
+    checked = _checked(account, "path", "account")
     nodes = await state_of(request).quota.account_metrics(checked)
     return [
         AccountNode(
@@ -153,6 +161,19 @@ async def _nodes(request: Request, account: str) -> list[AccountNode]:
         )
         for n in nodes
     ]
+
+
+@router.get("/accounts", response_model=list[AccountTreeNode])
+async def accounts(
+    request: Request,
+    root: str | None = Query(default=None, description="Only this node and the nodes below it."),
+    caller: Caller = reader,
+) -> list[AccountTreeNode]:
+    """Every budget tree node (under `root` when given), a parent before its children:
+    limits in tokens and USD, usage per window, held, available, utilization (the highest
+    of its token and USD windows; null without limits), this month's tokens and cost."""
+    checked = None if root is None else _checked(root, "query", "root")
+    return await state_of(request).dashboard.account_tree(checked)
 
 
 @router.get("/accounts/{account:path}", response_model=list[AccountNode])
@@ -212,6 +233,23 @@ async def daily(request: Request, day: date | None = _DATE, caller: Caller = rea
     report = await state_of(request).dashboard.generate_daily_report(day)
     # Serialized as it is: FastAPI would validate a report of 10,000 sessions again.
     return Response(report.model_dump_json(), media_type="application/json")
+
+
+@router.get("/reports/top-accounts", response_model=list[TopAccount])
+async def top_accounts(
+    request: Request,
+    by: Literal["tokens", "cost"] = "tokens",
+    limit: int = _TOP,
+    depth: int | None = Query(default=None, ge=1, le=ACCOUNT_MAX_DEPTH),
+    under: str | None = None,
+    day: date | None = _DATE,
+    caller: Caller = reader,
+) -> list[TopAccount]:
+    """The day's budget tree nodes (default today) ranked by the tokens or cost of the
+    sessions under them, with their reservations accepted, rejected and refused by the
+    node's own limit; only nodes `depth` deep (1: tenants), only `under` and below."""
+    checked = None if under is None else _checked(under, "query", "under")
+    return await state_of(request).dashboard.top_accounts(by, limit, day, depth, checked)
 
 
 @router.get("/costs", response_model=list[CostRow])

@@ -1,14 +1,20 @@
 """Budget tree nodes over HTTP: a node's budget set, reservations naming an account
-refused by it (and naming it), the nodes read back; a path that is not one is a 422."""
+refused by it (and naming it), the nodes read back; the whole tree and the day's top
+nodes; a path that is not one is a 422."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+from decimal import Decimal
 from typing import Any
 
 import pytest
 
 from tests.api.support import api_client
+from tokenquota.api import hash_token
 from tokenquota.config import ReservationSettings, Settings
+from tokenquota.schemas import utc_now
+from tokenquota.sections import ApiSettings, ApiToken
 
 pytestmark = pytest.mark.integration
 
@@ -97,3 +103,68 @@ async def test_a_node_budget_refuses_over_http_and_reads_back(
         assert bad.json()["errors"][0]["path"] == "path.account", bad.json()
         bad_ask = await client.post("/v1/reservations", json=ask("h-carol", "a/b/c/d/e/f/g/h"))
         assert bad_ask.status_code == 422
+
+
+async def test_the_tree_and_the_top_accounts_over_http(pipeline_settings: Settings) -> None:
+    """The read models' tree, sent now and applied straight to PostgreSQL (the routes read
+    the projections only), read with a read token."""
+    from tests.projections import test_account_reports as tree
+
+    now = utc_now()
+    await tree.apply_tree(pipeline_settings.database, now)
+    token = ApiToken(name="viewer", role="read", sha256=hash_token("read-secret"))
+    settings = pipeline_settings.model_copy(update={"api": ApiSettings(tokens=(token,))})
+    viewer = {"Authorization": "Bearer read-secret"}
+    async with api_client(settings) as client:
+        assert (await client.get("/v1/accounts")).status_code == 401
+        answer = await client.get("/v1/accounts", headers=viewer)
+        assert answer.status_code == 200, answer.text
+        nodes = {n["account"]: n for n in answer.json()}
+        assert [n["account"] for n in answer.json()][:3] == ["acme", tree.OPS, tree.DANA]
+        team = nodes[tree.TEAM]
+        today = tree.ALICE_IN + tree.ALICE_OUT
+        same_month = (now - timedelta(days=1)).month == now.month
+        assert (team["depth"], team["parent"], team["daily_limit"]) == (2, "acme", 1_000)
+        assert (team["tokens_used_today"], team["tokens_held"], team["available_tokens"]) == (
+            today,
+            tree.BOB_HOLD,
+            tree.TEAM_DAILY - today - tree.BOB_HOLD,
+        )
+        # Its USD window is the fuller one: $0.25 of $0.40 a month.
+        assert Decimal(team["utilization"]) == Decimal("0.625")
+        assert (team["monthly_usd_limit"], team["cost_usd_month"]) == ("0.4", "0.25")
+        assert team["tokens_month"] == today + (tree.YESTERDAY if same_month else 0)
+        assert team["reservations_refused_month"] == 1
+        assert (nodes["acme"]["utilization"], nodes["acme"]["daily_limit"]) == (None, None)
+
+        subtree = await client.get("/v1/accounts", params={"root": tree.TEAM}, headers=viewer)
+        assert [n["account"] for n in subtree.json()] == [tree.TEAM, tree.ALICE, tree.BOB]
+
+        top = await client.get(
+            "/v1/reports/top-accounts",
+            params={"by": "cost", "depth": 2, "under": "acme", "date": now.date().isoformat()},
+            headers=viewer,
+        )
+        assert top.status_code == 200, top.text
+        assert [(a["account"], a["cost_usd"], a["reservations_refused"]) for a in top.json()] == [
+            (tree.TEAM, "0.25", 1),
+            (tree.OPS, "0.1", 0),
+            ("acme/rxd", "0", 0),
+        ]
+        tenants = await client.get("/v1/reports/top-accounts?depth=1", headers=viewer)
+        assert [(a["account"], a["tokens_used"]) for a in tenants.json()] == [
+            ("acme", today + tree.DANA_IN),
+            ("globex", tree.GLOBEX_IN),
+        ]
+
+        for path, where in (
+            ("/v1/accounts?root=acme//x", "query.root"),
+            ("/v1/reports/top-accounts?under=acme//x", "query.under"),
+            ("/v1/reports/top-accounts?depth=0", "query.depth"),
+            ("/v1/reports/top-accounts?by=colour", "query.by"),
+        ):
+            bad = await client.get(path, headers=viewer)
+            assert bad.status_code == 422, (path, bad.text)
+            assert bad.json()["errors"][0]["path"] == where, bad.json()
+        spec = (await client.get("/openapi.json", headers=viewer)).json()
+        assert {"/v1/accounts", "/v1/reports/top-accounts"} <= set(spec["paths"])

@@ -5,7 +5,7 @@ cost (by depth, under a node), and the tree with each node's limits, holds, util
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 import asyncpg
@@ -26,10 +26,10 @@ UNDERSCORE, LOOKALIKE = "acme/r_d", "acme/rxd/fay"
 NOW = T0 + timedelta(minutes=1)
 
 
-def _cost(session: str, usd: str, account: str) -> ApiCost:
+def _cost(session: str, usd: str, account: str, at: datetime) -> ApiCost:
     return ApiCost(
         session_id=session, account=account, source=Source(component="external_api", name="t"),
-        occurred_at=T0, api="openai", model="gpt-4o", input_tokens=1, output_tokens=1,
+        occurred_at=at, api="openai", model="gpt-4o", input_tokens=1, output_tokens=1,
         cost_usd=Decimal(usd), price_source="test",
     )  # fmt: skip
 
@@ -43,32 +43,49 @@ DANA_IN, DANA_USD = 2_000, Decimal("0.10")
 GLOBEX_IN, FAY_HOLD = 50, 70
 
 
-def _events() -> list[Event]:
+def tree_events(at: datetime = T0) -> list[Event]:
+    """The tree's events, today's at `at` (the API's tests send them now)."""
     hour = timedelta(hours=1)
-    alice = reserved("alice-1", 600, T0, account=ALICE)
+    alice = reserved("alice-1", 600, at, account=ALICE)
     return [
-        used("alice-1", YESTERDAY, T0 - timedelta(days=1), account=ALICE),
-        node_budget(TEAM, T0, daily=TEAM_DAILY, monthly=10_000, hard=100_000,
-                    usd=(None, str(TEAM_USD), None)),  # fmt: skip
-        node_budget(UNDERSCORE, T0, daily=100, monthly=1_000, hard=10_000),
+        used("alice-1", YESTERDAY, at - timedelta(days=1), account=ALICE),
+        node_budget(
+            TEAM,
+            at,
+            daily=TEAM_DAILY,
+            monthly=10_000,
+            hard=100_000,
+            usd=(None, str(TEAM_USD), None),
+        ),
+        node_budget(UNDERSCORE, at, daily=100, monthly=1_000, hard=10_000),
         alice,
-        used("alice-1", ALICE_IN, T0, output=ALICE_OUT, rid=alice.reservation_id, account=ALICE),
+        used("alice-1", ALICE_IN, at, output=ALICE_OUT, rid=alice.reservation_id, account=ALICE),
         # 500 left today at the team: refused by the team, then 300 fit and stay held.
-        reserved("bob-1", BOB_ASK, T0, account=BOB),
-        reserved("bob-1", BOB_HOLD, T0, account=BOB, ttl=hour),
-        _cost("alice-1", str(ALICE_USD), ALICE),
-        used("dana-1", DANA_IN, T0, account=DANA),
-        _cost("dana-1", str(DANA_USD), DANA),
-        used("globex-1", GLOBEX_IN, T0, account="globex/x"),
-        reserved("globex-1", 20_000, T0, account="globex/x"),  # past the session's own limit
-        reserved("fay-1", FAY_HOLD, T0, account=LOOKALIKE, ttl=hour),
+        reserved("bob-1", BOB_ASK, at, account=BOB),
+        reserved("bob-1", BOB_HOLD, at, account=BOB, ttl=hour),
+        _cost("alice-1", str(ALICE_USD), ALICE, at),
+        used("dana-1", DANA_IN, at, account=DANA),
+        _cost("dana-1", str(DANA_USD), DANA, at),
+        used("globex-1", GLOBEX_IN, at, account="globex/x"),
+        reserved("globex-1", 20_000, at, account="globex/x"),  # past the session's own limit
+        reserved("fay-1", FAY_HOLD, at, account=LOOKALIKE, ttl=hour),
     ]
+
+
+async def apply_tree(database: DatabaseSettings, at: datetime = T0) -> None:
+    """`tree_events(at)` applied to `database` as the worker applies a batch (the read
+    models' tests need no broker)."""
+    connection = await connect(database.dsn(), database.schema_name)
+    try:
+        await apply_batch(connection, log_records(tree_events(at)), schema=database.schema_name)
+    finally:
+        await connection.close()
 
 
 @pytest.fixture
 async def conn(migrated_database: DatabaseSettings) -> AsyncIterator[asyncpg.Connection]:
+    await apply_tree(migrated_database)
     connection = await connect(migrated_database.dsn(), migrated_database.schema_name)
-    await apply_batch(connection, log_records(_events()), schema=migrated_database.schema_name)
     yield connection
     await connection.close()
 

@@ -21,7 +21,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from tests.conftest import WorkerStarter
-from tests.support import T0, fetch_value, log_records, settings_env, used, wait_until
+from tests.support import T0, fetch_value, settings_env, used, wait_until
 from tokenquota.actors import os_actor
 from tokenquota.cli_reports import ReservationStatus
 from tokenquota.config import Settings, env_var_names
@@ -534,14 +534,8 @@ async def test_top_by_account_ranks_budget_tree_nodes(
     """The tree of test_account_reports, applied straight to PostgreSQL (no worker: the
     command reads the rollups only)."""
     from tests.projections import test_account_reports as tree
-    from tokenquota.projections import apply_batch, connect
 
-    database = pipeline_settings.database
-    conn = await connect(database.dsn(), database.schema_name)
-    try:
-        await apply_batch(conn, log_records(tree._events()), schema=database.schema_name)
-    finally:
-        await conn.close()
+    await tree.apply_tree(pipeline_settings.database)
     env = _environment(pipeline_settings, tmp_path)
     day = ("--date", T0.date().isoformat())
     by_tokens, by_cost, team, mixed, bad_path, too_deep = await asyncio.gather(
