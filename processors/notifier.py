@@ -64,7 +64,8 @@ _CLAIM = """
             LIMIT $1
               FOR UPDATE OF due SKIP LOCKED)
     RETURNING d.attempts, o.alert_id, o.event_id, o.action, o.session_id, o.window_name,
-              o.level, o.used_tokens, o.limit_tokens, o.occurred_at, o.created_at"""
+              o.level, o.used_tokens, o.limit_tokens, o.occurred_at, o.created_at, o.account,
+              o.unit, o.used_usd, o.limit_usd"""
 _DELIVERED = """
     UPDATE alert_deliveries
        SET status = 'delivered', delivered_at = now(), next_attempt_at = NULL,
@@ -147,10 +148,12 @@ class Notifier:
             session_id=row["session_id"],
             window=row["window_name"],
             level=row["level"],
-            used=row["used_tokens"],
-            limit=row["limit_tokens"],
+            used=row["used_tokens"] if row["unit"] == "tokens" else row["used_usd"],
+            limit=row["limit_tokens"] if row["unit"] == "tokens" else row["limit_usd"],
             occurred_at=row["occurred_at"],
             created_at=row["created_at"],
+            account=row["account"],
+            unit=row["unit"],
         )
         body = webhook_body(alert)
         headers = webhook_headers(alert, body, self._secret, row["attempts"])

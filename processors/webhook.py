@@ -9,6 +9,7 @@ import random
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
 
 __all__ = [
     "ALERT_ID_HEADER",
@@ -37,14 +38,22 @@ class Alert:
     session_id: str
     window: str
     level: str
-    used: int
-    limit: int
+    #: Tokens, or dollars for a USD window (sent as a decimal string, exact).
+    used: int | Decimal
+    limit: int | Decimal
     occurred_at: datetime
     created_at: datetime
+    #: The budget tree node whose window it is (None: the session's own).
+    account: str | None = None
+    unit: str = "tokens"
 
 
 def _utc(at: datetime) -> str:
     return at.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _amount(value: int | Decimal) -> int | str:
+    return value if isinstance(value, int) else str(value)
 
 
 def webhook_body(alert: Alert) -> bytes:
@@ -54,11 +63,13 @@ def webhook_body(alert: Alert) -> bytes:
             "alert_id": str(alert.alert_id),
             "event_id": str(alert.event_id),
             "session_id": alert.session_id,
+            "account": alert.account,
+            "unit": alert.unit,
             "window": alert.window,
             "level": alert.level,
             "action": alert.action,
-            "used": alert.used,
-            "limit": alert.limit,
+            "used": _amount(alert.used),
+            "limit": _amount(alert.limit),
             "occurred_at": _utc(alert.occurred_at),
             "created_at": _utc(alert.created_at),
         },

@@ -103,7 +103,8 @@ async def recent_alerts(
     args.append(limit)
     sql = (
         "SELECT o.alert_id, o.event_id, o.action, o.session_id, o.window_name, o.level,"  # noqa: S608
-        " o.used_tokens, o.limit_tokens, o.occurred_at, o.created_at, d.status AS delivery"
+        " o.used_tokens, o.limit_tokens, o.occurred_at, o.created_at, d.status AS delivery,"
+        " o.account, o.unit, o.used_usd, o.limit_usd"
         " FROM alert_outbox o LEFT JOIN alert_deliveries d ON d.alert_id = o.alert_id"
         + (" WHERE " + " AND ".join(where) if where else "")
         + f" ORDER BY o.created_at DESC, o.alert_id LIMIT ${len(args)}"

@@ -18,6 +18,10 @@ _USD_COLUMNS = (
     ("total_usd_limit", "numeric"), ("usd_used_today", "numeric"),
     ("usd_used_month", "numeric"), ("usd_used_total", "numeric"),
 )  # fmt: skip
+#: The alert level of each USD window, after them.
+_USD_ALERT_COLUMNS = (
+    ("daily_usd_alert", "text"), ("monthly_usd_alert", "text"), ("total_usd_alert", "text"),
+)  # fmt: skip
 #: (column, PostgreSQL type), in the order of session_args.
 SESSION_COLUMNS = (
     ("session_id", "varchar"), ("daily_limit", "bigint"), ("monthly_limit", "bigint"),
@@ -29,7 +33,7 @@ SESSION_COLUMNS = (
     ("reservations_accepted", "bigint"), ("reservations_rejected", "bigint"),
     ("overage_tokens", "bigint"), ("last_reset", "timestamptz"),
     ("created_at", "timestamptz"), ("updated_at", "timestamptz"), ("account", "varchar"),
-    *_USD_COLUMNS,
+    *_USD_COLUMNS, *_USD_ALERT_COLUMNS,
 )  # fmt: skip
 #: (column, PostgreSQL type), in the order of node_args.
 NODE_COLUMNS = (
@@ -40,7 +44,8 @@ NODE_COLUMNS = (
     ("tokens_used_month", "bigint"), ("tokens_used_total", "bigint"),
     ("reservations_accepted", "bigint"), ("reservations_rejected", "bigint"),
     ("created_at", "timestamptz"), ("updated_at", "timestamptz"),
-    *_USD_COLUMNS,
+    *_USD_COLUMNS, ("daily_alert", "text"), ("monthly_alert", "text"), ("total_alert", "text"),
+    *_USD_ALERT_COLUMNS,
 )  # fmt: skip
 
 
@@ -54,6 +59,10 @@ def _usd_args(b: SessionBudget | NodeBudget) -> tuple[Any, ...]:
         b.usd_used_month,
         b.usd_used_total,
     )
+
+
+def _usd_alert_args(b: SessionBudget | NodeBudget) -> tuple[Any, ...]:
+    return (b.daily_usd_alert, b.monthly_usd_alert, b.total_usd_alert)
 
 
 def _usd_of(row: Mapping[str, Any] | asyncpg.Record) -> UsdLimits | None:
@@ -90,6 +99,7 @@ def session_args(s: SessionBudget) -> tuple[Any, ...]:
         s.updated_at,
         s.account,
         *_usd_args(s),
+        *_usd_alert_args(s),
     )
 
 
@@ -114,6 +124,10 @@ def node_args(n: NodeBudget) -> tuple[Any, ...]:
         n.created_at,
         n.updated_at,
         *_usd_args(n),
+        n.daily_alert,
+        n.monthly_alert,
+        n.total_alert,
+        *_usd_alert_args(n),
     )
 
 
@@ -152,6 +166,9 @@ def session_of(row: Mapping[str, Any] | asyncpg.Record) -> SessionBudget:
         usd_used_today=row["usd_used_today"],
         usd_used_month=row["usd_used_month"],
         usd_used_total=row["usd_used_total"],
+        daily_usd_alert=row["daily_usd_alert"],
+        monthly_usd_alert=row["monthly_usd_alert"],
+        total_usd_alert=row["total_usd_alert"],
     )
 
 
@@ -174,4 +191,10 @@ def node_of(row: Mapping[str, Any] | asyncpg.Record) -> NodeBudget:
         usd_used_today=row["usd_used_today"],
         usd_used_month=row["usd_used_month"],
         usd_used_total=row["usd_used_total"],
+        daily_alert=row["daily_alert"],
+        monthly_alert=row["monthly_alert"],
+        total_alert=row["total_alert"],
+        daily_usd_alert=row["daily_usd_alert"],
+        monthly_usd_alert=row["monthly_usd_alert"],
+        total_usd_alert=row["total_usd_alert"],
     )

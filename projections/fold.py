@@ -34,7 +34,7 @@ from tokenquota.schemas import (
 )
 
 from . import rollups
-from .alerts import refused_alert, threshold_alerts
+from .alerts import refused_alert, threshold_alerts, usd_threshold_alerts
 from .budget import UsdRefusal, headroom, local_day, month_of, start_of_day, usd_refusal
 from .log_clock import Moment, advance, moment_of
 from .state import (
@@ -198,7 +198,7 @@ class _Folder:
                 session = self._session(event, clock, config)
                 self._expire(session.session_id, clock)
             elif type(event) is BudgetSet and event.target == "account":
-                self._node_budget_set(event, clock, config)
+                self._node_budget_set(event, clock, config, moment)
                 continue
             else:
                 session = self._session(event, clock, config)
@@ -254,13 +254,13 @@ class _Folder:
             session.current_day = today
             session.tokens_used_today = 0
             session.usd_used_today = _ZERO
-            session.daily_alert = "none"
+            session.daily_alert = session.daily_usd_alert = "none"
             session.last_reset = start_of_day(today, config.zone)
         if today.replace(day=1) > session.current_month:
             session.current_month = month_of(today)
             session.tokens_used_month = 0
             session.usd_used_month = _ZERO
-            session.monthly_alert = "none"
+            session.monthly_alert = session.monthly_usd_alert = "none"
         if clock > session.updated_at:
             session.updated_at = clock
         self.out.changed_sessions.add(session_id)
@@ -278,10 +278,12 @@ class _Folder:
                 node.current_day = today
                 node.tokens_used_today = 0
                 node.usd_used_today = _ZERO
+                node.daily_alert = node.daily_usd_alert = "none"
             if today.replace(day=1) > node.current_month:
                 node.current_month = month_of(today)
                 node.tokens_used_month = 0
                 node.usd_used_month = _ZERO
+                node.monthly_alert = node.monthly_usd_alert = "none"
             if clock > node.updated_at:
                 node.updated_at = clock
             self.out.changed_nodes.add(path)
@@ -367,10 +369,13 @@ class _Folder:
         partition.defaults_set_at = clock
         self.out.changed_defaults.add(key)
 
-    def _node_budget_set(self, event: BudgetSet, clock: datetime, config: FoldConfig) -> None:
+    def _node_budget_set(
+        self, event: BudgetSet, clock: datetime, config: FoldConfig, moment: Moment
+    ) -> None:
         """Limits for a tree node (its usage and holds stay)."""
         assert event.account is not None
         node = self._chain(event.account, clock, config)[-1]
+        previous, previous_usd = node.limits, node.usd
         node.limits = Limits(
             daily_limit=event.daily_limit,
             monthly_limit=event.monthly_limit,
@@ -381,10 +386,12 @@ class _Folder:
         )
         node.usd = UsdLimits.of(event)
         node.budget_event = event.event_id
+        threshold_alerts(self.out, node, event, moment, previous=previous, changed=True)
+        usd_threshold_alerts(self.out, node, event, moment, previous=previous_usd, changed=True)
 
     def _budget_set(self, session: SessionBudget, event: BudgetSet, moment: Moment) -> None:
         # The integration_logs view shows the event itself; no notice of its own.
-        previous = session.limits
+        previous, previous_usd = session.limits, session.usd
         session.limits = Limits(
             daily_limit=event.daily_limit,
             monthly_limit=event.monthly_limit,
@@ -395,6 +402,7 @@ class _Folder:
         )
         session.usd = UsdLimits.of(event)
         threshold_alerts(self.out, session, event, moment, previous=previous)
+        usd_threshold_alerts(self.out, session, event, moment, previous=previous_usd, changed=True)
 
     def _reserved(self, session: SessionBudget, event: TokenReserved, moment: Moment) -> None:
         rid = event.reservation_id
@@ -500,8 +508,7 @@ class _Folder:
         session.reservations_rejected += 1
         if refusing is not None:
             refusing.reservations_rejected += 1
-        else:  # the session's own window is exhausted
-            refused_alert(self.out, session, event, moment, record)
+        refused_alert(self.out, refusing or session, event, moment, record)
 
     def _used(self, session: SessionBudget, event: TokenUsed, moment: Moment) -> None:
         total = event.input_tokens + event.output_tokens
@@ -526,6 +533,9 @@ class _Folder:
         if event.reservation_id is not None:
             self._settle(session, event, total, moment.at)
         threshold_alerts(self.out, session, event, moment)
+        for node in self.chain:
+            if node.limits is not None:
+                threshold_alerts(self.out, node, event, moment)
 
     @staticmethod
     def _overflow(event: TokenUsed, owner: str, used: int) -> NoReturn:
@@ -616,6 +626,10 @@ class _Folder:
             node.usd_used_today += cost
             node.usd_used_month += cost
             node.usd_used_total += cost
+            if node.usd is not None:
+                usd_threshold_alerts(self.out, node, event, moment)
+        if session.usd is not None:
+            usd_threshold_alerts(self.out, session, event, moment)
         if event.reservation_id is not None:
             self._settle_cost(session, event, at)
 

@@ -191,6 +191,10 @@ class SessionBudget:
     usd_used_today: Decimal = _ZERO
     usd_used_month: Decimal = _ZERO
     usd_used_total: Decimal = _ZERO
+    #: The alert level of each USD window (none while it has no limit).
+    daily_usd_alert: AlertLevel = "none"
+    monthly_usd_alert: AlertLevel = "none"
+    total_usd_alert: AlertLevel = "none"
 
 
 @dataclass(slots=True)
@@ -217,6 +221,13 @@ class NodeBudget:
     usd_used_today: Decimal = _ZERO
     usd_used_month: Decimal = _ZERO
     usd_used_total: Decimal = _ZERO
+    #: The alert level of each token window, then of each USD window.
+    daily_alert: AlertLevel = "none"
+    monthly_alert: AlertLevel = "none"
+    total_alert: AlertLevel = "none"
+    daily_usd_alert: AlertLevel = "none"
+    monthly_usd_alert: AlertLevel = "none"
+    total_usd_alert: AlertLevel = "none"
 
 
 @dataclass(slots=True)
@@ -381,12 +392,19 @@ class AlertRow:
     session_id: str
     window_name: str
     level: str
-    used_tokens: int
-    limit_tokens: int
+    #: The window's tokens (None for a USD window).
+    used_tokens: int | None
+    limit_tokens: int | None
     #: When the crossing event is dated (its occurred_at, or the log clock when that ran
     #: too far ahead), and the log clock when it was applied.
     occurred_at: datetime
     created_at: datetime
+    #: The node whose window it is (None: the session's own).
+    account: str | None = None
+    unit: Literal["tokens", "usd"] = "tokens"
+    #: The window's dollars (a USD window only).
+    used_usd: Decimal | None = None
+    limit_usd: Decimal | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -108,10 +108,13 @@ _ACCOUNT_COLUMNS = (
     ("reservations_refused", "bigint"),
 )  # fmt: skip
 # No saturation: the fold refuses an event that would take a node's total past a BIGINT.
-_ADDED_ACCOUNT = _ADDED_USAGE + """,
+_ADDED_ACCOUNT = (
+    _ADDED_USAGE
+    + """,
         reservations_accepted = t.reservations_accepted + EXCLUDED.reservations_accepted,
         reservations_rejected = t.reservations_rejected + EXCLUDED.reservations_rejected,
         reservations_refused = t.reservations_refused + EXCLUDED.reservations_refused"""
+)
 _ADD_ACCOUNT_DAILY = _bulk(
     "account_usage_daily",
     (("account", "varchar"), ("day", "date"), *_ACCOUNT_COLUMNS),
@@ -295,7 +298,8 @@ _INSERT_ALERTS = _bulk(
         ("alert_id", "uuid"), ("event_id", "uuid"), ("action", "varchar"),
         ("session_id", "varchar"), ("window_name", "text"), ("level", "text"),
         ("used_tokens", "bigint"), ("limit_tokens", "bigint"), ("occurred_at", "timestamptz"),
-        ("created_at", "timestamptz"),
+        ("created_at", "timestamptz"), ("account", "varchar"), ("unit", "text"),
+        ("used_usd", "numeric"), ("limit_usd", "numeric"),
     ),
     "alert_id",
     "DO NOTHING",
@@ -446,6 +450,10 @@ def _alert_args(row: AlertRow) -> tuple[Any, ...]:
         row.limit_tokens,
         row.occurred_at,
         row.created_at,
+        row.account,
+        row.unit,
+        row.used_usd,
+        row.limit_usd,
     )
 
 

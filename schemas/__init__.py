@@ -29,6 +29,7 @@ from .events import (
     check_limits,
     check_timezone,
     check_usd_limits,
+    format_usd,
 )
 
 __all__ = [
@@ -58,6 +59,7 @@ __all__ = [
     "check_usd_limits",
     "decode",
     "encode",
+    "format_usd",
     "new_event_id",
     "partition_key",
     "utc_now",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from decimal import Decimal, InvalidOperation
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Annotated, Any, Literal, Self
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -37,6 +37,7 @@ __all__ = [
     "check_limits",
     "check_timezone",
     "check_usd_limits",
+    "format_usd",
 ]
 
 Priority = Literal["low", "normal", "high", "critical"]
@@ -120,6 +121,13 @@ def check_usd_limits(daily: Decimal | None, monthly: Decimal | None, total: Deci
                 f"USD limits must satisfy daily <= monthly <= total, got {name} {value} "
                 f"above {wider_name} {wider}"
             )
+
+
+def format_usd(amount: Decimal) -> str:
+    """Dollars to the cent (below a cent, to a millionth, so it never reads as 0.00), for
+    messages only: the stored amounts stay exact. As the integration_logs view words it."""
+    places = Decimal("0.000001") if 0 < abs(amount) < Decimal("0.01") else Decimal("0.01")
+    return str(amount.quantize(places, rounding=ROUND_HALF_UP))  # as SQL round()
 
 
 def check_timezone(value: str) -> str:

@@ -23,7 +23,7 @@ PUBLIC = {
         "ApiCost", "BudgetSet", "Component", "CountedBy", "DefaultsSet", "Event",
         "EventDecodeError", "EventType", "FieldError", "Money", "Priority", "Source",
         "TokenReserved", "TokenUsed", "account_root", "ancestors", "check_limits",
-        "check_timezone", "check_usd_limits", "decode", "encode", "new_event_id",
+        "check_timezone", "check_usd_limits", "decode", "encode", "format_usd", "new_event_id",
         "partition_key", "utc_now",
     },
     "tokenquota.projections": {

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import Decimal
+
+from .schemas import format_usd
 
 __all__ = [
     "DevStackError",
@@ -135,16 +137,9 @@ class UsdBudgetExceededError(TokenQuotaExceededError):
         who = refused_by if refused_by else f"session {session_id!r}"
         Exception.__init__(
             self,
-            f"{who}: {window.split('_')[0]} USD {_cents(limit_usd)}, used {_cents(used_usd)}, "
-            f"held {_cents(held_usd)}, requested {_cents(requested_usd)}",
+            f"{who}: {window.split('_')[0]} USD {format_usd(limit_usd)}, used {format_usd(used_usd)}, "
+            f"held {format_usd(held_usd)}, requested {format_usd(requested_usd)}",
         )
-
-
-def _cents(amount: Decimal) -> str:
-    """Dollars to the cent (below a cent, to a millionth, so it never reads as 0.00), for
-    messages only: the stored amounts stay exact. As the integration_logs view words it."""
-    places = Decimal("0.000001") if 0 < abs(amount) < Decimal("0.01") else Decimal("0.01")
-    return str(amount.quantize(places, rounding=ROUND_HALF_UP))  # as SQL round()
 
 
 class UnknownSessionError(LookupError):

@@ -9,6 +9,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import timedelta
+from decimal import Decimal
 from typing import Any
 
 import httpx
@@ -140,6 +141,8 @@ def test_the_body_is_stable_json_and_the_signature_verifies() -> None:
         "alert_id": str(alert.alert_id),
         "event_id": str(event_id),
         "session_id": "s",
+        "account": None,
+        "unit": "tokens",
         "window": "daily",
         "level": "warning",
         "action": "daily_warning_threshold",
@@ -152,6 +155,33 @@ def test_the_body_is_stable_json_and_the_signature_verifies() -> None:
     assert not verify_signature(SECRET, body + b" ", sign(SECRET, body))
     assert not verify_signature("other", body, sign(SECRET, body))
     assert not verify_signature(SECRET, body, None)
+
+
+def test_a_node_usd_alert_names_the_node_and_sends_exact_dollars_as_strings() -> None:
+    event_id = uuid.uuid4()
+    action = "monthly_usd_critical_threshold"
+    alert = Alert(
+        alert_id(event_id, action, "acme/research"),
+        event_id,
+        action,
+        "alice-1",
+        "monthly",
+        "critical",
+        Decimal("480.1250000000"),
+        Decimal("500.0000000000"),
+        T0,
+        T0,
+        account="acme/research",
+        unit="usd",
+    )
+    body = json.loads(webhook_body(alert))
+    assert (body["account"], body["unit"], body["used"], body["limit"]) == (
+        "acme/research",
+        "usd",
+        "480.1250000000",
+        "500.0000000000",
+    )
+    assert body["alert_id"] != str(alert_id(event_id, action))  # not the session's id
 
 
 def test_backoff_doubles_is_capped_and_jittered_into_its_upper_half() -> None:

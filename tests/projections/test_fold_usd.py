@@ -128,4 +128,9 @@ def test_a_cost_above_the_price_counts_in_full_and_an_unknown_one_is_logged() ->
     folded = run([limits, first, cost, stray, after])
     assert status(folded, after) == "rejected"  # 0.96 spent of 1.00
     assert folded.state.sessions["s1"].usd_used_total == Decimal("0.96")
-    assert [row.action for row in folded.logs] == ["unmatched_cost"]
+    assert [row.action for row in folded.logs] == [
+        "total_usd_warning_threshold",  # 0.95 of 1.00: warning and critical at once
+        "total_usd_critical_threshold",
+        "unmatched_cost",
+        "total_usd_limit_refused",
+    ]
