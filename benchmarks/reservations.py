@@ -1,6 +1,12 @@
 """Strict `reserve()` latency with concurrent callers, beside the projection read alone.
 
-Run: .venv/bin/python -m benchmarks.reservations [--callers N] [--rounds R]
+With --tree, the same callers again with sessions in a three-level budget tree over
+--tenants tenants (`benchmarks.workload.tree_budgets`: the tenants and teams have
+BudgetSets, some with USD limits), each reservation priced, so the worker checks it
+against the session and every node above it; the tree's p99 must stay <= 150 ms at 100
+callers (issue 16).
+
+Run: .venv/bin/python -m benchmarks.reservations [--callers N] [--rounds R] [--tree [--tenants T]]
 Starts an embedded broker, PostgreSQL and `tokenquota worker` unless
 KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL are set (a worker is started in any case).
 """
@@ -19,19 +25,49 @@ from decimal import Decimal
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks.report import percentile_ms
+from benchmarks.report import machine, percentile_ms
 from benchmarks.servers import pipeline
+from benchmarks.workload import MODEL, TEAMS, TENANTS, account_of, tree_budgets
 from tokenquota.config import ReservationSettings
 from tokenquota.producers import TokenQuota
+from tokenquota.producers.integrations.pricing import price_reservation
 from tokenquota.schemas import BudgetSet, Source
 
 SOURCE = Source(component="sdk", name="bench")
+#: Issue 16: strict reserve() of a session in a budget tree, p99 at 100 callers.
+TREE_TARGET_MS = 150.0
 
 
 async def _timed(work: Awaitable[object]) -> float:
     start = time.perf_counter()
     await work
     return time.perf_counter() - start
+
+
+async def _reserve_rounds(
+    quota: TokenQuota, sessions: list[str], rounds: int, accounts: list[str] | None = None
+) -> tuple[list[float], float]:
+    """Every session's caller at once, `rounds` strict reservations of 10 tokens each
+    (released after); with `accounts`, each session's, and priced. (samples, seconds)"""
+    price = price_reservation(MODEL, 0, 10) if accounts is not None else None
+
+    async def reserver(i: int) -> list[float]:
+        times = []
+        for _ in range(rounds):
+            start = time.perf_counter()
+            held = await quota.reserve(
+                sessions[i], 10,
+                account=accounts[i] if accounts is not None else None,
+                reserved_usd=price.usd if price is not None else None,
+                price_source=price.source if price is not None else None,
+            )  # fmt: skip
+            times.append(time.perf_counter() - start)
+            await held.release()
+        return times
+
+    started = time.perf_counter()
+    samples = [t for ts in await asyncio.gather(*map(reserver, range(len(sessions)))) for t in ts]
+    return samples, time.perf_counter() - started
 
 
 async def run(args: argparse.Namespace) -> None:
@@ -59,18 +95,29 @@ async def run(args: argparse.Namespace) -> None:
 
             many_reads = [t for ts in await asyncio.gather(*map(reader, sessions)) for t in ts]
 
-            async def reserver(session: str) -> list[float]:
-                times = []
-                for _ in range(args.rounds):
-                    start = time.perf_counter()
-                    held = await quota.reserve(session, 10)
-                    times.append(time.perf_counter() - start)
-                    await held.release()
-                return times
+            reserves, elapsed = await _reserve_rounds(quota, sessions, args.rounds)
 
-            started = time.perf_counter()
-            reserves = [t for ts in await asyncio.gather(*map(reserver, sessions)) for t in ts]
-            elapsed = time.perf_counter() - started
+            tree: list[float] = []
+            tree_budget_sets, tree_elapsed = 0, 0.0
+            if args.tree:
+                budgets = tree_budgets(args.callers, args.tenants)
+                tree_budget_sets = len(budgets)
+                for event in budgets:
+                    await quota.emit(event)
+                accounts = [account_of(i, args.tenants) for i in range(args.callers)]
+                members = [
+                    e.session_id
+                    for e in budgets
+                    if isinstance(e, BudgetSet) and e.target == "session"
+                ]
+                # One reservation per tenant, after its BudgetSets in its partition: when
+                # all are decided, every node and session has its limits.
+                firsts = {account.partition("/")[0]: i for i, account in enumerate(accounts)}
+                for held in await asyncio.gather(
+                    *(quota.reserve(members[i], 1, account=accounts[i]) for i in firsts.values())
+                ):
+                    await held.release()
+                tree, tree_elapsed = await _reserve_rounds(quota, members, args.rounds, accounts)
 
     table = Table(title="reservations: strict reserve() vs the projection read alone (ms)")
     for column in ("operation", "callers", "samples", "p50", "p99", "max"):
@@ -80,6 +127,8 @@ async def run(args: argparse.Namespace) -> None:
         ("projection read", args.callers, many_reads),
         ("strict reserve()", args.callers, reserves),
     ]
+    if args.tree:
+        rows.append(("strict reserve() in a tree", args.callers, tree))
     for name, callers, samples in rows:
         table.add_row(
             name, str(callers), str(len(samples)), f"{percentile_ms(samples, 0.5):.1f}",
@@ -88,21 +137,54 @@ async def run(args: argparse.Namespace) -> None:
         )  # fmt: skip
     console = Console()
     console.print(table)
-    console.print(
+    conditions = (
         f"conditions: {args.callers} concurrent callers in one process, one session each, "
         f"{args.rounds} reservations of 10 tokens per caller (each released after), "
         f"{len(reserves) / elapsed:,.0f} reservations/s overall; a client pool of 10 "
         f"connections; worker batch_within {settings.worker.batch_within} s; {servers}; "
         f"median read alone {statistics.median(one_read) * 1000:.2f} ms; "
-        f"python {platform.python_version()}, {os.cpu_count()} cores"
     )
+    if args.tree:
+        p99 = percentile_ms(tree, 0.99)
+        console.print(
+            f"target: strict reserve() in a budget tree, p99 <= {TREE_TARGET_MS:.0f} ms at "
+            f"{args.callers} callers: {p99:.1f} ms, "
+            + ("met" if p99 <= TREE_TARGET_MS else "NOT met")
+            + ("" if args.callers == 100 else " (the target is for 100 callers)")
+        )
+        conditions += (
+            f"tree: after the session-only rounds, the same on the same servers with "
+            f"sessions tenant-{{i}}/team-{{j}}/user-{{k}} over {args.tenants:,} tenants "
+            f"(sessions round-robin over tenants, then over {TEAMS} teams; {tree_budget_sets:,} "
+            f"BudgetSets of tenants, teams and sessions, limits not reached, every other "
+            f"tenant and every team-0 with USD limits), each reservation priced at "
+            f"{MODEL}'s output price, {len(tree) / tree_elapsed:,.0f} reservations/s "
+            f"overall; {machine()}"
+        )
+    else:
+        conditions += f"python {platform.python_version()}, {os.cpu_count()} cores"
+    console.print(conditions)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--callers", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--reads", type=int, default=500)
+    parser.add_argument(
+        "--tree",
+        action="store_true",
+        help="also the callers with sessions in a budget tree, after the session-only rounds",
+    )
+    parser.add_argument(
+        "--tenants",
+        type=int,
+        default=TENANTS,
+        help=f"tenants of the tree (with --tree; default {TENANTS}, one caller's session "
+        "each at 100 callers; fewer put more sessions under each tenant and team)",
+    )
     asyncio.run(run(parser.parse_args()))
 
 
