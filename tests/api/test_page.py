@@ -1,7 +1,8 @@
 """The dashboard page in a real browser (headless chromium): it shows what the projections
-hold, updates itself while open, marks thresholds in words as well as colours, changes a
-budget for an admin, asks for a token when the API has tokens, and turns red when no
-worker runs. Screenshots land in build/test-artifacts/browser/."""
+hold (the budget tree's nodes too), updates itself while open, marks thresholds in words
+as well as colours, changes a budget for an admin, asks for a token when the API has
+tokens, and turns red when no worker runs. Screenshots land in
+build/test-artifacts/browser/."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 
 from tests.api.browser import ARTIFACTS, browser, serve_app, wait_for
-from tests.support import budget, used, wait_until
+from tests.support import budget, node_budget, used, wait_until
 from tokenquota.api import hash_token
 from tokenquota.config import Settings
 from tokenquota.dashboard import AsyncTokenDashboard
@@ -64,6 +65,25 @@ for (const card of document.querySelectorAll('[data-window-card]')) {
 return out;
 """
 
+# The budget tree panel: each node's row as the page shows it.
+_READ_TREE = """
+const out = [];
+for (const row of document.querySelectorAll('#tree-body [data-account]')) {
+  const bar = row.querySelector('.bar');
+  const text = (field) => row.querySelector(`[data-field="${field}"]`).textContent
+    .replace(/\\s+/g, ' ').trim();
+  out.push({
+    account: row.dataset.account, depth: Number(row.dataset.depth),
+    indent: parseFloat(row.querySelector('td.node').style.paddingLeft),
+    pct: bar ? bar.querySelector('.pct').textContent : null,
+    state: bar ? bar.querySelector('.state').textContent : null,
+    noLimit: row.querySelector('.no-limit') !== null,
+    usedLimit: text('used-limit'), held: text('held'), cost: text('cost-month'),
+  });
+}
+return out;
+"""
+
 
 def _int(text: str) -> int:
     return int(text.replace(",", ""))
@@ -89,10 +109,11 @@ async def _shot(driver: WebDriver, name: str) -> None:
     await asyncio.to_thread(driver.save_screenshot, str(ARTIFACTS / f"{name}.png"))
 
 
-def _cost(session: str, model: str, usd: str) -> ApiCost:
+def _cost(session: str, model: str, usd: str, account: str | None = None) -> ApiCost:
     return ApiCost(
         session_id=session, source=_SOURCE, occurred_at=utc_now(), api="openai", model=model,
         input_tokens=100, output_tokens=20, cost_usd=Decimal(usd), price_source="test",
+        account=account,
     )  # fmt: skip
 
 
@@ -102,6 +123,9 @@ async def test_the_page_shows_the_projections_and_follows_new_events(
     start_worker()
     tag = uuid.uuid4().hex[:6]
     hot, calm = f"page-hot-{tag}", f"page-calm-{tag}"
+    # A team of a tenant without limits: 2,000 tokens a day and $1.00 a month.
+    tenant, team, coder = f"page-{tag}", f"page-{tag}/team", f"page-coder-{tag}"
+    team_daily, team_usd, team_used, team_cost = 2_000, Decimal("1.00"), 1_700, Decimal("0.3")
     now = utc_now()
     async with (
         TokenQuota(pipeline_settings) as quota,
@@ -113,7 +137,11 @@ async def test_the_page_shows_the_projections_and_follows_new_events(
             used(hot, 850, now),  # 85%: past the warning threshold (80%)
             used(calm, 1_234, now),
             _cost(calm, "gpt-4o", "0.75"),
-        ):
+            node_budget(team, now, daily=team_daily, monthly=20_000, hard=200_000,
+                        usd=(None, str(team_usd), None)),
+            used(coder, team_used, now, account=f"{team}/coder"),
+            _cost(coder, "gpt-4o-mini", str(team_cost), account=f"{team}/coder"),
+        ):  # fmt: skip
             await quota.emit(event)
 
         async def applied() -> bool:
@@ -122,7 +150,12 @@ async def test_the_page_shows_the_projections_and_follows_new_events(
                 return False
             hot_now = await dashboard.get_session_metrics(hot)
             calm_now = await dashboard.get_session_metrics(calm)
-            return hot_now.windows["daily"].used == 850 and calm_now.cost_usd == Decimal("0.75")
+            nodes = await dashboard.account_tree(tenant)
+            return (
+                hot_now.windows["daily"].used == 850
+                and calm_now.cost_usd == Decimal("0.75")
+                and [n.cost_usd_month for n in nodes[1:2]] == [team_cost]
+            )
 
         await wait_until(applied, 60, "the events applied")
 
@@ -165,6 +198,27 @@ async def test_the_page_shows_the_projections_and_follows_new_events(
                     ".map(b => [b.dataset.name, b.dataset.cost]);",
                 )
                 assert ["gpt-4o", "0.75"] in cost_rows
+
+                # The budget tree: the team indented under its tenant, its bar at its
+                # fullest window (1,700 of 2,000 tokens today: 85%, past the warning
+                # threshold; $0.30 of $1.00 this month is less), the tenant unlimited.
+                row = f'#tree-body [data-account="{team}"]'
+                await wait_for(
+                    driver, lambda d: d.find_elements(By.CSS_SELECTOR, row), 20, "the budget tree"
+                )
+                rows = await _js(driver, _READ_TREE)
+                shown_tree = {n["account"]: n for n in rows}
+                order = [n["account"] for n in rows]
+                assert order.index(tenant) < order.index(team) < order.index(f"{team}/coder")
+                top, node = shown_tree[tenant], shown_tree[team]
+                assert (top["depth"], node["depth"]) == (1, 2) and node["indent"] > top["indent"]
+                assert (top["noLimit"], top["pct"]) == (True, None)
+                assert "no limit" in top["usedLimit"]
+                assert not node["noLimit"]
+                assert node["pct"] == _pct(Decimal(team_used) / Decimal(team_daily))
+                assert node["state"] == "warning"
+                assert node["usedLimit"] == f"{team_used:,} / {team_daily:,} tokens today"
+                assert (node["held"], node["cost"]) == ("0", _usd(team_cost))
                 await _shot(driver, "overview")
 
                 # An event emitted while the page is open appears without a reload.

@@ -208,6 +208,8 @@ function overviewSkeleton() {
       <button type="button" id="next">Next</button>
     </div>
     <div id="sessions-body"></div></section>
+  <section id="tree"><h2>Budget tree <span class="muted">(utilization: the fullest of a node's token and USD windows)</span></h2>
+    <div id="tree-body"></div></section>
   <section id="timeline"><h2>Tokens over time</h2>
     <div class="controls">
       <label><input type="radio" name="scale" value="minute" checked> per minute, last hour</label>
@@ -248,7 +250,7 @@ async function loadOverview() {
   const s = state.sessions;
   const query = new URLSearchParams({ offset: s.offset, limit: s.limit, order: s.order });
   if (s.prefix) query.set("prefix", s.prefix);
-  const [overview, health, sessions, timeline, byApi, byModel, decisions, alerts] = await Promise.all([
+  const [overview, health, sessions, timeline, byApi, byModel, decisions, alerts, tree] = await Promise.all([
     api("/v1/overview"),
     api("/readyz", { acceptStatus: [503] }),
     api("/v1/sessions?" + query),
@@ -257,8 +259,9 @@ async function loadOverview() {
     api("/v1/costs?by=model"),
     api("/v1/decisions?limit=15"),
     api("/v1/alerts?limit=10"),
+    api("/v1/accounts"),
   ]);
-  return { overview, health, sessions, timeline, byApi, byModel, decisions, alerts };
+  return { overview, health, sessions, timeline, byApi, byModel, decisions, alerts, tree };
 }
 
 function renderOverview(d) {
@@ -276,6 +279,7 @@ function renderOverview(d) {
   renderPipeline(d.health, o);
   renderCosts(d.byApi, d.byModel);
   renderSessions(d.sessions);
+  renderTree(d.tree);
   renderChart(d.timeline);
   renderDecisions("decisions-body", d.decisions, true);
   renderAlerts("alerts-body", d.alerts, true);
@@ -331,6 +335,67 @@ function renderSessions(page) {
   document.getElementById("range").dataset.total = page.total;
   document.getElementById("prev").disabled = page.offset === 0;
   document.getElementById("next").disabled = page.offset + page.limit >= page.total;
+}
+
+// The budget tree: each node indented under its parent, with a bar at its utilization
+// (the fullest of its token and USD windows, as the API computes it) and that window's
+// used / limit. A node without a BudgetSet does not limit: "no limit".
+const TREE_SHOWN = 200;
+const NODE_WINDOWS = [
+  ["today", "tokens_used_today", "daily_limit", false],
+  ["this month", "tokens_used_month", "monthly_limit", false],
+  ["in all", "tokens_used_total", "hard_limit", false],
+  ["today", "usd_used_today", "daily_usd_limit", true],
+  ["this month", "usd_used_month", "monthly_usd_limit", true],
+  ["in all", "usd_used_total", "total_usd_limit", true],
+];
+
+function fullestWindow(node) {
+  let best = null;
+  for (const [when, usedKey, limitKey, money] of NODE_WINDOWS) {
+    const limit = node[limitKey];
+    if (limit === null || limit === undefined) continue;
+    const used = Number(node[usedKey]);
+    const ratio = Number(limit) ? used / Number(limit) : (used ? 1 : 0);
+    if (best === null || ratio > best.ratio) best = { when, used: node[usedKey], limit, money, ratio };
+  }
+  return best;
+}
+
+function nodeBar(node) {
+  if (node.utilization === null) {
+    return `<span class="no-limit muted" data-level="none">no limit</span>`;
+  }
+  const lv = level(node.utilization, node.warning_threshold, node.critical_threshold);
+  const width = Math.min(Number(node.utilization), 1) * 100;
+  return `<div class="bar" data-level="${lv}" data-utilization="${esc(node.utilization)}">
+    <span class="track" role="meter" aria-label="${esc(node.account)} utilization" aria-valuemin="0"
+      aria-valuemax="100" aria-valuenow="${(Number(node.utilization) * 100).toFixed(1)}">
+      <span class="fill" style="width:${width.toFixed(1)}%"></span></span>
+    <span class="pct">${pct(node.utilization)}</span>
+    <span class="state" data-level="${lv}">${lv}</span>
+  </div>`;
+}
+
+function renderTree(nodes) {
+  const rows = nodes.slice(0, TREE_SHOWN).map((n) => {
+    const name = n.account.split("/").pop();
+    const w = fullestWindow(n);
+    const usedLimit = w === null
+      ? `${int(n.tokens_used_today)} tokens today <span class="muted">/ no limit</span>`
+      : (w.money ? `${usd(w.used)} / ${usd(w.limit)}` : `${int(w.used)} / ${int(w.limit)} tokens`) + ` <span class="muted">${w.when}</span>`;
+    const heldUsd = Number(n.usd_held) ? ` + ${usd(n.usd_held)}` : "";
+    return `<tr data-account="${esc(n.account)}" data-depth="${n.depth}">
+      <td class="node" style="padding-left:${8 + (n.depth - 1) * 18}px" title="${esc(n.account)}">${n.depth === 1 ? `<b>${esc(name)}</b>` : esc(name)}</td>
+      <td>${nodeBar(n)}</td>
+      <td class="num" data-field="used-limit">${usedLimit}</td>
+      <td class="num" data-field="held">${int(n.tokens_held)}${heldUsd}</td>
+      <td class="num" data-field="cost-month">${usd(n.cost_usd_month)}</td></tr>`;
+  });
+  const more = nodes.length > TREE_SHOWN
+    ? `<p class="muted">…and ${int(nodes.length - TREE_SHOWN)} more nodes (GET /v1/accounts?root=).</p>` : "";
+  setHTML("tree-body", table(["Account", "Utilization", "Used / limit#", "Held#", "Cost this month#"], rows,
+    "No budget tree yet: no event has named an account.") + more);
 }
 
 function renderChart(timeline) {
