@@ -167,3 +167,32 @@ async def test_the_synchronous_facade_works_outside_a_loop_and_refuses_inside(
             dashboard.get_system_overview()
     finally:
         await asyncio.to_thread(dashboard.close)
+
+
+async def test_both_facades_read_the_budget_tree(pipeline_settings: Settings) -> None:
+    """The read models' tree (applied straight to PostgreSQL), through each class."""
+    from tests.projections import test_account_reports as tree
+
+    now = utc_now()
+    await tree.apply_tree(pipeline_settings.database, now)
+    spent = tree.ALICE_USD + tree.DANA_USD
+
+    def read() -> tuple[list[Any], list[Any]]:
+        with TokenDashboard(pipeline_settings) as dashboard:
+            top = dashboard.top_accounts("cost", limit=1, depth=1)
+            return top, dashboard.account_tree(tree.TEAM)
+
+    top, nodes = await asyncio.to_thread(read)
+    assert [(a.account, a.cost_usd) for a in top] == [("acme", spent)]
+    assert [(n.account, n.tokens_held) for n in nodes] == [
+        (tree.TEAM, tree.BOB_HOLD),
+        (tree.ALICE, 0),
+        (tree.BOB, tree.BOB_HOLD),
+    ]
+    async with AsyncTokenDashboard(pipeline_settings) as dashboard:
+        assert await dashboard.top_accounts("cost", limit=1, depth=1) == top
+        under = await dashboard.top_accounts(under=tree.OPS, day=now.date())
+        assert [(a.account, a.tokens_used) for a in under] == [
+            (tree.OPS, tree.DANA_IN),
+            (tree.DANA, tree.DANA_IN),
+        ]
