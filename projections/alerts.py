@@ -16,9 +16,9 @@ import uuid
 from decimal import Decimal
 from typing import Any, Literal
 
-from tokenquota.schemas import Event, format_usd
+from tokenquota.schemas import BIGINT_MAX, Event, format_usd
 
-from .budget import alert_level
+from .budget import alert_level, alert_tokens
 from .log_clock import Moment
 from .state import (
     AlertLevel,
@@ -37,6 +37,7 @@ __all__ = [
     "alert_id",
     "refused_alert",
     "threshold_alerts",
+    "tokens_to_alert",
     "usd_alert_level",
     "usd_threshold_alerts",
 ]
@@ -76,6 +77,22 @@ def usd_alert_level(used: Decimal, limit: Decimal, limits: Limits) -> AlertLevel
     if used >= limit * limits.warning_threshold and used > 0:
         return "warning"
     return "none"
+
+
+def tokens_to_alert(owner: Owner) -> int:
+    """How many more tokens `owner` may use (in all its token windows at once) before one
+    of them reaches its next alert level; BIGINT_MAX when none can rise."""
+    limits = owner.limits
+    left = BIGINT_MAX
+    if limits is None:
+        return left
+    for name, used, limit in _token_windows(owner, limits):
+        level = getattr(owner, f"{name}_alert")
+        if level in ("critical", "exhausted"):
+            continue
+        warning, critical = alert_tokens(limit, limits)
+        left = min(left, (warning if level == "none" else critical) - used)
+    return left
 
 
 def _token_windows(owner: Owner, limits: Limits) -> tuple[tuple[str, int, int], ...]:
@@ -243,10 +260,10 @@ def refused_alert(
             f"{format_usd(requested)} (used {format_usd(used)}, held {format_usd(held)})"
         )
         metadata |= {
-            "used": str(used),
-            "limit": str(limit),
-            "held": str(held),
-            "requested": str(requested),
+            "used": _plain(used),
+            "limit": _plain(limit),
+            "held": _plain(held),
+            "requested": _plain(requested),
         }
     _record(
         out,
@@ -325,4 +342,6 @@ def _usd_limit(usd: UsdLimits | None, window: str) -> Decimal | None:
 
 
 def _plain(value: int | Decimal) -> int | str:
-    return value if isinstance(value, int) else str(value)
+    """Tokens as they are; dollars as plain digits without trailing zeros, so an amount
+    read back from NUMERIC(…, 10) and one just added up read the same (replay)."""
+    return value if isinstance(value, int) else format(value.normalize(), "f")

@@ -17,6 +17,7 @@ __all__ = [
     "UsdWindow",
     "Window",
     "alert_level",
+    "alert_tokens",
     "headroom",
     "local_day",
     "month_of",
@@ -120,6 +121,11 @@ def usd_refusal(
     if worst is None or (requested <= worst[0] and worst[0] > 0):
         return None
     return worst[1]
+
+
+def alert_tokens(limit: int, limits: Limits) -> tuple[int, int]:
+    """The tokens at which a window of `limit` reaches its warning and critical levels."""
+    return _alert_tokens(limit, limits.warning_threshold, limits.critical_threshold)
 
 
 def alert_level(used: int, limit: int, limits: Limits) -> AlertLevel:

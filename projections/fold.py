@@ -17,7 +17,7 @@ import copy
 import heapq
 import uuid
 from collections.abc import Iterable, Sequence
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any, NoReturn
 
@@ -34,7 +34,7 @@ from tokenquota.schemas import (
 )
 
 from . import rollups
-from .alerts import refused_alert, threshold_alerts, usd_threshold_alerts
+from .alerts import refused_alert, threshold_alerts, tokens_to_alert, usd_threshold_alerts
 from .budget import UsdRefusal, headroom, local_day, month_of, start_of_day, usd_refusal
 from .log_clock import Moment, advance, moment_of
 from .state import (
@@ -153,6 +153,14 @@ class _Folder:
         self.expiring: dict[str, list[tuple[datetime, uuid.UUID]]] = {}
         #: The tree nodes of the event being applied, tenant first (empty: no account).
         self.chain: tuple[NodeBudget, ...] = ()
+        #: The nodes of each account path this fold has seen, tenant first.
+        self.chains: dict[str, tuple[NodeBudget, ...]] = {}
+        #: The log clock's day of the event being applied (set by `_session`).
+        self.today = date.min
+        #: Per node, tokens it may still use before a token window can reach its next
+        #: alert level (so most usage skips the threshold check); dropped when its
+        #: windows roll over or its limits change.
+        self.quiet: dict[str, int] = {}
         self.calendar = rollups.Calendar()
         #: The system_usage_minutely row of the record being applied.
         self.minute = MinuteDelta()
@@ -202,9 +210,10 @@ class _Folder:
                 continue
             else:
                 session = self._session(event, clock, config)
-                self.chain = self._chain(account, clock, config)
+                self.chain = self._chain(account, clock, config, self.today)
                 self._expire_tree(account_root(account), clock)
             handlers[type(event)](session, event, moment)
+        rollups.spread_accounts(self.out, self.calendar)
         return self.out
 
     # -- the log clock ---------------------------------------------------------------
@@ -249,7 +258,7 @@ class _Folder:
                 + "; this event names "
                 + (f"account {account!r}" if account else "none"),
             )
-        today = local_day(clock, config.zone)
+        today = self.today = local_day(clock, config.zone)
         if today > session.current_day:
             session.current_day = today
             session.tokens_used_today = 0
@@ -266,29 +275,39 @@ class _Folder:
         self.out.changed_sessions.add(session_id)
         return session
 
-    def _chain(self, account: str, clock: datetime, config: FoldConfig) -> tuple[NodeBudget, ...]:
-        """The nodes from `account`'s tenant down to it, each in its current windows."""
-        chain = []
-        today = local_day(clock, config.zone)
-        for path in ancestors(account):
-            node = self.nodes.get(path)
-            if node is None:
-                node = self.nodes[path] = new_node(path, clock, config)
-            if today > node.current_day:
+    def _chain(
+        self, account: str, clock: datetime, config: FoldConfig, today: date | None = None
+    ) -> tuple[NodeBudget, ...]:
+        """The nodes from `account`'s tenant down to it, each in its current windows
+        (`today`: the log clock's day, when the caller has it)."""
+        chain = self.chains.get(account)
+        if chain is None:
+            nodes = []
+            for path in ancestors(account):
+                node = self.nodes.get(path)
+                if node is None:
+                    node = self.nodes[path] = new_node(path, clock, config)
+                nodes.append(node)
+            chain = self.chains[account] = tuple(nodes)
+            self.out.changed_nodes.update(ancestors(account))
+        if today is None:
+            today = local_day(clock, config.zone)
+        for node in chain:
+            if today > node.current_day:  # a new day, and perhaps a new month
                 node.current_day = today
                 node.tokens_used_today = 0
                 node.usd_used_today = _ZERO
                 node.daily_alert = node.daily_usd_alert = "none"
-            if today.replace(day=1) > node.current_month:
-                node.current_month = month_of(today)
-                node.tokens_used_month = 0
-                node.usd_used_month = _ZERO
-                node.monthly_alert = node.monthly_usd_alert = "none"
+                month = month_of(today)
+                if month > node.current_month:
+                    node.current_month = month
+                    node.tokens_used_month = 0
+                    node.usd_used_month = _ZERO
+                    node.monthly_alert = node.monthly_usd_alert = "none"
+                self.quiet.pop(node.account, None)
             if clock > node.updated_at:
                 node.updated_at = clock
-            self.out.changed_nodes.add(path)
-            chain.append(node)
-        return tuple(chain)
+        return chain
 
     def _hold(self, record: ReservationRecord) -> None:
         """Count an accepted reservation's tokens, and its open USD hold, as held at each
@@ -386,6 +405,7 @@ class _Folder:
         )
         node.usd = UsdLimits.of(event)
         node.budget_event = event.event_id
+        self.quiet.pop(node.account, None)
         threshold_alerts(self.out, node, event, moment, previous=previous, changed=True)
         usd_threshold_alerts(self.out, node, event, moment, previous=previous_usd, changed=True)
 
@@ -489,9 +509,7 @@ class _Folder:
         self.out.decisions.append(
             Decision(rid, record.status, reason, session.session_id, refused_by)
         )
-        rollups.count_decision(
-            self.out, record, self.config.zone, self.minute, self.calendar, self.chain
-        )
+        rollups.count_decision(self.out, record, self.config.zone, self.minute, self.calendar)
         # The integration_logs view shows the decision (from reservations): no notice.
         if accepted:
             session.reservations_accepted += 1
@@ -526,7 +544,7 @@ class _Folder:
             node.tokens_used_today += total
             node.tokens_used_month += total
             node.tokens_used_total += total
-        rollups.add_usage(self.out, self.calendar, session.session_id, event, moment, self.chain)
+        rollups.add_usage(self.out, self.calendar, session.session_id, event, moment, event.account)
         self.minute.tokens_used += total
         if event.task_id is not None:
             self._task(session.session_id, event.task_id, moment.at, used=total)
@@ -534,8 +552,14 @@ class _Folder:
             self._settle(session, event, total, moment.at)
         threshold_alerts(self.out, session, event, moment)
         for node in self.chain:
-            if node.limits is not None:
-                threshold_alerts(self.out, node, event, moment)
+            if node.limits is None:
+                continue
+            left = self.quiet.get(node.account)
+            if left is not None and total < left:
+                self.quiet[node.account] = left - total
+                continue
+            threshold_alerts(self.out, node, event, moment)
+            self.quiet[node.account] = tokens_to_alert(node)
 
     @staticmethod
     def _overflow(event: TokenUsed, owner: str, used: int) -> NoReturn:
@@ -616,7 +640,7 @@ class _Folder:
             delta.rate_limit_remaining = event.rate_limit_remaining
         if event.rate_limit_reset is not None:
             delta.rate_limit_reset = event.rate_limit_reset
-        rollups.add_cost(self.out, self.calendar, session.session_id, event, moment, self.chain)
+        rollups.add_cost(self.out, self.calendar, session.session_id, event, moment, event.account)
         self.minute.cost_usd += event.cost_usd
         cost = event.cost_usd
         session.usd_used_today += cost

@@ -6,8 +6,8 @@ Every key comes from the event or its record: the session's usage by the day, mo
 UTC hour the event is dated at (`Moment.at`, as session_usage_daily dates it), cost and
 usage per API or component and model by that day, reservations by the day they were
 requested, and the whole pipeline by the minute of each record's log time. An event
-of a session in a budget tree adds the same to every node of its `chain` (the tenant
-down to the session's account), by that day and month.
+of a session in a budget tree adds the same to every node from its tenant down to its
+account, by that day and month (gathered per account and spread once per batch).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
-from tokenquota.schemas import ApiCost, TokenUsed
+from tokenquota.schemas import ApiCost, TokenUsed, ancestors
 
 from .budget import local_day, month_of
 from .log_clock import Moment
@@ -24,7 +24,6 @@ from .state import (
     AccountDelta,
     Folded,
     MinuteDelta,
-    NodeBudget,
     ReservationDayDelta,
     ReservationRecord,
     ReservationStatus,
@@ -38,6 +37,7 @@ __all__ = [
     "count_decision",
     "count_outcome",
     "hour_of",
+    "spread_accounts",
 ]
 
 _MINUTE = timedelta(minutes=1)
@@ -88,16 +88,22 @@ class Calendar:
         return self._minute
 
 
-def _nodes(
-    out: Folded, calendar: Calendar, chain: tuple[NodeBudget, ...], day: date
-) -> list[AccountDelta]:
-    """The day's and the month's rollup row of every node of `chain`."""
-    month = calendar.month(day)
-    rows = []
-    for node in chain:
-        rows.append(out.account_daily[node.account, day])
-        rows.append(out.account_monthly[node.account, month])
-    return rows
+def spread_accounts(out: Folded, calendar: Calendar) -> None:
+    """Add what the fold counted per account named by events (`out.leaf_daily`) to the
+    day's and the month's row of every node from its tenant down: once per batch and
+    key, instead of once per event and node."""
+    for (leaf, day), delta in out.leaf_daily.items():
+        month = calendar.month(day)
+        for path in ancestors(leaf):
+            for row in (out.account_daily[path, day], out.account_monthly[path, month]):
+                row.input_tokens += delta.input_tokens
+                row.output_tokens += delta.output_tokens
+                row.tokens_used += delta.tokens_used
+                row.usage_events += delta.usage_events
+                row.cost_usd += delta.cost_usd
+                row.reservations_accepted += delta.reservations_accepted
+                row.reservations_rejected += delta.reservations_rejected
+    out.leaf_daily.clear()
 
 
 def add_usage(
@@ -106,10 +112,10 @@ def add_usage(
     session_id: str,
     event: TokenUsed,
     moment: Moment,
-    chain: tuple[NodeBudget, ...] = (),
+    account: str | None = None,
 ) -> None:
     """A TokenUsed in the session's day, month and hour, its component's model's day, and
-    the day and month of every node of `chain`."""
+    its account's day (spread to every node of the account by `spread_accounts`)."""
     day = moment.day
     tokens_in, tokens_out = event.input_tokens, event.output_tokens
     deltas: list[UsageDelta | AccountDelta] = [
@@ -117,8 +123,8 @@ def add_usage(
         out.monthly[session_id, calendar.month(day)],
         out.hourly[session_id, calendar.hour(moment.at)],
     ]
-    if chain:
-        deltas.extend(_nodes(out, calendar, chain, day))
+    if account is not None:
+        deltas.append(out.leaf_daily[account, day])
     for delta in deltas:
         delta.input_tokens += tokens_in
         delta.output_tokens += tokens_out
@@ -136,18 +142,17 @@ def add_cost(
     session_id: str,
     event: ApiCost,
     moment: Moment,
-    chain: tuple[NodeBudget, ...] = (),
+    account: str | None = None,
 ) -> None:
-    """An ApiCost's money in the session's day, month and hour and in every node's of
-    `chain`; the call in its API's day."""
+    """An ApiCost's money in the session's day, month and hour and in its account's day;
+    the call in its API's day."""
     day = moment.day
     cost: Decimal = event.cost_usd
     out.daily[session_id, day].cost_usd += cost
     out.monthly[session_id, calendar.month(day)].cost_usd += cost
     out.hourly[session_id, calendar.hour(moment.at)].cost_usd += cost
-    if chain:
-        for node_delta in _nodes(out, calendar, chain, day):
-            node_delta.cost_usd += cost
+    if account is not None:
+        out.leaf_daily[account, day].cost_usd += cost
     api = out.api_daily[day, event.api, event.model]
     api.requests += 1
     api.input_tokens += event.input_tokens
@@ -167,11 +172,9 @@ def count_decision(
     zone: ZoneInfo,
     minute: MinuteDelta,
     calendar: Calendar | None = None,
-    chain: tuple[NodeBudget, ...] = (),
 ) -> None:
-    """A reservation just decided: in its session's day, in its record's minute, and in
-    the day and month of every node of `chain` (a refusal also as refused by the node
-    that refused it)."""
+    """A reservation just decided: in its session's day, in its record's minute, in its
+    account's day, and a refusal by a node as refused by that node."""
     delta = _day_of(out, record, zone)
     accepted = record.status == "accepted"
     if accepted:
@@ -181,21 +184,20 @@ def count_decision(
     else:
         delta.rejected += 1
         minute.reservations_rejected += 1
-    if not chain:
+    account = record.account
+    if account is None:
         return
     assert calendar is not None
     day = local_day(record.requested_at, zone)
-    month = calendar.month(day)
+    leaf = out.leaf_daily[account, day]
+    if accepted:
+        leaf.reservations_accepted += 1
+        return
+    leaf.reservations_rejected += 1
     refused_by = record.refused_by
-    for node in chain:
-        path = node.account
-        for row in (out.account_daily[path, day], out.account_monthly[path, month]):
-            if accepted:
-                row.reservations_accepted += 1
-            else:
-                row.reservations_rejected += 1
-                if path == refused_by:
-                    row.reservations_refused += 1
+    if refused_by is not None:
+        out.account_daily[refused_by, day].reservations_refused += 1
+        out.account_monthly[refused_by, calendar.month(day)].reservations_refused += 1
 
 
 def count_outcome(

@@ -509,6 +509,10 @@ class Folded:
     account_monthly: defaultdict[tuple[str, date], AccountDelta] = field(
         default_factory=lambda: defaultdict(AccountDelta)
     )
+    #: What events added per account they named and day, until the fold spreads it.
+    leaf_daily: defaultdict[tuple[str, date], AccountDelta] = field(
+        default_factory=lambda: defaultdict(AccountDelta)
+    )
     changed_partitions: set[PartitionKey] = field(default_factory=set)
     changed_defaults: set[PartitionKey] = field(default_factory=set)
     #: Events whose occurred_at was too far ahead of the log clock: counted at the clock.

@@ -35,8 +35,14 @@ def test_a_team_limit_refuses_what_the_session_limit_allows_and_is_named() -> No
     assert set(nodes) == {"acme", TEAM, ALICE, BOB}
     assert (nodes[TEAM].reservations_accepted, nodes[TEAM].reservations_rejected) == (2, 1)
     assert nodes["acme"].limits is None  # no BudgetSet: unlimited
-    # The session's own refusal alert is not raised for a node's refusal.
-    assert folded.alerts == []
+    # The refusal exhausts the team's daily window, not the session's.
+    assert [(x.account, x.action, x.used_tokens) for x in folded.alerts] == [
+        (TEAM, "daily_limit_refused", 0)
+    ]
+    assert (nodes[TEAM].daily_alert, folded.state.sessions["b1"].daily_alert) == (
+        "exhausted",
+        "none",
+    )
 
 
 def test_usage_counts_at_every_node_and_settling_frees_the_hold_everywhere() -> None:

@@ -6,11 +6,13 @@ budget, as a session's token windows are; the store writes them and replay rebui
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 import asyncpg
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.support import T0, budget, log_records, node_budget, reserved, used
 from tokenquota.config import DatabaseSettings
@@ -47,7 +49,7 @@ def run(events: Sequence[Event], state: ProjectionState = BASE, first_offset: in
     return fold(state, log_records(events, first_offset=first_offset))
 
 
-def cost(session: str, usd: str, at: object = T0, *, account: str | None = ALICE) -> ApiCost:
+def cost(session: str, usd: str, at: datetime = T0, *, account: str | None = ALICE) -> ApiCost:
     return ApiCost(
         session_id=session,
         account=account,
@@ -229,3 +231,38 @@ async def test_the_store_writes_node_and_usd_alerts_and_replay_rebuilds_them(
     before = await conn.fetch("SELECT * FROM alert_outbox ORDER BY alert_id")
     await replay_from_ledger(migrated_database.dsn(), schema)
     assert await conn.fetch("SELECT * FROM alert_outbox ORDER BY alert_id") == before
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from((ALICE, "acme/research/bob", "acme/ops")),
+            st.integers(0, 400),
+            st.integers(0, 30),
+        ),
+        min_size=1,
+        max_size=40,
+    ),
+    st.sampled_from(("0.3", "0.5", "0.8")),
+)
+def test_node_alerts_are_the_same_whether_folded_at_once_or_one_event_at_a_time(
+    steps: list[tuple[str, int, int]], warning: str
+) -> None:
+    """The fold skips a node's threshold check while its usage is short of the next level
+    (tokens_to_alert): folding event by event (no such memory) must alert the same."""
+    events: list[Event] = [
+        node_budget(TEAM, daily=1000, monthly=3000, hard=6000, warning=warning),
+        node_budget("acme", daily=2000, monthly=5000, hard=9000, warning=warning),
+    ]
+    at = T0
+    for n, (account, tokens, hours) in enumerate(steps):
+        at += timedelta(hours=hours)
+        events.append(used(f"s{n % 3}-{account}", tokens, at, account=account))
+    whole = run(events)
+    state, alerts = BASE, list[AlertRow]()
+    for offset, event in enumerate(events, start=1):
+        one = run([event], state, first_offset=offset)
+        state, alerts = one.state, alerts + one.alerts
+    assert whole.alerts == alerts
+    assert whole.state.nodes == state.nodes
