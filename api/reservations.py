@@ -9,8 +9,9 @@ from functools import lru_cache
 from typing import Any, Literal, Self
 
 from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError, model_validator
 
 from tokenquota.errors import (
     ReservationExpiredError,
@@ -19,6 +20,7 @@ from tokenquota.errors import (
     UsdBudgetExceededError,
 )
 from tokenquota.producers import Reservation
+from tokenquota.producers.defaults import account_rule
 from tokenquota.producers.integrations.pricing import price_reservation
 from tokenquota.schemas import AccountPath, Money, Priority, Source, TokenReserved
 
@@ -30,6 +32,10 @@ from .state import authorize, state_of
 __all__ = ["router"]
 
 router = APIRouter()
+
+#: The header naming the session's account when the body names none.
+ACCOUNT_HEADER = "X-Tokenquota-Account"
+_ACCOUNT: TypeAdapter[str] = TypeAdapter(AccountPath)
 
 
 @lru_cache(maxsize=1024)
@@ -159,16 +165,51 @@ def _refused(exc: TokenQuotaExceededError) -> JSONResponse:
     )
 
 
+def _account(body: ReserveRequest, request: Request) -> str | None:
+    """The body's `account`, else the `X-Tokenquota-Account` header's; a 422 at
+    header.X-Tokenquota-Account for a header that is not an account path, or that names
+    another account than the body."""
+    named = request.headers.get(ACCOUNT_HEADER, "").strip()
+    if not named:
+        return body.account
+    try:
+        header = _ACCOUNT.validate_python(named)
+    except ValidationError:
+        reason = f"{named!r} is not an account path: {account_rule()}"
+        header = None
+    else:
+        if body.account is None or body.account == header:
+            return header
+        reason = (
+            f"the header names account {header!r}, the body {body.account!r}: name the "
+            "session's account once, or the same in both"
+        )
+    error = {"loc": ("header", ACCOUNT_HEADER), "msg": reason, "type": "value_error"}
+    raise RequestValidationError([error])
+
+
+_ACCOUNT_PARAMETER = {
+    "name": ACCOUNT_HEADER,
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string"},
+    "description": "The session's budget tree node when the body names no `account` "
+    "(naming another than the body's is a 422)",
+}
+
+
 @router.post(
     "/v1/reservations",
     status_code=201,
     response_model=None,
-    openapi_extra=body_schema(ReserveRequest),
+    openapi_extra={**body_schema(ReserveRequest), "parameters": [_ACCOUNT_PARAMETER]},
     responses={
         201: {"model": ReservationOut, "description": "granted (strict) or pending (optimistic)"},
         409: {"description": "refused at the hard or total USD limit (waiting does not help)"},
         422: {
-            "description": "the body is not a valid reservation request, or its model has no price"
+            "description": "the body is not a valid reservation request, its model has no "
+            "price, or the X-Tokenquota-Account header is not an account path or differs "
+            "from the body's account"
         },
         429: {
             "description": "refused under a daily or monthly limit, tokens or USD (or the "
@@ -179,9 +220,11 @@ def _refused(exc: TokenQuotaExceededError) -> JSONResponse:
 )
 async def reserve(request: Request) -> Response:
     """Reserve tokens for a session (admin). Strict (the default) answers once the worker
-    has decided; optimistic answers at once with a pending reservation."""
+    has decided; optimistic answers at once with a pending reservation. The session's
+    account is the body's, else the X-Tokenquota-Account header's."""
     caller = authorize(request, "admin")
     body = await json_body(request, ReserveRequest)
+    account = _account(body, request)
     state = state_of(request)
     price = None
     if body.model is not None:
@@ -206,7 +249,7 @@ async def reserve(request: Request) -> Response:
             body.ttl,
             body.mode,
             source=_source(caller.name),
-            account=body.account,
+            account=account,
             reserved_usd=price.usd if price else None,
             price_source=price.source if price else None,
         )

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from tokenquota.schemas.envelope import NO_CONTROL_CHARACTERS, AccountPath
 
 __all__ = [
+    "AccountSource",
     "AlertSettings",
     "ApiSettings",
     "ApiToken",
@@ -35,6 +36,8 @@ Port = Annotated[int, Field(ge=1, le=65535)]
 Seconds = Annotated[float, Field(gt=0)]
 #: Where an MCP call's session id is read from, tried in the configured order.
 SessionSource = Literal["meta", "header", "config", "client"]
+#: Where an MCP client may name the account of its calls, tried in the configured order.
+AccountSource = Literal["meta", "header"]
 _Model = Annotated[str, Field(min_length=1, max_length=200)]
 
 
@@ -100,6 +103,41 @@ class McpSettings(_Section):
             "The budget tree node (tenant/team/user) of the sessions this MCP integration "
             "bills: their reservations must fit every node above them with limits too"
         ),
+    )
+    account_sources: tuple[AccountSource, ...] = Field(
+        default=("meta", "header"),
+        description=(
+            "Where a client may name the account of its calls, first found wins; `none`: "
+            "nowhere. With mcp.account set, a client's account must be it or below it"
+        ),
+    )
+
+    @field_validator("account_sources", mode="before")
+    @classmethod
+    def _comma_separated_or_none(cls, value: Any) -> Any:
+        if isinstance(value, str):  # MCP_ACCOUNT_SOURCES=header or =none
+            if value.strip().lower() == "none":
+                return ()
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("account_sources")
+    @classmethod
+    def _each_source_once(cls, value: tuple[AccountSource, ...]) -> tuple[AccountSource, ...]:
+        repeated = sorted({source for source in value if value.count(source) > 1})
+        if repeated:
+            raise ValueError(f"each source may be listed once, got {', '.join(repeated)} twice")
+        return value
+
+    account_meta_key: str = Field(
+        default="tokenquota/account",
+        min_length=1,
+        description="The request `_meta` key naming the account (account_sources: meta)",
+    )
+    account_header: str = Field(
+        default="X-Tokenquota-Account",
+        min_length=1,
+        description="The HTTP header naming the account (account_sources: header)",
     )
     client_session_prefix: str | None = Field(
         default=None,

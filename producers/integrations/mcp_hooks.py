@@ -14,10 +14,18 @@ session (`_meta`, header, clientInfo) when none is configured or the configurati
 lists a client source before `config`. `mcp.client_session_prefix` limits the sessions
 a client may name.
 
-The sessions billed belong to the budget tree node `mcp.account` when it is set: the
-configuration binds every session this integration bills. Unset, a call made inside
-`session_scope(..., account=...)` (a decorated tool called in the agent's own process,
-say) names that scope's account; otherwise none.
+The account (budget tree node) of a call: the one the client names, from the sources
+`mcp.account_sources` lists (the request's `_meta` key `mcp.account_meta_key`, the HTTP
+header `mcp.account_header`), first found wins; else `mcp.account`; else, for a call made
+inside `session_scope(..., account=...)` (a decorated tool called in the agent's own
+process, say), that scope's; otherwise none. A client's account must be an account path
+and, when `mcp.account` (else the scope's account) is set, that node or one below it:
+the configuration bounds what a client may name (`check_client_account`).
+
+One account per session: the fold dead-letters an event whose session already belongs
+to another account, so a meter refuses, before emitting anything, a call naming another
+account than the one it already billed the session to, or than the one the session's
+stored events name (read where the call reads the session's room anyway).
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ import asyncio
 import functools
 import inspect
 import logging
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -41,20 +50,24 @@ from pydantic import BaseModel
 from tokenquota.config import Settings, load_settings
 from tokenquota.errors import IntegrationError, TokenQuotaExceededError
 from tokenquota.schemas import CountedBy, Source
-from tokenquota.sections import McpSettings, SessionSource
+from tokenquota.sections import AccountSource, McpSettings, SessionSource
 
-from ..defaults import current_account, get_quota
+from ..defaults import account_rule, current_account, get_quota
 from ..reservations import Reservation, TokenQuota
 from ..token_counter import TokenCounter, Tokens, payload_text, token_counter
 
 __all__ = [
+    "AccountNotAllowedError",
     "Held",
     "McpMeter",
     "SessionNotAllowedError",
     "TokenMeteringMiddleware",
+    "account_from",
+    "check_client_account",
     "check_client_session",
     "fair_reservation",
     "mcp_token_decorator",
+    "resolve_account",
     "resolve_session",
     "result_text",
     "session_from",
@@ -66,6 +79,10 @@ log = logging.getLogger("tokenquota.mcp")
 P = ParamSpec("P")
 R = TypeVar("R")
 
+#: How many sessions a meter remembers the account of (the least recently used is
+#: forgotten first; a forgotten session is still checked against its stored account).
+_REMEMBERED_SESSIONS = 65_536
+
 # Set while the server-wide hook meters a call, so a decorated tool inside it is not
 # counted a second time.
 _metered: ContextVar[bool] = ContextVar("tokenquota_mcp_metered", default=False)
@@ -76,6 +93,16 @@ class SessionNotAllowedError(Exception):
 
     def __init__(self, session_id: str, message: str) -> None:
         self.session_id = session_id
+        super().__init__(message)
+
+
+class AccountNotAllowedError(Exception):
+    """The account of an MCP call may not be billed: the client named one that is not an
+    account path or not under the configured node, or the call's session already belongs
+    to another account (the message says which rule)."""
+
+    def __init__(self, account: object, message: str) -> None:
+        self.account = account
         super().__init__(message)
 
 
@@ -144,6 +171,82 @@ def session_from(
                 return session
             return check_client_session(session, _origin(source, settings), settings)
     return None
+
+
+def _account_origin(source: AccountSource, settings: McpSettings) -> str:
+    if source == "meta":
+        return f"the request _meta key {settings.account_meta_key!r}"
+    return f"the HTTP header {settings.account_header!r}"
+
+
+def _configured_account(settings: McpSettings) -> tuple[str | None, str]:
+    """The account the integration bills when the client names none, and where it is
+    set: `mcp.account`, else the enclosing `session_scope`'s."""
+    if settings.account is not None:
+        return settings.account, "mcp.account"
+    return current_account(), "the session_scope's account"
+
+
+def check_client_account(account: object, origin: str, settings: McpSettings) -> str:
+    """`account`, named by the client through `origin`, when it is an account path and,
+    with `mcp.account` set (else a `session_scope` account), that node or one below it;
+    AccountNotAllowedError naming the rule otherwise."""
+    try:
+        checked = current_account(account) if isinstance(account, str) else None
+    except ValueError:
+        checked = None
+    if checked is None:
+        raise AccountNotAllowedError(
+            account, f"account {account!r} from {origin} is not an account path: {account_rule()}"
+        )
+    configured, where = _configured_account(settings)
+    if configured is not None and not (
+        checked == configured or checked.startswith(configured + "/")
+    ):
+        raise AccountNotAllowedError(
+            checked,
+            f"account {checked!r} from {origin} is not allowed: an account named by the "
+            f"client must be {configured!r} or below it ({where})",
+        )
+    return checked
+
+
+def resolve_account(
+    request: ServerRequestContext[Any, Any] | None,
+    meta: Mapping[str, Any] | None,
+    settings: McpSettings,
+) -> str | None:
+    """The account an MCP client names for a call, from the sources `mcp.account_sources`
+    lists, in order: `meta`, the request's `_meta` key `mcp.account_meta_key`; `header`,
+    the HTTP header `mcp.account_header` (streamable HTTP). None when it names none; an
+    account named must pass `check_client_account`, else AccountNotAllowedError."""
+    headers = getattr(request.request, "headers", None) if request is not None else None
+    return account_from(settings, meta=meta, headers=headers)
+
+
+def account_from(
+    settings: McpSettings,
+    *,
+    meta: Mapping[str, Any] | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> str | None:
+    """`resolve_account` over plain inputs: the request's `_meta` and its HTTP `headers`
+    (None when not served over HTTP)."""
+    for source in settings.account_sources:
+        value: object = None
+        if source == "meta" and meta is not None:
+            value = meta.get(settings.account_meta_key)
+        elif source == "header" and headers is not None:
+            value = headers.get(settings.account_header)
+        if value is None or (isinstance(value, str) and not value.strip()):
+            continue
+        named = value.strip() if isinstance(value, str) else value
+        return check_client_account(named, _account_origin(source, settings), settings)
+    return None
+
+
+def _named(account: str | None) -> str:
+    return f"account {account!r}" if account is not None else "none"
 
 
 async def _release_unsettled(quota: TokenQuota, reservation: Reservation) -> None:
@@ -228,6 +331,9 @@ class McpMeter:
         self._quota = quota
         self.counter = counter or token_counter
         self.source = Source(component="mcp", name=server_name[:100] or "mcp")
+        #: The account each session was billed to by this meter (None: none), the most
+        #: recently used last.
+        self._accounts: OrderedDict[str, str | None] = OrderedDict()
 
     @property
     def settings(self) -> Settings:
@@ -246,14 +352,19 @@ class McpMeter:
         *,
         reserve: Callable[[int], int] | None = None,
         operation: str | None = None,
+        account: str | None = None,
     ) -> R:
         """Run `call` under a reservation; raise TokenQuotaExceededError when it won't fit.
 
         `reserve` gives the tokens to hold from the input's count (default: the input plus
         an output allowance, see `fair_reservation`); `operation` names the usage (default
-        `mcp.tool:<tool>`)."""
+        `mcp.tool:<tool>`); `account` is the one the client named (see `account_for`)."""
         held = await self.hold(
-            session_id, payload_text(arguments), reserve, operation or f"mcp.tool:{tool}"
+            session_id,
+            payload_text(arguments),
+            reserve,
+            operation or f"mcp.tool:{tool}",
+            account=account,
         )
         # Until the settlement is emitted, any failure (the tool's, a cancellation, a
         # result that cannot be counted) releases the tokens instead of holding them
@@ -274,18 +385,29 @@ class McpMeter:
         text: str,
         reserve: Callable[[int], int] | None = None,
         operation: str = "mcp",
+        *,
+        account: str | None = None,
     ) -> Held:
         """Count `text` (the input) and reserve tokens for it: `reserve(count)`, or by
         default the count plus a fair output allowance (`fair_reservation`, cut to what
         the session and, with an account, each node above it has left).
-        TokenQuotaExceededError when they do not fit. The account is `mcp.account`, else
-        the enclosing `session_scope`'s."""
+        TokenQuotaExceededError when they do not fit. The account is `account_for`'s;
+        AccountNotAllowedError when the session already belongs to another (as this
+        meter billed it or, read with the session's room, as its stored events say)."""
         mcp = self.settings.mcp
-        account = mcp.account if mcp.account is not None else current_account()
+        account = self.account_for(session_id, account)
         input_tokens = await self.counter.count_tokens(text, mcp.model)
         quota = await get_quota(self._quota, settings=self.settings)
         if reserve is None:
-            room = (await quota.session_metrics(session_id)).headroom().available
+            metrics = await quota.session_metrics(session_id)
+            if metrics.known and metrics.account != account:
+                raise AccountNotAllowedError(
+                    account,
+                    f"session {session_id!r} belongs to {_named(metrics.account)} (its events "
+                    f"so far); this call names {_named(account)}: every event of a session "
+                    "names the same account (use another session for another account)",
+                )
+            room = metrics.headroom().available
             if account is not None:  # and what each node above the session has left
                 nodes = await quota.account_metrics(account)
                 left = [n.available_tokens for n in nodes if n.available_tokens is not None]
@@ -293,8 +415,35 @@ class McpMeter:
             wanted = fair_reservation(int(input_tokens), mcp.token_budget_per_request, room)
         else:
             wanted = max(reserve(input_tokens), 1)
+        self._remember(session_id, account)
         reservation = await quota.reserve(session_id, wanted, source=self.source, account=account)
         return Held(quota, reservation, input_tokens, operation[:100])
+
+    def account_for(self, session_id: str, named: str | None = None) -> str | None:
+        """The account a call of `session_id` bills: `named` (the client's, checked by
+        `account_from`), else `mcp.account`, else the enclosing `session_scope`'s (None:
+        none). AccountNotAllowedError when this meter billed the session to another:
+        every event of a session names the same account (the fold dead-letters others)."""
+        account = named if named is not None else _configured_account(self.settings.mcp)[0]
+        if session_id in self._accounts and self._accounts[session_id] != account:
+            billed = self._accounts[session_id]
+            raise AccountNotAllowedError(
+                account,
+                f"session {session_id!r} is billed to {_named(billed)} here; this call names "
+                f"{_named(account)}: every event of a session names the same account (use "
+                "another session for another account)",
+            )
+        return account
+
+    def billed_account(self, session_id: str) -> str | None:
+        """The account this meter billed `session_id` to (None: none, or not billed yet)."""
+        return self._accounts.get(session_id)
+
+    def _remember(self, session_id: str, account: str | None) -> None:
+        self._accounts[session_id] = account
+        self._accounts.move_to_end(session_id)
+        if len(self._accounts) > _REMEMBERED_SESSIONS:
+            self._accounts.popitem(last=False)
 
     async def settle(
         self, held: Held, output: str, *, exact: bool = True, model: str | None = None
@@ -316,6 +465,8 @@ class McpMeter:
 
 
 def _budget_error(error: Exception) -> str:
+    if isinstance(error, AccountNotAllowedError):
+        return str(error)
     if isinstance(error, TokenQuotaExceededError):
         return f"token budget: {error}"
     return f"tokenquota unavailable: {error}"
@@ -339,9 +490,10 @@ def mcp_token_decorator(
     """Meter an async MCP tool: put it under `@server.tool()`.
 
     The session comes from `mcp.session_id` or the tool's `Context` parameter (the
-    request's `_meta`, header or client), as `resolve_session` says. Over budget or
-    with a session that is not allowed, the call ends in a `ToolError`, which the
-    client receives as an `isError` result.
+    request's `_meta`, header or client), as `resolve_session` says; the account from
+    the request (`resolve_account`), else `mcp.account`. Over budget or with a session
+    or account that is not allowed, the call ends in a `ToolError`, which the client
+    receives as an `isError` result.
     """
 
     def decorate(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
@@ -361,7 +513,8 @@ def mcp_token_decorator(
             meta = request.meta if request is not None else None
             try:
                 session_id = resolve_session(request, meta, mcp)
-            except SessionNotAllowedError as exc:
+                account = resolve_account(request, meta, mcp)
+            except (SessionNotAllowedError, AccountNotAllowedError) as exc:
                 raise ToolError(str(exc)) from exc
             if session_id is None:
                 raise ToolError(str(_missing_session(mcp)))
@@ -373,8 +526,9 @@ def mcp_token_decorator(
                     arguments,
                     lambda: fn(*args, **kwargs),
                     lambda result: (payload_text(result), True),
+                    account=account,
                 )
-            except (TokenQuotaExceededError, IntegrationError) as exc:
+            except (TokenQuotaExceededError, IntegrationError, AccountNotAllowedError) as exc:
                 raise ToolError(_budget_error(exc)) from exc
 
         return metered
@@ -399,7 +553,8 @@ class TokenMeteringMiddleware:
         mcp = self.meter.settings.mcp
         try:
             session_id = resolve_session(ctx, meta, mcp)
-        except SessionNotAllowedError as exc:
+            account = resolve_account(ctx, meta, mcp)
+        except (SessionNotAllowedError, AccountNotAllowedError) as exc:
             log.info("tool %r refused: %s", tool, exc)
             return _error_result(str(exc))
         if session_id is None:
@@ -414,9 +569,14 @@ class TokenMeteringMiddleware:
 
         try:
             return await self.meter.meter(
-                session_id, tool, params.get("arguments") or {}, call, result_text
+                session_id,
+                tool,
+                params.get("arguments") or {},
+                call,
+                result_text,
+                account=account,
             )
-        except (TokenQuotaExceededError, IntegrationError) as exc:
+        except (TokenQuotaExceededError, IntegrationError, AccountNotAllowedError) as exc:
             log.info("tool %r refused: %s", tool, exc)
             return _error_result(_budget_error(exc))
 

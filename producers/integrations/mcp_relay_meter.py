@@ -14,9 +14,11 @@ answers them; its arguments, billed in the first round, are not billed again.
 
 The session of a call is found as the other MCP hooks find it (`mcp.session_sources`:
 config, the request's `_meta`, the HTTP header when served over HTTP, the client's
-`clientInfo.name`). A sampling request names no session of the client's: it is billed to the
-configured session, else to the session of the client's latest tool call, else to its
-client name.
+`clientInfo.name`), and so is its account (`mcp.account_sources`: the `_meta` key
+`mcp.account_meta_key`, the HTTP header `mcp.account_header`; else `mcp.account`). A
+sampling request names no session of the client's: it is billed to the configured
+session, else to the session of the client's latest tool call, else to its client name,
+under the account that session's tool calls were billed to.
 """
 
 from __future__ import annotations
@@ -37,11 +39,13 @@ from mcp_types import (
 from tokenquota.errors import IntegrationError, TokenQuotaExceededError
 
 from .mcp_hooks import (
+    AccountNotAllowedError,
     Held,
     McpMeter,
     SessionNotAllowedError,
     _budget_error,
     _missing_session,
+    account_from,
     result_text,
     session_from,
 )
@@ -95,18 +99,27 @@ class RelayMeter:
     ) -> str | None:
         """The session of a client's `request` with `_meta` `meta` (None: none is named);
         SessionNotAllowedError for one the client may not name."""
-        headers = None
         info: object = None
-        if self.relay is not None:
-            if request is not None:
-                context = self.relay.request_context.get(request.id)
-                headers = getattr(context, "headers", None)
-            if self.relay.client_params:
-                info = self.relay.client_params.get("clientInfo")
+        if self.relay is not None and self.relay.client_params:
+            info = self.relay.client_params.get("clientInfo")
         if info is None and meta is not None:  # the 2026-07-28 era: in each request's _meta
             info = meta.get(CLIENT_INFO_META_KEY)
         name = info.get("name") if isinstance(info, Mapping) else None
+        headers = self._headers(request)
         return session_from(self.meter.settings.mcp, meta=meta, headers=headers, client_name=name)
+
+    def account(self, meta: Mapping[str, Any] | None, request: JSONRPCRequest) -> str | None:
+        """The account a client's `request` with `_meta` `meta` names (None: none);
+        AccountNotAllowedError for one the client may not name."""
+        return account_from(self.meter.settings.mcp, meta=meta, headers=self._headers(request))
+
+    def _headers(self, request: JSONRPCRequest | None) -> Mapping[str, str] | None:
+        """The HTTP headers `request` came with (None: not over HTTP)."""
+        if self.relay is None or request is None:
+            return None
+        context = self.relay.request_context.get(request.id)
+        headers = getattr(context, "headers", None)
+        return headers if isinstance(headers, Mapping) else None
 
     async def tool_call(
         self, request: JSONRPCRequest, forward: Callable[[], Awaitable[Answer]]
@@ -115,9 +128,11 @@ class RelayMeter:
         params = request.params or {}
         tool = str(params.get("name", "?"))
         meta = params.get("_meta")
+        named = meta if isinstance(meta, Mapping) else None
         try:
-            session = self.session(meta if isinstance(meta, Mapping) else None, request)
-        except SessionNotAllowedError as exc:
+            session = self.session(named, request)
+            account = self.account(named, request)
+        except (SessionNotAllowedError, AccountNotAllowedError) as exc:
             return _tool_error(request, str(exc))
         if session is None:
             return _tool_error(request, str(_missing_session(self.meter.settings.mcp)))
@@ -138,10 +153,11 @@ class RelayMeter:
                 arguments,
                 lambda: _result_of(forward),
                 lambda a: result_text(a.result),
+                account=account,
             )
         except _AnsweredError as failed:
             return failed.answer
-        except (TokenQuotaExceededError, IntegrationError) as exc:
+        except (TokenQuotaExceededError, IntegrationError, AccountNotAllowedError) as exc:
             log.info("tool %r refused: %s", tool, exc)
             return _tool_error(request, _budget_error(exc))
         refusal = await self._ask(session, answer.result)
@@ -165,7 +181,7 @@ class RelayMeter:
                     ] = await self._hold_sampling(
                         session, params if isinstance(params, Mapping) else {}
                     )
-        except (TokenQuotaExceededError, IntegrationError) as exc:
+        except (TokenQuotaExceededError, IntegrationError, AccountNotAllowedError) as exc:
             log.info("sampling refused: %s", exc)
             for one in held.values():
                 await self.meter.release(one)
@@ -202,7 +218,7 @@ class RelayMeter:
             return error_answer(request.id, BUDGET_EXCEEDED, message)
         try:
             held = await self._hold_sampling(session, request.params or {})
-        except TokenQuotaExceededError as exc:
+        except (TokenQuotaExceededError, AccountNotAllowedError) as exc:
             log.info("sampling refused: %s", exc)
             return error_answer(request.id, BUDGET_EXCEEDED, _budget_error(exc))
         except IntegrationError as exc:
@@ -219,7 +235,8 @@ class RelayMeter:
         return answer
 
     async def _hold_sampling(self, session: str, params: Mapping[str, Any]) -> Held:
-        """Reserve a sampling request's counted prompt plus its `maxTokens`."""
+        """Reserve a sampling request's counted prompt plus its `maxTokens`, under the
+        account the session's tool calls were billed to (else the configured one)."""
         prompt = {"systemPrompt": params.get("systemPrompt"), "messages": params.get("messages")}
         max_tokens = params.get("maxTokens")
         allowance = max_tokens if isinstance(max_tokens, int) and max_tokens > 0 else 0
@@ -228,6 +245,7 @@ class RelayMeter:
             _texts(prompt),
             lambda counted: counted + allowance,
             "mcp.sampling/createMessage",
+            account=self.meter.billed_account(session),
         )
 
     async def _settle_sampling(self, held: Held, result: Mapping[str, Any]) -> None:

@@ -134,3 +134,57 @@ async def test_the_log_names_the_token_that_reserved_settled_or_released(
             ("TokenUsed", ids[1], "http-api:ci"),
         ]
     )
+
+
+async def test_the_account_may_come_from_a_header_when_the_body_names_none(
+    pipeline_settings: Settings, start_worker: Any
+) -> None:
+    settings = pipeline_settings.model_copy(
+        update={"reservations": ReservationSettings(decision_timeout=60)}
+    )
+    start_worker()
+    header = "X-Tokenquota-Account"
+    async with api_client(settings) as client:
+
+        async def reserve(body: dict[str, Any], account: str) -> Any:
+            return await client.post(
+                "/v1/reservations",
+                json={"tokens": 10, **body},
+                headers={header: account},
+            )
+
+        granted = await reserve({"session_id": "hd1"}, "acme/research/alice")
+        assert granted.status_code == 201, granted.text
+        same = await reserve(
+            {"session_id": "hd1", "account": "acme/research/alice"}, "acme/research/alice"
+        )
+        assert same.status_code == 201, same.text
+        differs = await reserve({"session_id": "hd2", "account": "acme/ops"}, "acme/research")
+        assert differs.status_code == 422
+        assert differs.json() == {
+            "error": "invalid",
+            "errors": [
+                {
+                    "path": f"header.{header}",
+                    "reason": "the header names account 'acme/research', the body 'acme/ops': "
+                    "name the session's account once, or the same in both",
+                }
+            ],
+        }
+        malformed = await reserve({"session_id": "hd2"}, "acme//x")
+        assert malformed.status_code == 422
+        assert malformed.json()["errors"] == [
+            {
+                "path": f"header.{header}",
+                "reason": "'acme//x' is not an account path: an account path is 1 to 8 "
+                "segments of 1 to 64 characters, separated by '/', without control characters",
+            }
+        ]
+    conn = await connect(settings.database.dsn(), settings.database.schema_name)
+    try:
+        rows = await conn.fetch(
+            "SELECT session_id, account FROM reservations ORDER BY requested_at"
+        )
+    finally:
+        await conn.close()
+    assert [tuple(row) for row in rows] == [("hd1", "acme/research/alice")] * 2

@@ -41,6 +41,20 @@ def test_mcp_session_sources_read_from_a_comma_separated_variable(
         load_settings()
 
 
+def test_mcp_account_sources_read_from_a_comma_separated_variable_or_none(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert load_settings().mcp.account_sources == ("meta", "header")
+    monkeypatch.setenv("MCP_ACCOUNT_SOURCES", "header, meta")
+    assert load_settings().mcp.account_sources == ("header", "meta")
+    monkeypatch.setenv("MCP_ACCOUNT_SOURCES", "none")  # clients may not name one
+    assert load_settings().mcp.account_sources == ()
+    for bad in ("meta,meta", "client"):
+        monkeypatch.setenv("MCP_ACCOUNT_SOURCES", bad)
+        with pytest.raises(ConfigError, match=r"mcp\.account_sources"):
+            load_settings()
+
+
 def _file(tmp_path: Path, content: Any) -> Path:
     path = tmp_path / "tokenquota.json"
     path.write_text(content if isinstance(content, str) else json.dumps(content))

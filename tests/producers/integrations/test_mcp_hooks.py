@@ -322,3 +322,119 @@ async def test_with_mcp_account_the_calls_count_in_the_tree_and_its_node_refuses
             " AND status = 'settled' ORDER BY requested_at DESC LIMIT 1",
         )
         assert held == 100 - first  # the team's daily room, not input + 200
+
+
+def named(session: str, account: Any) -> Any:
+    """A request `_meta` naming `session` and `account` (mcp.account_meta_key)."""
+    return {**session_meta(session), "tokenquota/account": account}
+
+
+async def accounts_of(settings: Settings, session: str) -> list[str | None]:
+    """The accounts the events of `session` in the ledger name, each once."""
+    found = await fetch_value(
+        settings.database,
+        "SELECT array_agg(DISTINCT payload->>'account') FROM usage_events"
+        " WHERE session_id = $1 AND event_type <> 'BudgetSet'",
+        session,
+    )
+    return list(found or [])
+
+
+async def test_a_client_names_its_account_under_mcp_account_and_keeps_it_per_session(
+    pipeline_settings: Settings, start_worker: Any
+) -> None:
+    base = metered_settings(pipeline_settings, per_request=200)
+    mcp = base.mcp.model_copy(update={"session_sources": ("meta",), "account": "acme/research"})
+    settings = base.model_copy(update={"mcp": mcp})
+    start_worker()
+    async with TokenQuota(settings) as quota:
+
+        def server_with_hooks() -> MCPServer[Any]:
+            server = MCPServer(name="tools")
+
+            @server.tool()
+            async def echo(text: str) -> str:
+                """Echo."""
+                return text
+
+            setup_mcp_token_hooks(server, settings=settings, quota=quota)
+            return server
+
+        # Without mcp.account, the decorator takes the client's account as given.
+        unbound = settings.model_copy(update={"mcp": mcp.model_copy(update={"account": None})})
+        decorated = MCPServer(name="decorated")
+
+        @decorated.tool()
+        @mcp_token_decorator(settings=unbound, quota=quota)
+        async def double(n: int, ctx: Context) -> int:
+            """Double a number."""
+            return 2 * n
+
+        async with Client(server_with_hooks()) as client:
+            below = await client.call_tool(
+                "echo", {"text": "hi"}, meta=named("alice-1", "acme/research/alice")
+            )
+            assert not below.is_error and text_of(below) == "hi", text_of(below)
+            outside = await client.call_tool(
+                "echo", {"text": "hi"}, meta=named("ops-1", "acme/ops")
+            )
+            assert outside.is_error
+            assert text_of(outside) == (
+                "account 'acme/ops' from the request _meta key 'tokenquota/account' is not "
+                "allowed: an account named by the client must be 'acme/research' or below it "
+                "(mcp.account)"
+            )
+            malformed = await client.call_tool(
+                "echo", {"text": "hi"}, meta=named("bad-1", "acme//x")
+            )
+            assert malformed.is_error
+            assert text_of(malformed) == (
+                "account 'acme//x' from the request _meta key 'tokenquota/account' is not an "
+                "account path: an account path is 1 to 8 segments of 1 to 64 characters, "
+                "separated by '/', without control characters"
+            )
+            not_text = await client.call_tool("echo", {"text": "hi"}, meta=named("bad-1", 7))
+            assert not_text.is_error and "account 7 from the request _meta" in text_of(not_text)
+            switched = await client.call_tool(
+                "echo", {"text": "hi"}, meta=named("alice-1", "acme/research/bob")
+            )
+            assert switched.is_error
+            assert text_of(switched) == (
+                "session 'alice-1' is billed to account 'acme/research/alice' here; this call "
+                "names account 'acme/research/bob': every event of a session names the same "
+                "account (use another session for another account)"
+            )
+            # Naming none: mcp.account, as before.
+            plain = await client.call_tool("echo", {"text": "yo"}, meta=session_meta("plain-1"))
+            assert not plain.is_error, text_of(plain)
+        async with Client(decorated) as client:
+            free = await client.call_tool("double", {"n": 4}, meta=named("free-1", "solo/x"))
+            assert not free.is_error and text_of(free) == "8", text_of(free)
+
+        alice_used = tokens({"text": "hi"}) + tokens("hi")
+        plain_used = tokens({"text": "yo"}) + tokens("yo")
+        await wait_for_usage(quota, "alice-1", alice_used)
+        await wait_for_usage(quota, "plain-1", plain_used)
+        await wait_for_usage(quota, "free-1", tokens({"n": 4}) + tokens(8))
+        assert await accounts_of(settings, "alice-1") == ["acme/research/alice"]
+        assert await accounts_of(settings, "plain-1") == ["acme/research"]
+        assert await accounts_of(settings, "free-1") == ["solo/x"]
+        for refused in ("ops-1", "bad-1"):
+            assert await accounts_of(settings, refused) == []
+        assert (await quota.session_metrics("alice-1")).account == "acme/research/alice"
+        nodes = await quota.account_metrics("acme/research/alice")
+        both = alice_used + plain_used  # acme and acme/research hold both sessions
+        assert [node.tokens_used_total for node in nodes] == [both, both, alice_used]
+
+        # Another server (a restart, a second replica): the session's stored account holds.
+        async with Client(server_with_hooks()) as client:
+            stored = await client.call_tool(
+                "echo", {"text": "hi"}, meta=named("alice-1", "acme/research/bob")
+            )
+        assert stored.is_error
+        assert text_of(stored) == (
+            "session 'alice-1' belongs to account 'acme/research/alice' (its events so far); "
+            "this call names account 'acme/research/bob': every event of a session names "
+            "the same account (use another session for another account)"
+        )
+        assert await fetch_value(settings.database, "SELECT count(*) FROM reservations") == 3

@@ -10,12 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx2
+import mcp_types as types
 import pytest
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 
-from tests.producers.integrations.mcp_support import session_meta, text_of, tokens
+from tests.producers.integrations.mcp_support import listening, session_meta, text_of, tokens
 from tests.support import fetch_value, set_budget, settings_env, wait_for_usage, wait_until
 from tokenquota.config import ReservationSettings, Settings
 from tokenquota.producers import TokenQuota
@@ -321,3 +322,154 @@ async def test_the_proxy_over_streamable_http_takes_the_session_from_a_header(
     finally:
         proxy.terminate()
         await asyncio.wait_for(proxy.wait(), 30)
+
+
+def named(session: str, account: str) -> Any:
+    """A request `_meta` naming `session` and `account` (mcp.account_meta_key)."""
+    return {**session_meta(session), "tokenquota/account": account}
+
+
+async def accounts_of(settings: Settings, session: str) -> list[str | None]:
+    """The accounts the events of `session` in the ledger name, each once."""
+    found = await fetch_value(
+        settings.database,
+        "SELECT array_agg(DISTINCT payload->>'account') FROM usage_events"
+        " WHERE session_id = $1 AND event_type <> 'BudgetSet'",
+        session,
+    )
+    return list(found or [])
+
+
+SAMPLER = """
+import warnings
+
+import mcp_types as types
+from mcp.server.mcpserver import Context, MCPServer
+
+server = MCPServer(name="sampler")
+
+
+@server.tool()
+async def reverse(text: str) -> str:
+    return text[::-1]
+
+
+@server.tool()
+async def ask(prompt: str, ctx: Context) -> str:
+    text = types.TextContent(type="text", text=prompt)
+    message = types.SamplingMessage(role="user", content=text)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = await ctx.session.create_message([message], max_tokens=20)
+    return result.content.text
+
+
+server.run("stdio")
+"""
+
+
+async def test_the_proxy_bills_the_account_a_client_names_below_its_account(
+    pipeline_settings: Settings, start_worker: Any, tmp_path: Path
+) -> None:
+    settings = pipeline_settings.model_copy(
+        update={"reservations": ReservationSettings(decision_timeout=60)}
+    )
+    start_worker()
+    upstream = tmp_path / "sampler.py"
+    upstream.write_text(SAMPLER, encoding="utf-8")
+    proxied = command(
+        settings,
+        "mcp-proxy",
+        "--account",
+        "acme/research",
+        "--",
+        sys.executable,
+        str(upstream),
+        env={"MCP_SESSION_SOURCES": "meta"},
+    )
+
+    async def sample(context: Any, params: types.CreateMessageRequestParams) -> Any:
+        text = types.TextContent(type="text", text="an answer")
+        return types.CreateMessageResult(role="assistant", content=text, model="gpt-4o")
+
+    async with Client(
+        proxied, cache=None, mode="legacy", read_timeout_seconds=90, sampling_callback=sample
+    ) as client:
+        below = await client.call_tool(
+            "reverse", {"text": "ab"}, meta=named("r-alice", "acme/research/alice")
+        )
+        assert not below.is_error and text_of(below) == "ba", text_of(below)
+        # The server's sampling during a call of the session: under the session's account.
+        asked = await client.call_tool(
+            "ask", {"prompt": "hi"}, meta=named("r-alice", "acme/research/alice")
+        )
+        assert not asked.is_error and text_of(asked) == "an answer", text_of(asked)
+        outside = await client.call_tool("reverse", {"text": "ab"}, meta=named("r-ops", "acme/ops"))
+        assert outside.is_error
+        assert text_of(outside) == (
+            "account 'acme/ops' from the request _meta key 'tokenquota/account' is not "
+            "allowed: an account named by the client must be 'acme/research' or below it "
+            "(mcp.account)"
+        )
+        switched = await client.call_tool(
+            "reverse", {"text": "ab"}, meta=named("r-alice", "acme/research")
+        )
+        assert switched.is_error
+        assert text_of(switched).startswith(
+            "session 'r-alice' is billed to account 'acme/research/alice' here; this call "
+            "names account 'acme/research': every event of a session names the same account"
+        )
+
+        async def all_settled() -> bool:
+            settled = await fetch_value(
+                settings.database,
+                "SELECT count(*) FROM reservations WHERE session_id = 'r-alice'"
+                " AND status = 'settled'",
+            )
+            return bool(settled == 3)  # two tool calls and the sampling
+
+        await wait_until(all_settled, 60, "the calls and the sampling settled")
+        assert await accounts_of(settings, "r-alice") == ["acme/research/alice"]
+        assert await accounts_of(settings, "r-ops") == []
+
+
+async def test_the_proxy_over_streamable_http_takes_the_account_from_a_header(
+    pipeline_settings: Settings, start_worker: Any, tmp_path: Path
+) -> None:
+    settings = pipeline_settings.model_copy(
+        update={"reservations": ReservationSettings(decision_timeout=60)}
+    )
+    start_worker()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    params = command(
+        settings, "mcp-proxy", "--http", "--port", str(port), "--", sys.executable,
+        str(UPSTREAM), "--stdio",
+    )  # fmt: skip
+    assert params.env is not None
+    url = f"http://127.0.0.1:{port}/mcp"
+
+    async def call(account: str) -> Any:
+        headers = {"x-tokenquota-session": "web-acct", "X-Tokenquota-Account": account}
+        async with (
+            httpx2.AsyncClient(headers=headers, timeout=60) as http,
+            Client(streamable_http_client(url, http_client=http)) as client,
+        ):
+            return await client.call_tool("reverse", {"text": "over http"})
+
+    async with (
+        TokenQuota(settings) as quota,
+        listening([params.command, *params.args], port, tmp_path / "proxy.log", params.env),
+    ):
+        malformed = await call("webco//alice")
+        assert malformed.is_error
+        assert text_of(malformed) == (
+            "account 'webco//alice' from the HTTP header 'X-Tokenquota-Account' is not an "
+            "account path: an account path is 1 to 8 segments of 1 to 64 characters, "
+            "separated by '/', without control characters"
+        )
+        result = await call("webco/alice")  # no mcp.account: the client's, as given
+        assert text_of(result) == "ptth revo"
+        await wait_for_usage(quota, "web-acct", tokens({"text": "over http"}) + tokens("ptth revo"))
+        assert await accounts_of(settings, "web-acct") == ["webco/alice"]
