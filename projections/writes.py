@@ -18,6 +18,7 @@ import asyncpg
 from tokenquota.schemas import BIGINT_MAX
 
 from .budget_rows import NODE_COLUMNS, SESSION_COLUMNS, node_args, session_args
+from .pg_arrays import array_literal
 from .state import (
     AlertRow,
     Folded,
@@ -58,9 +59,10 @@ _ADDED_USAGE = """DO UPDATE SET
 
 
 def _bulk(table: str, columns: Sequence[tuple[str, str]], key: str, conflict: str) -> str:
-    """One INSERT of a whole batch: each column is an array parameter, rows by unnest."""
+    """One INSERT of a whole batch: each column is an array parameter (sent as the text of
+    an array literal, see pg_arrays), rows by unnest."""
     names = ", ".join(name for name, _ in columns)
-    arrays = ", ".join(f"${i}::{kind}[]" for i, (_, kind) in enumerate(columns, 1))
+    arrays = ", ".join(f"${i}::text::{kind}[]" for i, (_, kind) in enumerate(columns, 1))
     return (
         f"INSERT INTO {table} AS t ({names}) SELECT * FROM unnest({arrays}) "  # noqa: S608 - constants only
         f"ON CONFLICT ({key}) {conflict}"
@@ -191,7 +193,9 @@ _UPSERT_DEFAULTS = _bulk(
     ),
 )
 #: Flags the ledger rows of events counted at the log clock (occurred_at too far ahead).
-_FLAG_CLOCK_SKEWED = "UPDATE usage_events SET clock_skewed = true WHERE event_id = ANY($1::uuid[])"
+_FLAG_CLOCK_SKEWED = (
+    "UPDATE usage_events SET clock_skewed = true WHERE event_id = ANY($1::text::uuid[])"
+)
 _INSERT_NOTICES = _bulk(
     "integration_notices",
     (
@@ -309,9 +313,10 @@ _INSERT_ALERTS = _bulk(
 async def execute_write(
     conn: asyncpg.Connection, statement: str, rows: Sequence[tuple[Any, ...]]
 ) -> None:
-    """Run one of these statements for `rows` (sent column by column); nothing when empty."""
+    """Run one of these statements for `rows` (sent column by column, each as one array
+    literal); nothing when empty."""
     if rows:
-        await conn.execute(statement, *(list(column) for column in zip(*rows, strict=True)))
+        await conn.execute(statement, *map(array_literal, zip(*rows, strict=True)))
 
 
 def fold_writes(folded: Folded) -> list[Write]:
