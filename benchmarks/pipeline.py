@@ -13,7 +13,7 @@ must reach 0.9 of the session-only throughput (issue 16). --rounds repeats both,
 alternating which goes first.
 
 Run: .venv/bin/python -m benchmarks.pipeline [--events N] [--sessions S] [--partitions P]
-     .venv/bin/python -m benchmarks.pipeline --tree [--tenants T] [--rounds R] [...]
+     .venv/bin/python -m benchmarks.pipeline --tree [--tenants T] [--rounds R] [--priced]
 Starts an embedded broker and PostgreSQL unless KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL
 are set.
 """
@@ -201,7 +201,7 @@ async def run_tree(args: argparse.Namespace) -> None:
         "session-only": (budgets(args.sessions), list(usage(args.events, args.sessions))),
         "tree": (
             tree_budgets(args.sessions, args.tenants),
-            list(tree_usage(args.events, args.sessions, args.tenants)),
+            list(tree_usage(args.events, args.sessions, args.tenants, priced=args.priced)),
         ),
     }
     runs: dict[str, list[Drive]] = {name: [] for name in cases}
@@ -238,7 +238,7 @@ async def run_tree(args: argparse.Namespace) -> None:
         ("session-only", seconds["session-only"]),
         f"{args.events:,} events over {args.sessions:,} sessions per run, {rounds}; "
         f"session-only: {MIX}; "
-        f"tree: {tree_mix(args.tenants)}; warm-up {len(cases['session-only'][0]):,} "
+        f"tree: {tree_mix(args.tenants, priced=args.priced)}; warm-up {len(cases['session-only'][0]):,} "
         f"and {len(cases['tree'][0]):,} BudgetSets; worker CPU seconds per run: {cpu}; "
         f"{args.partitions} partitions; each run on a fresh topic and schema with a "
         f"`tokenquota worker` of its own; emitted in calls of {CHUNK:,}; worker batches of up "
@@ -266,6 +266,12 @@ def main() -> None:
     )
     parser.add_argument(
         "--rounds", type=int, default=1, help="runs of each case, alternating (with --tree)"
+    )
+    parser.add_argument(
+        "--priced",
+        action="store_true",
+        help="price half the tree's reservations, an ApiCost naming each (with --tree; the "
+        "tree's mix then differs from the session-only one)",
     )
     asyncio.run(run(parser.parse_args()))
 

@@ -63,14 +63,18 @@ _PROMPT = 300
 _ONE_MILLION = 1_000_000
 
 
-def tree_mix(tenants: int = TENANTS) -> str:
+def tree_mix(tenants: int = TENANTS, *, priced: bool = False) -> str:
     """What `tree_budgets` and `tree_usage` send, for the conditions of a table."""
-    return (
+    mix = (
         f"{MIX}, with every session under a three-level account "
         f"tenant-{{i}}/team-{{j}}/user-{{k}} over {tenants:,} tenants ({TEAMS} teams each, "
         "one user per session) and every event naming it; BudgetSets of every tenant and "
-        "team node first (every other tenant and every first team with USD limits too); "
-        f"half the reservations priced ({MODEL}, reserved_usd and price_source), each with "
+        "team node first (every other tenant and every first team with USD limits too)"
+    )
+    if not priced:
+        return mix + "; the same events as the session-only mix otherwise"
+    return mix + (
+        f"; half the reservations priced ({MODEL}, reserved_usd and price_source), each with "
         "an ApiCost naming it in place of the first unreserved TokenUsed after its settlement"
     )
 
@@ -140,18 +144,21 @@ def usage(count: int, sessions: int, start: int = 0) -> Iterator[Event]:
 
 
 def tree_usage(
-    count: int, sessions: int, tenants: int = TENANTS, start: int = 0
+    count: int, sessions: int, tenants: int = TENANTS, start: int = 0, *, priced: bool = False
 ) -> Iterator[Event]:
     """`usage` under the budget tree of `tree_budgets`: the same events, each naming its
-    session's account; half the reservations are priced at what genai-prices charges for
-    MODEL, and the event after the TokenUsed settling one of them is the ApiCost naming
-    it (its USD hold ends there, as the hooks do) instead of an unreserved TokenUsed."""
-    return _mix(count, sessions, start, tenants=tenants)
+    session's account. `priced`: half the reservations are priced at what genai-prices
+    charges for MODEL, and the event after the TokenUsed settling one of them is the
+    ApiCost naming it (its USD hold ends there, as the hooks do) instead of an unreserved
+    TokenUsed."""
+    return _mix(count, sessions, start, tenants=tenants, priced=priced)
 
 
-def _mix(count: int, sessions: int, start: int, tenants: int | None) -> Iterator[Event]:
+def _mix(
+    count: int, sessions: int, start: int, tenants: int | None, *, priced: bool = False
+) -> Iterator[Event]:
     accounts = [account_of(i, tenants) if tenants else None for i in range(sessions)]
-    prices = _Prices() if tenants else None
+    prices = _Prices() if tenants and priced else None
     for n in range(start, start + count):
         index = n % sessions
         session, account = f"session-{index}", accounts[index]
