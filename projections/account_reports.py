@@ -1,7 +1,8 @@
 """Read models over the budget tree: the nodes ranked by a day's tokens or cost
 (`account_usage_daily`), and the whole tree with each node's limits, usage, holds and
 utilization (`account_budgets`, read as `account_metrics` reads a node) and this month's
-totals (`account_usage_monthly`). A few indexed queries each; none reads the ledger.
+totals (the month's days of `account_usage_daily`). A few indexed queries each; none
+reads the ledger.
 
 "Today" and "this month" are the windows' day and month (see analytics.windows_zone).
 """
@@ -60,8 +61,11 @@ async def top_accounts(
 
 
 _MONTH = """
-    SELECT account, tokens_used, cost_usd, reservations_refused FROM account_usage_monthly
-     WHERE month = $1 AND account = ANY($2::varchar[])
+    SELECT account, sum(tokens_used)::bigint AS tokens_used, sum(cost_usd) AS cost_usd,
+           sum(reservations_refused)::bigint AS reservations_refused
+      FROM account_usage_daily
+     WHERE account = ANY($2::varchar[]) AND day >= $1 AND day < ($1 + interval '1 month')::date
+     GROUP BY account
 """
 
 

@@ -213,18 +213,6 @@ EXPECTED_COLUMNS: dict[str, dict[str, tuple[str, bool]]] = {
         "reservations_rejected": ("bigint", False),
         "reservations_refused": ("bigint", False),
     },
-    "account_usage_monthly": {
-        "account": ("character varying", False),
-        "month": ("date", False),
-        "input_tokens": ("bigint", False),
-        "output_tokens": ("bigint", False),
-        "tokens_used": ("bigint", False),
-        "usage_events": ("bigint", False),
-        "cost_usd": ("numeric", False),
-        "reservations_accepted": ("bigint", False),
-        "reservations_rejected": ("bigint", False),
-        "reservations_refused": ("bigint", False),
-    },
     "account_budgets": {
         "account": ("character varying", False),
         "daily_limit": ("bigint", True),

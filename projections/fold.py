@@ -213,7 +213,7 @@ class _Folder:
                 self.chain = self._chain(account, clock, config, self.today)
                 self._expire_tree(account_root(account), clock)
             handlers[type(event)](session, event, moment)
-        rollups.spread_accounts(self.out, self.calendar)
+        rollups.spread_accounts(self.out)
         return self.out
 
     # -- the log clock ---------------------------------------------------------------

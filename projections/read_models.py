@@ -176,7 +176,7 @@ class AccountTreeNode(_Model):
     utilization: Decimal | None
     reservations_accepted: int
     reservations_rejected: int
-    #: This month (in the windows' zone), from `account_usage_monthly`.
+    #: This month (in the windows' zone), from its days in `account_usage_daily`.
     tokens_month: int
     cost_usd_month: Usd
     reservations_refused_month: int

@@ -88,21 +88,20 @@ class Calendar:
         return self._minute
 
 
-def spread_accounts(out: Folded, calendar: Calendar) -> None:
+def spread_accounts(out: Folded) -> None:
     """Add what the fold counted per account named by events (`out.leaf_daily`) to the
-    day's and the month's row of every node from its tenant down: once per batch and
-    key, instead of once per event and node."""
+    day's row of every node from its tenant down: once per batch and key, instead of
+    once per event and node."""
     for (leaf, day), delta in out.leaf_daily.items():
-        month = calendar.month(day)
         for path in ancestors(leaf):
-            for row in (out.account_daily[path, day], out.account_monthly[path, month]):
-                row.input_tokens += delta.input_tokens
-                row.output_tokens += delta.output_tokens
-                row.tokens_used += delta.tokens_used
-                row.usage_events += delta.usage_events
-                row.cost_usd += delta.cost_usd
-                row.reservations_accepted += delta.reservations_accepted
-                row.reservations_rejected += delta.reservations_rejected
+            row = out.account_daily[path, day]
+            row.input_tokens += delta.input_tokens
+            row.output_tokens += delta.output_tokens
+            row.tokens_used += delta.tokens_used
+            row.usage_events += delta.usage_events
+            row.cost_usd += delta.cost_usd
+            row.reservations_accepted += delta.reservations_accepted
+            row.reservations_rejected += delta.reservations_rejected
     out.leaf_daily.clear()
 
 
@@ -197,7 +196,6 @@ def count_decision(
     refused_by = record.refused_by
     if refused_by is not None:
         out.account_daily[refused_by, day].reservations_refused += 1
-        out.account_monthly[refused_by, calendar.month(day)].reservations_refused += 1
 
 
 def count_outcome(

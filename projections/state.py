@@ -298,7 +298,7 @@ class UsageDelta:
 
 @dataclass(slots=True)
 class AccountDelta:
-    """What to add to one row of account_usage_daily or account_usage_monthly."""
+    """What to add to one row of account_usage_daily."""
 
     input_tokens: int = 0
     output_tokens: int = 0
@@ -502,11 +502,8 @@ class Folded:
     minutely: defaultdict[datetime, MinuteDelta] = field(
         default_factory=lambda: defaultdict(MinuteDelta)
     )
-    #: The budget tree's rollups (0012), per node and day or month.
+    #: The budget tree's rollup (0012), per node and day.
     account_daily: defaultdict[tuple[str, date], AccountDelta] = field(
-        default_factory=lambda: defaultdict(AccountDelta)
-    )
-    account_monthly: defaultdict[tuple[str, date], AccountDelta] = field(
         default_factory=lambda: defaultdict(AccountDelta)
     )
     #: What events added per account they named and day, until the fold spreads it.

@@ -71,7 +71,6 @@ PROJECTION_TABLES = (
     "session_reservations_daily",
     "system_usage_minutely",
     "account_usage_daily",
-    "account_usage_monthly",
 )
 
 #: Views over those tables; replay moves its rebuilt ones in with the tables (a view

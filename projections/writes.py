@@ -123,12 +123,6 @@ _ADD_ACCOUNT_DAILY = _bulk(
     "account, day",
     _ADDED_ACCOUNT,
 )
-_ADD_ACCOUNT_MONTHLY = _bulk(
-    "account_usage_monthly",
-    (("account", "varchar"), ("month", "date"), *_ACCOUNT_COLUMNS),
-    "account, month",
-    _ADDED_ACCOUNT,
-)
 _ADD_TASKS = _bulk(
     "task_token_allocations",
     (
@@ -417,20 +411,14 @@ def _rollup_writes(folded: Folded) -> list[Write]:
                 for (s, day), d in sorted(folded.reservations_daily.items())
             ],
         ),
-        *(
-            (
-                statement,
-                [
-                    (a, w, d.input_tokens, d.output_tokens, d.tokens_used, d.usage_events,
-                     d.cost_usd, d.reservations_accepted, d.reservations_rejected,
-                     d.reservations_refused)
-                    for (a, w), d in sorted(table.items())
-                ],
-            )
-            for statement, table in (
-                (_ADD_ACCOUNT_DAILY, folded.account_daily),
-                (_ADD_ACCOUNT_MONTHLY, folded.account_monthly),
-            )
+        (
+            _ADD_ACCOUNT_DAILY,
+            [
+                (a, day, d.input_tokens, d.output_tokens, d.tokens_used, d.usage_events,
+                 d.cost_usd, d.reservations_accepted, d.reservations_rejected,
+                 d.reservations_refused)
+                for (a, day), d in sorted(folded.account_daily.items())
+            ],
         ),
         (
             _ADD_MINUTELY,

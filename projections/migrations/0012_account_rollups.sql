@@ -1,6 +1,7 @@
 -- Budget tree rollups (issue 16): what the sessions under each node used, cost and
--- reserved, per day and per month, so the reports, `top --by account` and the dashboard's
--- tree read one row per node instead of scanning sessions. The fold adds to every node
+-- reserved, per day, so the reports, `top --by account` and the dashboard's tree read a
+-- row per node and day (a month is its days: at most 31 rows of the primary key)
+-- instead of scanning sessions. The fold adds to every node
 -- of an event's account (the tenant, each team, the leaf) in the batch's transaction;
 -- rows are dated as session_usage_daily dates them (the event's day in the partition's
 -- zone), so a replay rebuilds them row for row.
@@ -21,19 +22,3 @@ CREATE TABLE account_usage_daily (
 );
 
 CREATE INDEX account_usage_daily_day_idx ON account_usage_daily (day);
-
-CREATE TABLE account_usage_monthly (
-    account               VARCHAR(255)    NOT NULL,
-    month                 DATE            NOT NULL,
-    input_tokens          BIGINT          NOT NULL DEFAULT 0,
-    output_tokens         BIGINT          NOT NULL DEFAULT 0,
-    tokens_used           BIGINT          NOT NULL DEFAULT 0,
-    usage_events          BIGINT          NOT NULL DEFAULT 0,
-    cost_usd              NUMERIC(30, 10) NOT NULL DEFAULT 0,
-    reservations_accepted BIGINT          NOT NULL DEFAULT 0,
-    reservations_rejected BIGINT          NOT NULL DEFAULT 0,
-    reservations_refused  BIGINT          NOT NULL DEFAULT 0,
-    PRIMARY KEY (account, month)
-);
-
-CREATE INDEX account_usage_monthly_month_idx ON account_usage_monthly (month);

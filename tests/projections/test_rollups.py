@@ -248,28 +248,6 @@ _EXPECTED = {
           LEFT JOIN reservations r ON r.event_id = e.event_id
          WHERE e.payload ? 'account' AND e.event_type IN ('TokenUsed', 'ApiCost', 'TokenReserved')
          GROUP BY 1, 2""",
-    "account_usage_monthly": """
-        SELECT n.account, date_trunc('month', e.occurred_at, 'UTC')::date,
-               sum(COALESCE((e.payload->>'input_tokens')::bigint, 0))
-                   FILTER (WHERE e.event_type = 'TokenUsed'),
-               sum(COALESCE((e.payload->>'output_tokens')::bigint, 0))
-                   FILTER (WHERE e.event_type = 'TokenUsed'),
-               sum((e.payload->>'input_tokens')::bigint + (e.payload->>'output_tokens')::bigint)
-                   FILTER (WHERE e.event_type = 'TokenUsed'),
-               count(*) FILTER (WHERE e.event_type = 'TokenUsed'),
-               sum((e.payload->>'cost_usd')::numeric) FILTER (WHERE e.event_type = 'ApiCost'),
-               count(*) FILTER (WHERE r.status <> 'rejected'),
-               count(*) FILTER (WHERE r.status = 'rejected'),
-               count(*) FILTER (WHERE r.status = 'rejected' AND r.refused_by = n.account)
-          FROM usage_events e
-          JOIN LATERAL (
-                SELECT array_to_string((string_to_array(e.payload->>'account', '/'))[1:k], '/')
-                  FROM generate_series(
-                       1, cardinality(string_to_array(e.payload->>'account', '/'))) AS k
-               ) AS n(account) ON true
-          LEFT JOIN reservations r ON r.event_id = e.event_id
-         WHERE e.payload ? 'account' AND e.event_type IN ('TokenUsed', 'ApiCost', 'TokenReserved')
-         GROUP BY 1, 2""",
     "system_usage_minutely": """
         SELECT date_trunc('minute', e.log_time, 'UTC'), count(*),
                COALESCE(sum((e.payload->>'input_tokens')::bigint
@@ -302,7 +280,10 @@ async def test_the_rollup_tables_equal_sql_over_the_ledger_and_the_reservations(
         " WHERE account IS NOT NULL AND status = 'rejected'"
     )
     assert {r["by"] for r in refusers} == {"", "acme/research"}  # a session's and the team's
-    months = await conn.fetch("SELECT DISTINCT month FROM account_usage_monthly ORDER BY 1")
+    months = await conn.fetch(
+        "SELECT DISTINCT date_trunc('month', day)::date AS month FROM account_usage_daily"
+        " ORDER BY 1"
+    )
     assert [r["month"] for r in months] == [date(2026, 11, 1), date(2026, 12, 1)]
     for table, expected in _EXPECTED.items():
         rows = sorted(tuple(r.values()) for r in await conn.fetch(f"SELECT * FROM {table}"))  # noqa: S608
