@@ -120,24 +120,25 @@ def new_session(
     )
 
 
-def fold(state: ProjectionState, records: Sequence[LogRecord]) -> Folded:
-    """Apply `records` (new events only, in log order) to a copy of `state`.
+def fold(state: ProjectionState, records: Sequence[LogRecord], *, owned: bool = False) -> Folded:
+    """Apply `records` (new events only, in log order) to a copy of `state`, or to `state`
+    itself when the caller `owned` it (loaded for this fold alone, never used after).
 
     Raises PoisonEventError for an event that can never be applied.
     """
-    return _Folder(state).run(records)
+    return _Folder(state, owned).run(records)
 
 
 class _Folder:
-    def __init__(self, state: ProjectionState) -> None:
-        self.out = Folded(
-            state=ProjectionState(
+    def __init__(self, state: ProjectionState, owned: bool = False) -> None:
+        if not owned:
+            state = ProjectionState(
                 sessions={k: copy.copy(v) for k, v in state.sessions.items()},
                 reservations={k: copy.copy(v) for k, v in state.reservations.items()},
                 partitions={k: copy.copy(v) for k, v in state.partitions.items()},
                 nodes={k: copy.copy(v) for k, v in state.nodes.items()},
             )
-        )
+        self.out = Folded(state=state)
         self.sessions = self.out.state.sessions
         self.reservations = self.out.state.reservations
         self.partitions = self.out.state.partitions

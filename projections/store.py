@@ -22,6 +22,7 @@ from tokenquota.schemas import BudgetSet, DefaultsSet, Event, account_root, ance
 
 from .budget_rows import node_of, session_of
 from .fold import PoisonEventError, fold
+from .pg_arrays import array_literal
 from .state import (
     Decision,
     FoldConfig,
@@ -240,7 +241,7 @@ class _FoldedBatch:
 
 
 def _fold_writes(state: ProjectionState, records: list[LogRecord]) -> _FoldedBatch:
-    folded = fold(state, records)
+    folded = fold(state, records, owned=True)  # loaded for this fold alone
     partitions = folded.state.partitions
     clocks = {key: clock for key in folded.changed_partitions if (clock := partitions[key].clock)}
     return _FoldedBatch(len(records), folded.decisions, fold_writes(folded), clocks)
@@ -303,13 +304,15 @@ async def _ledger_and_fold(
         await conn.copy_records_to_table("incoming_events", records=rows, columns=_LEDGER_COLUMNS)
         inserting = conn.fetch(_LEDGER_FROM_INCOMING)
     else:
-        columns = [list(column) for column in zip(*rows, strict=True)]
+        columns = map(array_literal, zip(*rows, strict=True))
         inserting = conn.fetch(_LEDGER_BY_ARRAYS, *columns)
     inserted, guess = await _fold_while(inserting, state, unique)
     if len(inserted) == len(unique):
         return guess
     new_ids = {row["event_id"] for row in inserted}
-    return _fold_writes(state, [r for r in unique if r.event.event_id in new_ids])
+    # The guess folded into the loaded state: load it again for the new events alone.
+    new = [r for r in unique if r.event.event_id in new_ids]
+    return _fold_writes(await _load_state(conn, new), new)
 
 
 #: Batches at least this large go to the ledger by COPY, which PostgreSQL ingests faster
@@ -323,9 +326,10 @@ _LEDGER_COLUMNS = (
 _LEDGER_BY_ARRAYS = """
     INSERT INTO usage_events (event_id, event_type, session_id, task_id, occurred_at,
                               payload, topic, kafka_partition, kafka_offset, log_time)
-    SELECT * FROM unnest($1::uuid[], $2::text[], $3::varchar[], $4::varchar[],
-                         $5::timestamptz[], $6::jsonb[], $7::text[], $8::int[], $9::bigint[],
-                         $10::timestamptz[])
+    SELECT * FROM unnest($1::text::uuid[], $2::text::text[], $3::text::varchar[],
+                         $4::text::varchar[], $5::text::timestamptz[], $6::text::jsonb[],
+                         $7::text::text[], $8::text::int[], $9::text::bigint[],
+                         $10::text::timestamptz[])
     ON CONFLICT (event_id) DO NOTHING
     RETURNING event_id"""
 # Emptied here too: a batch nested in a larger transaction (replay's catch-up) has no
