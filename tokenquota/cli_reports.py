@@ -317,10 +317,13 @@ def reservations(
 ALERT_COLUMNS = (
     Column("occurred_at", "at", "time"),
     Column("session_id", "session"),
+    Column("account", "node"),
     Column("window_name", "window"),
     Column("level", "level", "level"),
     Column("used_tokens", "used", "int"),
     Column("limit_tokens", "limit", "int"),
+    Column("used_usd", "used $", "usd"),
+    Column("limit_usd", "limit $", "usd"),
     Column("delivery", "webhook"),
 )
 
@@ -342,8 +345,9 @@ def alerts(
 ) -> None:
     """Threshold alerts, newest first, with their webhook delivery.
 
-    A session crossing its warning or critical threshold, or refused at a limit
-    (exhausted), once per window and level.
+    A session's or a budget tree node's window (tokens, or dollars where a USD limit is
+    set) crossing its warning or critical threshold, or refused at its limit (exhausted),
+    once per window and level; a node's alert names the node.
 
     Example: tokenquota alerts --since 24h
     """

@@ -13,6 +13,7 @@ import signal
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -538,7 +539,8 @@ async def test_top_by_account_ranks_budget_tree_nodes(
     await tree.apply_tree(pipeline_settings.database)
     env = _environment(pipeline_settings, tmp_path)
     day = ("--date", T0.date().isoformat())
-    by_tokens, by_cost, team, mixed, bad_path, too_deep = await asyncio.gather(
+    since = (T0 - timedelta(days=2)).isoformat()
+    by_tokens, by_cost, team, mixed, bad_path, too_deep, alerts = await asyncio.gather(
         _run(env, "top", "--by", "account", *day, "-f", "json"),
         _run(env, "top", "--by", "account-cost", "--depth", "2", "--account", "acme", *day,
              "-f", "csv"),
@@ -546,6 +548,7 @@ async def test_top_by_account_ranks_budget_tree_nodes(
         _run(env, "top", "--by", "tokens", "--depth", "1"),
         _run(env, "top", "--by", "account", "--account", "acme//x"),
         _run(env, "top", "--by", "account", "--depth", "9"),
+        _run(env, "alerts", "--since", since, "-f", "csv"),
     )  # fmt: skip
     assert by_tokens.code == 0, by_tokens
     alice, dana = tree.ALICE_IN + tree.ALICE_OUT, tree.DANA_IN
@@ -570,3 +573,8 @@ async def test_top_by_account_ranks_budget_tree_nodes(
     _one_error_line(mixed, 2, "--by account", "--depth")
     _one_error_line(bad_path, 2, "acme//x", "1 to 8 segments")
     _one_error_line(too_deep, 2, "--depth")
+    # The team's refusal exhausted its daily window: an alert naming the team.
+    assert alerts.code == 0, alerts
+    team_alerts = [(r["session_id"], r["window_name"], r["level"], r["limit_tokens"])
+                   for r in alerts.csv() if r["account"] == tree.TEAM]  # fmt: skip
+    assert ("bob-1", "daily", "exhausted", str(tree.TEAM_DAILY)) in team_alerts
