@@ -238,7 +238,8 @@ async def run_tree(args: argparse.Namespace) -> None:
         ("session-only", seconds["session-only"]),
         f"{args.events:,} events over {args.sessions:,} sessions per run, {rounds}; "
         f"session-only: {MIX}; "
-        f"tree: {tree_mix(args.tenants, priced=args.priced)}; warm-up {len(cases['session-only'][0]):,} "
+        f"tree: {tree_mix(args.tenants, priced=args.priced)}; "
+        f"warm-up {len(cases['session-only'][0]):,} "
         f"and {len(cases['tree'][0]):,} BudgetSets; worker CPU seconds per run: {cpu}; "
         f"{args.partitions} partitions; each run on a fresh topic and schema with a "
         f"`tokenquota worker` of its own; emitted in calls of {CHUNK:,}; worker batches of up "

@@ -376,28 +376,16 @@ async def _load_state(conn: asyncpg.Connection, records: Sequence[LogRecord]) ->
     session_rows = await conn.fetch(
         "SELECT * FROM session_token_budgets WHERE session_id = ANY($1::varchar[])", sessions
     )
+    # The holds of the batch's sessions (a tree's: of its whole tenant) and the
+    # reservations its events name, each row once (an open hold is often all of these).
     reservation_rows = await conn.fetch(
-        # Two index scans, not one OR: PostgreSQL plans `a OR b` over these as a scan of
-        # the whole table, which grows with every reservation ever made.
-        """SELECT * FROM reservations WHERE session_id = ANY($1::varchar[]) AND status = 'accepted'
-           UNION ALL
-           SELECT * FROM reservations WHERE session_id = ANY($1::varchar[])
-              AND usd_held IS NOT NULL
-           UNION ALL
-           SELECT * FROM reservations WHERE reservation_id = ANY($2::uuid[])""",
+        _RESERVATIONS_OF_TREES if tenants else _RESERVATIONS,
         sessions,
         named,
+        *([tenants] if tenants else []),
     )
     node_rows: list[asyncpg.Record] = []
     if tenants:  # a tree decides with every hold in it and the nodes above its sessions
-        reservation_rows += await conn.fetch(
-            """SELECT * FROM reservations WHERE split_part(account, '/', 1) = ANY($1::text[])
-                  AND account IS NOT NULL AND status = 'accepted'
-               UNION ALL
-               SELECT * FROM reservations WHERE split_part(account, '/', 1) = ANY($1::text[])
-                  AND account IS NOT NULL AND usd_held IS NOT NULL""",
-            tenants,
-        )
         paths = sorted({path for a in accounts for path in ancestors(a)})
         node_rows = await conn.fetch(
             "SELECT * FROM account_budgets WHERE account = ANY($1::varchar[])", paths
@@ -410,6 +398,29 @@ async def _load_state(conn: asyncpg.Connection, records: Sequence[LogRecord]) ->
         },
         nodes={row["account"]: node_of(row) for row in node_rows},
     )
+
+
+# Index scans by branch, not one OR: PostgreSQL plans `a OR b` over these as a scan of the
+# whole table, which grows with every reservation ever made. UNION over the ids alone keeps
+# each row once before the rows are read.
+_HELD_IDS = """
+    SELECT reservation_id FROM reservations
+     WHERE session_id = ANY($1::varchar[]) AND status = 'accepted'
+    UNION SELECT reservation_id FROM reservations
+     WHERE session_id = ANY($1::varchar[]) AND usd_held IS NOT NULL
+    UNION SELECT unnest($2::uuid[])"""
+# (= ANY(ARRAY(…)): the ids are found first, then read by the primary key, never by a
+# join the planner could turn into a scan of the table.)
+_RESERVATIONS = f"""
+    SELECT * FROM reservations WHERE reservation_id = ANY(ARRAY({_HELD_IDS}))"""  # noqa: S608 - constants
+_RESERVATIONS_OF_TREES = f"""
+    SELECT * FROM reservations WHERE reservation_id = ANY(ARRAY({_HELD_IDS}
+    UNION SELECT reservation_id FROM reservations
+     WHERE split_part(account, '/', 1) = ANY($3::text[]) AND account IS NOT NULL
+       AND status = 'accepted'
+    UNION SELECT reservation_id FROM reservations
+     WHERE split_part(account, '/', 1) = ANY($3::text[]) AND account IS NOT NULL
+       AND usd_held IS NOT NULL))"""  # noqa: S608 - constants
 
 
 _PARTITION_STATE = """

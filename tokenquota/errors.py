@@ -137,8 +137,9 @@ class UsdBudgetExceededError(TokenQuotaExceededError):
         who = refused_by if refused_by else f"session {session_id!r}"
         Exception.__init__(
             self,
-            f"{who}: {window.split('_')[0]} USD {format_usd(limit_usd)}, used {format_usd(used_usd)}, "
-            f"held {format_usd(held_usd)}, requested {format_usd(requested_usd)}",
+            f"{who}: {window.split('_')[0]} USD {format_usd(limit_usd)}, "
+            f"used {format_usd(used_usd)}, held {format_usd(held_usd)}, "
+            f"requested {format_usd(requested_usd)}",
         )
 
 
