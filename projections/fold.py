@@ -14,7 +14,6 @@ the alert levels and their outbox rows in `projections/alerts.py`.
 from __future__ import annotations
 
 import copy
-import heapq
 import uuid
 from collections.abc import Iterable, Sequence
 from datetime import date, datetime, timedelta
@@ -36,6 +35,7 @@ from tokenquota.schemas import (
 from . import rollups
 from .alerts import refused_alert, threshold_alerts, tokens_to_alert, usd_threshold_alerts
 from .budget import UsdRefusal, headroom, local_day, month_of, start_of_day, usd_refusal
+from .holds import Holds
 from .log_clock import Moment, advance, moment_of
 from .state import (
     BUILTIN_DEFAULTS,
@@ -143,15 +143,7 @@ class _Folder:
         self.reservations = self.out.state.reservations
         self.partitions = self.out.state.partitions
         self.nodes = self.out.state.nodes
-        self.held: dict[str, dict[uuid.UUID, ReservationRecord]] = {}
-        #: Tokens held by accepted reservations at each tree node (of the sessions under
-        #: it), and each tree's accepted reservations by expiry: derived, never stored.
-        self.node_held: dict[str, int] = {}
-        #: The same for dollars: reserved_usd of reservations whose USD hold is open,
-        #: per node, and per session by reservation.
-        self.node_held_usd: dict[str, Decimal] = {}
-        self.usd_open: dict[str, dict[uuid.UUID, ReservationRecord]] = {}
-        self.expiring: dict[str, list[tuple[datetime, uuid.UUID]]] = {}
+        self.holds = Holds(self.reservations)
         #: The tree nodes of the event being applied, tenant first (empty: no account).
         self.chain: tuple[NodeBudget, ...] = ()
         #: The nodes of each account path this fold has seen, tenant first.
@@ -166,14 +158,6 @@ class _Folder:
         #: The system_usage_minutely row of the record being applied.
         self.minute = MinuteDelta()
         self.config = BUILTIN_DEFAULTS
-        for record in self.reservations.values():
-            accepted = record.status == "accepted"
-            if accepted:
-                self.held.setdefault(record.session_id, {})[record.reservation_id] = record
-            if record.usd_held is not None:
-                self.usd_open.setdefault(record.session_id, {})[record.reservation_id] = record
-            if record.account is not None and (accepted or record.usd_held is not None):
-                self._hold(record)
 
     def run(self, records: Iterable[LogRecord]) -> Folded:
         # By exact type: isinstance on pydantic models goes through ABCMeta, and this
@@ -310,74 +294,21 @@ class _Folder:
                 node.updated_at = clock
         return chain
 
-    def _hold(self, record: ReservationRecord) -> None:
-        """Count an accepted reservation's tokens, and its open USD hold, as held at each
-        node of its account."""
-        assert record.account is not None
-        tokens = record.tokens if record.status == "accepted" else 0
-        usd = record.usd_held
-        for path in ancestors(record.account):
-            self.node_held[path] = self.node_held.get(path, 0) + tokens
-            if usd is not None:
-                self.node_held_usd[path] = self.node_held_usd.get(path, _ZERO) + usd
-        heapq.heappush(
-            self.expiring.setdefault(account_root(record.account), []),
-            (record.expires_at, record.reservation_id),
-        )
-
-    def _unhold(self, record: ReservationRecord) -> None:
-        """An accepted reservation of a tree leaves `accepted`: its nodes hold it no more."""
-        assert record.account is not None
-        for path in ancestors(record.account):
-            self.node_held[path] -= record.tokens
-
-    def _close_usd(self, record: ReservationRecord) -> None:
-        """End a reservation's USD hold (its ApiCost came, or it was released or expired)."""
-        usd = record.usd_held
-        if usd is None:
-            return
-        self.usd_open.get(record.session_id, {}).pop(record.reservation_id, None)
-        if record.account is not None:
-            for path in ancestors(record.account):
-                self.node_held_usd[path] -= usd
-        record.usd_held = None
-        self.out.changed_reservations.add(record.reservation_id)
-
     def _expire_tree(self, root: str, clock: datetime) -> None:
         """Expire every accepted reservation of the tree `root` past its time, whichever
         session it is of: their tokens were held at nodes this event may need."""
-        queue = self.expiring.get(root)
-        while queue and clock > queue[0][0]:
-            _, rid = heapq.heappop(queue)
-            record = self.reservations[rid]
-            self._close_usd(record)
-            if record.status != "accepted":
-                continue  # settled or released since it was queued
-            self.held.get(record.session_id, {}).pop(rid, None)
-            self._unhold(record)
-            record.status = "expired"
-            self.out.changed_reservations.add(rid)
-            rollups.count_outcome(self.out, record, self.config.zone, "accepted")
+        self._expired(*self.holds.expire_tree(root, clock))
 
     def _expire(self, session_id: str, clock: datetime) -> None:
-        dollars = self.usd_open.get(session_id)
-        if dollars:
-            for record in [r for r in dollars.values() if clock > r.expires_at]:
-                self._close_usd(record)
-        held = self.held.get(session_id)
-        if not held:
-            return
-        for rid in [rid for rid, r in held.items() if clock > r.expires_at]:
-            record = held.pop(rid)
+        self._expired(*self.holds.expire_session(session_id, clock))
+
+    def _expired(self, dollars: list[ReservationRecord], tokens: list[ReservationRecord]) -> None:
+        for record in dollars:
+            self.out.changed_reservations.add(record.reservation_id)
+        for record in tokens:
             record.status = "expired"
-            self.out.changed_reservations.add(rid)
+            self.out.changed_reservations.add(record.reservation_id)
             rollups.count_outcome(self.out, record, self.config.zone, "accepted")
-
-    def _held_tokens(self, session_id: str) -> int:
-        return sum(r.tokens for r in self.held.get(session_id, {}).values())
-
-    def _held_usd(self, session_id: str) -> Decimal:
-        return sum((r.usd_held or _ZERO for r in self.usd_open.get(session_id, {}).values()), _ZERO)
 
     # -- events ----------------------------------------------------------------------
 
@@ -444,7 +375,7 @@ class _Folder:
             session.tokens_used_today,
             session.tokens_used_month,
             session.tokens_used_total,
-            self._held_tokens(session.session_id),
+            self.holds.session_tokens(session.session_id),
             event.priority,
         )
         expired = expires_at <= moment.clock
@@ -453,7 +384,7 @@ class _Folder:
         refusing: NodeBudget | None = None
         dollars: UsdRefusal | None = None
         if accepted and session.usd is not None:
-            held = self._held_usd(session.session_id)
+            held = self.holds.session_usd(session.session_id)
             dollars = _usd_refusal(session, session.usd, held, event, session.limits)
             if dollars is not None:
                 accepted, reason = False, dollars.window
@@ -468,7 +399,7 @@ class _Folder:
                     node.tokens_used_today,
                     node.tokens_used_month,
                     node.tokens_used_total,
-                    self.node_held.get(node.account, 0),
+                    self.holds.node_tokens(node.account),
                     event.priority,
                 )
                 if event.tokens > node_room.available:
@@ -476,7 +407,7 @@ class _Folder:
                     break
                 if node.usd is None:
                     continue
-                held = self.node_held_usd.get(node.account, _ZERO)
+                held = self.holds.node_usd(node.account)
                 dollars = _usd_refusal(node, node.usd, held, event, node.limits)
                 if dollars is not None:
                     accepted, reason, refusing = False, dollars.window, node
@@ -514,13 +445,9 @@ class _Folder:
         # The integration_logs view shows the decision (from reservations): no notice.
         if accepted:
             session.reservations_accepted += 1
-            self.held.setdefault(session.session_id, {})[rid] = record
-            if record.usd_held is not None:
-                self.usd_open.setdefault(session.session_id, {})[rid] = record
-            if self.chain:
-                self._hold(record)
-                for node in self.chain:
-                    node.reservations_accepted += 1
+            self.holds.add(record)
+            for node in self.chain:
+                node.reservations_accepted += 1
             if event.task_id is not None:
                 self._task(session.session_id, event.task_id, moment.at, allocated=event.tokens)
             return
@@ -579,11 +506,9 @@ class _Folder:
             problem = "is unknown" if record is None else "belongs to another session"
         elif record.status in ("accepted", "expired"):
             was = record.status
-            self.held.get(session.session_id, {}).pop(rid, None)
-            if was == "accepted" and record.account is not None:
-                self._unhold(record)
+            self.holds.end_tokens(record)
             if total == 0:  # released: nothing was called, so nothing will cost
-                self._close_usd(record)
+                self.holds.end_usd(record)
             record.status = "released" if total == 0 else "settled"
             record.settled_at = at
             record.settled_tokens = total
@@ -673,7 +598,7 @@ class _Folder:
                 metadata={"reservation_id": str(rid), "cost_usd": str(event.cost_usd)},
             )
             return
-        self._close_usd(record)
+        self.holds.end_usd(record)
         record.settled_usd = (record.settled_usd or _ZERO) + event.cost_usd
         self.out.changed_reservations.add(record.reservation_id)
 
