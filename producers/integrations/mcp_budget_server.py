@@ -9,11 +9,13 @@ tools' `session_id` argument in the place of the `_meta` source: by default a co
 may name its session when none is configured or `mcp.session_sources` lists `meta`
 before `config`, within `mcp.client_session_prefix`.
 
-`reserve_tokens` and `record_usage` take the session's budget tree node as `account`
-(checked: a path that is not one is refused with the rule). A configured `mcp.account`
-is the default, and a call naming another account is refused; without one, a call may
-name any account (the enclosing `session_scope`'s is the default, if any). A settlement
-names its reservation's account.
+The budget tree node a call bills follows the hooks' rules too (`check_client_account`):
+the tools' `account` argument, else the account the request names (the `_meta` key
+`mcp.account_meta_key`, or the HTTP header `mcp.account_header` over streamable HTTP, as
+`mcp.account_sources` lists them), else `mcp.account`, else the enclosing
+`session_scope`'s. An account a client names must be an account path and, with
+`mcp.account` set, that node or one below it; a call naming another is refused with the
+rule. A settlement names its reservation's account (a call naming another is refused).
 """
 
 from __future__ import annotations
@@ -38,7 +40,14 @@ from tokenquota.schemas import CountedBy, Priority, Source, TokenUsed
 
 from ..defaults import current_account
 from ..reservations import Reservation, TokenQuota
-from .mcp_hooks import SessionNotAllowedError, check_client_session, resolve_session
+from .mcp_hooks import (
+    AccountNotAllowedError,
+    SessionNotAllowedError,
+    check_client_account,
+    check_client_session,
+    resolve_account,
+    resolve_session,
+)
 
 __all__ = ["BudgetTools", "create_budget_server"]
 
@@ -97,6 +106,10 @@ def create_budget_server(settings: Settings, *, quota: TokenQuota | None = None)
     def session_of(ctx: Context[Any, Any], requested: str | None) -> str:
         return _session(ctx, requested, settings)
 
+    def account_of(ctx: Context[Any, Any], requested: str | None = None) -> str | None:
+        named = _client_account(ctx, requested, settings)
+        return named if named is not None else _default_account(settings)
+
     @server.tool()
     async def check_budget(
         ctx: Context[Any, Any], session_id: str | None = None, priority: Priority = "normal"
@@ -113,6 +126,7 @@ def create_budget_server(settings: Settings, *, quota: TokenQuota | None = None)
         session's own.
         """
         session_id = session_of(ctx, session_id)
+        billed = account_of(ctx)
         quota = tools_of(ctx).quota
         metrics = await _metrics(quota, session_id)
         room = metrics.headroom(priority)
@@ -126,7 +140,7 @@ def create_budget_server(settings: Settings, *, quota: TokenQuota | None = None)
         }
         if metrics.usd is not None and metrics.usd.limits is not None:
             report.update(_usd_columns(metrics.usd))
-        account, nodes = await _tree(quota, metrics, settings)
+        account, nodes = await _tree(quota, metrics.account or billed)
         if account is not None:
             report.update(_tree_report(account, nodes))
             left = [_node_room(node, priority) for node in nodes if node.limits is not None]
@@ -144,12 +158,13 @@ def create_budget_server(settings: Settings, *, quota: TokenQuota | None = None)
     ) -> dict[str, Any]:
         """Hold `tokens` for the session; settle them later with record_usage.
 
-        `session_id` may be left out when the server has one configured; `account` (the
-        session's budget tree node, such as "acme/research/alice") when it has one
-        configured or the session belongs to none.
+        `session_id` may be left out when the server has one configured. `account` is the
+        session's budget tree node, such as "acme/research/alice"; left out, the one the
+        request names (its `_meta` or HTTP header), else the server's. With the server's
+        account set, a named account must be that node or below it.
         """
         session_id = session_of(ctx, session_id)
-        node = _account(account, settings)
+        node = account_of(ctx, account)
         if tokens <= 0:
             raise ToolError(f"tokens must be a positive integer, got {tokens}")
         state = tools_of(ctx)
@@ -182,12 +197,14 @@ def create_budget_server(settings: Settings, *, quota: TokenQuota | None = None)
     ) -> dict[str, Any]:
         """Record tokens used; naming a reservation settles it (the unused rest is freed).
 
-        `session_id` may be left out when the server has one configured; `account` (the
-        session's budget tree node) when it has one configured, the session belongs to
-        none, or the call settles a reservation of this server (its account is used).
+        `session_id` may be left out when the server has one configured. `account` is the
+        session's budget tree node, chosen as reserve_tokens chooses it; settling a
+        reservation of this server bills the reservation's account (naming another is
+        refused).
         """
         session_id = session_of(ctx, session_id)
-        node = _account(account, settings)
+        named = _client_account(ctx, account, settings)
+        node = named if named is not None else _default_account(settings)
         state = tools_of(ctx)
         rid = None
         if reservation_id is not None:
@@ -203,7 +220,7 @@ def create_budget_server(settings: Settings, *, quota: TokenQuota | None = None)
                     raise ToolError(
                         f"reservation {rid} belongs to session {held.event.session_id!r}"
                     )
-                if account and node != held.event.account:
+                if named is not None and named != held.event.account:
                     state.held[held.reservation_id] = held
                     raise ToolError(
                         f"reservation {rid} was made for account {held.event.account!r}, "
@@ -238,11 +255,12 @@ def create_budget_server(settings: Settings, *, quota: TokenQuota | None = None)
         budget tree adds `tree` and `tightest`, as check_budget shows them.
         """
         session_id = session_of(ctx, session_id)
+        billed = account_of(ctx)
         quota = tools_of(ctx).quota
         metrics = await _metrics(quota, session_id)
         report = dataclasses.asdict(metrics)
         report["limits"] = dataclasses.asdict(metrics.limits)
-        account, nodes = await _tree(quota, metrics, settings)
+        account, nodes = await _tree(quota, metrics.account or billed)
         if account is not None:
             report.update(_tree_report(account, nodes))
         return _plain(report)  # type: ignore[no-any-return]
@@ -280,22 +298,30 @@ def _session(ctx: Context[Any, Any], requested: str | None, settings: Settings) 
     return session
 
 
-def _account(named: str | None, settings: Settings) -> str | None:
-    """The budget tree node a tool call bills: the argument, checked (and, with
-    `mcp.account` set, only that one), else `mcp.account`, else the `session_scope`'s."""
-    configured = settings.mcp.account
-    if not named:  # left out (or sent empty)
-        return configured if configured is not None else current_account()
+def _client_account(
+    ctx: Context[Any, Any], requested: str | None, settings: Settings
+) -> str | None:
+    """The budget tree node a tool call's client names: the `account` argument, else the
+    request's (`resolve_account`: the `_meta` key `mcp.account_meta_key` or the HTTP header
+    `mcp.account_header`, as `mcp.account_sources` lists them); None when it names none.
+    Checked as the hooks check it (`check_client_account`: an account path and, with
+    `mcp.account` set, that node or below it); a ToolError naming the rule otherwise."""
+    mcp = settings.mcp
+    named = requested.strip() if requested is not None else ""
+    request = ctx.request_context
     try:
-        account = current_account(named)
-    except ValueError as exc:
+        if named:  # an empty argument counts as left out
+            return check_client_account(named, "the argument account", mcp)
+        return resolve_account(request, request.meta, mcp)
+    except AccountNotAllowedError as exc:
         raise ToolError(str(exc)) from None
-    if configured is not None and account != configured:
-        raise ToolError(
-            f"account {named!r} is not allowed: this server bills its sessions to account "
-            f"{configured!r} (mcp.account)"
-        )
-    return account
+
+
+def _default_account(settings: Settings) -> str | None:
+    """The budget tree node of a call whose client names none: `mcp.account`, else the
+    enclosing `session_scope`'s (None: none)."""
+    configured = settings.mcp.account
+    return configured if configured is not None else current_account()
 
 
 def _worst(*levels: str) -> str:
@@ -310,13 +336,9 @@ async def _metrics(quota: TokenQuota, session_id: str) -> SessionMetrics:
         raise ToolError(str(exc)) from exc
 
 
-async def _tree(
-    quota: TokenQuota, metrics: SessionMetrics, settings: Settings
-) -> tuple[str | None, list[AccountMetrics]]:
-    """The session's budget tree node (its stored one, else the one its reservations here
-    would name: `mcp.account` or the `session_scope`'s) and the nodes from its tenant
-    down; (None, []) for a session in no tree."""
-    account = metrics.account or _account(None, settings)
+async def _tree(quota: TokenQuota, account: str | None) -> tuple[str | None, list[AccountMetrics]]:
+    """`account` (the session's stored budget tree node, else the one its reservations here
+    would name) and the nodes from its tenant down; (None, []) for a session in no tree."""
     if account is None:
         return None, []
     try:

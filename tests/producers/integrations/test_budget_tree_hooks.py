@@ -103,7 +103,8 @@ async def test_a_tree_session_through_every_hook_is_billed_at_its_nodes(
             bad = await client.call_tool(
                 "reserve_tokens", {"session_id": SESSION, "tokens": 10, "account": "a//b"}
             )
-            assert bad.is_error and f"'a//b' is not an account path: {RULE}" in text_of(bad)
+            malformed = f"'a//b' from the argument account is not an account path: {RULE}"
+            assert bad.is_error and malformed in text_of(bad)
             held = await client.call_tool(
                 "reserve_tokens", {"session_id": SESSION, "tokens": 100, "account": ACCOUNT}
             )
@@ -114,14 +115,15 @@ async def test_a_tree_session_through_every_hook_is_billed_at_its_nodes(
             assert not settled.is_error, text_of(settled)
             plain = await client.call_tool("record_usage", {**settle, "account": ACCOUNT})
             assert not plain.is_error, text_of(plain)
-        # ...or mcp.account as its default, and no other account allowed (1 + 1).
+        # ...or mcp.account as its default, and no account outside it allowed (1 + 1).
         mcp = settings.mcp.model_copy(update={"account": ACCOUNT})
         configured = settings.model_copy(update={"mcp": mcp})
         async with Client(create_budget_server(configured, quota=quota)) as client:
             other = await client.call_tool(
                 "reserve_tokens", {"session_id": SESSION, "tokens": 10, "account": "hooks/other"}
             )
-            assert other.is_error and "bills its sessions to account" in text_of(other)
+            assert other.is_error
+            assert f"must be {ACCOUNT!r} or below it (mcp.account)" in text_of(other)
             held = await client.call_tool("reserve_tokens", {"session_id": SESSION, "tokens": 50})
             assert not held.is_error, text_of(held)
             rid = held.structured_content["reservation_id"]

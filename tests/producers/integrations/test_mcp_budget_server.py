@@ -1,21 +1,32 @@
 """The budget MCP server's view of a budget tree: `check_budget` and `usage_report` of a
 session in a tree show every node from the tenant down and name the tightest; a session
-in no tree reads as it always has; `tokenquota mcp-server --account` is checked."""
+in no tree reads as it always has; `tokenquota mcp-server --account` is checked; the
+account a call bills is the client's (argument, `_meta` or header) at or below
+`mcp.account`, as for the hooks."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import socket
 import sys
+from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+import httpx2
 import pytest
+import uvicorn
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters
+from mcp.client.streamable_http import streamable_http_client
+from mcp.server.mcpserver import MCPServer
+from mcp_types import RequestParamsMeta
 from typer.testing import CliRunner
 
 from tests.producers.integrations.mcp_support import proxy_env, text_of
-from tests.support import budget, set_budget, wait_for_usage, wait_until
+from tests.support import budget, fetch_value, set_budget, wait_for_usage, wait_until
 from tokenquota import cli
 from tokenquota.config import ReservationSettings, Settings
 from tokenquota.producers import TokenQuota
@@ -53,8 +64,10 @@ def _settings(pipeline_settings: Settings) -> Settings:
     )
 
 
-async def _call(client: Client, tool: str, arguments: dict[str, Any]) -> dict[str, Any]:
-    result = await client.call_tool(tool, arguments)
+async def _call(
+    client: Client, tool: str, arguments: dict[str, Any], meta: RequestParamsMeta | None = None
+) -> dict[str, Any]:
+    result = await client.call_tool(tool, arguments, meta=meta)
     assert not result.is_error, text_of(result)
     content: dict[str, Any] = result.structured_content
     assert content is not None
@@ -206,7 +219,12 @@ async def test_a_tree_sessions_budget_shows_every_node_and_names_the_tightest(
             other = await client.call_tool(
                 "reserve_tokens", {"session_id": "bob-1", "tokens": 1, "account": ACCOUNT}
             )
-            assert other.is_error and "bills its sessions to account" in text_of(other)
+            assert other.is_error
+            assert text_of(other) == (
+                "Error executing tool reserve_tokens: account 'acme/research/alice' from the "
+                "argument account is not allowed: an account named by the client must be "
+                "'acme/research/bob' or below it (mcp.account)"
+            )
 
 
 @pytest.mark.integration
@@ -264,3 +282,149 @@ def test_mcp_server_account_is_checked_and_reaches_the_settings(
     assert bad.exit_code == 2, bad.output
     assert served == [("agent-7", "acme/research/alice")]  # no server started
     assert f"--account 'bad//path': {RULE}" in bad.output
+
+
+def _meta(session: str, account: str) -> RequestParamsMeta:
+    """A request `_meta` naming `session` and `account` (mcp.account_meta_key)."""
+    return cast(RequestParamsMeta, {"tokenquota/session": session, "tokenquota/account": account})
+
+
+def _refusal(tool: str, account: str, origin: str) -> str:
+    return (
+        f"Error executing tool {tool}: account {account!r} from {origin} is not allowed: an "
+        f"account named by the client must be {TEAM!r} or below it (mcp.account)"
+    )
+
+
+@contextlib.asynccontextmanager
+async def _over_http(server: MCPServer[Any], headers: dict[str, str]) -> AsyncIterator[Client]:
+    """A client of `server`, served over streamable HTTP in this process, sending `headers`."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    config = uvicorn.Config(server.streamable_http_app(), log_level="warning", lifespan="on")
+    http_server = uvicorn.Server(config)
+    serving = asyncio.create_task(http_server.serve(sockets=[listener]))
+
+    async def started() -> bool:
+        assert not serving.done(), "the HTTP server stopped"
+        return http_server.started
+
+    try:
+        await wait_until(started, 10, "the budget server over HTTP")
+        async with (
+            httpx2.AsyncClient(headers=headers, timeout=30) as http,
+            Client(
+                streamable_http_client(f"http://127.0.0.1:{port}/mcp", http_client=http)
+            ) as client,
+        ):
+            yield client
+    finally:
+        http_server.should_exit = True
+        await asyncio.wait_for(serving, 10)
+        listener.close()
+
+
+async def _accounts_of(settings: Settings, session: str) -> list[str]:
+    """The accounts the usage events of `session` name, each once."""
+    found = await fetch_value(
+        settings.database,
+        "SELECT array_agg(DISTINCT payload->>'account') FROM usage_events WHERE session_id = $1",
+        session,
+    )
+    return list(found or [])
+
+
+@pytest.mark.integration
+async def test_a_configured_account_admits_the_accounts_a_client_names_below_it(
+    pipeline_settings: Settings, start_worker: Any
+) -> None:
+    base = _settings(pipeline_settings)
+    settings = base.model_copy(update={"mcp": base.mcp.model_copy(update={"account": TEAM})})
+    worker = start_worker()
+    async with TokenQuota(settings) as quota:
+        server = create_budget_server(settings, quota=quota)
+        async with Client(server) as client:
+            # The argument: a node below mcp.account is billed; a node beside it is refused.
+            alice = await _call(
+                client,
+                "reserve_tokens",
+                {"session_id": "r-alice", "tokens": 100, "account": ACCOUNT},
+            )
+            outside = await client.call_tool(
+                "reserve_tokens", {"session_id": "r-ops", "tokens": 100, "account": "acme/ops"}
+            )
+            assert outside.is_error
+            assert text_of(outside) == _refusal(
+                "reserve_tokens", "acme/ops", "the argument account"
+            )
+            # A settlement bills its reservation's account; naming another is refused.
+            settle = {"session_id": "r-alice", "input_tokens": 30, "output_tokens": 10}
+            rid = alice["reservation_id"]
+            moved = await client.call_tool(
+                "record_usage", {**settle, "reservation_id": rid, "account": TEAM}
+            )
+            assert moved.is_error
+            assert f"reservation {rid} was made for account {ACCOUNT!r}" in text_of(moved)
+            await _call(client, "record_usage", {**settle, "reservation_id": rid})
+
+            # No argument: the request's _meta account, checked the same way.
+            bob = "acme/research/bob"
+            held = await client.call_tool(
+                "reserve_tokens", {"tokens": 100}, meta=_meta("r-bob", bob)
+            )
+            assert not held.is_error, text_of(held)
+            await _call(
+                client,
+                "record_usage",
+                {"session_id": "r-bob", "input_tokens": 20, "output_tokens": 5,
+                 "reservation_id": held.structured_content["reservation_id"]},
+            )  # fmt: skip
+            meta_outside = await client.call_tool(
+                "reserve_tokens",
+                {"session_id": "r-ops", "tokens": 1},
+                meta=_meta("r-ops", "acme/ops"),
+            )
+            assert meta_outside.is_error
+            assert text_of(meta_outside) == _refusal(
+                "reserve_tokens", "acme/ops", "the request _meta key 'tokenquota/account'"
+            )
+            # The argument wins over _meta; with neither, mcp.account is billed.
+            await _call(
+                client,
+                "record_usage",
+                {"input_tokens": 3, "output_tokens": 2, "account": ACCOUNT},
+                meta=_meta("r-alice", "acme/ops"),
+            )
+            await _call(
+                client,
+                "record_usage",
+                {"session_id": "r-team", "input_tokens": 4, "output_tokens": 1},
+            )
+
+        # Over streamable HTTP, the header names the account.
+        carol = "acme/research/carol"
+        async with _over_http(server, {"X-Tokenquota-Account": carol}) as client:
+            await _call(
+                client,
+                "record_usage",
+                {"session_id": "r-carol", "input_tokens": 6, "output_tokens": 1},
+            )
+        async with _over_http(server, {"X-Tokenquota-Account": "acme/ops"}) as client:
+            refused = await client.call_tool(
+                "record_usage", {"session_id": "r-ops", "input_tokens": 1, "output_tokens": 1}
+            )
+            assert refused.is_error
+            assert text_of(refused) == _refusal(
+                "record_usage", "acme/ops", "the HTTP header 'X-Tokenquota-Account'"
+            )
+
+        for session, used in (("r-alice", 45), ("r-bob", 25), ("r-team", 5), ("r-carol", 7)):
+            await wait_for_usage(quota, session, used)
+        assert await _accounts_of(settings, "r-alice") == [ACCOUNT]
+        assert await _accounts_of(settings, "r-bob") == [bob]
+        assert await _accounts_of(settings, "r-team") == [TEAM]
+        assert await _accounts_of(settings, "r-carol") == [carol]
+        assert await _accounts_of(settings, "r-ops") == []  # every refusal emitted nothing
+        assert (await quota.session_metrics("r-alice")).account == ACCOUNT
+        assert worker.exit_code() is None
