@@ -63,4 +63,26 @@ def _element(value: object) -> str:
 
 def array_literal(values: Iterable[object]) -> str:
     """`values` as the text of a one-dimensional PostgreSQL array (`{1,NULL,"a\\"b"}`)."""
+    values = values if isinstance(values, (list, tuple)) else list(values)
+    kinds = set(map(type, values))
+    if len(kinds) == 1:  # the usual column: one type, no NULL, one call per element
+        kind = kinds.pop()
+        if kind is int or kind is uuid.UUID:
+            return "{" + ",".join(map(str, values)) + "}"
+        if kind is Decimal and all(map(Decimal.is_finite, values)):
+            return "{" + ",".join(map(str, values)) + "}"
+        if kind is date:
+            return "{" + ",".join(map(date.isoformat, values)) + "}"
+        if kind is str:
+            # Escaped all at once: NUL, which no PostgreSQL text holds, joins them.
+            text = "\x00".join(values)  # type: ignore[arg-type]
+            if text.count("\x00") == len(values) - 1:
+                text = text.replace("\\", "\\\\").replace('"', '\\"')
+                return '{"' + text.replace("\x00", '","') + '"}'
+        if kind is datetime and all(map(_aware, values)):
+            return '{"' + '","'.join(map(datetime.isoformat, values)) + '"}'
     return "{" + ",".join(map(_element, values)) + "}"
+
+
+def _aware(value: datetime) -> bool:
+    return value.tzinfo is not None

@@ -35,6 +35,9 @@ def test_elements_are_quoted_escaped_and_null_is_bare() -> None:
     assert array_literal([Decimal("1E+2"), Decimal("-0.0012500000")]) == "{1E+2,-0.0012500000}"
     assert array_literal([True, False, Color.red, Level.high]) == '{t,f,"red",3}'
     assert array_literal([]) == "{}"
+    # A column of one type is written in one go; the same text as element by element.
+    assert array_literal(['a"b', "c\\d", "x,y}"]) == '{"a\\"b","c\\\\d","x,y}"}'
+    assert array_literal(["a\x00b", "c"]) == '{"a\x00b","c"}'  # PostgreSQL refuses it
 
 
 def test_what_postgresql_could_not_store_is_refused_here() -> None:
