@@ -36,6 +36,11 @@ class RecentReads:
             self._reads = {}
         self._reads[session_id] = _Read(metrics, time.monotonic())
 
+    def metrics(self, session_id: str) -> SessionMetrics | None:
+        """The remembered read of `session_id`, if any."""
+        read = self._reads.get(session_id)
+        return read.metrics if read is not None else None
+
     def forget(self, session_id: str) -> None:
         """Drop the read of `session_id` (the worker refused what it passed)."""
         self._reads.pop(session_id, None)

@@ -400,7 +400,7 @@ class TokenQuota:
         mode = mode or options.mode
         ttl = ttl if ttl is not None else options.ttl
         stored = self.stored_session_id(session_id)
-        verified = await self._precheck(session_id, stored, tokens, priority)
+        verified = await self._precheck(session_id, stored, tokens, priority, account)
         now = self.clock()
         event = TokenReserved(
             session_id=stored,
@@ -441,8 +441,13 @@ class TokenQuota:
             raise error
         return Reservation(self, event, status, delivery)
 
-    async def _precheck(self, session_id: str, stored: str, tokens: int, priority: str) -> bool:
-        """Step 1: raise TokenQuotaExceededError when the budget is plainly short.
+    async def _precheck(
+        self, session_id: str, stored: str, tokens: int, priority: str, account: str | None
+    ) -> bool:
+        """Step 1: raise TokenQuotaExceededError when the budget is plainly short, and
+        ValueError when the session already belongs to another account than `account`
+        (the worker would dead-letter the reservation, and a strict one would wait out
+        its decision timeout).
 
         A read of the session at most `reservations.precheck_max_age` old that still
         covers `tokens` (after what this client reserved since) passes without reading
@@ -452,6 +457,7 @@ class TokenQuota:
         """
         options = self.settings.reservations
         if self._recent.covers(stored, tokens, priority, options.precheck_max_age):
+            _same_account(session_id, self._recent.metrics(stored), account)
             return True
         try:
             metrics = await self.session_metrics(session_id)
@@ -459,6 +465,7 @@ class TokenQuota:
             if not options.fail_open:
                 raise
             return False
+        _same_account(session_id, metrics, account)
         room = metrics.headroom(priority)
         if tokens > room.available:
             raise TokenQuotaExceededError.for_window(
@@ -576,3 +583,16 @@ class TokenQuota:
                 yield conn  # type: ignore[misc]  # a pool proxy behaves as a Connection
         except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
             raise IntegrationError(f"PostgreSQL unreachable: {exc}") from None
+
+
+def _same_account(session_id: str, metrics: SessionMetrics | None, account: str | None) -> None:
+    """Raise ValueError when the session, as last read, belongs to another account (or to
+    none) than `account`: every event of a session names the same one."""
+    if metrics is None or not metrics.known or metrics.account == account:
+        return
+    owner = f"account {metrics.account!r}" if metrics.account else "no account"
+    named = f"account {account!r}" if account else "none"
+    raise ValueError(
+        f"session {session_id!r} belongs to {owner}; this reservation names {named} "
+        "(every event of a session names the same account)"
+    )

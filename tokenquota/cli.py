@@ -535,8 +535,9 @@ def mcp_server(
         typer.Option(
             help=(
                 "The budget tree node (tenant/team/user) of the sessions served: reservations "
-                "name it (a call naming another is refused), and check_budget and "
-                "usage_report show each node above the session \\[env: MCP_ACCOUNT]."
+                "name it, or a node below it that the call names (any other is refused); "
+                "check_budget and usage_report show each node above the session "
+                "\\[env: MCP_ACCOUNT]."
             )
         ),
     ] = None,

@@ -131,6 +131,12 @@ async def test_a_team_budget_refuses_what_the_session_budget_allows_and_replays_
     assert decode(letter.value).event_id == events[-1].event_id
     reason = parse_dead_letter_headers(letter.headers)["reason"]
     assert "session 'carol-1' belongs to account 'acme/research/carol'" in reason, reason
+    # A client finds the same mistake before it sends anything (a strict reservation
+    # would otherwise wait out its decision timeout).
+    async with TokenQuota(settings) as quota:
+        for other in (None, "acme/ops/carol"):
+            with pytest.raises(ValueError, match="belongs to account 'acme/research/carol'"):
+                await quota.reserve("carol-1", 10, account=other)
     statuses = await fetch_value(
         settings.database,
         "SELECT array_agg(status ORDER BY session_id) FROM reservations"
