@@ -87,7 +87,7 @@ def tokens_to_alert(owner: Owner) -> int:
     if limits is None:
         return left
     for name, used, limit in _token_windows(owner, limits):
-        level = getattr(owner, f"{name}_alert")
+        level = getattr(owner, _level_field(name, "tokens"))
         if level in ("critical", "exhausted"):
             continue
         warning, critical = alert_tokens(limit, limits)
@@ -135,7 +135,7 @@ def threshold_alerts(
         return
     changed = changed or previous is not None
     for name, used, limit in _token_windows(owner, limits):
-        field = f"{name}_alert"
+        field = _level_field(name, "tokens")
         before: AlertLevel = getattr(owner, field)
         if not changed and before in ("critical", "exhausted"):
             continue
@@ -165,7 +165,7 @@ def usd_threshold_alerts(
             owner.daily_usd_alert = owner.monthly_usd_alert = owner.total_usd_alert = "none"
         return
     for name, used, limit in _usd_windows(owner, usd):
-        field = f"{name}_usd_alert"
+        field = _level_field(name, "usd")
         before: AlertLevel = getattr(owner, field)
         if limit is None:
             setattr(owner, field, "none")

@@ -130,7 +130,7 @@ def alert_tokens(limit: int, limits: Limits) -> tuple[int, int]:
 
 def alert_level(used: int, limit: int, limits: Limits) -> AlertLevel:
     """The highest threshold `used` has reached in a window of `limit` tokens."""
-    warning, critical = _alert_tokens(limit, limits.warning_threshold, limits.critical_threshold)
+    warning, critical = alert_tokens(limit, limits)
     if used >= critical:
         return "critical"
     if used >= warning:

@@ -441,7 +441,7 @@ class _Folder:
         self.out.decisions.append(
             Decision(rid, record.status, reason, session.session_id, refused_by)
         )
-        rollups.count_decision(self.out, record, self.config.zone, self.minute, self.calendar)
+        rollups.count_decision(self.out, record, self.config.zone, self.minute)
         # The integration_logs view shows the decision (from reservations): no notice.
         if accepted:
             session.reservations_accepted += 1

@@ -170,11 +170,11 @@ def count_decision(
     record: ReservationRecord,
     zone: ZoneInfo,
     minute: MinuteDelta,
-    calendar: Calendar | None = None,
 ) -> None:
     """A reservation just decided: in its session's day, in its record's minute, in its
     account's day, and a refusal by a node as refused by that node."""
-    delta = _day_of(out, record, zone)
+    day = local_day(record.requested_at, zone)
+    delta = out.reservations_daily[record.session_id, day]
     accepted = record.status == "accepted"
     if accepted:
         delta.accepted += 1
@@ -186,8 +186,6 @@ def count_decision(
     account = record.account
     if account is None:
         return
-    assert calendar is not None
-    day = local_day(record.requested_at, zone)
     leaf = out.leaf_daily[account, day]
     if accepted:
         leaf.reservations_accepted += 1
