@@ -33,7 +33,7 @@ from .state import (
     ProjectionState,
     ReservationRecord,
 )
-from .writes import CHECKPOINT, RESERVATION_FIELDS, Write, execute_write, fold_writes
+from .writes import CHECKPOINT, RESERVATION_FIELDS, Write, execute_writes, fold_writes
 
 __all__ = [
     "PROJECTION_TABLES",
@@ -211,24 +211,27 @@ async def _apply(
             "SELECT pg_advisory_xact_lock_shared(hashtextextended($1, 0))",
             projection_lock_key(schema),
         )
+        writes: list[Write] = []
         if records:
             folded = await _ledger_and_fold(conn, records, direct=direct)
             result.applied = folded.applied
             result.duplicates = len(records) - folded.applied
             if folded.applied:
-                for write in folded.writes:
-                    await execute_write(conn, *write)
+                writes = folded.writes
                 result.decisions = folded.decisions
                 clocks = folded.clocks
-            if notify and result.decisions:
-                await conn.execute(
-                    "SELECT pg_notify($1, d) FROM unnest($2::text[]) AS d",
-                    decision_channel(schema),
-                    [f"{d.reservation_id} {d.status}" for d in result.decisions],
-                )
-        await _checkpoint(
-            conn, [(r.topic, r.partition, r.offset) for r in records], skipped, clocks
+        writes.append(
+            _checkpoint([(r.topic, r.partition, r.offset) for r in records], skipped, clocks)
         )
+        announced = (
+            (
+                decision_channel(schema),
+                [f"{d.reservation_id} {d.status}" for d in result.decisions],
+            )
+            if notify and result.decisions
+            else None
+        )
+        await execute_writes(conn, writes, notify=announced)
     return result
 
 
@@ -462,17 +465,15 @@ def reservation_from_row(row: asyncpg.Record) -> ReservationRecord:
     return ReservationRecord(**{name: row[name] for name in RESERVATION_FIELDS})
 
 
-async def _checkpoint(
-    conn: asyncpg.Connection,
+def _checkpoint(
     applied: Sequence[tuple[str, int, int]],
     skipped: Sequence[tuple[str, int, int]],
     clocks: dict[PartitionKey, datetime],
-) -> None:
+) -> Write:
     positions: dict[PartitionKey, int] = {}
     for topic, partition, offset in itertools.chain(applied, skipped):
         positions[(topic, partition)] = max(positions.get((topic, partition), 0), offset + 1)
-    await execute_write(
-        conn,
+    return (
         CHECKPOINT,
         [(t, p, o, clocks.get((t, p))) for (t, p), o in sorted(positions.items())],
     )
