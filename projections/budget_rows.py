@@ -3,7 +3,9 @@ session_token_budgets and account_budgets, and the conversions both ways."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
+from decimal import Decimal
 from typing import Any
 
 import asyncpg
@@ -42,7 +44,6 @@ NODE_COLUMNS = (
     ("critical_threshold", "numeric"), ("budget_event", "uuid"), ("current_day", "date"),
     ("tokens_used_today", "bigint"), ("current_month", "date"),
     ("tokens_used_month", "bigint"), ("tokens_used_total", "bigint"),
-    ("reservations_accepted", "bigint"), ("reservations_rejected", "bigint"),
     ("created_at", "timestamptz"), ("updated_at", "timestamptz"),
     *_USD_COLUMNS, ("daily_alert", "text"), ("monthly_alert", "text"), ("total_alert", "text"),
     *_USD_ALERT_COLUMNS,
@@ -119,8 +120,6 @@ def node_args(n: NodeBudget) -> tuple[Any, ...]:
         n.current_month,
         n.tokens_used_month,
         n.tokens_used_total,
-        n.reservations_accepted,
-        n.reservations_rejected,
         n.created_at,
         n.updated_at,
         *_usd_args(n),
@@ -132,14 +131,23 @@ def node_args(n: NodeBudget) -> tuple[Any, ...]:
 
 
 def _limits_of(row: Mapping[str, Any] | asyncpg.Record, source: BudgetSource) -> Limits:
-    return Limits(
-        daily_limit=row["daily_limit"],
-        monthly_limit=row["monthly_limit"],
-        hard_limit=row["hard_limit"],
-        warning_threshold=row["warning_threshold"],
-        critical_threshold=row["critical_threshold"],
-        source=source,
+    return _limits(
+        row["daily_limit"],
+        row["monthly_limit"],
+        row["hard_limit"],
+        row["warning_threshold"],
+        row["critical_threshold"],
+        source,
     )
+
+
+# Limits are frozen, and most rows of a batch share a few of them (a batch loads hundreds
+# of sessions and nodes): one instance each instead of one per row.
+@functools.lru_cache(maxsize=1024)
+def _limits(
+    daily: int, monthly: int, hard: int, warning: Decimal, critical: Decimal, source: BudgetSource
+) -> Limits:
+    return Limits(daily, monthly, hard, warning, critical, source)
 
 
 def session_of(row: Mapping[str, Any] | asyncpg.Record) -> SessionBudget:
@@ -183,8 +191,6 @@ def node_of(row: Mapping[str, Any] | asyncpg.Record) -> NodeBudget:
         current_month=row["current_month"],
         tokens_used_month=row["tokens_used_month"],
         tokens_used_total=row["tokens_used_total"],
-        reservations_accepted=row["reservations_accepted"],
-        reservations_rejected=row["reservations_rejected"],
         created_at=row["created_at"],
         updated_at=row["updated_at"],
         usd=_usd_of(row),

@@ -226,8 +226,6 @@ EXPECTED_COLUMNS: dict[str, dict[str, tuple[str, bool]]] = {
         "current_month": ("date", False),
         "tokens_used_month": ("bigint", False),
         "tokens_used_total": ("bigint", False),
-        "reservations_accepted": ("bigint", False),
-        "reservations_rejected": ("bigint", False),
         "created_at": ("timestamp with time zone", False),
         "updated_at": ("timestamp with time zone", False),
         "daily_usd_limit": ("numeric", True),

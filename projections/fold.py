@@ -39,6 +39,7 @@ from .holds import Holds
 from .log_clock import Moment, advance, moment_of
 from .state import (
     BUILTIN_DEFAULTS,
+    AlertLevel,
     ApiDelta,
     Decision,
     FoldConfig,
@@ -87,10 +88,20 @@ def new_node(account: str, at: datetime, config: FoldConfig) -> NodeBudget:
         current_month=month_of(day),
         tokens_used_month=0,
         tokens_used_total=0,
-        reservations_accepted=0,
-        reservations_rejected=0,
         created_at=at,
         updated_at=at,
+    )
+
+
+def _levels(node: NodeBudget) -> tuple[AlertLevel, ...]:
+    """The alert level of each of `node`'s windows."""
+    return (
+        node.daily_alert,
+        node.monthly_alert,
+        node.total_alert,
+        node.daily_usd_alert,
+        node.monthly_usd_alert,
+        node.total_usd_alert,
     )
 
 
@@ -272,9 +283,9 @@ class _Folder:
                 node = self.nodes.get(path)
                 if node is None:
                     node = self.nodes[path] = new_node(path, clock, config)
+                    self.out.changed_nodes.add(path)
                 nodes.append(node)
             chain = self.chains[account] = tuple(nodes)
-            self.out.changed_nodes.update(ancestors(account))
         if today is None:
             today = local_day(clock, config.zone)
         for node in chain:
@@ -290,9 +301,15 @@ class _Folder:
                     node.usd_used_month = _ZERO
                     node.monthly_alert = node.monthly_usd_alert = "none"
                 self.quiet.pop(node.account, None)
-            if clock > node.updated_at:
-                node.updated_at = clock
+                self._changed(node, clock)
         return chain
+
+    def _changed(self, node: NodeBudget, clock: datetime) -> None:
+        """`node` changed at `clock`: its row is written. Only a change does this, not
+        every event under it (most reservations and releases change no node)."""
+        if clock > node.updated_at:
+            node.updated_at = clock
+        self.out.changed_nodes.add(node.account)
 
     def _expire_tree(self, root: str, clock: datetime) -> None:
         """Expire every accepted reservation of the tree `root` past its time, whichever
@@ -337,6 +354,7 @@ class _Folder:
         )
         node.usd = UsdLimits.of(event)
         node.budget_event = event.event_id
+        self._changed(node, clock)
         self.quiet.pop(node.account, None)
         threshold_alerts(self.out, node, event, moment, previous=previous, changed=True)
         usd_threshold_alerts(self.out, node, event, moment, previous=previous_usd, changed=True)
@@ -446,15 +464,17 @@ class _Folder:
         if accepted:
             session.reservations_accepted += 1
             self.holds.add(record)
-            for node in self.chain:
-                node.reservations_accepted += 1
             if event.task_id is not None:
                 self._task(session.session_id, event.task_id, moment.at, allocated=event.tokens)
             return
         session.reservations_rejected += 1
-        if refusing is not None:
-            refusing.reservations_rejected += 1
-        refused_alert(self.out, refusing or session, event, moment, record)
+        if refusing is None:
+            refused_alert(self.out, session, event, moment, record)
+            return
+        levels = _levels(refusing)
+        refused_alert(self.out, refusing, event, moment, record)
+        if _levels(refusing) != levels:  # the window it refused in is now exhausted
+            self._changed(refusing, moment.clock)
 
     def _used(self, session: SessionBudget, event: TokenUsed, moment: Moment) -> None:
         total = event.input_tokens + event.output_tokens
@@ -468,10 +488,12 @@ class _Folder:
         session.tokens_used_today += total
         session.tokens_used_month += total
         session.tokens_used_total += total
-        for node in self.chain:
-            node.tokens_used_today += total
-            node.tokens_used_month += total
-            node.tokens_used_total += total
+        if total:  # a release (no tokens) changes no node
+            for node in self.chain:
+                node.tokens_used_today += total
+                node.tokens_used_month += total
+                node.tokens_used_total += total
+                self._changed(node, moment.clock)
         rollups.add_usage(self.out, self.calendar, session.session_id, event, moment, event.account)
         self.minute.tokens_used += total
         if event.task_id is not None:
@@ -486,7 +508,13 @@ class _Folder:
             if left is not None and total < left:
                 self.quiet[node.account] = left - total
                 continue
-            threshold_alerts(self.out, node, event, moment)
+            if total:
+                threshold_alerts(self.out, node, event, moment)
+            else:  # no usage: changed only should a level change
+                levels = _levels(node)
+                threshold_alerts(self.out, node, event, moment)
+                if _levels(node) != levels:
+                    self._changed(node, moment.clock)
             self.quiet[node.account] = tokens_to_alert(node)
 
     @staticmethod
@@ -573,11 +601,16 @@ class _Folder:
         session.usd_used_month += cost
         session.usd_used_total += cost
         for node in self.chain:
-            node.usd_used_today += cost
-            node.usd_used_month += cost
-            node.usd_used_total += cost
+            if cost:
+                node.usd_used_today += cost
+                node.usd_used_month += cost
+                node.usd_used_total += cost
+                self._changed(node, moment.clock)
             if node.usd is not None:
+                levels = _levels(node)
                 usd_threshold_alerts(self.out, node, event, moment)
+                if _levels(node) != levels:
+                    self._changed(node, moment.clock)
         if session.usd is not None:
             usd_threshold_alerts(self.out, session, event, moment)
         if event.reservation_id is not None:

@@ -280,7 +280,11 @@ _ACCOUNT = """
                AND (r.account = q.account OR starts_with(r.account, q.account || '/'))
                AND r.expires_at > $2) AS usd_held,
            (SELECT timezone FROM partition_defaults
-             ORDER BY set_at DESC, topic, kafka_partition LIMIT 1) AS default_timezone
+             ORDER BY set_at DESC, topic, kafka_partition LIMIT 1) AS default_timezone,
+           (SELECT COALESCE(sum(u.reservations_accepted), 0)::bigint FROM account_usage_daily u
+             WHERE u.account = q.account) AS reservations_accepted,
+           (SELECT COALESCE(sum(u.reservations_refused), 0)::bigint FROM account_usage_daily u
+             WHERE u.account = q.account) AS reservations_rejected
       FROM unnest($1::varchar[]) AS q(account)
       LEFT JOIN account_budgets b ON b.account = q.account
 """

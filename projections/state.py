@@ -212,10 +212,8 @@ class NodeBudget:
     current_month: date
     tokens_used_month: int
     tokens_used_total: int
-    reservations_accepted: int
-    #: Reservations this node refused (a session or a node below may refuse others).
-    reservations_rejected: int
     created_at: datetime
+    #: The log clock when its budget, usage, windows or an alert level last changed.
     updated_at: datetime
     usd: UsdLimits | None = None
     usd_used_today: Decimal = _ZERO

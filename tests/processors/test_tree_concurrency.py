@@ -408,8 +408,12 @@ async def read_back(settings: Settings) -> tuple[list[LedgerRow], list[Row], lis
         reservations = await conn.fetch("SELECT * FROM reservations")
         budgets = await conn.fetch(
             """SELECT account AS level, tokens_used_total, usd_used_total, usd_used_month,
-                      usd_used_today, reservations_accepted, reservations_rejected
-                 FROM account_budgets
+                      usd_used_today,
+                      (SELECT COALESCE(sum(reservations_accepted), 0) FROM account_usage_daily u
+                        WHERE u.account = b.account) AS reservations_accepted,
+                      (SELECT COALESCE(sum(reservations_refused), 0) FROM account_usage_daily u
+                        WHERE u.account = b.account) AS reservations_rejected
+                 FROM account_budgets b
                UNION ALL
                SELECT 'session:' || session_id, tokens_used_total, usd_used_total,
                       usd_used_month, usd_used_today, reservations_accepted,

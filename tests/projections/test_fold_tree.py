@@ -33,7 +33,8 @@ def test_a_team_limit_refuses_what_the_session_limit_allows_and_is_named() -> No
     assert decision.refused_by == TEAM
     nodes = folded.state.nodes
     assert set(nodes) == {"acme", TEAM, ALICE, BOB}
-    assert (nodes[TEAM].reservations_accepted, nodes[TEAM].reservations_rejected) == (2, 1)
+    team_days = [d for (account, _), d in folded.account_daily.items() if account == TEAM]
+    assert [(d.reservations_accepted, d.reservations_refused) for d in team_days] == [(2, 1)]
     assert nodes["acme"].limits is None  # no BudgetSet: unlimited
     # The refusal exhausts the team's daily window, not the session's.
     assert [(x.account, x.action, x.used_tokens) for x in folded.alerts] == [
@@ -163,3 +164,27 @@ def test_sessions_without_an_account_fold_as_before() -> None:
     assert all(
         r.account is None and r.refused_by is None for r in folded.state.reservations.values()
     )
+
+
+def test_a_node_is_written_only_when_it_changes() -> None:
+    # Deciding and releasing reservations changes nothing of a node's row (their counts
+    # are in its days); usage does, and so does the first refusal that exhausts a window.
+    setup = run([node_budget(TEAM, daily=1_000), reserved("a1", 10, account=ALICE)])
+    assert setup.changed_nodes == {"acme", TEAM, ALICE}  # new nodes are written
+    later = T0 + timedelta(minutes=1)
+    a = reserved("a1", 300, later, account=ALICE)
+    b = reserved("b1", 300, later, account=BOB)
+    quiet = run([a, b, used("a1", 0, later, rid=a.reservation_id, account=ALICE)],
+                setup.state, first_offset=3)  # fmt: skip
+    assert quiet.changed_nodes == {BOB}  # bob's node is new; the others did not change
+    assert quiet.state.nodes[TEAM].updated_at == setup.state.nodes[TEAM].updated_at
+    settled = used("b1", 200, later, rid=b.reservation_id, account=BOB)
+    refused = reserved("a1", 900, later, account=ALICE)
+    again = reserved("a1", 900, later, account=ALICE)
+    busy = run([settled, refused, again], quiet.state, first_offset=6)
+    assert [status(busy, e) for e in (refused, again)] == ["rejected", "rejected"]
+    assert busy.changed_nodes == {"acme", TEAM, BOB}
+    assert busy.state.nodes[TEAM].daily_alert == "exhausted"
+    assert busy.state.nodes[TEAM].updated_at == later
+    again_only = run([reserved("a1", 900, later, account=ALICE)], busy.state, first_offset=9)
+    assert again_only.changed_nodes == set()  # already exhausted: nothing new
