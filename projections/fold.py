@@ -489,11 +489,14 @@ class _Folder:
         session.tokens_used_month += total
         session.tokens_used_total += total
         if total:  # a release (no tokens) changes no node
-            for node in self.chain:
+            clock, changed = moment.clock, self.out.changed_nodes
+            for node in self.chain:  # (what _changed does, inline: this runs per event)
                 node.tokens_used_today += total
                 node.tokens_used_month += total
                 node.tokens_used_total += total
-                self._changed(node, moment.clock)
+                if clock > node.updated_at:
+                    node.updated_at = clock
+                changed.add(node.account)
         rollups.add_usage(self.out, self.calendar, session.session_id, event, moment, event.account)
         self.minute.tokens_used += total
         if event.task_id is not None:
