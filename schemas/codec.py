@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import uuid
+from collections import Counter
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pydantic import TypeAdapter, ValidationError
 
@@ -14,7 +16,16 @@ from .events import EVENT_CLASSES, Event
 if TYPE_CHECKING:
     from pydantic_core import ErrorDetails
 
-__all__ = ["EVENT_ADAPTER", "WIRE_REQUIRED", "EventDecodeError", "FieldError", "decode", "encode"]
+__all__ = [
+    "EVENT_ADAPTER",
+    "WIRE_REQUIRED",
+    "EventDecodeError",
+    "FieldError",
+    "decode",
+    "encode",
+    "note_repeats",
+    "repeated_keys",
+]
 
 #: Built once at import: validating through it is the hot path of every consumer.
 EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
@@ -87,7 +98,12 @@ def decode(data: bytes | bytearray | str) -> Event:
     try:
         event = EVENT_ADAPTER.validate_json(data)
     except ValidationError as exc:
-        raise EventDecodeError.from_validation_error(exc) from None
+        error = EventDecodeError.from_validation_error(exc)
+        if any(e["type"] == "json_invalid" for e in exc.errors(include_url=False)):
+            raise error from None
+        # The value kept of a repeated key may be what is invalid: say it was repeated.
+        repeated = _repeated_keys(data)
+        raise (EventDecodeError((*repeated, *error.errors)) if repeated else error) from None
     given = event.__pydantic_fields_set__
     if not given.issuperset(WIRE_REQUIRED):
         raise EventDecodeError(
@@ -97,4 +113,62 @@ def decode(data: bytes | bytearray | str) -> Event:
                 if name not in given
             )
         )
+    # A key given twice: pydantic keeps the last, other JSON parsers the first, so the
+    # message means different things to different readers (an amount, a session). A valid
+    # event is two objects (the event and its source): n members have n - 1 commas
+    # between them, and any other comma is inside a string or a repeated member. So
+    # no more commas than that proves there is no repeated key without a second parse.
+    commas = data.count("," if isinstance(data, str) else b",")
+    if commas > len(given) + len(event.source.__pydantic_fields_set__) - 2:
+        repeated = _repeated_keys(data)
+        if repeated:
+            raise EventDecodeError(tuple(repeated))
     return event
+
+
+def repeated_keys(value: Any, prefix: str = "") -> list[FieldError]:
+    """The keys some object of `value` (parsed by `json.loads(..., object_pairs_hook=
+    note_repeats)`) was given more than once, by dotted path."""
+    found: list[FieldError] = []
+    if isinstance(value, _RepeatedKeys):
+        found += [
+            FieldError(
+                prefix + key,
+                f"duplicate key: given {times} times; each field may appear once "
+                "(JSON parsers disagree on which one counts)",
+            )
+            for key, times in value.repeats.items()
+        ]
+    if isinstance(value, dict):
+        for key, member in value.items():
+            found += repeated_keys(member, f"{prefix}{key}.")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found += repeated_keys(item, f"{prefix}{index}.")
+    return found
+
+
+class _RepeatedKeys(dict[str, Any]):
+    """A JSON object that named some key more than once (the last one kept, as pydantic)."""
+
+    repeats: dict[str, int]
+
+
+def note_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An `object_pairs_hook` for json.loads: the object, marked when a key repeats."""
+    obj = dict(pairs)
+    if len(obj) == len(pairs):
+        return obj
+    marked = _RepeatedKeys(obj)
+    counts = Counter(key for key, _ in pairs)
+    marked.repeats = {key: times for key, times in counts.items() if times > 1}
+    return marked
+
+
+def _repeated_keys(data: bytes | bytearray | str) -> list[FieldError]:
+    # Only numbers' text is kept (no int conversion: its 4,300 digit limit, its time).
+    try:
+        parsed = json.loads(data, object_pairs_hook=note_repeats, parse_int=str, parse_float=str)
+    except (ValueError, RecursionError):  # pydantic-core parsed it: not expected
+        return []
+    return repeated_keys(parsed)
