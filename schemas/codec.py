@@ -126,19 +126,12 @@ def decode(data: bytes | bytearray | str) -> Event:
     return event
 
 
-def repeated_keys(value: Any, prefix: str = "") -> list[FieldError]:
-    """The keys some object of `value` (parsed by `json.loads(..., object_pairs_hook=
-    note_repeats)`) was given more than once, by dotted path."""
-    found: list[FieldError] = []
+def repeated_keys(value: Any, prefix: str = "") -> list[tuple[str, int]]:
+    """(dotted path, times) of each key an object of `value` was given more than once;
+    `value` as parsed by `json.loads(..., object_pairs_hook=note_repeats)`."""
+    found: list[tuple[str, int]] = []
     if isinstance(value, _RepeatedKeys):
-        found += [
-            FieldError(
-                prefix + key,
-                f"duplicate key: given {times} times; each field may appear once "
-                "(JSON parsers disagree on which one counts)",
-            )
-            for key, times in value.repeats.items()
-        ]
+        found += [(prefix + key, times) for key, times in value.repeats.items()]
     if isinstance(value, dict):
         for key, member in value.items():
             found += repeated_keys(member, f"{prefix}{key}.")
@@ -171,4 +164,11 @@ def _repeated_keys(data: bytes | bytearray | str) -> list[FieldError]:
         parsed = json.loads(data, object_pairs_hook=note_repeats, parse_int=str, parse_float=str)
     except (ValueError, RecursionError):  # pydantic-core parsed it: not expected
         return []
-    return repeated_keys(parsed)
+    return [
+        FieldError(
+            path,
+            f"duplicate key: given {times} times; each field may appear once "
+            "(JSON parsers disagree on which one counts)",
+        )
+        for path, times in repeated_keys(parsed)
+    ]

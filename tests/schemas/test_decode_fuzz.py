@@ -83,7 +83,7 @@ def test_arbitrary_bytes_and_text_are_an_event_or_one_typed_error(data: bytes | 
     _decoded(data)
 
 
-@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, suppress_health_check=[HealthCheck.too_slow])
 @given(events, st.data())
 def test_a_truncated_event_is_refused_as_invalid_json(event: Event, data: st.DataObject) -> None:
     wire = encode(event)
@@ -93,7 +93,7 @@ def test_a_truncated_event_is_refused_as_invalid_json(event: Event, data: st.Dat
     assert _paths(result) == ["<event>"]
 
 
-@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, suppress_health_check=[HealthCheck.too_slow])
 @given(events, st.data())
 def test_bytes_spliced_into_an_event_never_escape_as_another_exception(
     event: Event, data: st.DataObject
@@ -110,7 +110,7 @@ def test_bytes_spliced_into_an_event_never_escape_as_another_exception(
 # --- one field replaced by something nasty ----------------------------------------------
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(events, st.data())
 def test_a_nasty_value_in_any_field_is_refused_naming_that_field(
     event: Event, data: st.DataObject
@@ -171,7 +171,7 @@ def test_invalid_utf8_is_refused_as_invalid_json() -> None:
 # --- duplicate keys -------------------------------------------------------------------------
 
 
-@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, suppress_health_check=[HealthCheck.too_slow])
 @given(events, st.data())
 def test_a_key_given_twice_is_refused_naming_it(event: Event, data: st.DataObject) -> None:
     """JSON parsers disagree on which of two equal keys counts (pydantic keeps the last,
