@@ -39,6 +39,8 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from tokenquota.projections.database import SCHEMA_NAME_PATTERN
 from tokenquota.projections.state import FoldConfig, Limits
 from tokenquota.schemas import check_limits, check_timezone
+from tokenquota.schemas.codec import note_repeats, repeated_keys
+from tokenquota.schemas.envelope import TokenCount
 from tokenquota.sections import (
     AlertSettings,
     ApiSettings,
@@ -105,9 +107,9 @@ class _Section(BaseModel):
 class TokenLimits(_Section):
     """Default limits of a session that has no BudgetSet event."""
 
-    daily_limit: Annotated[int, Field(ge=0)] = 10_000
-    monthly_limit: Annotated[int, Field(ge=0)] = 300_000
-    hard_limit: Annotated[int, Field(ge=0)] = 1_000_000
+    daily_limit: TokenCount = 10_000
+    monthly_limit: TokenCount = 300_000
+    hard_limit: TokenCount = 1_000_000
     warning_threshold: Ratio = Decimal("0.8")
     critical_threshold: Ratio = Decimal("0.95")
     timezone: str = Field(
@@ -434,15 +436,33 @@ def config_file_path() -> Path | None:
     return Path(from_env) if from_env else None
 
 
+#: Digits of the longest number the file may hold (a BIGINT has 19).
+_NUMBER_MAX_DIGITS = 100
+
+
+def _parse_int(text: str) -> int:
+    if len(text) > _NUMBER_MAX_DIGITS:
+        raise ValueError(
+            f"a number of {len(text.lstrip('-'))} digits, longer than any setting takes"
+        )
+    return int(text)
+
+
 def _read_json_file(path: Path) -> dict[str, Any]:
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError([f"configuration file {path} does not exist"]) from None
     except OSError as exc:
         raise ConfigError([f"configuration file {path} cannot be read: {exc.strerror}"]) from None
     try:
-        data = json.loads(text)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            [f"configuration file {path} is not UTF-8 text: {exc.reason} at byte {exc.start}"]
+        ) from None
+    try:
+        data = json.loads(text, object_pairs_hook=note_repeats, parse_int=_parse_int)
     except json.JSONDecodeError as exc:
         raise ConfigError(
             [
@@ -450,9 +470,25 @@ def _read_json_file(path: Path) -> dict[str, Any]:
                 f"(line {exc.lineno}, column {exc.colno})"
             ]
         ) from None
+    except ValueError as exc:  # from _parse_int
+        raise ConfigError([f"configuration file {path} is not valid JSON: {exc}"]) from None
+    except RecursionError:
+        raise ConfigError(
+            [f"configuration file {path} is not valid JSON: nested too deeply"]
+        ) from None
     if not isinstance(data, dict):
         raise ConfigError([f"configuration file {path} must hold a JSON object at the top level"])
-    return data
+    # JSON parsers disagree on which of two equal keys counts: refuse, naming each.
+    repeated = repeated_keys(data)
+    if repeated:
+        raise ConfigError(
+            [
+                f"configuration file {path} names `{key}` "
+                f"{'twice' if times == 2 else f'{times} times'}; give each setting once"
+                for key, times in repeated
+            ]
+        )
+    return dict(data)
 
 
 def load_settings(config_file: Path | None = None) -> Settings:
@@ -469,7 +505,12 @@ def load_settings(config_file: Path | None = None) -> Settings:
 def _describe_errors(exc: ValidationError, path: Path | None) -> list[str]:
     env_names = env_var_names()
     problems = []
-    for error in exc.errors(include_url=False):
+    errors = exc.errors(include_url=False)
+    # A list whose items are refused is also "too short after validation": say it once.
+    itemised = {tuple(e["loc"][:-1]) for e in errors if e["loc"] and isinstance(e["loc"][-1], int)}
+    for error in errors:
+        if error["type"] == "too_short" and tuple(error["loc"]) in itemised:
+            continue
         loc = tuple(str(part) for part in error["loc"])
         if loc and loc[0] == "kilocode":
             loc = ("orchestrator", *loc[1:])
@@ -492,7 +533,8 @@ def _redact(loc: tuple[str, ...], value: Any) -> Any:
 def _origin(
     loc: tuple[str, ...], env_names: Mapping[tuple[str, ...], tuple[str, ...]], path: Path | None
 ) -> str:
-    set_vars = [v for v in env_names.get(loc, ()) if os.environ.get(v)]
+    setting = next((loc[:n] for n in range(len(loc), 0, -1) if loc[:n] in env_names), loc)
+    set_vars = [v for v in env_names.get(setting, ()) if os.environ.get(v)]
     if set_vars:
         return f" (from environment variable {set_vars[0]})"
     if path is not None and loc:

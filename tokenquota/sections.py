@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from tokenquota.schemas.envelope import NO_CONTROL_CHARACTERS, AccountPath
 
 __all__ = [
+    "SECONDS_MAX",
     "AccountSource",
     "AlertSettings",
     "ApiSettings",
@@ -33,7 +34,13 @@ __all__ = [
 ]
 
 Port = Annotated[int, Field(ge=1, le=65535)]
-Seconds = Annotated[float, Field(gt=0)]
+#: The longest duration any setting takes: a year (what a DefaultsSet's max_clock_skew
+#: may hold). Beyond it a timedelta overflows, and `inf` printed no JSON.
+SECONDS_MAX = 365 * 86_400
+#: A duration in seconds: finite, positive, at most SECONDS_MAX.
+Seconds = Annotated[float, Field(gt=0, le=SECONDS_MAX, allow_inf_nan=False)]
+#: The same where 0 (none, or every time) is allowed.
+_SecondsOrZero = Annotated[float, Field(ge=0, le=SECONDS_MAX, allow_inf_nan=False)]
 #: Where an MCP call's session id is read from, tried in the configured order.
 SessionSource = Literal["meta", "header", "config", "client"]
 #: Where an MCP client may name the account of its calls, tried in the configured order.
@@ -206,7 +213,7 @@ class WorkerSettings(_Section):
 
     group_id: Annotated[str, Field(min_length=1, max_length=200)] = "tokenquota-projector"
     batch_size: Annotated[int, Field(gt=0, le=100_000)] = 2000
-    batch_within: Annotated[float, Field(ge=0)] = Field(
+    batch_within: _SecondsOrZero = Field(
         default=0.0,
         description="How long a batch that is not full waits once for more events (seconds)",
     )
@@ -237,7 +244,7 @@ class ReservationSettings(_Section):
     mode: Literal["strict", "optimistic"] = "strict"
     ttl: Seconds = 300
     decision_timeout: Seconds = 10
-    precheck_max_age: Annotated[float, Field(ge=0)] = Field(
+    precheck_max_age: _SecondsOrZero = Field(
         default=1.0,
         description=(
             "How old a read of a session's budget may be to pass a reservation without "
@@ -269,7 +276,7 @@ class ApiSettings(_Section):
         default=(),
         description="Bearer tokens; with none, the API serves 127.0.0.1 only",
     )
-    rate_limit: Annotated[float, Field(gt=0)] = Field(
+    rate_limit: Annotated[float, Field(gt=0, allow_inf_nan=False)] = Field(
         default=100.0, description="Requests per second each token (or client address) may make"
     )
 
