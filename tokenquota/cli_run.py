@@ -189,13 +189,14 @@ def parse_moment(value: str | None) -> datetime | None:
     if value is None:
         return None
     text = value.strip()
-    if text[:-1].isdigit() and text[-1:] in _UNITS:
-        from datetime import timedelta
-
-        return datetime.now(UTC) - timedelta(seconds=int(text[:-1]) * _UNITS[text[-1]])
     try:
+        # ASCII digits only: int() reads other scripts' digits, and '²' passes isdigit().
+        if text[:-1].isascii() and text[:-1].isdigit() and text[-1:] in _UNITS:
+            from datetime import timedelta
+
+            return datetime.now(UTC) - timedelta(seconds=int(text[:-1]) * _UNITS[text[-1]])
         moment = datetime.fromisoformat(text)
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: back past year 1
         fail(
             f"bad time {value!r}: use an ISO 8601 time (2026-12-03T09:00, UTC unless it names "
             "a zone), a date, or a duration back from now (30m, 2h, 7d)",
