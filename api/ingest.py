@@ -13,7 +13,12 @@ from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from tokenquota.errors import IntegrationError
 from tokenquota.schemas import DEFAULTS_SESSION, Event, EventDecodeError, decode
-from tokenquota.schemas.codec import WIRE_REQUIRED
+from tokenquota.schemas.codec import (
+    WIRE_REQUIRED,
+    duplicate_key_reason,
+    note_repeats,
+    repeated_keys,
+)
 
 from .auth import Caller
 from .metrics import INGESTED
@@ -63,14 +68,30 @@ def _all_valid(body: bytes) -> list[Event] | None:
         events = _ARRAY.validate_json(body)
     except ValidationError:
         return None
-    if all(event.__pydantic_fields_set__.issuperset(WIRE_REQUIRED) for event in events):
-        return events
-    return None
+    if not all(event.__pydantic_fields_set__.issuperset(WIRE_REQUIRED) for event in events):
+        return None
+    # No key given twice (see decode()): an array of n events has n - 1 commas between
+    # them, each event's members and its source's one fewer than their keys; more commas
+    # than that (a repeat, or a comma inside a string) are checked one by one.
+    structural = (
+        len(events)
+        - 1
+        + sum(
+            len(e.__pydantic_fields_set__) + len(e.source.__pydantic_fields_set__) - 2
+            for e in events
+        )
+    )
+    return events if body.count(b",") <= structural else None
 
 
 def _problems(item: Any) -> tuple[Event | None, list[FieldProblem]]:
     if not isinstance(item, dict):
         return None, [FieldProblem(path="<event>", reason="must be a JSON object")]
+    repeated = repeated_keys(item)
+    if repeated:
+        return None, [
+            FieldProblem(path=path, reason=duplicate_key_reason(times)) for path, times in repeated
+        ]
     try:
         return decode(json.dumps(item)), []
     except EventDecodeError as exc:
@@ -125,9 +146,11 @@ async def ingest(request: Request, caller: Caller = admin) -> JSONResponse:
 def _one_by_one(body: bytes) -> tuple[list[tuple[int, Event]], list[dict[str, Any]], int]:
     """(index, event) of the valid items, the results of the invalid ones, the count."""
     try:
-        items = json.loads(body)
+        items = json.loads(body, object_pairs_hook=note_repeats)
     except ValueError as exc:
         raise HTTPException(400, f"the body is not JSON: {exc}") from None
+    except RecursionError:
+        raise HTTPException(400, "the body is not JSON this API reads: nested too deeply") from None
     if not isinstance(items, list):
         raise HTTPException(400, "the body must be a JSON array of events")
     if len(items) > MAX_EVENTS:

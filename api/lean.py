@@ -9,11 +9,14 @@ pydantic-core in one pass, and answer the model's JSON. Their OpenAPI entries co
 
 from __future__ import annotations
 
+import json
 from typing import Any, TypeVar
 
 from fastapi import Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
+
+from tokenquota.schemas.codec import duplicate_key_reason, note_repeats, repeated_keys
 
 __all__ = ["body_schema", "json_body", "json_response"]
 
@@ -21,12 +24,29 @@ _M = TypeVar("_M", bound=BaseModel)
 
 
 async def json_body(request: Request, model: type[_M]) -> _M:
-    """The request's JSON body as `model`; a 422 (the API's usual shape) when it is not."""
+    """The request's JSON body as `model`; a 422 (the API's usual shape) when it is not,
+    or when it gives a key twice (JSON parsers disagree on which one counts)."""
+    body = await request.body()
     try:
-        return model.model_validate_json(await request.body())
+        parsed = model.model_validate_json(body)
     except ValidationError as exc:
         errors = [{**error, "loc": ("body", *error["loc"])} for error in exc.errors()]
         raise RequestValidationError(errors) from None
+    # An object of k members has k - 1 commas: no more than that, no key twice.
+    if body.count(b",") >= len(parsed.model_fields_set):
+        try:
+            repeated = repeated_keys(json.loads(body, object_pairs_hook=note_repeats))
+        except (ValueError, RecursionError):  # pydantic-core read it: not expected
+            repeated = []
+        if repeated:
+            raise RequestValidationError(
+                [
+                    {"loc": ("body", *path.split(".")), "msg": duplicate_key_reason(times),
+                     "type": "value_error"}
+                    for path, times in repeated
+                ]
+            )  # fmt: skip
+    return parsed
 
 
 def json_response(model: BaseModel, status_code: int = 200) -> Response:

@@ -22,6 +22,7 @@ __all__ = [
     "EventDecodeError",
     "FieldError",
     "decode",
+    "duplicate_key_reason",
     "encode",
     "note_repeats",
     "repeated_keys",
@@ -164,11 +165,12 @@ def _repeated_keys(data: bytes | bytearray | str) -> list[FieldError]:
         parsed = json.loads(data, object_pairs_hook=note_repeats, parse_int=str, parse_float=str)
     except (ValueError, RecursionError):  # pydantic-core parsed it: not expected
         return []
-    return [
-        FieldError(
-            path,
-            f"duplicate key: given {times} times; each field may appear once "
-            "(JSON parsers disagree on which one counts)",
-        )
-        for path, times in repeated_keys(parsed)
-    ]
+    return [FieldError(path, duplicate_key_reason(times)) for path, times in repeated_keys(parsed)]
+
+
+def duplicate_key_reason(times: int) -> str:
+    """Why a key given `times` times is refused."""
+    return (
+        f"duplicate key: given {times} times; each field may appear once "
+        "(JSON parsers disagree on which one counts)"
+    )
