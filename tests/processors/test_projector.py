@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
+import asyncpg
 import pytest
 
 from tests.support import fetch_value, log_records, used, wait_until
 from tokenquota.config import DatabaseSettings, Settings, WorkerSettings
 from tokenquota.processors import Projector
+from tokenquota.processors import app as app_module
+from tokenquota.processors.app import BatchGapError
 from tokenquota.projections import LogRecord, apply_migrations, connect
 
 pytestmark = pytest.mark.integration
@@ -48,3 +52,78 @@ async def test_a_failing_database_is_retried_until_the_batch_is_applied(
     )
     assert total == sum(e.input_tokens for e in events)
     assert projector.applied == 5
+
+
+async def test_a_batch_that_does_not_follow_the_last_one_of_its_partition_is_refused(
+    database_settings: DatabaseSettings,
+) -> None:
+    # Found by the fault campaign (seed 2): PostgreSQL stopped mid-batch, the agent
+    # crashed and was restarted, and the next batch of the partition was applied over
+    # the lost one, moving the checkpoint past events never applied.
+    settings = Settings(database=database_settings)
+    conn = await connect(database_settings.dsn(), database_settings.schema_name)
+    try:
+        await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{database_settings.schema_name}"')
+        await apply_migrations(conn, database_settings.schema_name)
+    finally:
+        await conn.close()
+    first, lost, later = (log_records([used("gap", 1) for _ in range(3)],
+                                      topic="t", first_offset=3 * i) for i in range(3))  # fmt: skip
+    projector = Projector(settings)
+
+    async def no_poison(record: LogRecord, reason: str) -> None:
+        raise AssertionError(f"nothing here is poison: {reason}")
+
+    try:
+        await projector.apply(first, [], no_poison)
+        gap = r"partition t\[0\]: offsets 3 to 5 were never applied"
+        with pytest.raises(BatchGapError, match=gap):
+            await projector.apply(later, [], no_poison)
+        await projector.apply(first[1:], [], no_poison)  # a redelivery is fine (no gap)
+        await projector.apply(lost, [], no_poison)
+        await projector.apply(later, [], no_poison)
+        projector.forget([("t", 0)])  # the partition went to another worker and came back
+        await projector.apply(log_records([used("gap", 1)], topic="t", first_offset=20), [],
+                              no_poison)  # fmt: skip
+    finally:
+        await projector.close()
+    assert await fetch_value(database_settings, "SELECT count(*) FROM usage_events") == 10
+
+
+async def test_a_connection_left_mid_operation_is_retried_on_a_new_one(
+    database_settings: DatabaseSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Also from seed 2: a connection PostgreSQL dropped mid-transaction raised asyncpg's
+    # InternalClientError at the next BEGIN, which the projector did not retry.
+    settings = Settings(database=database_settings, worker=WorkerSettings(retry_backoff_max=0.2))
+    conn = await connect(database_settings.dsn(), database_settings.schema_name)
+    try:
+        await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{database_settings.schema_name}"')
+        await apply_migrations(conn, database_settings.schema_name)
+    finally:
+        await conn.close()
+    real = app_module.apply_batch_isolating
+    calls = 0
+
+    async def broken_once(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise asyncpg.InternalClientError(
+                "cannot switch to state 15; another operation (2) is in progress"
+            )
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(app_module, "apply_batch_isolating", broken_once)
+    projector = Projector(settings)
+
+    async def no_poison(record: LogRecord, reason: str) -> None:
+        raise AssertionError(reason)
+
+    try:
+        await asyncio.wait_for(
+            projector.apply(log_records([used("client", 7)], topic="c"), [], no_poison), 30
+        )
+    finally:
+        await projector.close()
+    assert (calls, projector.applied) == (2, 1)
