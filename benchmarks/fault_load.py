@@ -1,0 +1,288 @@
+"""One producer process of the fault campaign (`benchmarks.faults` starts and kills these).
+
+It drives a TokenQuota client with a seeded mix until a deadline: strict and optimistic
+reservations racing for the campaign's shared sessions, settled below or above what they
+held, released, or left to expire; unreserved usage, some dated in the past or the
+future; ApiCosts; budget changes; events re-sent on purpose; poison messages. Every event
+handed to the emitter is recorded before it is sent, and what became of it after
+(acked, spooled, refused by a full spool, or unknown), one JSON line each, flushed at
+once: a producer killed mid-send leaves a record the oracle can still read. A restarted
+producer first re-sends what its predecessor spooled (its data directory is the same),
+then goes on; at the deadline it waits until its spool is empty.
+
+Run: python -m benchmarks.fault_load --index I --seed S --until EPOCH --plan PLAN.json
+     --records RECORDS.jsonl [--restart N]   (servers and schema from the environment)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import random
+import time
+from collections.abc import Iterable
+from datetime import timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import IO, Any
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from tokenquota.config import Settings
+from tokenquota.errors import IntegrationError, TokenQuotaExceededError
+from tokenquota.producers import TokenQuota
+from tokenquota.producers.emitter import Delivery, Emitter
+from tokenquota.producers.spool import SpoolFullError, SpoolWriteError
+from tokenquota.schemas import (
+    ApiCost,
+    BudgetSet,
+    Event,
+    Source,
+    TokenUsed,
+    encode,
+    utc_now,
+)
+
+__all__ = ["Recorder", "main"]
+
+#: Concurrent callers in one producer process.
+CALLERS = 8
+#: (operation, weight) of the mix.
+MIX = (
+    ("strict", 30), ("optimistic", 12), ("used", 22), ("cost", 6), ("budget", 4),
+    ("duplicate", 6), ("poison", 1), ("past", 4), ("future", 4),
+)  # fmt: skip
+
+
+class Recorder:
+    """Writes each event an emitter is handed, then its outcome, as JSON lines."""
+
+    def __init__(self, path: Path) -> None:
+        self._file: IO[str] = path.open("a", buffering=1)  # a line at a time
+        #: Events this process sent that were acked or spooled (to re-send on purpose).
+        self.sent: list[Event] = []
+
+    def wrap(self, emitter: Emitter) -> None:
+        """Record everything `emitter.emit_many` (and so `emit`) is handed."""
+        send = emitter.emit_many
+
+        async def emit_many(events: Iterable[Event], *, linger: bool = True) -> list[Delivery]:
+            batch = list(events)
+            for event in batch:
+                self.line({"k": "e", "id": str(event.event_id), "ev": encode(event).decode()})
+            try:
+                outcomes = await send(batch, linger=linger)
+            except (SpoolFullError, SpoolWriteError):
+                self._outcomes(batch, "refused")
+                raise
+            except BaseException:
+                self._outcomes(batch, "unknown")
+                raise
+            for event, outcome in zip(batch, outcomes, strict=True):
+                self.line({"k": "o", "id": str(event.event_id), "o": outcome})
+            self.sent.extend(batch)
+            del self.sent[:-200]
+            return outcomes
+
+        emitter.emit_many = emit_many  # type: ignore[method-assign]
+
+    def _outcomes(self, events: list[Event], outcome: str) -> None:
+        for event in events:
+            self.line({"k": "o", "id": str(event.event_id), "o": outcome})
+
+    def line(self, record: dict[str, Any]) -> None:
+        """Append one record."""
+        self._file.write(json.dumps(record, separators=(",", ":")) + "\n")
+
+    def close(self) -> None:
+        """Close the file."""
+        self._file.close()
+
+
+class _Caller:
+    def __init__(
+        self,
+        quota: TokenQuota,
+        recorder: Recorder,
+        poison: AIOKafkaProducer,
+        plan: dict[str, Any],
+        rng: random.Random,
+        source: Source,
+    ) -> None:
+        self.quota, self.recorder, self.poison_producer = quota, recorder, poison
+        self.sessions: list[dict[str, Any]] = plan["sessions"]
+        self.nodes: list[str] = plan["nodes"]
+        self.topic: str = plan["topic"]
+        self.rng, self.source = rng, source
+        self.counts: dict[str, int] = {}
+
+    async def run(self, until: float) -> None:
+        names = [name for name, _ in MIX]
+        weights = [weight for _, weight in MIX]
+        while time.time() < until:
+            op = self.rng.choices(names, weights)[0]
+            try:
+                await getattr(self, f"_{op}")()
+                outcome = op
+            except TokenQuotaExceededError:
+                outcome = f"{op}: refused"
+            except (IntegrationError, SpoolFullError, SpoolWriteError, TimeoutError):
+                outcome = f"{op}: failed"
+                await asyncio.sleep(0.2)  # a server is away: do not spin
+            self.counts[outcome] = self.counts.get(outcome, 0) + 1
+
+    def _session(self) -> tuple[str, str | None]:
+        chosen = self.rng.choice(self.sessions)
+        return chosen["session"], chosen["account"]
+
+    async def _strict(self, mode: str = "strict") -> None:
+        session, account = self._session()
+        held = await self.quota.reserve(
+            session, self.rng.randint(10, 150), mode=mode,  # type: ignore[arg-type]
+            ttl=self.rng.choice([1.0, 3.0, 20.0]), account=account,
+        )  # fmt: skip
+        await asyncio.sleep(self.rng.random() * 0.1)  # the call
+        tokens = held.event.tokens
+        fate = self.rng.random()
+        if fate < 0.55:
+            inp = self.rng.randint(0, tokens)
+            await held.settle(inp, self.rng.randint(0, tokens - inp), "gpt-4o")
+        elif fate < 0.7:
+            await held.settle(tokens, self.rng.randint(1, 80), "gpt-4o")  # above it
+        elif fate < 0.85:
+            await held.release()
+        else:
+            return  # left to expire
+        if self.rng.random() < 0.3:
+            await held.cost(Decimal(self.rng.randint(1, 900)) / 10_000, "bench", api="openai",
+                            model="gpt-4o", input_tokens=tokens, output_tokens=0)  # fmt: skip
+
+    async def _optimistic(self) -> None:
+        await self._strict("optimistic")
+
+    async def _used(self, shift: timedelta = timedelta(0)) -> None:
+        session, account = self._session()
+        await self.quota.emit(
+            TokenUsed(
+                session_id=session, source=self.source, account=account,
+                occurred_at=utc_now() + shift, model="gpt-4o", operation="llm_call",
+                input_tokens=self.rng.randint(0, 60), output_tokens=self.rng.randint(0, 30),
+                counted_by="provider",
+            )
+        )  # fmt: skip
+
+    async def _past(self) -> None:
+        await self._used(-timedelta(days=2, minutes=self.rng.randint(0, 600)))
+
+    async def _future(self) -> None:
+        await self._used(timedelta(hours=1))  # beyond the clock skew allowed: counted now
+
+    async def _cost(self) -> None:
+        session, account = self._session()
+        await self.quota.emit(
+            ApiCost(
+                session_id=session, source=self.source, account=account, occurred_at=utc_now(),
+                api="openai", model="gpt-4o", input_tokens=10, output_tokens=5,
+                cost_usd=Decimal(self.rng.randint(1, 500)) / 10_000, price_source="bench",
+            )
+        )  # fmt: skip
+
+    async def _budget(self) -> None:
+        limit = self.rng.randint(*self._limits())
+        if self.nodes and self.rng.random() < 0.3:
+            await self.quota.emit(node_budget(self.rng.choice(self.nodes), limit, self.source))
+            return
+        session, account = self._session()
+        await self.quota.emit(session_budget(session, account, limit, self.source))
+
+    def _limits(self) -> tuple[int, int]:
+        return (1_500, 6_000)
+
+    async def _duplicate(self) -> None:
+        if self.recorder.sent:
+            await self.quota.emitter.emit(self.rng.choice(self.recorder.sent))
+
+    async def _poison(self) -> None:
+        session, _ = self._session()
+        value = f"not an event {self.rng.getrandbits(64):016x} {{".encode()
+        self.recorder.line({"k": "p", "v": value.hex()})
+        try:
+            await asyncio.wait_for(
+                self.poison_producer.send_and_wait(self.topic, value, key=session.encode()), 5
+            )
+        except (KafkaError, OSError) as exc:
+            raise IntegrationError(f"poison not sent: {exc}") from None
+        self.recorder.line({"k": "pa", "v": value.hex()})
+
+
+def session_budget(session: str, account: str | None, limit: int, source: Source) -> BudgetSet:
+    """The campaign's budget of a session: every window `limit` (so the hard one binds)."""
+    return BudgetSet(
+        session_id=session, account=account, source=source, daily_limit=limit,
+        monthly_limit=limit, hard_limit=limit, warning_threshold=Decimal("0.8"),
+        critical_threshold=Decimal("0.95"),
+    )  # fmt: skip
+
+
+def node_budget(account: str, limit: int, source: Source) -> BudgetSet:
+    """The campaign's budget of a tree node: every window `limit`."""
+    return BudgetSet(
+        session_id="*", account=account, target="account", source=source,
+        daily_limit=limit, monthly_limit=limit, hard_limit=limit,
+        warning_threshold=Decimal("0.8"), critical_threshold=Decimal("0.95"),
+    )  # fmt: skip
+
+
+async def run(args: argparse.Namespace) -> None:
+    plan = json.loads(Path(args.plan).read_text())  # noqa: ASYNC240 - before anything runs
+    settings = Settings()
+    source = Source(component="sdk", name=f"fault-load-{args.index}")
+    recorder = Recorder(Path(args.records))
+    quota = TokenQuota(settings, source=source)
+    recorder.wrap(quota.emitter)
+    poison = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap_servers, acks="all")
+    try:
+        while True:  # PostgreSQL or the broker may be away (a fault) when it starts
+            try:
+                await quota.start()
+                await poison.start()
+                break
+            except (IntegrationError, KafkaError, OSError):
+                if time.time() > args.until + 300:
+                    raise
+                await asyncio.sleep(0.5)
+        callers = [
+            _Caller(quota, recorder, poison, plan,
+                    random.Random(f"{args.seed}/{args.index}/{args.restart}/{i}"), source)
+            for i in range(CALLERS)
+        ]  # fmt: skip
+        await asyncio.gather(*(caller.run(args.until) for caller in callers))
+        await quota.emitter.flush(timeout=300)  # the spool too
+        counts: dict[str, int] = {}
+        for caller in callers:
+            for op, n in caller.counts.items():
+                counts[op] = counts.get(op, 0) + n
+        recorder.line({"k": "done", "counts": counts})
+    finally:
+        with contextlib.suppress(Exception):
+            await poison.stop()
+        await quota.close()
+        recorder.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--index", type=int, required=True)
+    parser.add_argument("--seed", type=int, required=True)
+    parser.add_argument("--until", type=float, required=True, help="epoch seconds")
+    parser.add_argument("--plan", required=True)
+    parser.add_argument("--records", required=True)
+    parser.add_argument("--restart", type=int, default=0)
+    asyncio.run(run(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,570 @@
+"""The fault campaign: a seeded run of producers, workers, broker and PostgreSQL under
+random faults, checked afterwards by an oracle that does not use the fold.
+
+Load: --producers processes of `benchmarks.fault_load` (strict and optimistic
+reservations racing for shared sessions, half of them in a budget tree whose nodes have
+limits; settlements above and below, releases, expiries, unreserved usage from the past
+and the future, ApiCosts, budget changes, duplicates re-sent, poison). Producer 0 has a
+small spool, so that a stopped broker fills it and its emits are refused.
+
+Faults, one at a time at seeded random moments: SIGKILL of a worker (restarted),
+SIGSTOP/SIGCONT of a worker (long enough, sometimes, for the group to rebalance),
+SIGSTOP of the broker for seconds (clients time out and spool), SIGKILL of a producer
+(restarted on the same spool, which it drains first), PostgreSQL stopped (fast or
+immediate shutdown) and restarted, and a replay of the live schema.
+
+Afterwards, with every process resumed and the workers caught up: the oracle's
+invariants (`benchmarks.fault_oracle`), a replay that must reproduce every projection
+row for row, and no process of the run left behind. The same seed gives the same load
+plan and fault schedule (the moments they meet differ from run to run).
+
+Run: .venv/bin/python -m benchmarks.faults --seconds N --seed S [--producers P] [--workers W]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from pydantic import SecretStr
+from rich.console import Console
+from rich.table import Table
+
+from benchmarks.fault_load import Recorder, node_budget, session_budget
+from benchmarks.fault_oracle import Invariant, LedgerRow, Recorded, RunOutput, check
+from benchmarks.report import machine
+from tokenquota.config import DatabaseSettings, KafkaSettings, Settings, WorkerSettings
+from tokenquota.embedded import EmbeddedBroker, EmbeddedPostgres, WorkerProcess, process_env
+from tokenquota.kafka_probe import partition_highwaters
+from tokenquota.producers.emitter import Emitter
+from tokenquota.projections import PROJECTION_TABLES, connect
+from tokenquota.projections.replay import replay_into
+from tokenquota.provision import provision
+from tokenquota.schemas import Source
+
+__all__ = ["Report", "campaign", "main"]
+
+SOURCE = Source(component="cli", name="fault-campaign")
+#: (fault, weight) of the schedule.
+FAULTS = (
+    ("worker-kill", 3), ("worker-stop", 3), ("broker-stop", 3), ("producer-kill", 3),
+    ("postgres-fast", 1), ("postgres-immediate", 1), ("replay-live", 1),
+)  # fmt: skip
+
+
+@dataclass
+class Report:
+    """What a campaign did and found."""
+
+    seed: int
+    seconds: float
+    invariants: list[Invariant] = field(default_factory=list)
+    faults: Counter[str] = field(default_factory=Counter)
+    events: Counter[str] = field(default_factory=Counter)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when every invariant held."""
+        return all(i.held for i in self.invariants)
+
+    def first_violation(self) -> str | None:
+        """The first broken invariant and its first cases, or None."""
+        for inv in self.invariants:
+            if not inv.held:
+                cases = "\n  ".join(inv.violations[:5])
+                more = len(inv.violations) - 5
+                return f"{inv.name}:\n  {cases}" + (f"\n  ... and {more} more" if more > 0 else "")
+        return None
+
+
+def plan(seed: int, topic: str) -> dict[str, Any]:
+    """The sessions (half in a tree), the nodes with limits and their first budgets."""
+    rng = random.Random(f"{seed}/plan")
+    teams = ["t0/a", "t0/b", "t1/a"]
+    sessions = [{"session": f"s{i}", "account": None} for i in range(6)] + [
+        {"session": f"u{i}", "account": f"{teams[i % 3]}/u{i}"} for i in range(9)
+    ]
+    return {
+        "topic": topic,
+        "sessions": sessions,
+        "nodes": ["t0", "t1", *teams],
+        "budgets": {
+            **{s["session"]: rng.randint(1_500, 6_000) for s in sessions},
+            **{team: rng.randint(3_000, 8_000) for team in teams},
+            "t0": 12_000,
+            "t1": 9_000,
+        },
+    }
+
+
+class _Producer:
+    """A fault_load process: started again after a kill, on the same spool and records."""
+
+    def __init__(self, index: int, env: dict[str, str], args: list[str], log: Path) -> None:
+        self.index, self.env, self.args, self.log = index, env, args, log
+        self.restarts = 0
+        self.process: subprocess.Popen[bytes] | None = None
+        self.pids: list[int] = []
+
+    def start(self) -> None:
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "benchmarks.fault_load", *self.args,
+                 "--restart", str(self.restarts)],
+                env=self.env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            )  # fmt: skip
+        self.pids.append(self.process.pid)
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait()
+        self.restarts += 1
+        self.start()
+
+
+class _Run:
+    def __init__(self, folder: Path, seed: int, seconds: float, producers: int, workers: int):
+        self.folder, self.seed, self.seconds = folder, seed, seconds
+        self.rng = random.Random(f"{seed}/faults")
+        self.report = Report(seed, seconds)
+        self.broker = EmbeddedBroker(folder / "broker.log")
+        self.postgres = EmbeddedPostgres(folder / "pg", folder / "postgres.log")
+        self.worker_count, self.producer_count = workers, producers
+        self.workers: list[WorkerProcess] = []
+        self.producers: list[_Producer] = []
+        self.started_pids: list[int] = []
+        name = f"faults_{uuid.uuid4().hex[:8]}"
+        self.settings = Settings(
+            kafka=KafkaSettings(
+                bootstrap_servers=self.broker.bootstrap_servers, usage_topic=f"{name}.usage",
+                dlq_topic=f"{name}.dlq", partitions=6,
+            ),
+            database=DatabaseSettings(url=SecretStr(self.postgres.dsn), schema_name=name),
+            worker=WorkerSettings(group_id=f"{name}.workers"),
+            data_dir=folder / "data",
+        )  # fmt: skip
+        self.plan = plan(seed, self.settings.kafka.usage_topic)
+
+    # -- processes -------------------------------------------------------------------
+
+    def _worker_env(self, i: int) -> dict[str, str]:
+        return {
+            **process_env(self.settings),
+            "TOKENQUOTA_DATA_DIR": str(self.folder / f"worker-{i}"),
+            "WORKER_SESSION_TIMEOUT": "6",
+            "LOG_LEVEL": "WARNING",
+        }
+
+    def _start_worker(self, i: int) -> None:
+        self.started_pids.append(self.workers[i].start(self._worker_env(i)))
+
+    def _start_producers(self, until: float) -> None:
+        plan_file = self.folder / "plan.json"
+        plan_file.write_text(json.dumps(self.plan))
+        for i in range(self.producer_count):
+            env = {
+                **os.environ, **process_env(self.settings),
+                "TOKENQUOTA_DATA_DIR": str(self.folder / f"producer-{i}"),
+                "RESERVATIONS_DECISION_TIMEOUT": "8", "LOG_LEVEL": "ERROR",
+                "EMITTER_SEND_TIMEOUT": "3",
+            }  # fmt: skip
+            if i == 0:
+                env["EMITTER_SPOOL_MAX_BYTES"] = str(16 * 1024)
+            records = self.folder / f"records-{i}.jsonl"
+            args = ["--index", str(i), "--seed", str(self.seed), "--until", str(until),
+                    "--plan", str(plan_file), "--records", str(records)]  # fmt: skip
+            producer = _Producer(i, env, args, self.folder / f"producer-{i}.log")
+            producer.start()
+            self.producers.append(producer)
+
+    # -- the run ---------------------------------------------------------------------
+
+    async def run(self) -> Report:
+        self.broker.start()
+        self.postgres.start()
+        self.started_pids += [p for p in (self.broker.pid, self.postgres.pid) if p]
+        await provision(self.settings)
+        await self._setup_budgets()
+        for i in range(self.worker_count):
+            self.workers.append(WorkerProcess(self.folder / f"worker-{i}.log"))
+            self._start_worker(i)
+        await self._wait(self._budgets_applied, 120, "the first budgets")
+        until = time.time() + self.seconds
+        self._start_producers(until)
+        await self._faults(until)
+        await self._finish()
+        return self.report
+
+    async def _setup_budgets(self) -> None:
+        recorder = Recorder(self.folder / "records-setup.jsonl")
+        emitter = Emitter.from_settings(self.settings)
+        recorder.wrap(emitter)
+        budgets = self.plan["budgets"]
+        events = [node_budget(node, budgets[node], SOURCE) for node in self.plan["nodes"]]
+        events += [
+            session_budget(s["session"], s["account"], budgets[s["session"]], SOURCE)
+            for s in self.plan["sessions"]
+        ]
+        async with emitter:
+            await emitter.emit_many(events)
+        recorder.close()
+        self.report.events["budgets at the start"] = len(events)
+
+    async def _budgets_applied(self) -> bool:
+        expected = self.report.events["budgets at the start"]
+        count: int = await self._fetchval("SELECT count(*) FROM usage_events")
+        return count >= expected
+
+    async def _faults(self, until: float) -> None:
+        names = [name for name, _ in FAULTS]
+        weights = [weight for _, weight in FAULTS]
+        await asyncio.sleep(self.rng.uniform(1, 3))
+        while time.time() < until - 2:
+            fault = self.rng.choices(names, weights)[0]
+            if fault == "replay-live" and self.report.faults[fault]:
+                continue  # once a run is enough
+            with (self.folder / "faults.log").open("a") as log:
+                log.write(f"{time.time() - until + self.seconds:7.1f} s {fault}\n")
+            await getattr(self, "_" + fault.replace("-", "_"))()
+            self.report.faults[fault] += 1
+            self._supervise()
+            await asyncio.sleep(self.rng.uniform(1, 4))
+        self._supervise()
+        for producer in self.producers:
+            assert producer.process is not None
+            code = await asyncio.to_thread(producer.process.wait, max(until - time.time(), 0) + 400)
+            if code != 0:
+                self.report.notes.append(
+                    f"producer {producer.index} exited with {code}; see {producer.log}"
+                )
+
+    def _supervise(self) -> None:
+        """Restart a worker that stopped by itself (as systemd would), noting it."""
+        for i, worker in enumerate(self.workers):
+            code = worker.exit_code()
+            if code is not None:
+                self.report.notes.append(f"worker {i} exited with {code}; see {worker.log_path}")
+                worker.stop()
+                self._start_worker(i)
+
+    async def _worker_kill(self) -> None:
+        i = self.rng.randrange(len(self.workers))
+        pid = self.workers[i].pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        self.workers[i].stop()  # reaps it
+        await asyncio.sleep(self.rng.uniform(0.3, 2))
+        self._start_worker(i)
+
+    async def _worker_stop(self) -> None:
+        await self._paused(self.workers[self.rng.randrange(len(self.workers))].pid, 1, 9)
+
+    async def _broker_stop(self) -> None:
+        await self._paused(self.broker.pid, 1, 6)
+
+    async def _paused(self, pid: int | None, shortest: float, longest: float) -> None:
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            await asyncio.sleep(self.rng.uniform(shortest, longest))
+        finally:
+            os.kill(pid, signal.SIGCONT)
+
+    async def _producer_kill(self) -> None:
+        self.producers[self.rng.randrange(len(self.producers))].kill()
+
+    async def _postgres_fast(self, sig: signal.Signals = signal.SIGINT) -> None:
+        pid = self.postgres.pid
+        assert pid is not None
+        os.kill(pid, sig)
+        await asyncio.to_thread(self.postgres.stop, 30)  # waits for it, then reaps it
+        await asyncio.sleep(self.rng.uniform(0.5, 3))
+        await asyncio.to_thread(self.postgres.start)
+        self.started_pids.append(self.postgres.pid or 0)
+
+    async def _postgres_immediate(self) -> None:
+        await self._postgres_fast(signal.SIGQUIT)
+
+    async def _replay_live(self) -> None:
+        kafka, db = self.settings.kafka, self.settings.database
+        assert kafka.bootstrap_servers is not None
+        read = await replay_into(
+            kafka.bootstrap_servers, kafka.usage_topic, db.dsn(), db.schema_name
+        )
+        self.report.notes.append(f"live replay read {read.events:,} events")
+
+    # -- the end ---------------------------------------------------------------------
+
+    async def _finish(self) -> None:
+        await self._wait(self._caught_up, 300, "the workers to apply everything")
+        run_output = await self._output()
+        recorded = _records(self.folder)
+        self.report.invariants = check(recorded, run_output)
+        self.report.invariants.append(await self._replay_reproduces())
+        outcomes = Counter(recorded.outcomes.values())
+        self.report.events.update(
+            {
+                "sent (distinct)": len(recorded.events),
+                **{k: outcomes[k] for k in ("acked", "spooled", "refused", "unknown")},
+                "in the ledger": len(run_output.ledger),
+                "poison acked": len(recorded.poison),
+                "dead letters": len(run_output.dead_letters),
+                "reservations decided": len(run_output.decisions),
+                "rejected": sum(1 for s, _, _ in run_output.decisions.values() if s == "rejected"),
+            }
+        )
+
+    async def _caught_up(self) -> bool:
+        kafka = self.settings.kafka
+        ends = await partition_highwaters(kafka, kafka.usage_topic, timeout=10)
+        rows = await self._fetch(
+            "SELECT kafka_partition, next_offset FROM partition_checkpoints WHERE topic = $1",
+            kafka.usage_topic,
+        )
+        applied = {r["kafka_partition"]: r["next_offset"] for r in rows}
+        return all(applied.get(p, 0) >= end for p, end in ends.items())
+
+    async def _output(self) -> RunOutput:
+        kafka = self.settings.kafka
+        ledger = [
+            LedgerRow(r["kafka_partition"], r["kafka_offset"], r["log_time"], json.loads(r["p"]))
+            for r in await self._fetch(
+                "SELECT kafka_partition, kafka_offset, log_time, payload::text AS p"
+                " FROM usage_events WHERE topic = $1",
+                kafka.usage_topic,
+            )
+        ]
+        decisions = {
+            str(r["reservation_id"]): (r["status"], r["reason"], r["refused_by"])
+            for r in await self._fetch(
+                "SELECT reservation_id, status, reason, refused_by FROM reservations"
+            )
+        }
+        sessions = {
+            r["session_id"]: r["tokens_used_total"]
+            for r in await self._fetch(
+                "SELECT session_id, tokens_used_total FROM session_token_budgets"
+            )
+        }
+        nodes = {
+            r["account"]: r["tokens_used_total"]
+            for r in await self._fetch("SELECT account, tokens_used_total FROM account_budgets")
+        }
+        days = {
+            r["session_id"]: r["t"]
+            for r in await self._fetch(
+                "SELECT session_id, sum(tokens_used)::bigint AS t"
+                " FROM session_usage_daily GROUP BY 1"
+            )
+        }
+        return RunOutput(ledger, decisions, sessions, nodes, days, await self._dead_letters())
+
+    async def _dead_letters(self) -> list[str]:
+        kafka = self.settings.kafka
+        ends = await partition_highwaters(kafka, kafka.dlq_topic, timeout=10)
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=kafka.bootstrap_servers, enable_auto_commit=False,
+            auto_offset_reset="earliest",
+        )  # fmt: skip
+        await consumer.start()
+        try:
+            tps = [TopicPartition(kafka.dlq_topic, p) for p, end in ends.items() if end > 0]
+            values: list[str] = []
+            if not tps:
+                return values
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            left = {tp: ends[tp.partition] for tp in tps}
+            deadline = time.monotonic() + 60
+            while left and time.monotonic() < deadline:
+                for tp, records in (await consumer.getmany(timeout_ms=500)).items():
+                    values += [r.value.hex() for r in records if r.value is not None]
+                    if records and records[-1].offset + 1 >= left.get(tp, 0):
+                        left.pop(tp, None)
+            return values
+        finally:
+            await consumer.stop()
+
+    async def _replay_reproduces(self) -> Invariant:
+        inv = Invariant("a replay reproduces every projection row for row")
+        before = await self._snapshot()
+        await self._replay_live()
+        after = await self._snapshot()
+        for table in PROJECTION_TABLES:
+            inv.checked += len(before[table])
+            if before[table] != after[table]:
+                gone = [r for r in before[table] if r not in after[table]][:2]
+                new = [r for r in after[table] if r not in before[table]][:2]
+                inv.fail(f"{table}: {len(before[table])} rows, replayed {len(after[table])}; "
+                         f"e.g. {gone} became {new}")  # fmt: skip
+        return inv
+
+    async def _snapshot(self) -> dict[str, list[tuple[Any, ...]]]:
+        tables = {}
+        for table in PROJECTION_TABLES:
+            rows = await self._fetch(f"SELECT * FROM {table}")  # noqa: S608 - constant names
+            tables[table] = sorted((tuple(r.values()) for r in rows), key=repr)
+        return tables
+
+    # -- helpers ---------------------------------------------------------------------
+
+    async def _fetch(self, sql: str, *args: Any) -> list[Any]:
+        db = self.settings.database
+        conn = await connect(db.dsn(), db.schema_name)
+        try:
+            return list(await conn.fetch(sql, *args))
+        finally:
+            await conn.close()
+
+    async def _fetchval(self, sql: str, *args: Any) -> Any:
+        rows = await self._fetch(sql, *args)
+        return rows[0][0] if rows else None
+
+    async def _wait(self, ready: Callable[[], Any], timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(Exception):
+                if await ready():
+                    return
+            await asyncio.sleep(0.5)
+        raise TimeoutError(f"waited {timeout} s for {what}")
+
+    def stop(self) -> None:
+        """Stop every process of the run (by PID), and note any left behind."""
+        for producer in self.producers:
+            if producer.process is not None and producer.process.poll() is None:
+                producer.process.kill()
+                producer.process.wait()
+        for worker in self.workers:
+            worker.stop()
+        for server in (self.postgres, self.broker):
+            if server.pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(server.pid, signal.SIGCONT)
+            server.stop()
+        pids = self.started_pids + [pid for p in self.producers for pid in p.pids]
+        left = [pid for pid in pids if pid and _alive(pid)]
+        if left:
+            self.report.notes.append(f"processes left behind: {left}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with contextlib.suppress(OSError):
+        status = Path(f"/proc/{pid}/stat").read_text().split()[2]
+        return status != "Z"
+    return True
+
+
+def _records(folder: Path) -> Recorded:
+    events: dict[str, Any] = {}
+    outcomes: dict[str, str] = {}
+    poison: list[str] = []
+    for path in sorted(folder.glob("records-*.jsonl")):
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # the last line of a producer killed mid-write
+            kind = record["k"]
+            if kind == "e":
+                events[record["id"]] = json.loads(record["ev"])
+                outcomes.setdefault(record["id"], "unknown")
+            elif kind == "o" and outcomes.get(record["id"]) not in ("acked", "spooled"):
+                outcomes[record["id"]] = record["o"]
+            elif kind == "pa":
+                poison.append(record["v"])
+    return Recorded(events, outcomes, poison)
+
+
+@contextlib.asynccontextmanager
+async def campaign(
+    seconds: float, seed: int, *, producers: int = 3, workers: int = 2, keep: Path | None = None
+) -> AsyncIterator[Report]:
+    """Run a campaign; yields its report (its processes are stopped on leaving)."""
+    with tempfile.TemporaryDirectory(prefix="tq-faults-") as tmp:
+        folder = keep or Path(tmp)
+        folder.mkdir(parents=True, exist_ok=True)
+        run = _Run(folder, seed, seconds, producers, workers)
+        started = time.monotonic()
+        try:
+            report = await run.run()
+        finally:
+            run.stop()
+        report.notes.append(f"whole run {time.monotonic() - started:.0f} s")
+        for note in run.report.notes:
+            if note.startswith(("processes left behind", "producer ", "worker ")):
+                report.invariants.append(
+                    Invariant("no process crashed or was left behind", 1, [note])
+                )
+        yield report
+
+
+def print_report(report: Report) -> None:
+    """The campaign's table."""
+    table = Table(title=f"fault campaign, seed {report.seed}, {report.seconds:.0f} s of load")
+    table.add_column("what")
+    table.add_column("count", justify="right")
+    for name, count in report.events.items():
+        table.add_row(name, f"{count:,}")
+    for name, count in sorted(report.faults.items()):
+        table.add_row(f"fault: {name}", str(count))
+    for inv in report.invariants:
+        table.add_row(
+            f"invariant: {inv.name}", f"{inv.checked:,} " + ("held" if inv.held else "BROKEN")
+        )
+    console = Console()
+    console.print(table)
+    for note in report.notes:
+        console.print(note)
+    problem = report.first_violation()
+    console.print(
+        "result: every invariant held"
+        if problem is None
+        else f"result: FAILED (seed {report.seed}); first broken invariant: {problem}"
+    )
+    console.print(f"conditions: {machine()}")
+
+
+async def _main(args: argparse.Namespace) -> int:
+    async with campaign(args.seconds, args.seed, producers=args.producers, workers=args.workers,
+                        keep=Path(args.keep) if args.keep else None) as report:  # fmt: skip
+        print_report(report)
+        return 0 if report.ok else 1
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seconds", type=float, default=60)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--producers", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--keep", help="a folder to keep the run's logs and records in")
+    sys.exit(asyncio.run(_main(parser.parse_args())))
+
+
+if __name__ == "__main__":
+    main()
