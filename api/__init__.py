@@ -5,5 +5,6 @@ from __future__ import annotations
 
 from .app import create_app
 from .auth import hash_token
+from .body_limit import MAX_BODY_BYTES
 
-__all__ = ["create_app", "hash_token"]
+__all__ = ["MAX_BODY_BYTES", "create_app", "hash_token"]

@@ -22,6 +22,7 @@ from tokenquota.schemas import Source
 
 from . import browse, ingest, reads, reservations
 from .auth import RateLimiter
+from .body_limit import BodyLimit
 from .docs import mount_docs
 from .lane import ReservationLane
 from .metrics import RequestTimer
@@ -70,6 +71,8 @@ def create_app(settings: Settings) -> FastAPI:
     )
     # Added first, so it runs inside the request timer (the last added runs outermost).
     app.add_middleware(ReservationLane)
+    # Around the lane too: no route reads more than MAX_BODY_BYTES of a body.
+    app.add_middleware(BodyLimit)
     app.add_middleware(RequestTimer)
     app.include_router(ingest.router)
     app.include_router(reservations.router)
