@@ -105,10 +105,13 @@ async def _replay(
             tps = [TopicPartition(topic, p) for p in partitions]
             consumer.assign(tps)
             report = ReplayReport()
+            # The checkpoints before the log's ends: a live worker only applies what the
+            # log holds, so read in this order they can only be short of the ends.
+            applied = await _checkpoints(conn, schema, topic)
             ends = await _end_offsets(consumer, tps)
             report.end_offsets = {tp.partition: end for tp, end in ends.items()}
             if not force:
-                await _check_log_covers(conn, schema, topic, report.end_offsets)
+                _check_log_covers(applied, report.end_offsets)
                 await _check_log_is_the_ledgers(conn, consumer, schema, topic, ends)
             await consumer.seek_to_beginning(*tps)
             total = sum(ends.values())
@@ -170,12 +173,10 @@ _REMEDIES = (
 )
 
 
-async def _check_log_covers(
-    conn: asyncpg.Connection, schema: str, topic: str, ends: dict[int, int]
-) -> None:
+def _check_log_covers(checkpoints: dict[int, int], ends: dict[int, int]) -> None:
     short = [
         f"partition {partition}: applied up to {applied}, log ends at {ends.get(partition, 0)}"
-        for partition, applied in (await _checkpoints(conn, schema, topic)).items()
+        for partition, applied in checkpoints.items()
         if applied > ends.get(partition, 0)
     ]
     if short:
