@@ -236,9 +236,11 @@ class _Run:
     async def _faults(self, until: float) -> None:
         names = [name for name, _ in FAULTS]
         weights = [weight for _, weight in FAULTS]
-        await asyncio.sleep(self.rng.uniform(1, 3))
+        # Every kind once first (in a seeded order), so that a short run has them all.
+        first = self.rng.sample(names, len(names))
+        await asyncio.sleep(self.rng.uniform(0.5, 2))
         while time.time() < until - 2:
-            fault = self.rng.choices(names, weights)[0]
+            fault = first.pop() if first else self.rng.choices(names, weights)[0]
             if fault == "replay-live" and self.report.faults[fault]:
                 continue  # once a run is enough
             with (self.folder / "faults.log").open("a") as log:
@@ -246,7 +248,7 @@ class _Run:
             await getattr(self, "_" + fault.replace("-", "_"))()
             self.report.faults[fault] += 1
             self._supervise()
-            await asyncio.sleep(self.rng.uniform(1, 4))
+            await asyncio.sleep(self.rng.uniform(0.5, 3))
         self._supervise()
         for producer in self.producers:
             assert producer.process is not None
