@@ -14,11 +14,12 @@ from starlette.exceptions import HTTPException
 from tokenquota import __version__
 from tokenquota.config import Settings
 from tokenquota.dashboard import AsyncTokenDashboard
-from tokenquota.errors import IntegrationError, UnknownSessionError
+from tokenquota.errors import IntegrationError, QueryValueError, UnknownSessionError
 from tokenquota.gc_settings import bulk_gc
 from tokenquota.health import check_integration_health_async
 from tokenquota.producers import TokenQuota
 from tokenquota.schemas import Source
+from tokenquota.schemas.codec import pattern_reason
 
 from . import browse, ingest, reads, reservations
 from .auth import RateLimiter
@@ -110,6 +111,12 @@ def create_app(settings: Settings) -> FastAPI:
     async def unavailable(request: Request, exc: IntegrationError) -> JSONResponse:
         return JSONResponse(status_code=503, content={"error": "unavailable", "detail": str(exc)})
 
+    # A read the calendar or PostgreSQL cannot take (a date near year 9999, a NUL): 422.
+    @app.exception_handler(QueryValueError)
+    async def unreadable(request: Request, exc: QueryValueError) -> JSONResponse:
+        errors = [{"path": "query", "reason": str(exc)}]
+        return JSONResponse(status_code=422, content={"error": "invalid", "errors": errors})
+
     @app.exception_handler(UnknownSessionError)
     async def unknown_session(request: Request, exc: UnknownSessionError) -> JSONResponse:
         return JSONResponse(status_code=404, content={"error": "not_found", "detail": str(exc)})
@@ -117,7 +124,11 @@ def create_app(settings: Settings) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [
-            {"path": ".".join(str(p) for p in e["loc"]), "reason": e["msg"]} for e in exc.errors()
+            {
+                "path": ".".join(str(p) for p in e["loc"]),
+                "reason": pattern_reason(e) if e["type"] == "string_pattern_mismatch" else e["msg"],
+            }
+            for e in exc.errors()
         ]
         return JSONResponse(status_code=422, content={"error": "invalid", "errors": errors})
 

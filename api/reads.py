@@ -53,9 +53,9 @@ class BudgetRequest(BaseModel):
     """New limits. Thresholds and USD limits left out keep the current ones; a USD limit
     given as null is removed. USD amounts are decimal strings ("500.00") or integers."""
 
-    daily_limit: int = Field(ge=0)
-    monthly_limit: int = Field(ge=0)
-    hard_limit: int = Field(ge=0)
+    daily_limit: int = Field(ge=0, strict=True)
+    monthly_limit: int = Field(ge=0, strict=True)
+    hard_limit: int = Field(ge=0, strict=True)
     warning_threshold: Decimal | None = Field(default=None, gt=0, le=1)
     critical_threshold: Decimal | None = Field(default=None, gt=0, le=1)
     daily_usd_limit: Money | None = None

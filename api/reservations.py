@@ -49,7 +49,9 @@ class ReserveRequest(BaseModel):
     """What to reserve; mode and ttl default to the reservations settings."""
 
     session_id: str = Field(min_length=1, max_length=255)
-    tokens: int = Field(gt=0)
+    #: Strict, as the events' counts: `true` or "10" is no token count (pydantic's lax
+    #: mode read `true` as 1).
+    tokens: int = Field(gt=0, strict=True)
     task_id: str | None = Field(default=None, min_length=1, max_length=255)
     priority: Priority = "normal"
     mode: Literal["strict", "optimistic"] | None = None
@@ -72,6 +74,7 @@ class ReserveRequest(BaseModel):
     output_tokens: int | None = Field(
         default=None,
         ge=0,
+        strict=True,
         description="How many of `tokens` are output (priced at the output price; the rest "
         "at the input price). Default: all of them, the dearer bound",
     )
@@ -101,8 +104,8 @@ class ReservationOut(BaseModel):
 class SettleRequest(BaseModel):
     """What the call used (the rest of the reservation is released)."""
 
-    input_tokens: int = Field(ge=0)
-    output_tokens: int = Field(ge=0)
+    input_tokens: int = Field(ge=0, strict=True)
+    output_tokens: int = Field(ge=0, strict=True)
     model: str = Field(default="unknown", min_length=1, max_length=200)
     operation: str = Field(default="http_call", min_length=1, max_length=100)
     cost_usd: Money | None = Field(

@@ -27,7 +27,7 @@ from pydantic import TypeAdapter, ValidationError
 from tokenquota.config import Settings, load_settings
 from tokenquota.errors import IntegrationError
 from tokenquota.schemas import AccountPath, Priority, Source
-from tokenquota.schemas.envelope import ACCOUNT_MAX_DEPTH, ACCOUNT_SEGMENT_MAX
+from tokenquota.schemas.envelope import ACCOUNT_RULE
 
 from .reservations import Mode, Reservation, TokenQuota
 
@@ -68,10 +68,7 @@ def session_scope(session_id: str, *, account: str | None = None) -> Iterator[st
 
 def account_rule() -> str:
     """What an account path may be, in words (its pattern says little to a user)."""
-    return (
-        f"an account path is 1 to {ACCOUNT_MAX_DEPTH} segments of 1 to {ACCOUNT_SEGMENT_MAX} "
-        "characters, separated by '/', without control characters"
-    )
+    return ACCOUNT_RULE
 
 
 def _checked_account(account: str | None) -> str | None:

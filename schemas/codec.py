@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import TypeAdapter, ValidationError
 
-from .envelope import NO_CONTROL_CHARACTERS
+from .envelope import ACCOUNT_PATTERN, ACCOUNT_RULE, NO_CONTROL_CHARACTERS
 from .events import EVENT_CLASSES, Event
 
 if TYPE_CHECKING:
@@ -25,6 +25,7 @@ __all__ = [
     "duplicate_key_reason",
     "encode",
     "note_repeats",
+    "pattern_reason",
     "repeated_keys",
 ]
 
@@ -68,13 +69,21 @@ def _field_error(detail: ErrorDetails) -> FieldError:
     kind = detail["type"]
     if kind in ("union_tag_invalid", "union_tag_not_found"):
         path = "event_type"
-    elif kind == "string_pattern_mismatch" and detail.get("ctx", {}).get("pattern") == (
-        NO_CONTROL_CHARACTERS
-    ):
-        reason = "must not contain control characters"
+    elif kind == "string_pattern_mismatch":
+        reason = pattern_reason(detail)
     elif kind == "uuid_version":
         reason = f"must be a UUIDv7, got a version {_uuid_version(detail['input'])} UUID"
     return FieldError(path=path, reason=reason)
+
+
+def pattern_reason(detail: ErrorDetails) -> str:
+    """A pattern mismatch in words where the pattern is one of the schemas' own."""
+    pattern = detail.get("ctx", {}).get("pattern")
+    if pattern == NO_CONTROL_CHARACTERS:
+        return "must not contain control characters"
+    if pattern == ACCOUNT_PATTERN:
+        return ACCOUNT_RULE
+    return detail["msg"]
 
 
 def _uuid_version(value: object) -> str:

@@ -12,6 +12,8 @@ from pydantic import UUID7, AfterValidator, AwareDatetime, BaseModel, ConfigDict
 
 __all__ = [
     "ACCOUNT_MAX_DEPTH",
+    "ACCOUNT_PATTERN",
+    "ACCOUNT_RULE",
     "ACCOUNT_SEGMENT_MAX",
     "BIGINT_MAX",
     "ID_MAX_LENGTH",
@@ -58,14 +60,13 @@ ACCOUNT_SEGMENT_MAX = 64
 _SEGMENT = rf"[^/\x00-\x1f\x7f]{{1,{ACCOUNT_SEGMENT_MAX}}}"
 #: Where a session sits in a budget tree: "acme/research/alice" is the session's user
 #: node, under the team "acme/research", under the tenant "acme" (its first segment).
-AccountPath = Annotated[
-    str,
-    Field(
-        min_length=1,
-        max_length=ID_MAX_LENGTH,
-        pattern=rf"^{_SEGMENT}(?:/{_SEGMENT}){{0,{ACCOUNT_MAX_DEPTH - 1}}}$",
-    ),
-]
+ACCOUNT_PATTERN = rf"^{_SEGMENT}(?:/{_SEGMENT}){{0,{ACCOUNT_MAX_DEPTH - 1}}}$"
+#: What an account path may be, in words (its pattern says little to a user).
+ACCOUNT_RULE = (
+    f"an account path is 1 to {ACCOUNT_MAX_DEPTH} segments of 1 to {ACCOUNT_SEGMENT_MAX} "
+    "characters, separated by '/', without control characters"
+)
+AccountPath = Annotated[str, Field(min_length=1, max_length=ID_MAX_LENGTH, pattern=ACCOUNT_PATTERN)]
 #: A timezone-aware timestamp, normalised to UTC. Naive datetimes are rejected.
 UtcDatetime = Annotated[AwareDatetime, AfterValidator(_to_utc)]
 #: A token count that fits a PostgreSQL BIGINT.

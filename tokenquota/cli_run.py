@@ -103,12 +103,14 @@ def _where(settings: Settings) -> str:
 
 def run(settings: Settings, work: Coroutine[Any, Any, T]) -> T:
     """Run `work`; turn what a user can cause or fix into one line and an exit code."""
-    from .errors import UnknownSessionError
+    from .errors import QueryValueError, UnknownSessionError
 
     try:
         return asyncio.run(work)
     except UnknownSessionError as exc:
         fail(str(exc))
+    except QueryValueError as exc:  # a date near year 9999, a NUL in a session id
+        fail(str(exc), code=2)
     except (asyncpg.UndefinedTableError, asyncpg.InvalidSchemaNameError):
         fail(
             f"the database schema {settings.database.schema_name!r} is not set up: run "

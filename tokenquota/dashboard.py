@@ -27,7 +27,7 @@ from typing import Any, Literal, Self, TypeVar
 import asyncpg
 
 from .config import Settings, load_settings
-from .errors import IntegrationError, UnknownSessionError
+from .errors import IntegrationError, QueryValueError, UnknownSessionError
 from .kafka_probe import HighwaterProbe
 from .privacy import stored_session_id
 from .producers.spool_depth import pending_bytes
@@ -127,6 +127,12 @@ class AsyncTokenDashboard:
             ) from None
         except (OSError, asyncpg.PostgresConnectionError, TimeoutError) as exc:
             raise IntegrationError(f"PostgreSQL unreachable: {exc}") from None
+        except OverflowError as exc:  # a window of a date near year 1 or 9999
+            raise QueryValueError(f"a date of this request is out of range: {exc}") from None
+        except asyncpg.DataError as exc:  # a NUL in a text, a number past a BIGINT
+            raise QueryValueError(
+                f"PostgreSQL cannot take a value of this request: {exc}"
+            ) from None
 
     def _session(self, session_id: str) -> str:
         return stored_session_id(self.settings.privacy, session_id)

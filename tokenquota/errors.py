@@ -11,6 +11,7 @@ from .schemas import format_usd
 __all__ = [
     "DevStackError",
     "IntegrationError",
+    "QueryValueError",
     "ReservationExpiredError",
     "TokenBudgetExhaustedError",
     "TokenQuotaExceededError",
@@ -141,6 +142,12 @@ class UsdBudgetExceededError(TokenQuotaExceededError):
             f"used {format_usd(used_usd)}, held {format_usd(held_usd)}, "
             f"requested {format_usd(requested_usd)}",
         )
+
+
+class QueryValueError(ValueError):
+    """A value given to a read (a date, an id, an offset) that the calendar or PostgreSQL
+    cannot take: a date whose window reaches past year 9999, a NUL in a text, a number
+    past a BIGINT. The API answers it 422, the CLI with exit code 2."""
 
 
 class UnknownSessionError(LookupError):

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from tokenquota import config
 from tokenquota.cli import app
 from tokenquota.cli_run import run_app
-from tokenquota.config import env_var_names, removed_env_var_names
+from tokenquota.config import DatabaseSettings, env_var_names, removed_env_var_names
 
 _VARIABLES = {
     v for vs in [*env_var_names().values(), *removed_env_var_names().values()] for v in vs
@@ -126,10 +126,10 @@ def _environment(values: dict[str, str]) -> Iterator[None]:
         yield
 
 
-def _run(args: list[str]) -> tuple[int, str, str]:
+def _run(args: list[str], env: dict[str, str] | None = None) -> tuple[int, str, str]:
     """Exit code, stdout and stderr of `tokenquota *args`, in this process."""
     stdout, stderr = io.StringIO(), io.StringIO()
-    with _environment(_NOWHERE), redirect_stdout(stdout), redirect_stderr(stderr):
+    with _environment(env or _NOWHERE), redirect_stdout(stdout), redirect_stderr(stderr):
         try:
             run_app(app, args)
         except SystemExit as exc:
@@ -167,6 +167,24 @@ def test_a_since_past_what_a_clock_holds_is_a_bad_time(command: list[str], since
     code, stdout, stderr = _run([*command, "--since", since])
     _one_error_line(code, stdout, stderr)
     assert code == 2 and "bad time" in stderr
+
+
+@pytest.mark.integration
+def test_dates_whose_windows_pass_year_1_or_9999_are_exit_code_2(
+    migrated_database: DatabaseSettings,
+) -> None:
+    """These read the database, then overflowed a date: a traceback."""
+    env = {
+        "DATABASE_URL": migrated_database.dsn(),
+        "DATABASE_SCHEMA": migrated_database.schema_name,
+    }
+    for args in (
+        ["report", "daily", "--date", "9999-12-31"],
+        ["costs", "--until", "0001-01-05"],
+    ):
+        code, stdout, stderr = _run(args, env)
+        _one_error_line(code, stdout, stderr)
+        assert code == 2 and "out of range" in stderr, (args, stderr)
 
 
 def test_the_real_command_answers_a_bad_since_with_exit_code_2() -> None:
