@@ -14,7 +14,7 @@ from tokenquota.config import DatabaseSettings, Settings, WorkerSettings
 from tokenquota.processors import Projector
 from tokenquota.processors import app as app_module
 from tokenquota.processors.app import BatchGapError
-from tokenquota.projections import LogRecord, apply_migrations, connect
+from tokenquota.projections import LogRecord, apply_batch_isolating, apply_migrations, connect
 
 pytestmark = pytest.mark.integration
 
@@ -102,7 +102,7 @@ async def test_a_connection_left_mid_operation_is_retried_on_a_new_one(
         await apply_migrations(conn, database_settings.schema_name)
     finally:
         await conn.close()
-    real = app_module.apply_batch_isolating
+    real = apply_batch_isolating
     calls = 0
 
     async def broken_once(*args: Any, **kwargs: Any) -> Any:
