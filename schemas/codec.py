@@ -128,7 +128,7 @@ def decode(data: bytes | bytearray | str) -> Event:
     # event is two objects (the event and its source): n members have n - 1 commas
     # between them, and any other comma is inside a string or a repeated member. So
     # no more commas than that proves there is no repeated key without a second parse.
-    commas = data.count("," if isinstance(data, str) else b",")
+    commas = data.count(",") if isinstance(data, str) else data.count(b",")
     if commas > len(given) + len(event.source.__pydantic_fields_set__) - 2:
         repeated = _repeated_keys(data)
         if repeated:

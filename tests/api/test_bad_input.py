@@ -99,7 +99,7 @@ _NASTY_JSON = (
     "[]",
     "1.5",
 )
-_VALID_BODIES = {
+_VALID_BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", "/v1/reservations"): {"session_id": "fuzz", "tokens": 10, "priority": "high"},
     ("POST", f"/v1/reservations/{uuid.uuid4()}/settle"): {"input_tokens": 1, "output_tokens": 2},
     ("PUT", "/v1/sessions/fuzz/budget"): {"daily_limit": 1, "monthly_limit": 2, "hard_limit": 3},
