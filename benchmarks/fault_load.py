@@ -116,6 +116,7 @@ class _Caller:
         self.sessions: list[dict[str, Any]] = plan["sessions"]
         self.nodes: list[str] = plan["nodes"]
         self.topic: str = plan["topic"]
+        self.started: float = plan["started"]
         self.rng, self.source = rng, source
         self.counts: dict[str, int] = {}
 
@@ -191,15 +192,16 @@ class _Caller:
         )  # fmt: skip
 
     async def _budget(self) -> None:
-        limit = self.rng.randint(*self._limits())
+        # Budgets grow with the run (as usage does), so that a long run keeps deciding
+        # near its limits instead of refusing everything once the first ones are spent.
+        grown = int((time.time() - self.started) * 150)
+        limit = self.rng.randint(1_500, 6_000) + grown
         if self.nodes and self.rng.random() < 0.3:
-            await self.quota.emit(node_budget(self.rng.choice(self.nodes), limit, self.source))
+            node = self.rng.choice(self.nodes)
+            await self.quota.emit(node_budget(node, limit + 2 * grown, self.source))
             return
         session, account = self._session()
         await self.quota.emit(session_budget(session, account, limit, self.source))
-
-    def _limits(self) -> tuple[int, int]:
-        return (1_500, 6_000)
 
     async def _duplicate(self) -> None:
         if self.recorder.sent:

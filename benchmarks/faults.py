@@ -178,7 +178,7 @@ class _Run:
 
     def _start_producers(self, until: float) -> None:
         plan_file = self.folder / "plan.json"
-        plan_file.write_text(json.dumps(self.plan))
+        plan_file.write_text(json.dumps({**self.plan, "started": time.time()}))
         for i in range(self.producer_count):
             env = {
                 **os.environ, **process_env(self.settings),
