@@ -72,7 +72,7 @@ def _all_valid(body: bytes) -> list[Event] | None:
         return None
     # No key given twice (see decode()): an array of n events has n - 1 commas between
     # them, each event's members and its source's one fewer than their keys; more commas
-    # than that (a repeat, or a comma inside a string) are checked one by one.
+    # than that (a repeat, or a comma inside a string) take a second parse.
     structural = (
         len(events)
         - 1
@@ -81,7 +81,13 @@ def _all_valid(body: bytes) -> list[Event] | None:
             for e in events
         )
     )
-    return events if body.count(b",") <= structural else None
+    if body.count(b",") <= structural:
+        return events
+    try:
+        parsed = json.loads(body, object_pairs_hook=note_repeats)
+    except (ValueError, RecursionError):  # pydantic-core read it: not expected
+        return None
+    return None if repeated_keys(parsed) else events
 
 
 def _problems(item: Any) -> tuple[Event | None, list[FieldProblem]]:

@@ -239,6 +239,10 @@ async def test_a_bad_event_is_answered_by_its_index_and_field_or_the_body_refuse
     assert [r["status"] for r in results] == ["invalid", "invalid"]
     assert results[0]["errors"] == [{"path": "input_tokens", "reason": duplicate_key_reason(2)}]
     assert results[1]["errors"][0]["path"] == "source.name"
+    # A comma inside a string is no repeat: both accepted.
+    commas = [json.loads(encode(used("fuzz", 1, utc_now()))) | {"model": "gpt,4o"}, good]
+    answer = await client.post("/v1/events", json=commas, headers=_ADMIN)
+    assert answer.status_code == 200 and answer.json()["accepted"] == 2, answer.text
     # The largest batch, MAX_EVENTS items (invalid ones: nothing is sent), is answered
     # item by item; one more is a 413.
     at_limit = await client.post("/v1/events", json=[{}] * MAX_EVENTS, headers=_ADMIN)
