@@ -91,6 +91,10 @@ async def _replay(
     try:
         await apply_migrations(conn, schema)  # the swap moves every table of the code's schema
         staging = await prepare_staging(conn, schema)
+        # The live checkpoints before anything of the log: a live worker only applies what
+        # the log holds, so read first they can only be short of the ends read after (a
+        # consumer may fetch ahead as soon as it is assigned).
+        applied = await _checkpoints(conn, schema, topic)
         consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap_servers,
             enable_auto_commit=False,
@@ -105,9 +109,6 @@ async def _replay(
             tps = [TopicPartition(topic, p) for p in partitions]
             consumer.assign(tps)
             report = ReplayReport()
-            # The checkpoints before the log's ends: a live worker only applies what the
-            # log holds, so read in this order they can only be short of the ends.
-            applied = await _checkpoints(conn, schema, topic)
             ends = await _end_offsets(consumer, tps)
             report.end_offsets = {tp.partition: end for tp, end in ends.items()}
             if not force:
