@@ -252,7 +252,9 @@ class TokenQuota:
             )
             self._listener = await self._listen()
         except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-            await self.close()
+            # Only what this start opened: the emitter is not started yet, and closed it
+            # could not be started again by the next start().
+            await self._close_connections()
             raise IntegrationError(f"cannot connect to PostgreSQL: {exc}") from None
         await self._emitter.start()
 
@@ -261,6 +263,9 @@ class TokenQuota:
         self._closing = True
         self._metrics.close()
         await self._emitter.close()
+        await self._close_connections()
+
+    async def _close_connections(self) -> None:
         relisten, self._relisten = self._relisten, None
         if relisten is not None:
             relisten.cancel()
@@ -270,8 +275,9 @@ class TokenQuota:
         if listener is not None:
             with contextlib.suppress(Exception):
                 await listener.close()
-        if self._pool is not None:
-            await self._pool.close()
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
 
     def abandon(self) -> None:
         """Give this client up without awaiting anything, e.g. once its event loop is gone.

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from tests.support import set_budget, settings_env, wait_until
+from tests.support import set_budget, settings_env, used, wait_until
 from tokenquota.config import (
     DatabaseSettings,
     EmitterSettings,
@@ -88,4 +88,29 @@ async def test_decisions_arrive_by_notify_again_after_postgres_restarts(
             assert quota.decisions_notified == 2, "the decision was polled, not notified"
     finally:
         worker.stop()
+        await asyncio.to_thread(postgres.stop)
+
+
+async def test_a_start_that_finds_postgres_down_can_be_tried_again(
+    kafka_settings: KafkaSettings, tmp_path: Path
+) -> None:
+    # Found by the fault campaign: a producer restarted while PostgreSQL was down tried
+    # start() again until it passed; the failed start had closed the emitter, so every
+    # emit after it raised "this Emitter is closed" and nothing it sent was recorded.
+    postgres = EmbeddedPostgres(data_dir=tmp_path / "pgdata", log_path=tmp_path / "postgres.log")
+    settings = Settings(
+        kafka=kafka_settings,
+        database=DatabaseSettings(url=SecretStr(postgres.dsn), schema_name="later"),
+        emitter=EmitterSettings(spool_dir=tmp_path / "spool"),
+        data_dir=tmp_path / "data",
+    )
+    quota = TokenQuota(settings)
+    try:
+        with pytest.raises(IntegrationError, match="cannot connect to PostgreSQL"):
+            await quota.start()
+        await asyncio.to_thread(postgres.start)
+        await quota.start()
+        assert await quota.emit(used("later", 5)) == "acked"
+    finally:
+        await quota.close()
         await asyncio.to_thread(postgres.stop)
