@@ -78,8 +78,8 @@ class Recorder:
             except (SpoolFullError, SpoolWriteError):
                 self._outcomes(batch, "refused")
                 raise
-            except BaseException:
-                self._outcomes(batch, "unknown")
+            except BaseException as exc:
+                self._outcomes(batch, "unknown", f"{type(exc).__name__}: {exc}"[:200])
                 raise
             for event, outcome in zip(batch, outcomes, strict=True):
                 self.line({"k": "o", "id": str(event.event_id), "o": outcome})
@@ -89,9 +89,9 @@ class Recorder:
 
         emitter.emit_many = emit_many  # type: ignore[method-assign]
 
-    def _outcomes(self, events: list[Event], outcome: str) -> None:
+    def _outcomes(self, events: list[Event], outcome: str, why: str = "") -> None:
         for event in events:
-            self.line({"k": "o", "id": str(event.event_id), "o": outcome})
+            self.line({"k": "o", "id": str(event.event_id), "o": outcome, "why": why})
 
     def line(self, record: dict[str, Any]) -> None:
         """Append one record."""

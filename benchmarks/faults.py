@@ -483,6 +483,7 @@ def _records(folder: Path) -> Recorded:
     events: dict[str, Any] = {}
     outcomes: dict[str, str] = {}
     poison: list[str] = []
+    poison_sent: list[str] = []
     for path in sorted(folder.glob("records-*.jsonl")):
         for line in path.read_text().splitlines():
             try:
@@ -497,7 +498,9 @@ def _records(folder: Path) -> Recorded:
                 outcomes[record["id"]] = record["o"]
             elif kind == "pa":
                 poison.append(record["v"])
-    return Recorded(events, outcomes, poison)
+            elif kind == "p":
+                poison_sent.append(record["v"])
+    return Recorded(events, outcomes, poison, poison_sent)
 
 
 @contextlib.asynccontextmanager
