@@ -118,9 +118,18 @@ class BatchConsumer(faust_aiokafka.Consumer):
             raise
 
     async def _seek_back(self) -> None:
-        # As faust's getmany does when called while the flow is suspended.
+        # As faust's getmany does when called while the flow is suspended, except for a
+        # seek that the consumer thread cancelled (a rebalance began meanwhile): faust lets
+        # that CancelledError end the fetcher, whose restart needs a supervisor it does not
+        # have, and the worker exits. The flow is still suspended, so the loop comes back
+        # here and seeks again.
         try:
             await self.perform_seek()
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # the fetcher itself is being stopped
+            self.log.info("seek to the committed offsets interrupted by a rebalance; again")
         except Exception as exc:
             self.log.warning("exception performing seek when flow not active %r", exc)
 
