@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -35,7 +35,7 @@ from .dlq import DeadLetter, dead_letter_headers
 from .heartbeat import Heartbeat
 from .metrics import DEAD_LETTERS, forget_lag, lags_after, observe_batch, observe_lag
 
-__all__ = ["BatchGapError", "Projector", "create_app"]
+__all__ = ["Projector", "create_app"]
 
 log = logging.getLogger("tokenquota.worker")
 #: A failing server or connection: the batch is retried on a new connection. (asyncpg
@@ -52,12 +52,6 @@ _SERVER_FAILURES = (
 _LOG_APPEND_TIME = 1
 
 
-class BatchGapError(RuntimeError):
-    """A batch does not follow the last one this worker applied from its partition: what
-    lies between was taken from the consumer and never applied. Fatal: the worker stops,
-    and its successor fetches from the committed offset, which never passes the gap."""
-
-
 class Projector:
     """Applies batches of raw messages to the projections; owns one database connection."""
 
@@ -69,13 +63,6 @@ class Projector:
         self.dead_letters = 0
         self.heartbeat = Heartbeat(settings)
         self._seen: set[tuple[str, int]] = set()
-        #: Per partition, the offset after the last message applied (while it is ours).
-        self._next: dict[tuple[str, int], int] = {}
-
-    def forget(self, partitions: Iterable[tuple[str, int]]) -> None:
-        """Partitions no longer ours: their next batch may start anywhere (a redelivery)."""
-        for key in partitions:
-            self._next.pop(key, None)
 
     def split(self, messages: Sequence[Any]) -> tuple[list[LogRecord], list[DeadLetter]]:
         """Decode faust messages; invalid ones become dead letters with their reason."""
@@ -129,9 +116,6 @@ class Projector:
         An event the projections can never hold is handed to `on_poison` and skipped
         (see apply_batch_isolating); only a failing server or connection is retried.
         """
-        positions = [(r.topic, r.partition, r.offset) for r in records]
-        positions += [(d.topic, d.partition, d.offset) for d in bad]
-        self._check_follows(positions)
         delay = 0.1
         started = time.perf_counter()
         while True:
@@ -143,6 +127,9 @@ class Projector:
                     schema=self.settings.database.schema_name,
                     skipped=[(d.topic, d.partition, d.offset) for d in bad],
                     on_poison=on_poison,
+                    # A batch must start where its partition's checkpoint is (LogGapError,
+                    # fatal, otherwise): see apply_batch.
+                    contiguous=True,
                 )
             except _SERVER_FAILURES as exc:
                 log.warning(
@@ -152,9 +139,6 @@ class Projector:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.settings.worker.retry_backoff_max)
                 continue
-            for topic, partition, offset in positions:
-                key = (topic, partition)
-                self._next[key] = max(self._next.get(key, 0), offset + 1)
             self.applied += result.applied
             self.duplicates += result.duplicates
             observe_batch(result, time.perf_counter() - started)
@@ -166,20 +150,6 @@ class Projector:
                 len(bad),
             )
             return
-
-    def _check_follows(self, positions: list[tuple[str, int, int]]) -> None:
-        first: dict[tuple[str, int], int] = {}
-        for topic, partition, offset in positions:
-            key = (topic, partition)
-            first[key] = min(first.get(key, offset), offset)
-        for (topic, partition), offset in sorted(first.items()):
-            expected = self._next.get((topic, partition))
-            if expected is not None and offset > expected:
-                raise BatchGapError(
-                    f"partition {topic}[{partition}]: offsets {expected} to {offset - 1} were "
-                    "never applied, yet a batch from after them arrived; stopping so that "
-                    "they are fetched again from the committed offset"
-                )
 
     async def close(self) -> None:
         """Close the database connection."""
@@ -315,7 +285,6 @@ def create_app(settings: Settings) -> faust.App:
     def forget_revoked(sender: Any, /, *args: Any, signal: BaseSignalT[Any], **kwargs: Any) -> None:
         revoked: set[TP] = args[0] if args else kwargs["revoked"]
         forget_lag(worker.group_id, revoked)
-        projector.forget((tp.topic, tp.partition) for tp in revoked)
 
     app.on_partitions_revoked.connect(forget_revoked)
 

@@ -39,6 +39,7 @@ __all__ = [
     "PROJECTION_TABLES",
     "PROJECTION_VIEWS",
     "BatchResult",
+    "LogGapError",
     "LogRecord",
     "PoisonHandler",
     "apply_batch",
@@ -130,6 +131,7 @@ async def apply_batch_isolating(
     on_poison: PoisonHandler,
     notify: bool = True,
     skipped: Sequence[tuple[str, int, int]] = (),
+    contiguous: bool = False,
 ) -> BatchResult:
     """`apply_batch`, except that an event which can never be applied does not stop the rest.
 
@@ -144,11 +146,14 @@ async def apply_batch_isolating(
         batch: Sequence[LogRecord], skip: Sequence[tuple[str, int, int]] = ()
     ) -> BatchResult:
         return await apply_batch_isolating(
-            conn, batch, schema=schema, on_poison=on_poison, notify=notify, skipped=skip
-        )
+            conn, batch, schema=schema, on_poison=on_poison, notify=notify, skipped=skip,
+            contiguous=contiguous,
+        )  # fmt: skip
 
     try:
-        return await apply_batch(conn, records, schema=schema, notify=notify, skipped=skipped)
+        return await apply_batch(
+            conn, records, schema=schema, notify=notify, skipped=skipped, contiguous=contiguous
+        )
     except PoisonEventError as exc:
         index = next(i for i, r in enumerate(records) if r.event.event_id == exc.event_id)
         reason = exc.reason
@@ -177,6 +182,7 @@ async def apply_batch(
     schema: str,
     notify: bool = True,
     skipped: Sequence[tuple[str, int, int]] = (),
+    contiguous: bool = False,
 ) -> BatchResult:
     """Apply a batch in one transaction: ledger first, fold only new events, checkpoint.
 
@@ -186,11 +192,11 @@ async def apply_batch(
     they only advance the checkpoints.
     """
     try:
-        return await _apply(conn, records, schema, notify, skipped, direct=True)
+        return await _apply(conn, records, schema, notify, skipped, contiguous, direct=True)
     except asyncpg.UniqueViolationError:
         # A redelivered event made the direct COPY fail (and roll back); go the way that
         # sorts duplicates out.
-        return await _apply(conn, records, schema, notify, skipped, direct=False)
+        return await _apply(conn, records, schema, notify, skipped, contiguous, direct=False)
 
 
 async def _apply(
@@ -199,6 +205,7 @@ async def _apply(
     schema: str,
     notify: bool,
     skipped: Sequence[tuple[str, int, int]],
+    contiguous: bool,
     *,
     direct: bool,
 ) -> BatchResult:
@@ -213,7 +220,15 @@ async def _apply(
         )
         writes: list[Write] = []
         if records:
-            folded = await _ledger_and_fold(conn, records, direct=direct)
+            first: dict[PartitionKey, int] | None = None
+            if contiguous:
+                first = {}
+                for topic, partition, offset in itertools.chain(
+                    ((r.topic, r.partition, r.offset) for r in records), skipped
+                ):
+                    key = (topic, partition)
+                    first[key] = min(first.get(key, offset), offset)
+            folded = await _ledger_and_fold(conn, records, direct=direct, starts=first)
             result.applied = folded.applied
             result.duplicates = len(records) - folded.applied
             if folded.applied:
@@ -266,7 +281,11 @@ async def _fold_while(
 
 
 async def _ledger_and_fold(
-    conn: asyncpg.Connection, records: Sequence[LogRecord], *, direct: bool
+    conn: asyncpg.Connection,
+    records: Sequence[LogRecord],
+    *,
+    direct: bool,
+    starts: dict[PartitionKey, int] | None = None,
 ) -> _FoldedBatch:
     """Insert the ledger rows and fold the events that were new to it.
 
@@ -278,7 +297,7 @@ async def _ledger_and_fold(
     for record in records:
         first.setdefault(record.event.event_id, record)
     unique = list(first.values())
-    state = await _load_state(conn, unique)
+    state = await _load_state(conn, unique, starts)
     rows = [
         (
             r.event.event_id,
@@ -348,7 +367,11 @@ _CREATE_INCOMING = """
     ON COMMIT DELETE ROWS"""
 
 
-async def _load_state(conn: asyncpg.Connection, records: Sequence[LogRecord]) -> ProjectionState:
+async def _load_state(
+    conn: asyncpg.Connection,
+    records: Sequence[LogRecord],
+    starts: dict[PartitionKey, int] | None = None,
+) -> ProjectionState:
     events: list[Event] = [r.event for r in records]
     partitions = sorted({(r.topic, r.partition) for r in records})
     # A DefaultsSet, and a BudgetSet of a tree node, name no session ("*").
@@ -376,6 +399,8 @@ async def _load_state(conn: asyncpg.Connection, records: Sequence[LogRecord]) ->
     partition_rows = await conn.fetch(
         _PARTITION_STATE, [t for t, _ in partitions], [p for _, p in partitions]
     )
+    if starts is not None:  # the batch's first offset in each of its partitions
+        _check_follows(partition_rows, starts)
     session_rows = await conn.fetch(
         "SELECT * FROM session_token_budgets WHERE session_id = ANY($1::varchar[])", sessions
     )
@@ -427,13 +452,33 @@ _RESERVATIONS_OF_TREES = f"""
 
 
 _PARTITION_STATE = """
-    SELECT p.topic, p.kafka_partition, c.log_clock, d.event_id, d.daily_limit, d.monthly_limit,
+    SELECT p.topic, p.kafka_partition, c.log_clock, c.next_offset, d.event_id, d.daily_limit,
+           d.monthly_limit,
            d.hard_limit, d.warning_threshold, d.critical_threshold, d.timezone,
            d.max_clock_skew_ms, d.set_at
       FROM unnest($1::text[], $2::int[]) AS p(topic, kafka_partition)
       LEFT JOIN partition_checkpoints c USING (topic, kafka_partition)
       LEFT JOIN partition_defaults d USING (topic, kafka_partition)
      WHERE c.log_clock IS NOT NULL OR d.event_id IS NOT NULL"""
+
+
+class LogGapError(RuntimeError):
+    """A batch starts after its partition's checkpoint: the messages between were taken
+    from the log and never applied (a fetch a rebalance dropped, a batch a crash lost).
+    Applying it would move the checkpoint past them; the worker stops instead, and
+    fetches again from its committed offset, which never passes an unapplied message."""
+
+
+def _check_follows(rows: Sequence[asyncpg.Record], first: dict[PartitionKey, int]) -> None:
+    for row in rows:
+        key = (row["topic"], row["kafka_partition"])
+        applied, offset = row["next_offset"], first.get(key)
+        if applied is not None and offset is not None and offset > applied:
+            raise LogGapError(
+                f"partition {key[0]}[{key[1]}]: offsets {applied} to {offset - 1} were never "
+                "applied, yet a batch from after them arrived; stopping so that they are "
+                "fetched again from the committed offset"
+            )
 
 
 def _partition(row: asyncpg.Record) -> PartitionState:

@@ -13,8 +13,8 @@ from tests.support import fetch_value, log_records, used, wait_until
 from tokenquota.config import DatabaseSettings, Settings, WorkerSettings
 from tokenquota.processors import Projector
 from tokenquota.processors import app as app_module
-from tokenquota.processors.app import BatchGapError
 from tokenquota.projections import LogRecord, apply_batch_isolating, apply_migrations, connect
+from tokenquota.projections.store import LogGapError
 
 pytestmark = pytest.mark.integration
 
@@ -54,12 +54,14 @@ async def test_a_failing_database_is_retried_until_the_batch_is_applied(
     assert projector.applied == 5
 
 
-async def test_a_batch_that_does_not_follow_the_last_one_of_its_partition_is_refused(
+async def test_a_batch_that_does_not_start_at_its_partitions_checkpoint_is_refused(
     database_settings: DatabaseSettings,
 ) -> None:
     # Found by the fault campaign (seed 2): PostgreSQL stopped mid-batch, the agent
     # crashed and was restarted, and the next batch of the partition was applied over
-    # the lost one, moving the checkpoint past events never applied.
+    # the lost one, moving the checkpoint past events never applied. The 30-minute run
+    # found one event skipped the same way across a rebalance (a fetch dropped while the
+    # flow was suspended, the read position left past it).
     settings = Settings(database=database_settings)
     conn = await connect(database_settings.dsn(), database_settings.schema_name)
     try:
@@ -67,8 +69,10 @@ async def test_a_batch_that_does_not_follow_the_last_one_of_its_partition_is_ref
         await apply_migrations(conn, database_settings.schema_name)
     finally:
         await conn.close()
-    first, lost, later = (log_records([used("gap", 1) for _ in range(3)],
-                                      topic="t", first_offset=3 * i) for i in range(3))  # fmt: skip
+    first, lost, later = (
+        log_records([used("gap", 1) for _ in range(3)], topic="t", first_offset=3 * i)
+        for i in range(3)
+    )
     projector = Projector(settings)
 
     async def no_poison(record: LogRecord, reason: str) -> None:
@@ -77,17 +81,18 @@ async def test_a_batch_that_does_not_follow_the_last_one_of_its_partition_is_ref
     try:
         await projector.apply(first, [], no_poison)
         gap = r"partition t\[0\]: offsets 3 to 5 were never applied"
-        with pytest.raises(BatchGapError, match=gap):
+        with pytest.raises(LogGapError, match=gap):
+            await projector.apply(later, [], no_poison)
+        await projector.close()
+        projector = Projector(settings)  # a restarted worker: the check is in PostgreSQL
+        with pytest.raises(LogGapError, match=gap):
             await projector.apply(later, [], no_poison)
         await projector.apply(first[1:], [], no_poison)  # a redelivery is fine (no gap)
         await projector.apply(lost, [], no_poison)
         await projector.apply(later, [], no_poison)
-        projector.forget([("t", 0)])  # the partition went to another worker and came back
-        await projector.apply(log_records([used("gap", 1)], topic="t", first_offset=20), [],
-                              no_poison)  # fmt: skip
     finally:
         await projector.close()
-    assert await fetch_value(database_settings, "SELECT count(*) FROM usage_events") == 10
+    assert await fetch_value(database_settings, "SELECT count(*) FROM usage_events") == 9
 
 
 async def test_a_connection_left_mid_operation_is_retried_on_a_new_one(
