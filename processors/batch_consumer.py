@@ -42,6 +42,9 @@ class BatchConsumer(faust_aiokafka.Consumer):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.fetches: asyncio.Queue[list[Message]] = asyncio.Queue(maxsize=_QUEUED_FETCHES)
+        #: A fetch was dropped (a rebalance began while it waited): seek back before any
+        #: other, whether or not the flow is active again by then.
+        self._dropped = False
 
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -76,7 +79,9 @@ class BatchConsumer(faust_aiokafka.Consumer):
                 generation = self.app.consumer_generation_id
                 if records is None or self.should_stop:
                     continue
-                if not self.flow_active:
+                if not self.flow_active or self._dropped:
+                    # (a fetch was dropped: seek back even if the flow has resumed since,
+                    # or the read offsets, already past it, would skip it for good)
                     await self._seek_back()
                     continue
                 fetched: list[Message] = []
@@ -110,8 +115,12 @@ class BatchConsumer(faust_aiokafka.Consumer):
                     await self.commit()
                 if fetched:
                     # Dropped if a rebalance suspends the flow meanwhile, as faust drops
-                    # a message then: it was never tracked, and is fetched again.
-                    await self.wait_first(self.fetches.put(fetched), self.suspend_flow.wait())
+                    # a message then: it was never tracked, and is fetched again (the
+                    # next pass seeks back to the committed offsets).
+                    putting = self.fetches.put(fetched)
+                    waited = await self.wait_first(putting, self.suspend_flow.wait())
+                    if putting not in waited.done:
+                        self._dropped = True
         except self.consumer_stopped_errors:
             if self.transport.app.should_stop:
                 return
@@ -125,6 +134,7 @@ class BatchConsumer(faust_aiokafka.Consumer):
         # here and seeks again.
         try:
             await self.perform_seek()
+            self._dropped = False
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if task is not None and task.cancelling():

@@ -18,6 +18,7 @@ class _Consumer:
     def __init__(self, cancelled: int) -> None:
         self.cancelled = cancelled
         self.seeks = 0
+        self._dropped = False
         self.log = logging.getLogger("test.batch_consumer")
 
     async def perform_seek(self) -> None:
@@ -30,9 +31,11 @@ async def test_a_seek_the_consumer_thread_cancelled_is_tried_again_not_fatal() -
     # Found by the fault campaign: a rebalance cancelled the seek in the consumer thread;
     # faust let the CancelledError end the fetcher, and the worker exited.
     consumer = _Consumer(cancelled=1)
+    consumer._dropped = True  # a fetch was dropped: the seek must happen
     await BatchConsumer._seek_back(consumer)  # type: ignore[arg-type]
+    assert consumer._dropped  # not yet sought: the next pass tries again
     await BatchConsumer._seek_back(consumer)  # type: ignore[arg-type]
-    assert consumer.seeks == 2
+    assert (consumer.seeks, consumer._dropped) == (2, False)
 
 
 async def test_a_fetcher_being_stopped_is_still_stopped() -> None:
