@@ -413,8 +413,9 @@ class _Run:
         for table in PROJECTION_TABLES:
             inv.checked += len(before[table])
             if before[table] != after[table]:
-                gone = [r for r in before[table] if r not in after[table]][:2]
-                new = [r for r in after[table] if r not in before[table]][:2]
+                was, now = Counter(before[table]), Counter(after[table])
+                gone = list((was - now).elements())[:2]
+                new = list((now - was).elements())[:2]
                 inv.fail(f"{table}: {len(before[table])} rows, replayed {len(after[table])}; "
                          f"e.g. {gone} became {new}")  # fmt: skip
         return inv
