@@ -22,7 +22,15 @@ from tokenquota.errors import (
 from tokenquota.producers import Reservation
 from tokenquota.producers.defaults import account_rule
 from tokenquota.producers.integrations.pricing import price_reservation
-from tokenquota.schemas import AccountPath, Money, Priority, Source, TokenReserved
+from tokenquota.schemas import (
+    BIGINT_MAX,
+    USAGE_TOKENS_MAX,
+    AccountPath,
+    Money,
+    Priority,
+    Source,
+    TokenReserved,
+)
 
 from .auth import Caller
 from .lean import body_schema, json_body, json_response
@@ -51,7 +59,7 @@ class ReserveRequest(BaseModel):
     session_id: str = Field(min_length=1, max_length=255)
     #: Strict, as the events' counts: `true` or "10" is no token count (pydantic's lax
     #: mode read `true` as 1).
-    tokens: int = Field(gt=0, strict=True)
+    tokens: int = Field(gt=0, le=BIGINT_MAX, strict=True)
     task_id: str | None = Field(default=None, min_length=1, max_length=255)
     priority: Priority = "normal"
     mode: Literal["strict", "optimistic"] | None = None
@@ -74,6 +82,7 @@ class ReserveRequest(BaseModel):
     output_tokens: int | None = Field(
         default=None,
         ge=0,
+        le=BIGINT_MAX,
         strict=True,
         description="How many of `tokens` are output (priced at the output price; the rest "
         "at the input price). Default: all of them, the dearer bound",
@@ -104,8 +113,8 @@ class ReservationOut(BaseModel):
 class SettleRequest(BaseModel):
     """What the call used (the rest of the reservation is released)."""
 
-    input_tokens: int = Field(ge=0, strict=True)
-    output_tokens: int = Field(ge=0, strict=True)
+    input_tokens: int = Field(ge=0, le=USAGE_TOKENS_MAX, strict=True)
+    output_tokens: int = Field(ge=0, le=USAGE_TOKENS_MAX, strict=True)
     model: str = Field(default="unknown", min_length=1, max_length=200)
     operation: str = Field(default="http_call", min_length=1, max_length=100)
     cost_usd: Money | None = Field(

@@ -328,8 +328,9 @@ def check_team_budget(stdout: str, database_url: str) -> None:
     )
     rows = _rows(
         database_url,
-        "SELECT account, tokens_used_total, reservations_rejected FROM account_budgets"
-        " WHERE account = $1",
+        "SELECT account, tokens_used_total, (SELECT sum(reservations_refused)::int"
+        " FROM account_usage_daily u WHERE u.account = b.account) AS refused"
+        " FROM account_budgets b WHERE account = $1",
         team[1],
     )
     assert [tuple(r.values()) for r in rows] == [(team[1], 550, 1)]
