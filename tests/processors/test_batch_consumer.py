@@ -44,7 +44,7 @@ async def test_a_fetcher_being_stopped_is_still_stopped() -> None:
     class _Slow(_Consumer):
         async def perform_seek(self) -> None:
             started.set()
-            await asyncio.sleep(60)
+            await asyncio.Event().wait()  # until cancelled
 
     task = asyncio.create_task(BatchConsumer._seek_back(_Slow(cancelled=0)))  # type: ignore[arg-type]
     await asyncio.wait_for(started.wait(), 5)

@@ -55,20 +55,14 @@ async def test_a_failing_database_is_retried_until_the_batch_is_applied(
 
 
 async def test_a_batch_that_does_not_start_at_its_partitions_checkpoint_is_refused(
-    database_settings: DatabaseSettings,
+    migrated_database: DatabaseSettings,
 ) -> None:
     # Found by the fault campaign (seed 2): PostgreSQL stopped mid-batch, the agent
     # crashed and was restarted, and the next batch of the partition was applied over
     # the lost one, moving the checkpoint past events never applied. The 30-minute run
     # found one event skipped the same way across a rebalance (a fetch dropped while the
     # flow was suspended, the read position left past it).
-    settings = Settings(database=database_settings)
-    conn = await connect(database_settings.dsn(), database_settings.schema_name)
-    try:
-        await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{database_settings.schema_name}"')
-        await apply_migrations(conn, database_settings.schema_name)
-    finally:
-        await conn.close()
+    settings = Settings(database=migrated_database)
     first, lost, later = (
         log_records([used("gap", 1) for _ in range(3)], topic="t", first_offset=3 * i)
         for i in range(3)
@@ -92,21 +86,15 @@ async def test_a_batch_that_does_not_start_at_its_partitions_checkpoint_is_refus
         await projector.apply(later, [], no_poison)
     finally:
         await projector.close()
-    assert await fetch_value(database_settings, "SELECT count(*) FROM usage_events") == 9
+    assert await fetch_value(migrated_database, "SELECT count(*) FROM usage_events") == 9
 
 
 async def test_a_connection_left_mid_operation_is_retried_on_a_new_one(
-    database_settings: DatabaseSettings, monkeypatch: pytest.MonkeyPatch
+    migrated_database: DatabaseSettings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Also from seed 2: a connection PostgreSQL dropped mid-transaction raised asyncpg's
     # InternalClientError at the next BEGIN, which the projector did not retry.
-    settings = Settings(database=database_settings, worker=WorkerSettings(retry_backoff_max=0.2))
-    conn = await connect(database_settings.dsn(), database_settings.schema_name)
-    try:
-        await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{database_settings.schema_name}"')
-        await apply_migrations(conn, database_settings.schema_name)
-    finally:
-        await conn.close()
+    settings = Settings(database=migrated_database, worker=WorkerSettings(retry_backoff_max=0.2))
     real = apply_batch_isolating
     calls = 0
 
