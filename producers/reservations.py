@@ -68,6 +68,16 @@ from .recent_reads import RecentReads
 
 __all__ = ["Mode", "Reservation", "TokenQuota"]
 
+#: A server away, or a connection it broke: asyncpg raises InterfaceError or
+#: InternalClientError for a pooled connection a shutdown left mid-operation.
+_DATABASE_FAILURES = (
+    OSError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    TimeoutError,
+)
+
 log = logging.getLogger("tokenquota.reservations")
 
 Mode = Literal["strict", "optimistic"]
@@ -587,7 +597,7 @@ class TokenQuota:
         try:
             async with self._turns, self._pool.acquire(timeout=10) as conn:
                 yield conn  # type: ignore[misc]  # a pool proxy behaves as a Connection
-        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        except _DATABASE_FAILURES as exc:
             raise IntegrationError(f"PostgreSQL unreachable: {exc}") from None
 
 

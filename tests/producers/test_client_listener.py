@@ -1,7 +1,8 @@
-"""The client's LISTEN connection comes back after PostgreSQL restarts.
+"""The client after PostgreSQL restarts: its LISTEN connection comes back, a start that
+found it down can be tried again, a connection it broke fails as IntegrationError.
 
-This test restarts a PostgreSQL of its own (the session's one is shared by every test);
-the broker is the session's.
+The restart tests restart a PostgreSQL of their own (the session's one is shared by
+every test); the broker is the session's.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import asyncpg
 import pytest
 from pydantic import SecretStr
 
@@ -24,6 +26,7 @@ from tokenquota.config import (
 from tokenquota.embedded import EmbeddedPostgres, WorkerProcess
 from tokenquota.errors import IntegrationError
 from tokenquota.producers import TokenQuota
+from tokenquota.producers import reservations as reservations_module
 from tokenquota.projections import apply_migrations, connect
 
 pytestmark = pytest.mark.integration
@@ -114,3 +117,30 @@ async def test_a_start_that_finds_postgres_down_can_be_tried_again(
     finally:
         await quota.close()
         await asyncio.to_thread(postgres.stop)
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        asyncpg.InternalClientError(
+            "cannot switch to state 11; another operation (2) is in progress"
+        ),
+        asyncpg.InterfaceError("connection is closed"),
+    ],
+)
+async def test_a_read_on_a_connection_broken_by_a_restart_is_an_integration_error(
+    pipeline_settings: Settings, monkeypatch: pytest.MonkeyPatch, failure: Exception
+) -> None:
+    # Found by the fault campaign: an MCP tool call read its session's room on a pooled
+    # connection that a PostgreSQL shutdown had left mid-operation; asyncpg raised
+    # InternalClientError, which escaped the client as it is (the meter turns only
+    # IntegrationError into a tool error), and the producer process crashed.
+    async def broken(conn: object, session_ids: object) -> None:
+        raise failure
+
+    async with TokenQuota(pipeline_settings) as quota:
+        monkeypatch.setattr(reservations_module, "sessions_metrics", broken)
+        with pytest.raises(IntegrationError, match="PostgreSQL unreachable"):
+            await quota.session_metrics("broken-read")
+        monkeypatch.undo()
+        assert not (await quota.session_metrics("broken-read")).known  # the next one works
