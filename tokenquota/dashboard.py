@@ -125,7 +125,15 @@ class AsyncTokenDashboard:
             raise IntegrationError(
                 f"the database has no tokenquota tables ({exc}): run `tokenquota migrate`"
             ) from None
-        except (OSError, asyncpg.PostgresConnectionError, TimeoutError) as exc:
+        except (
+            OSError,
+            TimeoutError,
+            asyncpg.PostgresConnectionError,
+            # A server shutting down, and what asyncpg raises for a connection it broke.
+            asyncpg.OperatorInterventionError,
+            asyncpg.InterfaceError,
+            asyncpg.InternalClientError,
+        ) as exc:
             raise IntegrationError(f"PostgreSQL unreachable: {exc}") from None
         except OverflowError as exc:  # a window of a date near year 1 or 9999
             raise QueryValueError(f"a date of this request is out of range: {exc}") from None

@@ -10,11 +10,14 @@ from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
+import asyncpg
 import pytest
 
 from tests.support import budget, fetch_value, reserved, used, wait_until
 from tokenquota import AsyncTokenDashboard, TokenDashboard, UnknownSessionError
 from tokenquota.config import Settings
+from tokenquota.errors import IntegrationError
+from tokenquota.projections import activity
 from tokenquota.producers import Emitter
 from tokenquota.schemas import ApiCost, Event, Source, utc_now
 
@@ -196,3 +199,30 @@ async def test_both_facades_read_the_budget_tree(pipeline_settings: Settings) ->
             (tree.OPS, tree.DANA_IN),
             (tree.DANA, tree.DANA_IN),
         ]
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        asyncpg.InternalClientError(
+            "cannot switch to state 11; another operation (2) is in progress"
+        ),
+        asyncpg.InterfaceError("connection is closed"),
+        asyncpg.AdminShutdownError("terminating connection due to administrator command"),
+    ],
+)
+async def test_a_read_cut_by_a_postgres_shutdown_is_an_integration_error(
+    pipeline_settings: Settings, monkeypatch: pytest.MonkeyPatch, failure: Exception
+) -> None:
+    # What asyncpg raises for a connection a PostgreSQL shutdown broke (seen by the fault
+    # campaign in the client, whose reads had the same gap): the API answered 500 with a
+    # traceback in its log instead of 503.
+    async def broken(conn: object, stored: str) -> None:
+        raise failure
+
+    async with AsyncTokenDashboard(pipeline_settings) as dashboard:
+        monkeypatch.setattr(activity, "session_known", broken)
+        with pytest.raises(IntegrationError, match="PostgreSQL unreachable"):
+            await dashboard.session_known("cut")
+        monkeypatch.undo()
+        assert not await dashboard.session_known("cut")  # the next read works
