@@ -1,14 +1,19 @@
-"""What the broker says about a topic: the end (highwater) of each partition.
+"""What the broker says about a topic: the end (highwater) of each partition, and where
+each starts (the first message retention or delete-records left).
 
 Some Kafka-protocol brokers (the embedded Tansu among them) answer ListOffsets, and so
 `end_offsets()`, wrongly; the highwater a fetch response carries is right, so the probe
-fetches a little from each partition and reads it from there.
+fetches a little from each partition and reads it from there. The start is found as the
+worker finds it: a fetch from offset 0, which the broker answers out of range when
+retention has deleted it, and the consumer's `auto_offset_reset="earliest"` then moves
+to the log's start; the first record the fetch returns is the first the worker can get.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
@@ -16,13 +21,24 @@ from aiokafka.errors import KafkaError
 from .config import KafkaSettings
 from .errors import IntegrationError
 
-__all__ = ["HighwaterProbe", "partition_highwaters"]
+__all__ = ["HighwaterProbe", "LogBounds", "partition_bounds", "partition_highwaters"]
 
 #: A fetch returns at least one batch whatever this says; small keeps the probe cheap.
 _PROBE_FETCH_BYTES = 1024
 #: How long the broker may hold a fetch of a partition with nothing new (aiokafka's
 #: default is 500 ms): the probe wants the highwater, not records. (0 never answers.)
 _PROBE_FETCH_WAIT_MS = 1
+
+
+@dataclass(frozen=True, slots=True)
+class LogBounds:
+    """Where a partition's log starts and ends."""
+
+    #: The offset of the first message still in the log (what a consumer reading from
+    #: the beginning gets first); `end` when the log holds none.
+    first: int
+    #: The highwater: the offset of the next message the broker will append.
+    end: int
 
 
 class HighwaterProbe:
@@ -55,6 +71,24 @@ class HighwaterProbe:
             except BaseException:
                 await self.close()
                 raise
+
+    async def bounds(self, topic: str) -> dict[int, LogBounds]:
+        """Partition -> where its log starts and ends (see LogBounds).
+
+        Reads each partition's first batch (up to a megabyte on some brokers): for an
+        operator's question, not a dashboard's. Raises IntegrationError as `highwaters`.
+        """
+        async with self._lock:
+            deadline = time.monotonic() + self.timeout
+            try:
+                consumer = await self._started(deadline)
+                bounds = await _read_bounds(consumer, topic, deadline, self.timeout)
+            except BaseException:
+                await self.close()
+                raise
+            for partition, found in bounds.items():
+                self._known[TopicPartition(topic, partition)] = found.end
+            return bounds
 
     async def close(self) -> None:
         """Close the consumer (the next question opens a new one)."""
@@ -105,6 +139,60 @@ async def partition_highwaters(
         return (await probe.highwaters(topic))[topic]
     finally:
         await probe.close()
+
+
+async def partition_bounds(
+    kafka: KafkaSettings, topic: str, *, timeout: float = 5
+) -> dict[int, LogBounds]:
+    """Partition -> where `topic`'s log starts and ends, from a consumer opened for this
+    one question.
+
+    Raises IntegrationError when the broker cannot be reached, the topic does not exist
+    or the broker does not answer for every partition within `timeout` seconds.
+    """
+    probe = HighwaterProbe(kafka, timeout=timeout)
+    try:
+        return await probe.bounds(topic)
+    finally:
+        await probe.close()
+
+
+async def _read_bounds(
+    consumer: AIOKafkaConsumer, topic: str, deadline: float, timeout: float
+) -> dict[int, LogBounds]:
+    partitions = (await _partitions(consumer, (topic,), deadline))[topic]
+    tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+    consumer.assign(tps)
+    for tp in tps:
+        # Out of range when retention deleted it: the consumer then resets to the log's
+        # start ("earliest"), as the worker's does from a committed offset that is gone.
+        consumer.seek(tp, 0)
+    found: dict[int, LogBounds] = {}
+    pending = tps
+    while pending:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            missing = ", ".join(f"{tp.topic}[{tp.partition}]" for tp in pending)
+            raise IntegrationError(
+                f"Kafka did not report the start and end of partitions {missing} within "
+                f"{timeout:g} s"
+            )
+        try:
+            fetched = await consumer.getmany(*pending, timeout_ms=int(min(left, 0.2) * 1000))
+        except (KafkaError, OSError) as exc:
+            raise IntegrationError(f"Kafka fetch failed: {exc or type(exc).__name__}") from None
+        for tp in pending:
+            end = consumer.highwater(tp)  # set only by a fetch the broker answered
+            if end is None:
+                continue
+            records = fetched.get(tp)
+            if records:
+                found[tp.partition] = LogBounds(first=records[0].offset, end=end)
+            elif await consumer.position(tp) >= end:
+                found[tp.partition] = LogBounds(first=end, end=end)
+        pending = [tp for tp in pending if tp.partition not in found]
+    consumer.pause(*tps)
+    return found
 
 
 async def _read(

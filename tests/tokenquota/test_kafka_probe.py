@@ -1,4 +1,4 @@
-"""The broker's highwaters, read from fetch responses."""
+"""The broker's highwaters, and where each partition's log starts, read from fetch responses."""
 
 from __future__ import annotations
 
@@ -9,7 +9,12 @@ import pytest
 from tests.support import used
 from tokenquota.config import KafkaSettings, Settings
 from tokenquota.errors import IntegrationError
-from tokenquota.kafka_probe import HighwaterProbe, partition_highwaters
+from tokenquota.kafka_probe import (
+    HighwaterProbe,
+    LogBounds,
+    partition_bounds,
+    partition_highwaters,
+)
 from tokenquota.producers import Emitter
 from tokenquota.schemas import utc_now
 
@@ -58,3 +63,23 @@ async def test_a_probe_kept_open_sees_what_was_appended_since_its_last_question(
         assert (await probe.highwaters(kafka.usage_topic)) == again
     finally:
         await probe.close()
+
+
+async def test_bounds_are_the_first_offset_the_log_holds_and_its_end(settings: Settings) -> None:
+    kafka = settings.kafka
+    assert await partition_bounds(kafka, kafka.usage_topic) == {
+        p: LogBounds(first=0, end=0) for p in range(kafka.partitions)
+    }
+    events = [used(f"b{i % 4}", 1, utc_now()) for i in range(30)]
+    async with Emitter(kafka, settings.emitter, settings.data_dir / "spool") as em:
+        await em.emit_many(events)
+    bounds = await partition_bounds(kafka, kafka.usage_topic)
+    # Nothing has removed the start of these logs (the embedded broker can neither delete
+    # records nor apply retention), so each starts at 0 and ends at its highwater.
+    assert bounds == {
+        p: LogBounds(first=0, end=end)
+        for p, end in (await partition_highwaters(kafka, kafka.usage_topic)).items()
+    }
+    assert sum(b.end for b in bounds.values()) == 30
+    with pytest.raises(IntegrationError, match=r"topic no\.such\.topic does not exist"):
+        await partition_bounds(kafka, "no.such.topic", timeout=3)
