@@ -17,6 +17,14 @@ EXPECTED_COLUMNS: dict[str, dict[str, tuple[str, bool]]] = {
         "reviewed_at": ("timestamp with time zone", False),
         "actor": ("text", False),
     },
+    "accepted_log_gaps": {
+        "topic": ("text", False),
+        "kafka_partition": ("integer", False),
+        "from_offset": ("bigint", False),
+        "to_offset": ("bigint", False),
+        "accepted_at": ("timestamp with time zone", False),
+        "actor": ("text", False),
+    },
     "worker_status": {
         "member": ("text", False),
         "group_id": ("text", False),

@@ -47,6 +47,7 @@ __all__ = [
     "decision_channel",
     "defaults_from_row",
     "is_permanent",
+    "partition_lock_key",
     "projection_lock_key",
     "reservation_from_row",
 ]
@@ -113,6 +114,12 @@ def decision_channel(schema: str) -> str:
 def projection_lock_key(schema: str) -> str:
     """Text whose hash keys the advisory lock between batches (shared) and replay's swap."""
     return f"tokenquota.projections:{schema}"
+
+
+def partition_lock_key(topic: str, partition: int) -> str:
+    """Text whose hash (`hashtextextended(key, 1)`) keys a transaction's exclusive lock on
+    a partition's state: a batch of the partition holds it, so does moving its checkpoint."""
+    return f"partition {topic}/{partition}"
 
 
 def is_permanent(exc: BaseException) -> bool:
@@ -392,7 +399,7 @@ async def _load_state(
     # locks come first and each kind is sorted, so locks are always taken in one order.
     await conn.execute(
         "SELECT count(pg_advisory_xact_lock(hashtextextended(k, 1))) FROM unnest($1::text[]) k",
-        [f"partition {t}/{p}" for t, p in partitions]
+        [partition_lock_key(t, p) for t, p in partitions]
         + [f"tree {t}" for t in tenants]
         + [f"session {s}" for s in sessions],
     )
@@ -466,7 +473,12 @@ class LogGapError(RuntimeError):
     """A batch starts after its partition's checkpoint: the messages between were taken
     from the log and never applied (a fetch a rebalance dropped, a batch a crash lost).
     Applying it would move the checkpoint past them; the worker stops instead, and
-    fetches again from its committed offset, which never passes an unapplied message."""
+    fetches again from its committed offset, which never passes an unapplied message.
+
+    Unless the log no longer holds them: retention or delete-records removed them before
+    they were applied, and the worker, reset to the log's start, stops at every restart.
+    The worker cannot tell the two apart; `tokenquota checkpoints show` can, and
+    `tokenquota checkpoints accept-gap` moves the checkpoint to the log's start."""
 
 
 def _check_follows(rows: Sequence[asyncpg.Record], first: dict[PartitionKey, int]) -> None:
@@ -477,7 +489,11 @@ def _check_follows(rows: Sequence[asyncpg.Record], first: dict[PartitionKey, int
             raise LogGapError(
                 f"partition {key[0]}[{key[1]}]: offsets {applied} to {offset - 1} were never "
                 "applied, yet a batch from after them arrived; stopping so that they are "
-                "fetched again from the committed offset"
+                "fetched again from the committed offset. If the log no longer holds these "
+                "offsets (retention or delete-records removed them), the worker stops like "
+                "this at every restart: check with `tokenquota checkpoints show`, then run "
+                f"`tokenquota checkpoints accept-gap --partition {key[1]}` (the events at "
+                "those offsets are lost to the projections)"
             )
 
 

@@ -121,13 +121,14 @@ async def test_migrate_applies_once(database_settings: DatabaseSettings) -> None
         "0004_alerts, 0005_read_model_rollups, 0006_worker_status, "
         "0007_integration_logs_view, 0008_read_model_indexes, 0009_dlq_reviews, "
         "0010_budget_tree, 0011_usd_limits, 0012_account_rollups, "
-        "0013_tree_alerts, 0014_budget_fillfactor, 0015_node_counters_from_rollups",
+        "0013_tree_alerts, 0014_budget_fillfactor, 0015_node_counters_from_rollups, "
+        "0016_accepted_log_gaps",
     )
     second = await _run("migrate", env=env)
     assert (second.code, second.stdout.strip()) == (0, "migrations applied: none pending")
     conn = await connect(database_settings.dsn(), database_settings.schema_name)
     try:
-        assert await conn.fetchval("SELECT count(*) FROM tokenquota_schema_migrations") == 15
+        assert await conn.fetchval("SELECT count(*) FROM tokenquota_schema_migrations") == 16
     finally:
         await conn.close()
 
