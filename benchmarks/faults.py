@@ -3,15 +3,19 @@ random faults, checked afterwards by an oracle that does not use the fold.
 
 Load: --producers processes of `benchmarks.fault_load` (strict and optimistic
 reservations racing for shared sessions, half of them in a budget tree whose nodes have
-limits; settlements above and below, releases, expiries, unreserved usage from the past
-and the future, ApiCosts, budget changes, duplicates re-sent, poison). Producer 0 has a
-small spool, so that a stopped broker fills it and its emits are refused.
+limits; token and total USD limits, some reservations priced; settlements above and
+below, releases, expiries, unreserved usage from the past and the future, ApiCosts,
+budget changes, duplicates re-sent, poison). Their roles take turns: the client alone;
+the client and its hooks (MCP meter, orchestrator tasks, memory operations); the client
+and the HTTP API (ingested event arrays with invalid items, reservations settled and
+released over HTTP), which runs as its own process (`benchmarks.fault_api`). Producer 0
+has a small spool, so that a stopped broker fills it and its emits are refused.
 
 Faults, one at a time at seeded random moments: SIGKILL of a worker (restarted),
 SIGSTOP/SIGCONT of a worker (long enough, sometimes, for the group to rebalance),
 SIGSTOP of the broker for seconds (clients time out and spool), SIGKILL of a producer
-(restarted on the same spool, which it drains first), PostgreSQL stopped (fast or
-immediate shutdown) and restarted, and a replay of the live schema.
+or of the HTTP API (restarted on the same spool, which it drains first), PostgreSQL
+stopped (fast or immediate shutdown) and restarted, and a replay of the live schema.
 
 Afterwards, with every process resumed and the workers caught up: the oracle's
 invariants (`benchmarks.fault_oracle`), a replay that must reproduce every projection
@@ -38,22 +42,28 @@ import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from pydantic import SecretStr
 from rich.console import Console
 from rich.table import Table
 
 from benchmarks.fault_load import Recorder, node_budget, session_budget
-from benchmarks.fault_oracle import Invariant, LedgerRow, Recorded, RunOutput, check
+from benchmarks.fault_oracle import Invariant, check
+from benchmarks.fault_reads import RunReader, read_records
 from benchmarks.report import machine
 from tokenquota.config import DatabaseSettings, KafkaSettings, Settings, WorkerSettings
-from tokenquota.embedded import EmbeddedBroker, EmbeddedPostgres, WorkerProcess, process_env
-from tokenquota.kafka_probe import partition_highwaters
+from tokenquota.embedded import (
+    EmbeddedBroker,
+    EmbeddedPostgres,
+    WorkerProcess,
+    free_port,
+    process_env,
+)
 from tokenquota.producers.emitter import Emitter
-from tokenquota.projections import PROJECTION_TABLES, connect
+from tokenquota.projections import PROJECTION_TABLES
 from tokenquota.projections.replay import replay_into
 from tokenquota.provision import provision
 from tokenquota.schemas import Source
@@ -64,8 +74,10 @@ SOURCE = Source(component="cli", name="fault-campaign")
 #: (fault, weight) of the schedule.
 FAULTS = (
     ("worker-kill", 3), ("worker-stop", 3), ("broker-stop", 3), ("producer-kill", 3),
-    ("postgres-fast", 1), ("postgres-immediate", 1), ("replay-live", 1),
+    ("api-kill", 2), ("postgres-fast", 1), ("postgres-immediate", 1), ("replay-live", 1),
 )  # fmt: skip
+#: The producers' roles, in turn (see `benchmarks.fault_load`).
+PRODUCER_ROLES = ("sdk", "hooks", "http")
 
 
 @dataclass
@@ -95,39 +107,51 @@ class Report:
 
 
 def plan(seed: int, topic: str) -> dict[str, Any]:
-    """The sessions (half in a tree), the nodes with limits and their first budgets."""
+    """The sessions (half in a tree), the nodes with limits and their first budgets
+    (tokens, and total USD for about half of them)."""
     rng = random.Random(f"{seed}/plan")
     teams = ["t0/a", "t0/b", "t1/a"]
     sessions = [{"session": f"s{i}", "account": None} for i in range(6)] + [
         {"session": f"u{i}", "account": f"{teams[i % 3]}/u{i}"} for i in range(9)
     ]
+    budgets = {
+        **{s["session"]: rng.randint(1_500, 6_000) for s in sessions},
+        **{team: rng.randint(3_000, 8_000) for team in teams},
+        "t0": 12_000,
+        "t1": 9_000,
+    }
+    usd = {owner: rng.choice([None, str(rng.randint(40, 400) / 1_000)]) for owner in budgets}
     return {
         "topic": topic,
         "sessions": sessions,
         "nodes": ["t0", "t1", *teams],
-        "budgets": {
-            **{s["session"]: rng.randint(1_500, 6_000) for s in sessions},
-            **{team: rng.randint(3_000, 8_000) for team in teams},
-            "t0": 12_000,
-            "t1": 9_000,
-        },
+        "budgets": budgets,
+        "usd": usd,
     }
 
 
 class _Producer:
-    """A fault_load process: started again after a kill, on the same spool and records."""
+    """A fault_load (or fault_api) process: started again after a kill, on the same spool
+    and records."""
 
-    def __init__(self, index: int, env: dict[str, str], args: list[str], log: Path) -> None:
-        self.index, self.env, self.args, self.log = index, env, args, log
+    def __init__(
+        self,
+        index: int,
+        env: dict[str, str],
+        args: list[str],
+        log: Path,
+        module: str = "benchmarks.fault_load",
+    ) -> None:
+        self.index, self.env, self.args, self.log, self.module = index, env, args, log, module
         self.restarts = 0
         self.process: subprocess.Popen[bytes] | None = None
         self.pids: list[int] = []
 
     def start(self) -> None:
+        restart = ["--restart", str(self.restarts)] if self.module.endswith("fault_load") else []
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "benchmarks.fault_load", *self.args,
-                 "--restart", str(self.restarts)],
+                [sys.executable, "-m", self.module, *self.args, *restart],
                 env=self.env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             )  # fmt: skip
         self.pids.append(self.process.pid)
@@ -150,6 +174,7 @@ class _Run:
         self.worker_count, self.producer_count = workers, producers
         self.workers: list[WorkerProcess] = []
         self.producers: list[_Producer] = []
+        self.api: _Producer | None = None
         self.started_pids: list[int] = []
         name = f"faults_{uuid.uuid4().hex[:8]}"
         self.settings = Settings(
@@ -162,6 +187,7 @@ class _Run:
             data_dir=folder / "data",
         )  # fmt: skip
         self.plan = plan(seed, self.settings.kafka.usage_topic)
+        self.reader = RunReader(self.settings)
 
     # -- processes -------------------------------------------------------------------
 
@@ -176,21 +202,35 @@ class _Run:
     def _start_worker(self, i: int) -> None:
         self.started_pids.append(self.workers[i].start(self._worker_env(i)))
 
+    def _client_env(self, name: str) -> dict[str, str]:
+        return {
+            **os.environ, **process_env(self.settings),
+            "TOKENQUOTA_DATA_DIR": str(self.folder / name),
+            "RESERVATIONS_DECISION_TIMEOUT": "8", "LOG_LEVEL": "ERROR",
+            "EMITTER_SEND_TIMEOUT": "3",
+        }  # fmt: skip
+
     def _start_producers(self, until: float) -> None:
         plan_file = self.folder / "plan.json"
         plan_file.write_text(json.dumps({**self.plan, "started": time.time()}))
-        for i in range(self.producer_count):
-            env = {
-                **os.environ, **process_env(self.settings),
-                "TOKENQUOTA_DATA_DIR": str(self.folder / f"producer-{i}"),
-                "RESERVATIONS_DECISION_TIMEOUT": "8", "LOG_LEVEL": "ERROR",
-                "EMITTER_SEND_TIMEOUT": "3",
-            }  # fmt: skip
+        roles = [PRODUCER_ROLES[i % len(PRODUCER_ROLES)] for i in range(self.producer_count)]
+        url = None
+        if "http" in roles:
+            port = free_port()
+            env = {**self._client_env("api"), "API_RATE_LIMIT": "100000",
+                   "API_RATE_BURST": "100000"}  # fmt: skip
+            args = ["--port", str(port), "--records", str(self.folder / "records-api.jsonl")]
+            self.api = _Producer(-1, env, args, self.folder / "api.log", "benchmarks.fault_api")
+            self.api.start()
+            url = f"http://127.0.0.1:{port}"
+        for i, role in enumerate(roles):
+            env = self._client_env(f"producer-{i}")
             if i == 0:
                 env["EMITTER_SPOOL_MAX_BYTES"] = str(16 * 1024)
             records = self.folder / f"records-{i}.jsonl"
             args = ["--index", str(i), "--seed", str(self.seed), "--until", str(until),
-                    "--plan", str(plan_file), "--records", str(records)]  # fmt: skip
+                    "--plan", str(plan_file), "--records", str(records), "--role", role,
+                    *(["--api", url] if role == "http" and url else [])]  # fmt: skip
             producer = _Producer(i, env, args, self.folder / f"producer-{i}.log")
             producer.start()
             self.producers.append(producer)
@@ -217,10 +257,18 @@ class _Run:
         recorder = Recorder(self.folder / "records-setup.jsonl")
         emitter = Emitter.from_settings(self.settings)
         recorder.wrap(emitter)
-        budgets = self.plan["budgets"]
-        events = [node_budget(node, budgets[node], SOURCE) for node in self.plan["nodes"]]
+        budgets, usd = self.plan["budgets"], self.plan["usd"]
+
+        def dollars(owner: str) -> Decimal | None:
+            return None if usd[owner] is None else Decimal(usd[owner])
+
+        events = [
+            node_budget(node, budgets[node], SOURCE, dollars(node)) for node in self.plan["nodes"]
+        ]
         events += [
-            session_budget(s["session"], s["account"], budgets[s["session"]], SOURCE)
+            session_budget(
+                s["session"], s["account"], budgets[s["session"]], SOURCE, dollars(s["session"])
+            )
             for s in self.plan["sessions"]
         ]
         async with emitter:
@@ -230,7 +278,7 @@ class _Run:
 
     async def _budgets_applied(self) -> bool:
         expected = self.report.events["budgets at the start"]
-        count: int = await self._fetchval("SELECT count(*) FROM usage_events")
+        count: int = await self.reader.fetchval("SELECT count(*) FROM usage_events")
         return count >= expected
 
     async def _faults(self, until: float) -> None:
@@ -257,6 +305,11 @@ class _Run:
                 self.report.notes.append(
                     f"producer {producer.index} exited with {code}; see {producer.log}"
                 )
+        if self.api is not None and self.api.process is not None:
+            self.api.process.terminate()  # it stops serving, then drains its spool
+            code = await asyncio.to_thread(self.api.process.wait, 400)
+            if code != 0:
+                self.report.notes.append(f"producer api exited with {code}; see {self.api.log}")
 
     def _supervise(self) -> None:
         """Restart a worker that stopped by itself (as systemd would), noting it."""
@@ -293,6 +346,10 @@ class _Run:
     async def _producer_kill(self) -> None:
         self.producers[self.rng.randrange(len(self.producers))].kill()
 
+    async def _api_kill(self) -> None:
+        if self.api is not None:
+            self.api.kill()
+
     async def _postgres_fast(self, sig: signal.Signals = signal.SIGINT) -> None:
         pid = self.postgres.pid
         assert pid is not None
@@ -316,9 +373,9 @@ class _Run:
     # -- the end ---------------------------------------------------------------------
 
     async def _finish(self) -> None:
-        await self._wait(self._caught_up, 300, "the workers to apply everything")
-        run_output = await self._output()
-        recorded = _records(self.folder)
+        await self._wait(self.reader.caught_up, 300, "the workers to apply everything")
+        run_output = await self.reader.output()
+        recorded = read_records(self.folder)
         self.report.invariants = check(recorded, run_output)
         self.report.invariants.append(await self._replay_reproduces())
         outcomes = Counter(recorded.outcomes.values())
@@ -331,85 +388,24 @@ class _Run:
                 "dead letters": len(run_output.dead_letters),
                 "reservations decided": len(run_output.decisions),
                 "rejected": sum(1 for s, _, _ in run_output.decisions.values() if s == "rejected"),
+                "rejected by a USD limit": sum(
+                    1
+                    for _, reason, _ in run_output.decisions.values()
+                    if reason is not None and reason.endswith("usd_limit")
+                ),
+                "HTTP items answered accepted": len(recorded.claimed),
+                "HTTP items answered invalid": len(recorded.invalid),
             }
         )
-
-    async def _caught_up(self) -> bool:
-        kafka = self.settings.kafka
-        ends = await partition_highwaters(kafka, kafka.usage_topic, timeout=10)
-        rows = await self._fetch(
-            "SELECT kafka_partition, next_offset FROM partition_checkpoints WHERE topic = $1",
-            kafka.usage_topic,
-        )
-        applied = {r["kafka_partition"]: r["next_offset"] for r in rows}
-        return all(applied.get(p, 0) >= end for p, end in ends.items())
-
-    async def _output(self) -> RunOutput:
-        kafka = self.settings.kafka
-        ledger = [
-            LedgerRow(r["kafka_partition"], r["kafka_offset"], r["log_time"], json.loads(r["p"]))
-            for r in await self._fetch(
-                "SELECT kafka_partition, kafka_offset, log_time, payload::text AS p"
-                " FROM usage_events WHERE topic = $1",
-                kafka.usage_topic,
-            )
-        ]
-        decisions = {
-            str(r["reservation_id"]): (r["status"], r["reason"], r["refused_by"])
-            for r in await self._fetch(
-                "SELECT reservation_id, status, reason, refused_by FROM reservations"
-            )
-        }
-        sessions = {
-            r["session_id"]: r["tokens_used_total"]
-            for r in await self._fetch(
-                "SELECT session_id, tokens_used_total FROM session_token_budgets"
-            )
-        }
-        nodes = {
-            r["account"]: r["tokens_used_total"]
-            for r in await self._fetch("SELECT account, tokens_used_total FROM account_budgets")
-        }
-        days = {
-            r["session_id"]: r["t"]
-            for r in await self._fetch(
-                "SELECT session_id, sum(tokens_used)::bigint AS t"
-                " FROM session_usage_daily GROUP BY 1"
-            )
-        }
-        return RunOutput(ledger, decisions, sessions, nodes, days, await self._dead_letters())
-
-    async def _dead_letters(self) -> list[str]:
-        kafka = self.settings.kafka
-        ends = await partition_highwaters(kafka, kafka.dlq_topic, timeout=10)
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=kafka.bootstrap_servers, enable_auto_commit=False,
-            auto_offset_reset="earliest",
-        )  # fmt: skip
-        await consumer.start()
-        try:
-            tps = [TopicPartition(kafka.dlq_topic, p) for p, end in ends.items() if end > 0]
-            values: list[str] = []
-            if not tps:
-                return values
-            consumer.assign(tps)
-            await consumer.seek_to_beginning(*tps)
-            left = {tp: ends[tp.partition] for tp in tps}
-            deadline = time.monotonic() + 60
-            while left and time.monotonic() < deadline:
-                for tp, records in (await consumer.getmany(timeout_ms=500)).items():
-                    values += [r.value.hex() for r in records if r.value is not None]
-                    if records and records[-1].offset + 1 >= left.get(tp, 0):
-                        left.pop(tp, None)
-            return values
-        finally:
-            await consumer.stop()
+        components = Counter(row.event["source"]["component"] for row in run_output.ledger)
+        for component, count in sorted(components.items()):
+            self.report.events[f"in the ledger from {component}"] = count
 
     async def _replay_reproduces(self) -> Invariant:
         inv = Invariant("a replay reproduces every projection row for row")
-        before = await self._snapshot()
+        before = await self.reader.snapshot()
         await self._replay_live()
-        after = await self._snapshot()
+        after = await self.reader.snapshot()
         for table in PROJECTION_TABLES:
             inv.checked += len(before[table])
             if before[table] != after[table]:
@@ -420,26 +416,7 @@ class _Run:
                          f"e.g. {gone} became {new}")  # fmt: skip
         return inv
 
-    async def _snapshot(self) -> dict[str, list[tuple[Any, ...]]]:
-        tables = {}
-        for table in PROJECTION_TABLES:
-            rows = await self._fetch(f"SELECT * FROM {table}")  # noqa: S608 - constant names
-            tables[table] = sorted((tuple(r.values()) for r in rows), key=repr)
-        return tables
-
     # -- helpers ---------------------------------------------------------------------
-
-    async def _fetch(self, sql: str, *args: Any) -> list[Any]:
-        db = self.settings.database
-        conn = await connect(db.dsn(), db.schema_name)
-        try:
-            return list(await conn.fetch(sql, *args))
-        finally:
-            await conn.close()
-
-    async def _fetchval(self, sql: str, *args: Any) -> Any:
-        rows = await self._fetch(sql, *args)
-        return rows[0][0] if rows else None
 
     async def _wait(self, ready: Callable[[], Any], timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout
@@ -452,7 +429,7 @@ class _Run:
 
     def stop(self) -> None:
         """Stop every process of the run (by PID), and note any left behind."""
-        for producer in self.producers:
+        for producer in [*self.producers, *([self.api] if self.api else [])]:
             if producer.process is not None and producer.process.poll() is None:
                 producer.process.kill()
                 producer.process.wait()
@@ -463,7 +440,9 @@ class _Run:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(server.pid, signal.SIGCONT)
             server.stop()
-        pids = self.started_pids + [pid for p in self.producers for pid in p.pids]
+        pids = self.started_pids + [
+            pid for p in [*self.producers, *([self.api] if self.api else [])] for pid in p.pids
+        ]
         left = [pid for pid in pids if pid and _alive(pid)]
         if left:
             self.report.notes.append(f"processes left behind: {left}")
@@ -478,30 +457,6 @@ def _alive(pid: int) -> bool:
         status = Path(f"/proc/{pid}/stat").read_text().split()[2]
         return status != "Z"
     return True
-
-
-def _records(folder: Path) -> Recorded:
-    events: dict[str, Any] = {}
-    outcomes: dict[str, str] = {}
-    poison: list[str] = []
-    poison_sent: list[str] = []
-    for path in sorted(folder.glob("records-*.jsonl")):
-        for line in path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # the last line of a producer killed mid-write
-            kind = record["k"]
-            if kind == "e":
-                events[record["id"]] = json.loads(record["ev"])
-                outcomes.setdefault(record["id"], "unknown")
-            elif kind == "o" and outcomes.get(record["id"]) not in ("acked", "spooled"):
-                outcomes[record["id"]] = record["o"]
-            elif kind == "pa":
-                poison.append(record["v"])
-            elif kind == "p":
-                poison_sent.append(record["v"])
-    return Recorded(events, outcomes, poison, poison_sent)
 
 
 @contextlib.asynccontextmanager
