@@ -33,6 +33,7 @@ from tokenquota.schemas import AccountPath, Money
 from tokenquota.schemas.envelope import ACCOUNT_MAX_DEPTH
 
 from .auth import Caller
+from .lean import body_schema, json_body
 from .state import admin, reader, state_of
 
 __all__ = ["known_session", "router"]
@@ -71,12 +72,15 @@ class BudgetRequest(BaseModel):
         }
 
 
-@router.put("/sessions/{session_id}/budget", response_model=SessionReport)
-async def put_budget(
-    session_id: str, body: BudgetRequest, request: Request, caller: Caller = admin
-) -> SessionReport:
+@router.put(
+    "/sessions/{session_id}/budget",
+    response_model=SessionReport,
+    openapi_extra=body_schema(BudgetRequest),
+)
+async def put_budget(session_id: str, request: Request, caller: Caller = admin) -> SessionReport:
     """Set a session's budget: a BudgetSet naming the token as its actor, answered once the
     worker has applied it."""
+    body = await json_body(request, BudgetRequest)  # a key given twice is a 422
     state = state_of(request)
     try:
         current = (await state.quota.session_metrics(session_id)).usd
@@ -183,12 +187,17 @@ async def account(account: str, request: Request, caller: Caller = reader) -> li
     return await _nodes(request, account)
 
 
-@router.put("/accounts/{account:path}/budget", response_model=list[AccountNode])
+@router.put(
+    "/accounts/{account:path}/budget",
+    response_model=list[AccountNode],
+    openapi_extra=body_schema(BudgetRequest),
+)
 async def put_account_budget(
-    account: str, body: BudgetRequest, request: Request, caller: Caller = admin
+    account: str, request: Request, caller: Caller = admin
 ) -> list[AccountNode]:
     """Set a budget tree node's limits (every session under it must fit them too): a
     BudgetSet naming the token as its actor, answered once the worker has applied it."""
+    body = await json_body(request, BudgetRequest)  # a key given twice is a 422
     node = (await _nodes(request, account))[-1]  # a valid path
     current = UsdLimits(node.daily_usd_limit, node.monthly_usd_limit, node.total_usd_limit)
     try:

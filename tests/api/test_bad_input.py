@@ -151,11 +151,16 @@ def bad_bodies(draw: st.DrawFn) -> tuple[str, str, bytes, dict[str, str]]:
     return method, path, body, headers
 
 
-#: Bodies that name a field twice, the last value a valid one: (path, body, field).
+#: Bodies that name a field twice, the last value a valid one: (method, path, body, field).
 _TWICE = [
-    ("/v1/reservations", '{"session_id": "fuzz", "tokens": -5, "tokens": 10}', "tokens"),
-    (f"/v1/reservations/{uuid.uuid4()}/settle",
+    ("POST", "/v1/reservations", '{"session_id": "fuzz", "tokens": -5, "tokens": 10}', "tokens"),
+    ("POST", f"/v1/reservations/{uuid.uuid4()}/settle",
      '{"input_tokens": 1, "output_tokens": 2, "input_tokens": 9}', "input_tokens"),
+    ("PUT", "/v1/sessions/fuzz/budget",
+     '{"daily_limit": 1, "monthly_limit": 2, "hard_limit": -5, "hard_limit": 3}', "hard_limit"),
+    ("PUT", "/v1/accounts/fuzz/budget",
+     '{"daily_limit": 1, "monthly_limit": 2, "hard_limit": 3, "total_usd_limit": "-1", '
+     '"total_usd_limit": "2.50"}', "total_usd_limit"),
 ]  # fmt: skip
 #: Token counts given as what is no JSON integer: (method, path, field, the other fields).
 _NOT_INTEGERS = [
@@ -170,8 +175,8 @@ async def test_a_bad_body_is_a_4xx_naming_the_problem(client: httpx.AsyncClient)
         answer = await client.request(method, path, content=body, headers=headers)
         _is_api_error(answer, 400, 404, 409, 413, 415, 422)
     # A key given twice was read as its last value (and the reservation made).
-    for path, body, field in _TWICE:
-        answer = await client.post(path, content=body, headers=_ADMIN)
+    for method, path, body, field in _TWICE:
+        answer = await client.request(method, path, content=body, headers=_ADMIN)
         errors = _is_api_error(answer, 422)["errors"]
         assert errors == [{"path": f"body.{field}", "reason": duplicate_key_reason(2)}]
     # pydantic's lax mode read `true` as 1 token (a reservation then waited for a worker).
