@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.text import Text
 
 from .cli_api import api_app
+from .cli_checkpoints import checkpoints_app
 from .cli_dlq import dlq_app
 from .cli_ops import register as register_ops
 from .cli_run import fail, run_app
@@ -595,6 +596,7 @@ def show_config(ctx: typer.Context) -> None:
 register_ops(app)
 app.add_typer(api_app, name="api")
 app.add_typer(dlq_app, name="dlq")
+app.add_typer(checkpoints_app, name="checkpoints")
 
 
 def main() -> None:
