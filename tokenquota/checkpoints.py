@@ -199,8 +199,11 @@ def _no_gap(checkpoint: int | None, bounds: LogBounds) -> str:
         return f"nothing was applied from it yet ({log_is})"
     return (
         f"its checkpoint {checkpoint} is not before the log's first offset ({log_is}), so "
-        "every message not applied yet is still in the log. A worker that stopped with "
-        "LogGapError on it fetches them again from its committed offset when restarted"
+        "every message not applied yet is still in the log. A worker stopped by LogGapError "
+        "on it fetches them again from its group's committed offset when restarted; should "
+        "that offset be past the checkpoint too (a database restored from a backup), reset "
+        f"the group's offset of the partition to {checkpoint} (kafka-consumer-groups.sh "
+        "--reset-offsets)"
     )
 
 

@@ -106,8 +106,10 @@ async def test_show_puts_each_checkpoint_beside_the_logs_bounds(
     assert str(refused.value) == (
         f"no gap to accept in {settings.kafka.usage_topic}[1]: its checkpoint 1 is not before "
         "the log's first offset (the log holds offsets 0 to 2), so every message not applied "
-        "yet is still in the log. A worker that stopped with LogGapError on it fetches them "
-        "again from its committed offset when restarted"
+        "yet is still in the log. A worker stopped by LogGapError on it fetches them again "
+        "from its group's committed offset when restarted; should that offset be past the "
+        "checkpoint too (a database restored from a backup), reset the group's offset of the "
+        "partition to 1 (kafka-consumer-groups.sh --reset-offsets)"
     )
     with pytest.raises(GapRefusedError, match=r"has no partition 3 \(it has partitions 0 to 2\)"):
         await find_log_gap(settings, 3)
