@@ -70,7 +70,7 @@ class McpSettings(_Section):
             "request, the handshake included (seconds); unset: no limit"
         ),
     )
-    token_budget_per_request: Annotated[int, Field(gt=0)] = 4000
+    token_budget_per_request: Annotated[int, Field(gt=0, le=100_000_000)] = 4000
     session_sources: tuple[SessionSource, ...] = Field(
         default=("config", "meta", "header", "client"),
         min_length=1,
@@ -162,16 +162,18 @@ class McpSettings(_Section):
 class OrchestratorSettings(_Section):
     """The agent orchestrator integration (the original design called it `kilocode`)."""
 
-    max_concurrent_tasks: Annotated[int, Field(gt=0)] = 10
+    max_concurrent_tasks: Annotated[int, Field(gt=0, le=10_000)] = 10
 
 
 class ExternalApiSettings(_Section):
     """OpenAI / Anthropic and other external LLM APIs."""
 
     timeout: Seconds = 30
-    max_retries: Annotated[int, Field(ge=0)] = 3
-    rate_limit: Annotated[int, Field(gt=0, description="requests per minute per API")] = 60
-    tokens_per_minute: Annotated[int, Field(gt=0)] | None = Field(
+    max_retries: Annotated[int, Field(ge=0, le=100)] = 3
+    rate_limit: Annotated[
+        int, Field(gt=0, le=1_000_000, description="requests per minute per API")
+    ] = 60
+    tokens_per_minute: Annotated[int, Field(gt=0, le=10**12)] | None = Field(
         default=None, description="Token rate limit per API; unset: none"
     )
     fallback_enabled: bool = True
@@ -180,7 +182,7 @@ class ExternalApiSettings(_Section):
         description="When the budget is exhausted: raise, use fallback_model, or a cached reply",
     )
     fallback_model: _Model | None = None
-    default_max_output_tokens: Annotated[int, Field(gt=0)] = Field(
+    default_max_output_tokens: Annotated[int, Field(gt=0, le=100_000_000)] = Field(
         default=4096,
         description="Output tokens reserved for a call that sets no max_tokens",
     )
@@ -191,7 +193,7 @@ class PerformanceSettings(_Section):
     """The token counter's cache."""
 
     enable_caching: bool = True
-    cache_size: Annotated[int, Field(ge=0)] = 1000
+    cache_size: Annotated[int, Field(ge=0, le=10_000_000)] = 1000
 
 
 class EmitterSettings(_Section):
@@ -200,9 +202,9 @@ class EmitterSettings(_Section):
     spool_dir: Path | None = Field(
         default=None, description="Durable spool folder; default: <data_dir>/spool"
     )
-    spool_max_bytes: Annotated[int, Field(gt=0)] = 256 * 1024 * 1024
-    linger_ms: Annotated[int, Field(ge=0)] = 20
-    max_batch_bytes: Annotated[int, Field(gt=0)] = 1024 * 1024
+    spool_max_bytes: Annotated[int, Field(gt=0, le=2**40)] = 256 * 1024 * 1024
+    linger_ms: Annotated[int, Field(ge=0, le=60_000)] = 20
+    max_batch_bytes: Annotated[int, Field(gt=0, le=2**30)] = 1024 * 1024
     enable_idempotence: bool = False
     send_timeout: Seconds = 10
     retry_interval: Seconds = 1
@@ -276,7 +278,7 @@ class ApiSettings(_Section):
         default=(),
         description="Bearer tokens; with none, the API serves 127.0.0.1 only",
     )
-    rate_limit: Annotated[float, Field(gt=0, allow_inf_nan=False)] = Field(
+    rate_limit: Annotated[float, Field(gt=0, le=1e9, allow_inf_nan=False)] = Field(
         default=100.0, description="Requests per second each token (or client address) may make"
     )
 
@@ -291,7 +293,7 @@ class ApiSettings(_Section):
                 raise ValueError(f"must be a JSON array of tokens: {exc}") from None
         return value
 
-    rate_burst: Annotated[int, Field(gt=0)] = Field(
+    rate_burst: Annotated[int, Field(gt=0, le=10**9)] = Field(
         default=200, description="Requests a client may make at once before the rate applies"
     )
 
@@ -308,7 +310,7 @@ class AlertSettings(_Section):
     timeout: Seconds = 10
     retry_backoff_max: Seconds = 300
     retry_backoff_min: Seconds = Field(default=1, description="Delay before the first retry")
-    max_attempts: Annotated[int, Field(ge=1)] | None = Field(
+    max_attempts: Annotated[int, Field(ge=1, le=1_000_000)] | None = Field(
         default=None, description="Attempts before an alert is given up as failed; unset: no bound"
     )
     max_age: Seconds = Field(

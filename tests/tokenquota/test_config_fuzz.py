@@ -13,12 +13,14 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 from unittest import mock
 
+import annotated_types
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pydantic import BaseModel
 
 from tokenquota import config
 from tokenquota.config import (
@@ -248,3 +250,58 @@ def test_the_cli_answers_bad_configuration_with_exit_code_2_and_no_traceback(
     assert done.stdout == "" and "Traceback" not in done.stderr
     assert re.match(r"error: invalid configuration", done.stderr), done.stderr
     assert expected in done.stderr
+
+
+# --- the bounds of numbers ------------------------------------------------------------------
+
+
+def _upper_bound(info: Any) -> float | None:
+    """The `le` of a numeric setting (also inside `X | None`), None when it has none."""
+    metadata = list(info.metadata)
+    for arg in get_args(info.annotation):
+        metadata += [m for inner in get_args(arg)[1:] for m in getattr(inner, "metadata", [inner])]
+    bounds = [m.le for m in metadata if isinstance(m, annotated_types.Le)]
+    return min(bounds) if bounds else None
+
+
+def _numeric_settings() -> list[tuple[str, str, Any, bool]]:
+    """(path, variable, upper bound, integer?) of every number setting."""
+    found = []
+    for setting, variables in sorted(env_var_names().items()):
+        if len(setting) != 2:
+            continue  # the top-level ones: a level, a file, a folder
+        section, key = setting
+        model = Settings.model_fields[section].annotation
+        assert isinstance(model, type) and issubclass(model, BaseModel)
+        info = next(f for n, f in model.model_fields.items() if key in (n, f.validation_alias))
+        types = {a for arg in (info.annotation, *get_args(info.annotation))
+                 for a in (arg, *get_args(arg))}  # fmt: skip
+        if bool in types or not types & {int, float}:
+            continue
+        found.append((f"{section}.{key}", variables[0], _upper_bound(info), int in types))
+    return found
+
+
+def test_every_number_setting_has_an_upper_bound() -> None:
+    # A number past what anything can use loaded, then failed (or overflowed) where it
+    # was used; every one now has a bound the README's table states.
+    numbers = _numeric_settings()
+    assert len(numbers) > 30, numbers
+    assert [path for path, _, bound, _ in numbers if bound is None] == []
+
+
+@pytest.mark.parametrize(("path", "variable", "bound", "integer"), _numeric_settings())
+def test_a_number_setting_takes_its_bound_and_refuses_one_past_it(
+    path: str, variable: str, bound: Any, integer: bool
+) -> None:
+    at, past = (str(bound), str(bound + 1)) if integer else (repr(bound), repr(bound * 1.01))
+    with _environment({variable: at}):
+        loaded = _loaded()
+    if isinstance(loaded, ConfigError):  # only a rule between settings may refuse it
+        assert not [p for p in loaded.problems if p.startswith(f"{path} =")], loaded
+    with _environment({variable: past}):
+        refused = _loaded()
+    assert isinstance(refused, ConfigError)
+    assert any(
+        p.startswith(f"{path} = ") and "less than or equal to" in p for p in refused.problems
+    ), refused.problems
