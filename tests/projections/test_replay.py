@@ -15,6 +15,7 @@ from tests.support import fetch_value, live_workload, snapshot, used, wait_until
 from tokenquota.config import KafkaSettings, Settings
 from tokenquota.producers import Emitter
 from tokenquota.projections import connect
+from tokenquota.projections import replay as replay_module
 from tokenquota.projections.ledger_replay import replay_from_ledger
 from tokenquota.projections.replay import ReplayError, log_mismatch, replay_into
 from tokenquota.projections.store import PROJECTION_VIEWS
@@ -205,6 +206,34 @@ async def test_replay_catches_up_with_what_a_live_worker_applied_during_the_read
     worker.stop()
     await replay(settings)  # nothing happening meanwhile: the same tables
     assert await with_views(settings) == caught_up
+
+
+async def test_replay_reads_the_live_checkpoints_before_the_log_ends(
+    pipeline_settings: Settings, start_worker: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Found by the fault campaign (a replay under live load): the replay read the log's
+    # ends, then the live checkpoints; a worker that applied more in between had moved
+    # them past those ends, and the replay refused the live log as one that "holds less
+    # than the projections have applied". Here the worker applies more exactly then.
+    settings = pipeline_settings
+    worker = start_worker()
+    await emit_and_wait(settings, live_workload(sessions=4), worker)
+    late = [used(f"late-{i}", 5) for i in range(20)]
+    real_end_offsets = replay_module._end_offsets
+
+    async def ends_then_the_worker_applies_more(consumer: Any, tps: Any) -> Any:
+        ends = await real_end_offsets(consumer, tps)
+        await emit_and_wait(settings, late, worker)
+        return ends
+
+    monkeypatch.setattr(replay_module, "_end_offsets", ends_then_the_worker_applies_more)
+    report = await replay(settings)
+    assert sum(report.end_offsets.values()) + len(late) == await applied_offsets(settings)
+    late_total = await fetch_value(
+        settings.database,
+        "SELECT sum(tokens_used_total) FROM session_token_budgets WHERE session_id LIKE 'late-%'",
+    )
+    assert late_total == 5 * len(late)  # read by the catch-up, not lost
 
 
 async def test_replay_from_the_ledger_catches_up_with_a_live_worker(
