@@ -17,8 +17,8 @@ from tests.support import budget, fetch_value, reserved, used, wait_until
 from tokenquota import AsyncTokenDashboard, TokenDashboard, UnknownSessionError
 from tokenquota.config import Settings
 from tokenquota.errors import IntegrationError
-from tokenquota.projections import activity
 from tokenquota.producers import Emitter
+from tokenquota.projections import activity
 from tokenquota.schemas import ApiCost, Event, Source, utc_now
 
 pytestmark = pytest.mark.integration
