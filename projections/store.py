@@ -226,15 +226,15 @@ async def _apply(
             projection_lock_key(schema),
         )
         writes: list[Write] = []
+        first: dict[PartitionKey, int] | None = None
+        if contiguous:
+            first = {}
+            for topic, partition, offset in itertools.chain(
+                ((r.topic, r.partition, r.offset) for r in records), skipped
+            ):
+                key = (topic, partition)
+                first[key] = min(first.get(key, offset), offset)
         if records:
-            first: dict[PartitionKey, int] | None = None
-            if contiguous:
-                first = {}
-                for topic, partition, offset in itertools.chain(
-                    ((r.topic, r.partition, r.offset) for r in records), skipped
-                ):
-                    key = (topic, partition)
-                    first[key] = min(first.get(key, offset), offset)
             folded = await _ledger_and_fold(conn, records, direct=direct, starts=first)
             result.applied = folded.applied
             result.duplicates = len(records) - folded.applied
@@ -242,6 +242,9 @@ async def _apply(
                 writes = folded.writes
                 result.decisions = folded.decisions
                 clocks = folded.clocks
+        elif first is not None:  # dead letters alone: their partitions are checked too
+            await _lock_partitions(conn, sorted(first))
+            _check_follows(await _partition_rows(conn, sorted(first)), first)
         writes.append(
             _checkpoint([(r.topic, r.partition, r.offset) for r in records], skipped, clocks)
         )
@@ -397,15 +400,10 @@ async def _load_state(
     # Serialises folds of one partition (and of one session) should two workers ever hold
     # it at once (a rebalance): the second loads the state the first committed. Partition
     # locks come first and each kind is sorted, so locks are always taken in one order.
-    await conn.execute(
-        "SELECT count(pg_advisory_xact_lock(hashtextextended(k, 1))) FROM unnest($1::text[]) k",
-        [partition_lock_key(t, p) for t, p in partitions]
-        + [f"tree {t}" for t in tenants]
-        + [f"session {s}" for s in sessions],
+    await _lock_partitions(
+        conn, partitions, [f"tree {t}" for t in tenants] + [f"session {s}" for s in sessions]
     )
-    partition_rows = await conn.fetch(
-        _PARTITION_STATE, [t for t, _ in partitions], [p for _, p in partitions]
-    )
+    partition_rows = await _partition_rows(conn, partitions)
     if starts is not None:  # the batch's first offset in each of its partitions
         _check_follows(partition_rows, starts)
     session_rows = await conn.fetch(
@@ -466,7 +464,26 @@ _PARTITION_STATE = """
       FROM unnest($1::text[], $2::int[]) AS p(topic, kafka_partition)
       LEFT JOIN partition_checkpoints c USING (topic, kafka_partition)
       LEFT JOIN partition_defaults d USING (topic, kafka_partition)
-     WHERE c.log_clock IS NOT NULL OR d.event_id IS NOT NULL"""
+     WHERE c.next_offset IS NOT NULL OR d.event_id IS NOT NULL"""
+
+
+async def _lock_partitions(
+    conn: asyncpg.Connection, partitions: Sequence[PartitionKey], more: Sequence[str] = ()
+) -> None:
+    """Take the partitions' transaction locks, then `more` (always in this order)."""
+    await conn.execute(
+        "SELECT count(pg_advisory_xact_lock(hashtextextended(k, 1))) FROM unnest($1::text[]) k",
+        [partition_lock_key(t, p) for t, p in partitions] + list(more),
+    )
+
+
+async def _partition_rows(
+    conn: asyncpg.Connection, partitions: Sequence[PartitionKey]
+) -> list[asyncpg.Record]:
+    """Each partition's checkpoint, log clock and defaults (none: not applied yet)."""
+    return list(
+        await conn.fetch(_PARTITION_STATE, [t for t, _ in partitions], [p for _, p in partitions])
+    )
 
 
 class LogGapError(RuntimeError):

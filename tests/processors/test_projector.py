@@ -13,6 +13,7 @@ from tests.support import fetch_value, log_records, used, wait_until
 from tokenquota.config import DatabaseSettings, Settings, WorkerSettings
 from tokenquota.processors import Projector
 from tokenquota.processors import app as app_module
+from tokenquota.processors.dlq import DeadLetter
 from tokenquota.projections import LogRecord, apply_batch_isolating, apply_migrations, connect
 from tokenquota.projections.store import LogGapError
 
@@ -87,6 +88,38 @@ async def test_a_batch_that_does_not_start_at_its_partitions_checkpoint_is_refus
     finally:
         await projector.close()
     assert await fetch_value(migrated_database, "SELECT count(*) FROM usage_events") == 9
+
+
+async def test_a_gap_is_refused_where_only_dead_letters_were_applied_or_arrive(
+    migrated_database: DatabaseSettings,
+) -> None:
+    # Two holes in the check above (seen while building `checkpoints accept-gap`): a
+    # partition whose checkpoint only dead letters had moved (no log clock yet) was not
+    # checked, and a batch of dead letters alone was never checked.
+    settings = Settings(database=migrated_database)
+
+    def letters(*offsets: int, partition: int) -> list[DeadLetter]:
+        return [DeadLetter(None, b"{", "t", partition, o, "not JSON") for o in offsets]
+
+    async def no_poison(record: LogRecord, reason: str) -> None:
+        raise AssertionError(f"nothing here is poison: {reason}")
+
+    projector = Projector(settings)
+    try:
+        await projector.apply([], letters(0, 1, 2, partition=0), no_poison)
+        later = log_records([used("gap", 1)], topic="t", partition=0, first_offset=6)
+        with pytest.raises(LogGapError, match=r"partition t\[0\]: offsets 3 to 5"):
+            await projector.apply(later, [], no_poison)
+        await projector.apply(log_records([used("gap", 1)], topic="t", partition=1), [], no_poison)
+        with pytest.raises(LogGapError, match=r"partition t\[1\]: offsets 1 to 3"):
+            await projector.apply([], letters(4, partition=1), no_poison)
+    finally:
+        await projector.close()
+    checkpoints = await fetch_value(
+        migrated_database,
+        "SELECT array_agg(next_offset ORDER BY kafka_partition) FROM partition_checkpoints",
+    )
+    assert checkpoints == [3, 1]  # neither moved past the gap
 
 
 async def test_a_connection_left_mid_operation_is_retried_on_a_new_one(
