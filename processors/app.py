@@ -25,7 +25,13 @@ from mode.types.signals import BaseSignalT
 
 from tokenquota.config import Settings
 from tokenquota.gc_settings import bulk_gc
-from tokenquota.projections import LogRecord, PoisonHandler, apply_batch_isolating, connect
+from tokenquota.projections import (
+    DATABASE_FAILURES,
+    LogRecord,
+    PoisonHandler,
+    apply_batch_isolating,
+    connect,
+)
 from tokenquota.projections.state import log_time
 from tokenquota.schemas import EventDecodeError, decode
 
@@ -38,16 +44,6 @@ from .metrics import DEAD_LETTERS, forget_lag, lags_after, observe_batch, observ
 __all__ = ["Projector", "create_app"]
 
 log = logging.getLogger("tokenquota.worker")
-#: A failing server or connection: the batch is retried on a new connection. (asyncpg
-#: raises InternalClientError for a connection that was dropped in the middle of an
-#: operation, e.g. by a PostgreSQL shutdown.)
-_SERVER_FAILURES = (
-    OSError,
-    asyncpg.PostgresError,
-    asyncpg.InterfaceError,
-    asyncpg.InternalClientError,
-    TimeoutError,
-)
 #: Kafka's timestamp type of a record stamped by the broker (0 is the producer's CreateTime).
 _LOG_APPEND_TIME = 1
 
@@ -131,7 +127,7 @@ class Projector:
                     # fatal, otherwise): see apply_batch.
                     contiguous=True,
                 )
-            except _SERVER_FAILURES as exc:
+            except DATABASE_FAILURES as exc:
                 log.warning(
                     "batch of %d not applied (%s); retrying in %.1f s", len(records), exc, delay
                 )

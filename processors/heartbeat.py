@@ -15,13 +15,12 @@ from datetime import UTC, datetime
 import asyncpg
 
 from tokenquota.config import Settings
-from tokenquota.projections import connect
+from tokenquota.projections import DATABASE_FAILURES, connect
 
 __all__ = ["HEARTBEAT_INTERVAL", "Heartbeat"]
 
 log = logging.getLogger("tokenquota.worker")
 
-_DATABASE_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
 #: Seconds between two writes of the worker's row.
 HEARTBEAT_INTERVAL = 2.0
 
@@ -74,7 +73,7 @@ class Heartbeat:
                         self.events_applied,
                         self.batches,
                     )
-                except _DATABASE_ERRORS as exc:
+                except DATABASE_FAILURES as exc:
                     log.debug("worker status not written: %s", exc)
                     if conn is not None:
                         conn.terminate()

@@ -26,7 +26,7 @@ import httpx
 from prometheus_client import Counter
 
 from tokenquota.config import Settings
-from tokenquota.projections import connect
+from tokenquota.projections import DATABASE_FAILURES, connect
 
 from .webhook import Alert, backoff, webhook_body, webhook_headers
 
@@ -109,7 +109,7 @@ class Notifier:
                 while True:
                     try:
                         sent = await self.run_once(client)
-                    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                    except DATABASE_FAILURES as exc:
                         log.warning(
                             "notifier: database failed (%s); retrying in %.1f s", exc, delay
                         )

@@ -39,6 +39,7 @@ from tokenquota.errors import (
 )
 from tokenquota.privacy import stored_session_id
 from tokenquota.projections import (
+    DATABASE_FAILURES,
     AccountMetrics,
     ReservationRecord,
     SessionMetrics,
@@ -67,16 +68,6 @@ from .emitter import Delivery, Emitter
 from .recent_reads import RecentReads
 
 __all__ = ["Mode", "Reservation", "TokenQuota"]
-
-#: A server away, or a connection it broke: asyncpg raises InterfaceError or
-#: InternalClientError for a pooled connection a shutdown left mid-operation.
-_DATABASE_FAILURES = (
-    OSError,
-    asyncpg.PostgresError,
-    asyncpg.InterfaceError,
-    asyncpg.InternalClientError,
-    TimeoutError,
-)
 
 log = logging.getLogger("tokenquota.reservations")
 
@@ -597,7 +588,7 @@ class TokenQuota:
         try:
             async with self._turns, self._pool.acquire(timeout=10) as conn:
                 yield conn  # type: ignore[misc]  # a pool proxy behaves as a Connection
-        except _DATABASE_FAILURES as exc:
+        except DATABASE_FAILURES as exc:
             raise IntegrationError(f"PostgreSQL unreachable: {exc}") from None
 
 

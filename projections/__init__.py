@@ -2,7 +2,7 @@
 
 from .alerts import ALERT_NAMESPACE
 from .budget import Headroom, alert_level, headroom
-from .database import connect, quote_schema, undo_open_transaction
+from .database import DATABASE_FAILURES, connect, quote_schema, undo_open_transaction
 from .expected_schema import EXPECTED_COLUMNS, schema_drift
 from .fold import PoisonEventError, fold, new_session
 from .migrator import Migration, MigrationError, apply_migrations, load_migrations
@@ -44,6 +44,7 @@ from .store import (
 __all__ = [
     "ALERT_NAMESPACE",
     "BUILTIN_DEFAULTS",
+    "DATABASE_FAILURES",
     "EXPECTED_COLUMNS",
     "PROJECTION_TABLES",
     "PROJECTION_VIEWS",

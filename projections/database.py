@@ -6,7 +6,24 @@ import re
 
 import asyncpg
 
-__all__ = ["SCHEMA_NAME_PATTERN", "connect", "quote_schema", "undo_open_transaction"]
+__all__ = [
+    "DATABASE_FAILURES",
+    "SCHEMA_NAME_PATTERN",
+    "connect",
+    "quote_schema",
+    "undo_open_transaction",
+]
+
+#: A server away or failing, or a connection it broke: what is retried on a new
+#: connection. (asyncpg raises InterfaceError or InternalClientError for a connection a
+#: PostgreSQL shutdown dropped in the middle of an operation.)
+DATABASE_FAILURES: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+)
 
 #: Schema names are interpolated into DDL, so only plain lower-case identifiers are allowed.
 SCHEMA_NAME_PATTERN = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
