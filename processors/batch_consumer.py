@@ -11,7 +11,7 @@ path; any other goes through faust's own delivery.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, ClassVar, cast
 
 import faust
@@ -70,6 +70,10 @@ class BatchConsumer(faust_aiokafka.Consumer):
         acks_enabled_for = self.app.topics.acks_enabled_for
         batch_topics = cast("BatchApp", self.app).batch_topics
         commit_every = self._commit_every
+
+        def stopping() -> bool:
+            return consumer_stopped() or cast(Service, fetcher).should_stop
+
         try:
             while not (consumer_stopped() or fetcher_stopped()):
                 await self.sleep(0)
@@ -82,7 +86,7 @@ class BatchConsumer(faust_aiokafka.Consumer):
                 if not self.flow_active or self._dropped:
                     # (a fetch was dropped: seek back even if the flow has resumed since,
                     # or the read offsets, already past it, would skip it for good)
-                    await self._seek_back()
+                    await self._seek_back(stopping)
                     continue
                 fetched: list[Message] = []
                 for tp, tp_records in records.items():
@@ -126,19 +130,24 @@ class BatchConsumer(faust_aiokafka.Consumer):
                 return
             raise
 
-    async def _seek_back(self) -> None:
+    async def _seek_back(self, stopping: Callable[[], bool]) -> None:
         # As faust's getmany does when called while the flow is suspended, except for a
         # seek that the consumer thread cancelled (a rebalance began meanwhile): faust lets
         # that CancelledError end the fetcher, whose restart needs a supervisor it does not
         # have, and the worker exits. The flow is still suspended, so the loop comes back
-        # here and seeks again.
+        # here and seeks again. Whether the fetcher itself is being stopped is asked of
+        # the fetcher (mode marks a service stopped before it cancels its tasks), not of
+        # the task's cancel count, which a cancellation swallowed earlier (mode and faust
+        # swallow some) leaves above zero for good.
         try:
             await self.perform_seek()
             self._dropped = False
         except asyncio.CancelledError:
+            if stopping():
+                raise
             task = asyncio.current_task()
             if task is not None and task.cancelling():
-                raise  # the fetcher itself is being stopped
+                task.uncancel()
             self.log.info("seek to the committed offsets interrupted by a rebalance; again")
         except Exception as exc:
             self.log.warning("exception performing seek when flow not active %r", exc)
