@@ -379,7 +379,7 @@ def usd_limit(rng: random.Random, elapsed: float) -> Decimal | None:
     the run like the token limits."""
     if rng.random() < 0.5:
         return None
-    return (Decimal(rng.randint(40, 400)) + Decimal(int(elapsed * 4))) / 1_000
+    return (Decimal(rng.randint(40, 400)) + Decimal(int(elapsed * 8))) / 1_000
 
 
 def session_budget(
