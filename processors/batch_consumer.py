@@ -79,7 +79,16 @@ class BatchConsumer(faust_aiokafka.Consumer):
                 await self.sleep(0)
                 if self.should_stop:
                     continue
-                records, active = await self._wait_next_records(1.0)
+                try:
+                    records, active = await self._wait_next_records(1.0)
+                except asyncio.CancelledError:
+                    # The consumer thread cancelled the fetch (a rebalance began): nothing
+                    # was read, so it is simply fetched again. faust would let this end
+                    # the fetcher too (see _seek_back).
+                    if stopping():
+                        raise
+                    self._thread_cancelled("fetch")
+                    continue
                 generation = self.app.consumer_generation_id
                 if records is None or self.should_stop:
                     continue
@@ -145,12 +154,17 @@ class BatchConsumer(faust_aiokafka.Consumer):
         except asyncio.CancelledError:
             if stopping():
                 raise
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                task.uncancel()
-            self.log.info("seek to the committed offsets interrupted by a rebalance; again")
+            self._thread_cancelled("seek to the committed offsets")
         except Exception as exc:
             self.log.warning("exception performing seek when flow not active %r", exc)
+
+    def _thread_cancelled(self, what: str) -> None:
+        """A call the consumer thread cancelled (not this task): noted, and forgotten so
+        that a later one is not taken for a stop either."""
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            task.uncancel()
+        self.log.info("%s interrupted by a rebalance; again", what)
 
 
 class _Transport(faust_aiokafka.Transport):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from types import SimpleNamespace
 
 import pytest
 
@@ -30,6 +31,8 @@ class _Consumer:
         self.seeks += 1
         if self.seeks <= self.cancelled:
             raise asyncio.CancelledError  # the thread's promise, not this task, was cancelled
+
+    _thread_cancelled = BatchConsumer._thread_cancelled
 
 
 async def test_a_seek_the_consumer_thread_cancelled_is_tried_again_not_fatal() -> None:
@@ -81,3 +84,47 @@ async def test_a_fetcher_being_stopped_is_still_stopped() -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+class _Draining(_Consumer):
+    """What `_drain_messages` touches up to its fetch: a fetch the consumer thread cancels
+    `cancelled` times, after which the fetcher is stopped (the loop ends)."""
+
+    def __init__(self, cancelled: int) -> None:
+        super().__init__(cancelled)
+        self.fetches_tried = 0
+        self._stopped = asyncio.Event()
+        self.fetcher = SimpleNamespace(_stopped=asyncio.Event(), should_stop=False)
+        self.callback = self._to_message = self._read_offset = None
+        self._commit_every = None
+        self.should_stop = False
+        self.app = SimpleNamespace(
+            topics=SimpleNamespace(acks_enabled_for=None), batch_topics=frozenset(),
+            consumer_generation_id=0,
+        )  # fmt: skip
+        self.consumer_stopped_errors = ()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+    async def _wait_next_records(self, timeout: float) -> tuple[None, None]:
+        self.fetches_tried += 1
+        if self.fetches_tried <= self.cancelled:
+            raise asyncio.CancelledError  # the thread's getmany promise was cancelled
+        self.fetcher._stopped.set()  # then the fetcher is stopped: the loop ends
+        return None, None
+
+
+async def test_a_fetch_the_consumer_thread_cancelled_is_fetched_again_not_fatal() -> None:
+    # Found by the fourth 30-minute campaign: a rebalance cancelled the consumer thread's
+    # getmany; faust let the CancelledError end the fetcher, and the worker exited.
+    consumer = _Draining(cancelled=2)
+    await BatchConsumer._drain_messages(consumer, consumer.fetcher)  # type: ignore[arg-type]
+    assert consumer.fetches_tried == 3
+
+
+async def test_a_fetch_cancelled_because_the_fetcher_stops_still_stops_it() -> None:
+    consumer = _Draining(cancelled=1)
+    consumer.fetcher.should_stop = True  # mode marks it stopped, then cancels its task
+    with pytest.raises(asyncio.CancelledError):
+        await BatchConsumer._drain_messages(consumer, consumer.fetcher)  # type: ignore[arg-type]
