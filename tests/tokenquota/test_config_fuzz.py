@@ -255,12 +255,12 @@ def test_the_cli_answers_bad_configuration_with_exit_code_2_and_no_traceback(
 # --- the bounds of numbers ------------------------------------------------------------------
 
 
-def _upper_bound(info: Any) -> float | None:
+def _upper_bound(info: Any) -> Any:
     """The `le` of a numeric setting (also inside `X | None`), None when it has none."""
     metadata = list(info.metadata)
     for arg in get_args(info.annotation):
         metadata += [m for inner in get_args(arg)[1:] for m in getattr(inner, "metadata", [inner])]
-    bounds = [m.le for m in metadata if isinstance(m, annotated_types.Le)]
+    bounds: list[Any] = [m.le for m in metadata if isinstance(m, annotated_types.Le)]
     return min(bounds) if bounds else None
 
 

@@ -32,7 +32,7 @@ def test_cycles_that_reached_the_oldest_generation_are_collected() -> None:
         gc.collect(1)  # now in the oldest generation, as if alive through a long request
         del old
         for _ in range(200):  # what later requests allocate: no explicit collection
-            churn = [[] for _ in range(100_000)]
+            churn: list[list[object]] = [[] for _ in range(100_000)]
             del churn
             if freed == len(refs):
                 break
