@@ -27,7 +27,8 @@ PUBLIC = {
         "partition_key", "utc_now",
     },
     "tokenquota.projections": {
-        "ALERT_NAMESPACE", "BUILTIN_DEFAULTS", "EXPECTED_COLUMNS", "PROJECTION_TABLES",
+        "ALERT_NAMESPACE", "BUILTIN_DEFAULTS", "DATABASE_FAILURES", "EXPECTED_COLUMNS",
+        "PROJECTION_TABLES",
         "PROJECTION_VIEWS", "AccountMetrics", "BatchResult", "Decision", "account_metrics",
         "FoldConfig", "Folded", "Headroom", "Limits", "LogRecord", "Migration", "MigrationError",
         "PartitionState", "PoisonEventError", "PoisonHandler", "ProjectionState",
