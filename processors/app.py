@@ -35,11 +35,18 @@ from tokenquota.projections import (
 from tokenquota.projections.state import log_time
 from tokenquota.schemas import EventDecodeError, decode
 
-from .batch_consumer import BatchApp, BatchConsumer
+from .batch_consumer import BatchApp, BatchConsumer, Fetch
 from .batching import Backlog, take_ready
 from .dlq import DeadLetter, dead_letter_headers
 from .heartbeat import Heartbeat
-from .metrics import DEAD_LETTERS, forget_lag, lags_after, observe_batch, observe_lag
+from .metrics import (
+    DEAD_LETTERS,
+    forget_lag,
+    lags_after,
+    observe_batch,
+    observe_lag,
+    observe_stages,
+)
 
 __all__ = ["Projector", "create_app"]
 
@@ -168,16 +175,39 @@ class _Batch:
     messages: list[Message]
     records: list[LogRecord]
     bad: list[DeadLetter]
+    #: Seconds per stage so far (see metrics.STAGES), summed over the messages.
+    stages: dict[str, float]
+    decoded_at: float
+
+    @staticmethod
+    def taken(fetches: list[Fetch], projector: Projector) -> _Batch:
+        """Fetches decoded into one batch, their stages so far timed."""
+        taken_at = time.time()
+        messages = fetches[0] if len(fetches) == 1 else [m for f in fetches for m in f]
+        records, bad = projector.split(messages)
+        decoded_at = time.time()
+        stages = {
+            "broker": sum(f.since_stamped for f in fetches),
+            "queued": sum(len(f) * (taken_at - f.handed_at) for f in fetches),
+            "decode": len(messages) * (decoded_at - taken_at),
+        }
+        return _Batch(messages, records, bad, stages, decoded_at)
 
     @staticmethod
     def joined(batches: list[_Batch]) -> _Batch:
         """One batch of `batches`, in order."""
         if len(batches) == 1:
             return batches[0]
+        stages: dict[str, float] = {}
+        for batch in batches:
+            for stage, seconds in batch.stages.items():
+                stages[stage] = stages.get(stage, 0.0) + seconds
         return _Batch(
             [m for b in batches for m in b.messages],
             [r for b in batches for r in b.records],
             [d for b in batches for d in b.bad],
+            stages,
+            batches[-1].decoded_at,
         )
 
 
@@ -230,16 +260,18 @@ def create_app(settings: Settings) -> faust.App:
 
         async def take() -> None:
             while True:
-                messages = await take_ready(
-                    consumer.fetches, worker.batch_size, worker.batch_within
-                )
-                consumer.track(messages)
-                records, bad = projector.split(messages)
-                await ready.put(_Batch(messages, records, bad), len(messages))
+                fetches = await take_ready(consumer.fetches, worker.batch_size, worker.batch_within)
+                for fetch in fetches:
+                    consumer.track(fetch)
+                batch = _Batch.taken(fetches, projector)
+                await ready.put(batch, len(batch.messages))
 
         async def apply() -> None:
             while True:
-                batch = _Batch.joined(await ready.take())
+                batches = await ready.take()
+                started = time.time()
+                waited = sum(len(b.messages) * (started - b.decoded_at) for b in batches)
+                batch = _Batch.joined(batches)
                 for letter in batch.bad:
                     await _dead_letter(dlq, letter, worker.retry_backoff_max)
                 projector.dead_letters += len(batch.bad)
@@ -262,6 +294,13 @@ def create_app(settings: Settings) -> faust.App:
                 await projector.apply(batch.records, batch.bad, poison)
                 for message in batch.messages:  # only now, after the transaction has committed
                     consumer.ack(message)
+                count = len(batch.messages)
+                stages = {
+                    **batch.stages,
+                    "waiting": waited,
+                    "transaction": count * (time.time() - started),
+                }
+                observe_stages(stages, count)
                 observe_lag(worker.group_id, lags_after(batch.messages, consumer.highwater))
 
         try:

@@ -11,6 +11,7 @@ path; any other goes through faust's own delivery.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar, cast
 
@@ -19,10 +20,23 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import Message, ServiceT, TransportT
 from mode import Service
 
-__all__ = ["BatchApp", "BatchConsumer"]
+__all__ = ["BatchApp", "BatchConsumer", "Fetch"]
 
 #: Fetches waiting for the worker; beyond this the fetcher waits (back-pressure).
 _QUEUED_FETCHES = 4
+
+
+class Fetch(list[Message]):
+    """The messages of the batch topics in one fetch, in order, with when the consumer
+    handed them over (`handed_at`, epoch seconds) and how long before that their records
+    were stamped, summed over the messages (`since_stamped`, seconds)."""
+
+    __slots__ = ("handed_at", "since_stamped")
+
+    def __init__(self, messages: Iterable[Message] = (), stamps_ms: float = 0.0) -> None:
+        super().__init__(messages)
+        self.handed_at = time.time()
+        self.since_stamped = len(self) * self.handed_at - stamps_ms / 1000
 
 
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
@@ -41,7 +55,7 @@ class BatchConsumer(faust_aiokafka.Consumer):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.fetches: asyncio.Queue[list[Message]] = asyncio.Queue(maxsize=_QUEUED_FETCHES)
+        self.fetches: asyncio.Queue[Fetch] = asyncio.Queue(maxsize=_QUEUED_FETCHES)
         #: A fetch was dropped (a rebalance began while it waited): seek back before any
         #: other, whether or not the flow is active again by then.
         self._dropped = False
@@ -98,6 +112,7 @@ class BatchConsumer(faust_aiokafka.Consumer):
                     await self._seek_back(stopping)
                     continue
                 fetched: list[Message] = []
+                stamps_ms = 0  # the fetched records' timestamps, summed
                 for tp, tp_records in records.items():
                     if not self.flow_active or self.app.consumer_generation_id != generation:
                         break  # a rebalance began: what is left is fetched again
@@ -119,6 +134,7 @@ class BatchConsumer(faust_aiokafka.Consumer):
                         message = to_message(tp, record)
                         if whole:
                             fetched.append(message)
+                            stamps_ms += record.timestamp
                         else:
                             await self.wait_first(callback(message), self.suspend_flow.wait())
                         read = offset
@@ -130,7 +146,7 @@ class BatchConsumer(faust_aiokafka.Consumer):
                     # Dropped if a rebalance suspends the flow meanwhile, as faust drops
                     # a message then: it was never tracked, and is fetched again (the
                     # next pass seeks back to the committed offsets).
-                    putting = self.fetches.put(fetched)
+                    putting = self.fetches.put(Fetch(fetched, stamps_ms))
                     waited = await self.wait_first(putting, self.suspend_flow.wait())
                     if putting not in waited.done:
                         self._dropped = True

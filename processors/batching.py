@@ -4,25 +4,30 @@ all together once the transaction before them has committed (group commit)."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sized
 from typing import Generic, TypeVar
 
 __all__ = ["Backlog", "take_ready"]
 
 _T = TypeVar("_T")
+_F = TypeVar("_F", bound=Sized)
 
 
-async def take_ready(queue: asyncio.Queue[list[_T]], most: int, linger: float) -> list[_T]:
+async def take_ready(queue: asyncio.Queue[_F], most: int, linger: float) -> list[_F]:
     """Wait for one fetch, then take the fetches queued behind it while fewer than `most`
     items are taken (a fetch is never split, so a batch may exceed `most` by one fetch).
+    The fetches taken, in order.
 
     With `linger` > 0, a batch that is not full waits that long once for more fetches.
     """
-    items = list(await queue.get())
-    if linger > 0 and len(items) < most:
+    fetches = [await queue.get()]
+    size = len(fetches[0])
+    if linger > 0 and size < most:
         await asyncio.sleep(linger)
-    while len(items) < most and not queue.empty():
-        items.extend(queue.get_nowait())
-    return items
+    while size < most and not queue.empty():
+        fetches.append(queue.get_nowait())
+        size += len(fetches[-1])
+    return fetches
 
 
 class Backlog(Generic[_T]):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from faust.types import TP, Message
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
@@ -23,11 +23,15 @@ __all__ = [
     "DEAD_LETTERS",
     "DUPLICATES",
     "EVENTS_APPLIED",
+    "EVENTS_STAGED",
+    "EVENT_STAGE_SECONDS",
     "RESERVATIONS",
+    "STAGES",
     "forget_lag",
     "lags_after",
     "observe_batch",
     "observe_lag",
+    "observe_stages",
     "serve_metrics",
 ]
 
@@ -55,6 +59,23 @@ DEAD_LETTERS = Counter(
     "Messages sent to the dead-letter topic, by kind",
     ["kind"],
 )
+#: Where an event's time goes between its record's timestamp and its batch's commit:
+#: sent, appended and fetched ("broker": from the record's timestamp, the producer's clock
+#: unless the broker stamps append times, until the consumer hands its fetch over), waiting
+#: for the decoder ("queued"), decoded ("decode"), waiting for the transaction before its
+#: own ("waiting"), and its batch's transaction: fold, writes, checkpoint and commit,
+#: retries included ("transaction").
+STAGES = ("broker", "queued", "decode", "waiting", "transaction")
+EVENT_STAGE_SECONDS = Counter(
+    "tokenquota_event_stage_seconds_total",
+    "Seconds the worker's events spent in each stage, summed over the events (divide by "
+    "tokenquota_event_stage_events_total for the mean per event)",
+    ["stage"],
+)
+EVENTS_STAGED = Counter(
+    "tokenquota_event_stage_events_total",
+    "Events whose stages tokenquota_event_stage_seconds_total sums (dead letters included)",
+)
 CONSUMER_LAG = Gauge(
     "kafka_consumergroup_lag",
     "Messages of a partition the worker has not applied yet (highwater minus next offset)",
@@ -71,6 +92,13 @@ def observe_batch(result: BatchResult, seconds: float) -> None:
         DUPLICATES.inc(result.duplicates)
     for decision in result.decisions:
         RESERVATIONS.labels(decision.status, decision.reason or "").inc()
+
+
+def observe_stages(stages: Mapping[str, float], events: int) -> None:
+    """Add one batch's seconds per stage (each summed over its `events` events)."""
+    for stage, seconds in stages.items():
+        EVENT_STAGE_SECONDS.labels(stage).inc(max(seconds, 0.0))
+    EVENTS_STAGED.inc(events)
 
 
 def observe_lag(group: str, lags: Iterable[tuple[str, int, int]]) -> None:

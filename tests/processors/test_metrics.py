@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 from typing import Any
 
 import httpx
@@ -14,6 +15,7 @@ from tests.support import budget, reserved, used, wait_until
 from tokenquota.config import Settings, WorkerSettings
 from tokenquota.embedded import WorkerProcess
 from tokenquota.health import check_integration_health_async
+from tokenquota.processors.metrics import STAGES
 from tokenquota.producers import Emitter
 from tokenquota.schemas import Event, utc_now
 
@@ -50,6 +52,7 @@ async def test_a_worker_with_a_metrics_port_counts_what_it_applied(
     port = free_port()
     worker = start_worker(env={"WORKER_METRICS_PORT": str(port)})
     now = utc_now()
+    sent = time.time()
     events: list[Event] = [
         budget("m", now, daily=100, monthly=1_000, hard=10_000),
         reserved("m", 50, now),
@@ -71,6 +74,7 @@ async def test_a_worker_with_a_metrics_port_counts_what_it_applied(
         return samples(text).get(("tokenquota_events_applied_total", ()), 0) >= len(events)
 
     await wait_until(counted, 60, "the metrics counting every event")
+    counted_at = time.time()
     assert _listening(worker) == {("127.0.0.1", port)}  # metrics_host's default
     async with httpx.AsyncClient() as client:
         got = samples((await client.get(url)).text)
@@ -92,6 +96,17 @@ async def test_a_worker_with_a_metrics_port_counts_what_it_applied(
         dict(labels)["consumergroup"] == pipeline_settings.worker.group_id for labels in lags
     )
     assert not any("session" in str(labels) for _, labels in got)
+    # Every event's time from its record's stamp to its batch's commit, by stage: each
+    # stage timed, and together no more than the events took here from send to counted.
+    assert got[("tokenquota_event_stage_events_total", ())] == len(events)
+    stages = {
+        dict(labels)["stage"]: v
+        for (name, labels), v in got.items()
+        if name == "tokenquota_event_stage_seconds_total"
+    }
+    assert set(stages) == set(STAGES)
+    assert stages["broker"] > 0 and stages["transaction"] > 0
+    assert sum(stages.values()) <= len(events) * (counted_at - sent)
 
 
 async def test_a_worker_serves_no_metrics_unless_its_port_is_set(
