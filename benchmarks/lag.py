@@ -1,12 +1,32 @@
-"""Lag at a steady rate: how long after an event occurs is it committed in PostgreSQL?
+"""Lag as a curve against the pipeline's measured capacity, all in one run.
 
-Emits the mix at a steady rate (every 10 ms, rate/100 events, each stamped with
-`occurred_at` as it is built) to a running `tokenquota worker`, while a poller reads
-`partition_checkpoints` every 5 ms. Afterwards the topic is read back: an event's lag is
-the first poll that saw its partition's checkpoint pass its offset, minus its occurred_at.
-Polling adds up to 5 ms to each lag.
+How long after an event occurs is it committed in PostgreSQL, at a quarter, a half and
+three quarters of what this pipeline (emitter, broker, worker and PostgreSQL together,
+on this machine, now) can take? A fixed rate says little on its own: on a machine half
+as fast the same rate is twice the load, and lag near capacity grows without bound.
 
-Run: .venv/bin/python -m benchmarks.lag [--rate R] [--seconds S] [--partitions P]
+1. Capacity, with the same event mix and emit pattern: steady rates from `--start`
+   events/s, each `--step-seconds` long and 25 % above the last, until one leaves more
+   than half a second of events uncommitted at its end; the backlog is drained, and two
+   more steps halve the interval between the last rate that kept up and the first that
+   did not. The capacity is the highest rate that kept up. (Offering the same events in
+   bigger calls measured about twice as much here: fewer, larger producer batches are
+   cheaper for the broker and the worker, and that is not the load being measured.)
+2. Steady rates at 25 %, 50 % and 75 % of it, `--seconds` each (the emit pattern of
+   `benchmarks.pipeline`: every 10 ms, rate/100 events, each stamped with `occurred_at`
+   as it is built), the backlog drained between them.
+
+A poller reads `partition_checkpoints` every 5 ms; afterwards the topic is read back, and
+an event's lag is the first poll that saw its partition's checkpoint pass its offset,
+minus its occurred_at (polling adds up to 5 ms). Per rate: p50/p99/max, the p50 of the
+phase's last third minus that of its first third (lag that grows over the phase), and
+the CPU seconds each process used. Then where the time went, as the mean per event of
+each stage: waiting in the emitter (occurred_at to the record's timestamp, stamped when
+its batch is built) and the worker's stages (its /metrics, see
+`tokenquota.processors.metrics.STAGES`); their sum against the mean lag.
+
+Run: .venv/bin/python -m benchmarks.lag [--seconds S] [--start R] [--step-seconds S]
+     [--sessions N] [--partitions P]
 Starts an embedded broker, PostgreSQL and a worker unless KAFKA_BOOTSTRAP_SERVERS /
 DATABASE_URL are set (a worker is started in any case).
 """
@@ -15,170 +35,305 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import bisect
-import json
-import os
-import platform
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+import asyncpg
+import psutil
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks.cpu import CpuMeter
+from benchmarks.report import machine
 from benchmarks.servers import pipeline
-from benchmarks.workload import MIX, budgets, usage, wait_applied
+from benchmarks.timeline import POLL, Read, Timeline, poll_checkpoints, read_events
+from benchmarks.worker_stages import StageTotals, scrape_stages
+from benchmarks.workload import MIX, applied, budgets, usage, wait_applied
 from tokenquota.config import Settings
+from tokenquota.embedded import free_port
+from tokenquota.processors.metrics import STAGES
 from tokenquota.producers import Emitter
-from tokenquota.projections import connect, quote_schema
+from tokenquota.projections import connect
+
+__all__ = ["main"]
 
 TICK = 0.01
-POLL = 0.005
+#: The steady rates, as fractions of the measured capacity.
+FRACTIONS = (0.25, 0.5, 0.75)
+#: The targets of issue 18: lag p99 (ms) at a fraction of capacity.
+TARGETS_P99_MS = {0.5: 150.0, 0.75: 400.0}
+#: Lag "grows over the phase" when its last third's p50 exceeds its first third's by more.
+GROWTH_MS = 50.0
 
 
 @dataclass
-class Timeline:
-    """Per partition: poll times and the checkpoint each saw (both ascending)."""
+class Phase:
+    """One phase of the run: its offered rate (None: as fast as it goes), its interval."""
 
-    times: dict[int, list[float]] = field(default_factory=dict)
-    offsets: dict[int, list[int]] = field(default_factory=dict)
-
-    def record(self, at: float, partition: int, next_offset: int) -> None:
-        seen = self.offsets.setdefault(partition, [])
-        if not seen or next_offset > seen[-1]:
-            seen.append(next_offset)
-            self.times.setdefault(partition, []).append(at)
-
-    def committed_at(self, partition: int, offset: int) -> float:
-        """When the first poll saw `offset` of `partition` committed."""
-        index = bisect.bisect_right(self.offsets[partition], offset)
-        return self.times[partition][index]
+    name: str
+    rate: float | None
+    started: float = 0.0
+    ended: float = 0.0
+    emitted: int = 0
+    cpu: dict[str, float] = field(default_factory=dict)
+    #: Mean milliseconds per event of each of the worker's stages.
+    stages: dict[str, float] = field(default_factory=dict)
 
 
-async def _poll(settings: Settings, timeline: Timeline, stop: asyncio.Event) -> None:
-    db = settings.database
-    conn = await connect(db.dsn())
-    query = (
-        "SELECT kafka_partition, next_offset FROM "  # noqa: S608 - a checked identifier
-        f"{quote_schema(db.schema_name)}.partition_checkpoints WHERE topic = $1"
+class _Load:
+    """The mix, emitted in ticks; every event a new index of it."""
+
+    def __init__(self, emitter: Emitter, sessions: int) -> None:
+        self.emitter, self.sessions = emitter, sessions
+        self.next = 0
+        self.late = 0.0
+
+    async def steady(self, rate: float, seconds: float) -> int:
+        """Emit at `rate` events/s for `seconds`; return the events emitted."""
+        return await self._ticks(rate, seconds)
+
+    async def _ticks(self, rate: float, seconds: float) -> int:
+        per_tick = rate * TICK
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        sends: set[asyncio.Task[object]] = set()
+        first = self.next
+        tick = 0
+        while loop.time() - start < seconds:
+            due = start + tick * TICK
+            await asyncio.sleep(max(0.0, due - loop.time()))
+            self.late = max(self.late, loop.time() - due)
+            count = int((tick + 1) * per_tick) - int(tick * per_tick)
+            chunk = list(usage(count, self.sessions, self.next))
+            self.next += count
+            task = asyncio.create_task(self.emitter.emit_many(chunk))
+            sends.add(task)
+            task.add_done_callback(sends.discard)
+            tick += 1
+        await asyncio.gather(*sends)
+        return self.next - first
+
+
+def _q(ordered: list[float], q: float) -> float:
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000 if ordered else 0.0
+
+
+async def _drain(conn: asyncpg.Connection, settings: Settings, total: int) -> None:
+    await wait_applied(
+        conn, settings.database.schema_name, settings.kafka.usage_topic, total, 600, "worker"
     )
-    try:
-        while not stop.is_set():
-            rows = await conn.fetch(query, settings.kafka.usage_topic)
-            now = time.time()
-            for row in rows:
-                timeline.record(now, row["kafka_partition"], row["next_offset"])
-            await asyncio.sleep(POLL)
-    finally:
-        await conn.close()
 
 
-async def _produce(emitter: Emitter, rate: int, seconds: float, sessions: int) -> float:
-    """Emit at `rate` events/s for `seconds`; return how late the last tick started."""
-    per_tick = rate * TICK
-    ticks = int(seconds / TICK)
-    loop = asyncio.get_running_loop()
-    start = loop.time()
-    sends: set[asyncio.Task[object]] = set()
-    late = 0.0
-    for tick in range(ticks):
-        due = start + tick * TICK
-        await asyncio.sleep(max(0.0, due - loop.time()))
-        late = max(late, loop.time() - due)
-        first = int(tick * per_tick)
-        chunk = list(usage(int((tick + 1) * per_tick) - first, sessions, first))
-        task = asyncio.create_task(emitter.emit_many(chunk))
-        sends.add(task)
-        task.add_done_callback(sends.discard)
-    await asyncio.gather(*sends)
-    return late
+def _roles() -> dict[int, str]:
+    """The worker's PID (a child of this process) for the CPU meter."""
+    roles = {}
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if "worker" in child.cmdline():
+                roles[child.pid] = "worker"
+        except psutil.Error:
+            continue
+    return roles
 
 
-async def _occurred(servers: str, topic: str, partitions: int) -> list[tuple[int, int, float]]:
-    """(partition, offset, occurred_at) of every usage event in the topic."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=servers, enable_auto_commit=False, auto_offset_reset="earliest"
-    )
-    await consumer.start()
-    try:
-        tps = [TopicPartition(topic, p) for p in range(partitions)]
-        consumer.assign(tps)
-        events: list[tuple[int, int, float]] = []
-        read = dict.fromkeys(range(partitions), 0)
-        ends: dict[int, int] = {}
-        while len(ends) < partitions or any(read[p] < end for p, end in ends.items()):
-            for tp, messages in (await consumer.getmany(timeout_ms=200)).items():
-                for m in messages:
-                    read[tp.partition] = m.offset + 1
-                    fields = json.loads(m.value or b"{}")
-                    # The load only: not the warm-up's BudgetSets, nor the DefaultsSets
-                    # provisioning wrote before the worker started.
-                    if fields["event_type"] not in ("BudgetSet", "DefaultsSet"):
-                        at = datetime.fromisoformat(fields["occurred_at"]).timestamp()
-                        events.append((tp.partition, m.offset, at))
-            for tp in tps:
-                highwater = consumer.highwater(tp)
-                if highwater is not None:
-                    ends[tp.partition] = highwater
-        return events
-    finally:
-        await consumer.stop()
+async def _keeps_up(
+    load: _Load, timeline: Timeline, rate: float, seconds: float, committed_before: int
+) -> tuple[bool, int]:
+    """Emit at `rate` for `seconds` after `committed_before` events in all: whether at
+    its end at most half a second of events is left uncommitted, and the events emitted."""
+    emitted = await load.steady(rate, seconds)
+    await asyncio.sleep(2 * POLL)
+    backlog = committed_before + emitted - timeline.committed_by(time.time())
+    return backlog <= rate * 0.5, emitted
 
 
-def _ms(ordered: list[float], q: float) -> str:
-    return f"{ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000:.1f}"
+async def _capacity(
+    args: argparse.Namespace,
+    conn: asyncpg.Connection,
+    settings: Settings,
+    load: _Load,
+    timeline: Timeline,
+    total: int,
+) -> tuple[float, int]:
+    """The highest rate that kept up, and the events applied so far (all of them)."""
+    good, bad = 0.0, None
+    rate = float(args.start)
+    while bad is None:
+        kept, emitted = await _keeps_up(load, timeline, rate, args.step_seconds, total)
+        total += emitted
+        if not kept:
+            bad = rate
+            await _drain(conn, settings, total)
+        else:
+            good, rate = rate, rate * 1.25
+    for _ in range(2):
+        rate = (good + bad) / 2 if good else bad / 2
+        kept, emitted = await _keeps_up(load, timeline, rate, args.step_seconds, total)
+        total += emitted
+        await _drain(conn, settings, total)
+        if kept:
+            good = rate
+        else:
+            bad = rate
+    return good, total
 
 
 async def run(args: argparse.Namespace) -> None:
     timeline = Timeline()
-    async with pipeline(partitions=args.partitions) as (settings, servers):
+    phases: list[Phase] = []
+    port = free_port()
+    env = {"WORKER_METRICS_PORT": str(port)}
+    async with pipeline(partitions=args.partitions, worker_env=env) as (settings, servers):
         kafka, topic = settings.kafka, settings.kafka.usage_topic
         schema = settings.database.schema_name
         assert kafka.bootstrap_servers is not None
         conn = await connect(settings.database.dsn())
         stop = asyncio.Event()
+        meter = CpuMeter(_roles())
+        poller: asyncio.Task[None] | None = None
         try:
             async with Emitter(kafka, settings.emitter, settings.data_dir / "spool") as emitter:
                 warm = budgets(args.sessions)
                 await emitter.emit_many(warm)
                 await wait_applied(conn, schema, topic, len(warm), 120, "worker warm-up")
-                poller = asyncio.create_task(_poll(settings, timeline, stop))
-                late = await _produce(emitter, args.rate, args.seconds, args.sessions)
-            total = len(warm) + int(args.rate * args.seconds)
-            await wait_applied(conn, schema, topic, total, 120, "worker")
+                total = await applied(conn, schema, topic)
+                poller = asyncio.create_task(poll_checkpoints(settings, timeline, stop))
+                load = _Load(emitter, args.sessions)
+                ramp = Phase("capacity ramp (steps of 25 %, then two halvings)", None)
+                phases.append(ramp)
+                before = meter.snapshot()
+                ramp.started = time.time()
+                capacity, total = await _capacity(args, conn, settings, load, timeline, total)
+                ramp.ended = time.time()
+                ramp.emitted = load.next
+                ramp.cpu = meter.used(before, meter.snapshot())
+                for fraction in FRACTIONS:
+                    phase = Phase(f"{fraction:.0%} of capacity", capacity * fraction)
+                    phases.append(phase)
+                    before = meter.snapshot()
+                    staged: StageTotals = await scrape_stages(port)
+                    phase.started = time.time()
+                    phase.emitted = await load.steady(capacity * fraction, args.seconds)
+                    phase.ended = time.time()
+                    total += phase.emitted
+                    await _drain(conn, settings, total)
+                    phase.cpu = meter.used(before, meter.snapshot())
+                    phase.stages = (await scrape_stages(port)).mean_ms_since(staged)
             await asyncio.sleep(2 * POLL)
         finally:
             stop.set()
             await conn.close()
-        await poller
-        events = await _occurred(kafka.bootstrap_servers, topic, args.partitions)
-    lags = sorted(timeline.committed_at(p, o) - at for p, o, at in events)
-    table = Table(title="lag: occurred_at -> committed in PostgreSQL, at a steady rate (ms)")
-    for column in ("rate", "events", "p50", "p99", "max"):
-        table.add_column(column, justify="right")
-    table.add_row(
-        f"{args.rate:,}/s", f"{len(lags):,}", _ms(lags, 0.5), _ms(lags, 0.99), _ms(lags, 1.0)
-    )
-    console = Console()
+            if poller is not None:
+                await poller
+        events = await read_events(kafka.bootstrap_servers, topic, args.partitions)
+    _print(args, settings, servers, phases, timeline, events, capacity, load.late)
+
+
+def _print(
+    args: argparse.Namespace,
+    settings: Settings,
+    servers: str,
+    phases: list[Phase],
+    timeline: Timeline,
+    events: list[Read],
+    capacity: float,
+    late: float,
+) -> None:
+    table = Table(title="lag: occurred_at -> committed in PostgreSQL, against capacity (ms)")
+    roles = sorted({role for phase in phases for role in phase.cpu})
+    for column in ("phase", "offered/s", "events", "p50", "p99", "max", "p50 growth"):
+        table.add_column(column, justify="left" if column == "phase" else "right")
+    for role in roles:
+        table.add_column(f"CPU s {role}", justify="right")
+    console = Console(width=200)
+    verdicts = []
+    for phase in phases:
+        ours = sorted(
+            (at, timeline.committed_at(p, o) - at)
+            for p, o, at, _ in events
+            if phase.started <= at < phase.ended
+        )
+        lags = sorted(lag for _, lag in ours)
+        third = len(ours) // 3
+        first = sorted(lag for _, lag in ours[:third])
+        last = sorted(lag for _, lag in ours[-third:]) if third else []
+        growth = _q(last, 0.5) - _q(first, 0.5)
+        offered = "as fast as it goes" if phase.rate is None else f"{phase.rate:,.0f}"
+        table.add_row(
+            phase.name, offered, f"{len(lags):,}", f"{_q(lags, 0.5):.1f}",
+            f"{_q(lags, 0.99):.1f}", f"{_q(lags, 1.0):.1f}", f"{growth:+.1f}",
+            *(f"{phase.cpu.get(role, 0.0):.1f}" for role in roles),
+        )  # fmt: skip
+        if phase.rate is None:
+            continue
+        fraction = phase.rate / capacity
+        target = TARGETS_P99_MS.get(round(fraction, 2))
+        if target is not None:
+            met = _q(lags, 0.99) <= target
+            verdicts.append(
+                f"p99 at {fraction:.0%} <= {target:.0f} ms: {'met' if met else 'NOT met'}"
+            )
+        if fraction < 0.75:
+            steady = growth <= GROWTH_MS
+            verdicts.append(
+                f"no growth at {fraction:.0%} (last third's p50 at most {GROWTH_MS:.0f} ms over "
+                f"the first's): {'met' if steady else 'NOT met'}"
+            )
     console.print(table)
+    console.print(_breakdown(phases, timeline, events))
+    console.print(
+        f"capacity: {capacity:,.0f} events/s, the highest steady rate that left at most "
+        f"half a second of events uncommitted after {args.step_seconds:.0f} s"
+    )
+    for verdict in verdicts:
+        console.print(f"target: {verdict}")
     options = settings.worker
     console.print(
-        f"conditions: {args.seconds:.0f} s at {args.rate:,} events/s, {args.rate * TICK:.0f} "
-        f"events every {TICK * 1000:.0f} ms ({MIX}); {args.sessions:,} sessions; "
-        f"{args.partitions} partitions; emitter linger {settings.emitter.linger_ms} ms; "
-        f"worker batches of what has arrived (up to {options.batch_size:,}, batch_within "
-        f"{options.batch_within} s), fetch wait {options.fetch_max_wait} s; checkpoints "
-        f"polled every {POLL * 1000:.0f} ms; the emitting loop ran at most "
-        f"{late * 1000:.0f} ms late; {servers}; python {platform.python_version()}, "
-        f"{os.cpu_count()} cores"
+        f"conditions: capacity ramp from {args.start:,} events/s in steps of "
+        f"{args.step_seconds:.0f} s; "
+        f"each rate {args.seconds:.0f} s, {TICK * 1000:.0f} ms ticks of rate/100 events "
+        f"({MIX}); {args.sessions:,} sessions; {args.partitions} partitions; emitter linger "
+        f"{settings.emitter.linger_ms} ms; worker batches of what has arrived (up to "
+        f"{options.batch_size:,}, batch_within {options.batch_within} s), fetch wait "
+        f"{options.fetch_max_wait} s; checkpoints polled every {POLL * 1000:.0f} ms; the "
+        f"steady emitting loop ran at most {late * 1000:.0f} ms late; CPU s: user + system "
+        f"per process over the phase and its drain; {servers}; {machine()}"
     )
+
+
+def _breakdown(phases: list[Phase], timeline: Timeline, events: list[Read]) -> Table:
+    """Mean milliseconds per event of each stage, per steady phase."""
+    table = Table(title="where an event's time goes: mean per event (ms)")
+    columns = ("phase", "emitter queue", *STAGES, "sum", "lag mean")
+    for column in columns:
+        table.add_column(column, justify="left" if column == "phase" else "right")
+    for phase in phases:
+        if phase.rate is None:
+            continue
+        ours = [
+            (at, stamped, timeline.committed_at(p, o))
+            for p, o, at, stamped in events
+            if phase.started <= at < phase.ended
+        ]
+        if not ours:
+            continue
+        queue = sum(stamped - at for at, stamped, _ in ours) / len(ours) * 1000
+        lag = sum(committed - at for at, _, committed in ours) / len(ours) * 1000
+        stages = [phase.stages.get(stage, 0.0) for stage in STAGES]
+        table.add_row(
+            phase.name,
+            *(f"{ms:.1f}" for ms in (queue, *stages, queue + sum(stages), lag)),
+        )
+    return table
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rate", type=int, default=5_000)
-    parser.add_argument("--seconds", type=float, default=60)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seconds", type=float, default=30, help="each steady rate")
+    parser.add_argument("--start", type=int, default=2_000, help="the ramp's first rate")
+    parser.add_argument("--step-seconds", type=float, default=8, help="each step of the ramp")
     parser.add_argument("--sessions", type=int, default=1_000)
     parser.add_argument("--partitions", type=int, default=12)
     asyncio.run(run(parser.parse_args()))

@@ -5,6 +5,13 @@ consumer writing the same ledger rows with COPY, `benchmarks.baseline`), also in
 process. For each, the consumer is started and warmed with the sessions' BudgetSets;
 then the events are emitted and the clock runs until the last one is applied.
 
+With --consume-only, instead: the topic is loaded first (every event acked), then the bare
+baseline and the worker each read all of it, in their own process, one after the other:
+the clock runs from the moment the warm-up's BudgetSets are applied (the consumer is up
+and reading) until the last event is applied. Without the emitter and the broker's
+appends competing for the machine, this says how lean the worker is; the target is 0.8
+of the baseline (issue 18).
+
 With --tree, instead: the worker on the session-only mix beside the worker on the same
 mix with every session under a three-level budget tree over --tenants tenants
 (`benchmarks.workload.tree_usage`, its tenant and team nodes' BudgetSets in the warm-up),
@@ -13,6 +20,7 @@ must reach 0.9 of the session-only throughput (issue 16). --rounds repeats both,
 alternating which goes first.
 
 Run: .venv/bin/python -m benchmarks.pipeline [--events N] [--sessions S] [--partitions P]
+     .venv/bin/python -m benchmarks.pipeline --consume-only [--events N] [--rounds R]
      .venv/bin/python -m benchmarks.pipeline --tree [--tenants T] [--rounds R] [--priced]
 Starts an embedded broker and PostgreSQL unless KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL
 are set.
@@ -54,6 +62,8 @@ from tokenquota.topics import ensure_topics
 CHUNK = 10_000
 #: Issue 16: the tree pipeline's throughput, as a share of the session-only one's.
 TREE_TARGET = 0.9
+#: Issue 18: the worker reading a loaded topic, as a share of the bare baseline.
+CONSUME_TARGET = 0.8
 
 
 @dataclass
@@ -129,6 +139,9 @@ async def _baseline(settings: Settings, warm: list[Event], timed: list[Event]) -
 async def run(args: argparse.Namespace) -> None:
     if args.tree:
         await run_tree(args)
+        return
+    if args.consume_only:
+        await run_consume_only(args)
         return
     warm = budgets(args.sessions)
     timed = list(usage(args.events, args.sessions))
@@ -249,6 +262,92 @@ async def run_tree(args: argparse.Namespace) -> None:
     )
 
 
+async def _load(settings: Settings, events: list[Event]) -> int:
+    """Emit `events` into `settings`' topic (every one acked); return what it holds."""
+    async with Emitter(settings.kafka, settings.emitter, settings.data_dir / "spool") as em:
+        for i in range(0, len(events), CHUNK):
+            deliveries = await em.emit_many(events[i : i + CHUNK])
+            assert all(d == "acked" for d in deliveries)
+    return sum((await partition_highwaters(settings.kafka, settings.kafka.usage_topic)).values())
+
+
+async def _read_through(settings: Settings, schema: str, warm: int, total: int, what: str) -> float:
+    """Seconds from `warm` messages applied in `schema` (the consumer is reading) until all
+    `total` are."""
+    conn = await connect(settings.database.dsn())
+    try:
+        topic = settings.kafka.usage_topic
+        start = await wait_applied(conn, schema, topic, warm, 300, f"{what} warm-up")
+        return await wait_applied(conn, schema, topic, total, 900, what) - start
+    finally:
+        await conn.close()
+
+
+async def _consume_round(
+    settings: Settings, name: str, warm: list[Event], timed: list[Event]
+) -> tuple[float, float, dict[str, float]]:
+    """Load a fresh topic, then the baseline and the worker each read it: their seconds,
+    and the CPU seconds the worker spent."""
+    case = _case(settings, name)
+    await provision(case)
+    held = await _load(case, warm)
+    total = await _load(case, timed)
+    kafka, dsn = case.kafka, case.database.dsn()
+    assert kafka.bootstrap_servers is not None
+    copy_schema = f"{case.database.schema_name}_copy"
+    await prepare(dsn, copy_schema)
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "benchmarks.baseline", kafka.bootstrap_servers,
+        kafka.usage_topic, dsn, copy_schema, str(total), stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        baseline = await _read_through(case, copy_schema, held, total, "baseline")
+        await asyncio.wait_for(child.wait(), 60)
+    finally:
+        if child.returncode is None:
+            child.kill()
+            await child.wait()
+    worker = WorkerProcess(settings.data_dir.parent / f"worker-{name}.log")
+    meter = CpuMeter({worker.start(settings_env(case)): "worker"})
+    before = meter.snapshot()
+    try:
+        ours = await _read_through(case, case.database.schema_name, held, total, "worker")
+        cpu = CpuMeter.used(before, meter.snapshot())
+    finally:
+        worker.stop()
+    return ours, baseline, cpu
+
+
+async def run_consume_only(args: argparse.Namespace) -> None:
+    """The worker and the bare baseline reading the same loaded topic, `args.rounds` times."""
+    warm = budgets(args.sessions)
+    timed = list(usage(args.events, args.sessions))
+    rounds: list[tuple[float, float, dict[str, float]]] = []
+    async with pipeline(partitions=args.partitions, worker=False) as (settings, servers):
+        for r in range(args.rounds):
+            rounds.append(await _consume_round(settings, f"loaded{r + 1}", warm, timed))
+        options = settings.worker
+    ours = sum(r[0] for r in rounds)
+    baseline = sum(r[1] for r in rounds)
+    per_round = ", ".join(f"{b / o:.2f}" for o, b, _ in rounds)
+    cpu = sum(c.get("worker", 0.0) for _, _, c in rounds) / len(rounds)
+    print_throughput(
+        "consume-only: events/s reading a loaded topic into PostgreSQL",
+        "consumer",
+        args.events * args.rounds,
+        ("tokenquota worker (faust, fold)", ours),
+        ("bare aiokafka + COPY", baseline),
+        f"{args.events:,} events over {args.sessions:,} sessions ({MIX}) loaded first, "
+        f"after {len(warm):,} BudgetSets; {args.rounds} round(s), each on a fresh topic read "
+        f"by the baseline, then the worker (ratio per round {per_round}); the clock runs from "
+        f"the BudgetSets applied until the last event is; worker CPU {cpu:.1f} s per round; "
+        f"{args.partitions} partitions; worker batches of up to {options.batch_size:,} within "
+        f"{options.batch_within} s, fetch wait {options.fetch_max_wait} s; baseline batches "
+        f"of up to 5,000, fetch wait 0.05 s; {servers}; {machine()}",
+        target=CONSUME_TARGET,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -266,7 +365,15 @@ def main() -> None:
         "--tenants", type=int, default=TENANTS, help="tenants of the tree (with --tree)"
     )
     parser.add_argument(
-        "--rounds", type=int, default=1, help="runs of each case, alternating (with --tree)"
+        "--consume-only",
+        action="store_true",
+        help="the worker and the bare baseline each reading a topic loaded first",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="runs of each case (with --tree, alternating which goes first; --consume-only)",
     )
     parser.add_argument(
         "--priced",

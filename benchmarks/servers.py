@@ -51,9 +51,10 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 @contextlib.asynccontextmanager
 async def pipeline(
-    partitions: int = 12, worker: bool = True
+    partitions: int = 12, worker: bool = True, worker_env: dict[str, str] | None = None
 ) -> AsyncIterator[tuple[Settings, str]]:
-    """Settings for a fresh topic and schema on (embedded) servers, with a worker running."""
+    """Settings for a fresh topic and schema on (embedded) servers, with a worker running
+    (`worker_env`: more environment variables for it)."""
     with (
         tempfile.TemporaryDirectory(prefix="tq-bench-") as folder,
         kafka_servers() as (servers, broker),
@@ -73,7 +74,7 @@ async def pipeline(
         process = WorkerProcess(Path(folder) / "worker.log") if worker else None
         try:
             if process is not None:
-                process.start(settings_env(settings))
+                process.start({**settings_env(settings), **(worker_env or {})})
             yield settings, f"{broker}, {postgres}"
         finally:
             if process is not None:
