@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import platform
 import statistics
 import time
 from collections.abc import Awaitable
@@ -33,7 +31,7 @@ from rich.table import Table
 
 from benchmarks.report import machine, percentile_ms
 from benchmarks.servers import pipeline
-from benchmarks.timeline import Timeline, poll_checkpoints, read_events
+from benchmarks.timeline import Timeline, poll_checkpoints, read_events, wait_committed
 from benchmarks.worker_stages import scrape_stages
 from benchmarks.workload import MODEL, TEAMS, TENANTS, account_of, tree_budgets
 from tokenquota.config import ReservationSettings
@@ -117,7 +115,7 @@ async def run(args: argparse.Namespace) -> None:
             try:
                 reserves, elapsed = await _reserve_rounds(quota, sessions, args.rounds)
                 window_end = time.time()
-                await asyncio.sleep(0.05)  # a poll after the last release is committed
+                await wait_committed(timeline, settings)  # the last releases too
             finally:
                 stop.set()
                 await poller
@@ -215,7 +213,7 @@ async def run(args: argparse.Namespace) -> None:
             f"overall; {machine()}"
         )
     else:
-        conditions += f"python {platform.python_version()}, {os.cpu_count()} cores"
+        conditions += machine()
     console.print(conditions)
 
 

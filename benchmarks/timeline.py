@@ -17,9 +17,10 @@ from datetime import datetime
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from tokenquota.config import Settings
+from tokenquota.kafka_probe import partition_highwaters
 from tokenquota.projections import connect, quote_schema
 
-__all__ = ["POLL", "Read", "Timeline", "poll_checkpoints", "read_events"]
+__all__ = ["POLL", "Read", "Timeline", "poll_checkpoints", "read_events", "wait_committed"]
 
 #: Seconds between two polls of the checkpoints.
 POLL = 0.005
@@ -52,6 +53,17 @@ class Timeline:
             if index:
                 total += self.offsets[partition][index - 1]
         return total
+
+
+async def wait_committed(timeline: Timeline, settings: Settings, timeout: float = 60) -> None:
+    """Wait until the poller has seen every message now in the usage topic committed."""
+    topic = settings.kafka.usage_topic
+    total = sum((await partition_highwaters(settings.kafka, topic)).values())
+    deadline = time.monotonic() + timeout
+    while timeline.committed_by(time.time()) < total:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the worker did not commit all {total:,} messages of {topic}")
+        await asyncio.sleep(POLL)
 
 
 async def poll_checkpoints(settings: Settings, timeline: Timeline, stop: asyncio.Event) -> None:
