@@ -9,19 +9,15 @@ checkpoint to the log's first offset (see projections/log_gaps.py).
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Literal
 
-import asyncpg
 from pydantic import BaseModel
 
 from .config import KafkaSettings, Settings
-from .errors import IntegrationError
 from .kafka_probe import LogBounds, partition_bounds
-from .projections import connect
 from .projections.log_gaps import (
     AcceptedGap,
     GapRefusedError,
@@ -31,6 +27,7 @@ from .projections.log_gaps import (
     gap_of,
     read_checkpoints,
 )
+from .schema_connection import schema_connection
 
 __all__ = [
     "AcceptedGapView",
@@ -42,6 +39,9 @@ __all__ = [
     "find_log_gap",
     "read_log_checkpoints",
 ]
+
+#: What these commands read and write, named when the schema lacks them.
+_TABLES = "accepted_log_gaps or partition_checkpoints"
 
 log = logging.getLogger("tokenquota.checkpoints")
 
@@ -95,7 +95,7 @@ async def read_log_checkpoints(
     topic = settings.kafka.usage_topic
     # The checkpoints first: read after the log's ends, a running worker could have moved
     # them past those ends meanwhile.
-    async with _database(settings) as conn:
+    async with schema_connection(settings, _TABLES) as conn:
         checkpoints = await read_checkpoints(conn, topic)
         accepted = await accepted_gaps(conn, topic)
     logs = await (bounds or partition_bounds)(settings.kafka, topic)
@@ -112,7 +112,7 @@ async def find_log_gap(
     """The gap of `partition` of the usage topic; GapRefusedError when it has none or the
     topic has no such partition."""
     topic = settings.kafka.usage_topic
-    async with _database(settings) as conn:
+    async with schema_connection(settings, _TABLES) as conn:
         checkpoint = (await read_checkpoints(conn, topic)).get(partition)
     logs = await (bounds or partition_bounds)(settings.kafka, topic)
     found = logs.get(partition)
@@ -141,7 +141,7 @@ async def accept_log_gap(
             f"the log of {gap.topic}[{gap.partition}] {moved}, not at {gap.first} as read "
             "before: nothing was changed; look again (`tokenquota checkpoints show`)"
         )
-    async with _database(settings) as conn:
+    async with schema_connection(settings, _TABLES) as conn:
         accepted = await accept_gap(conn, settings.database.schema_name, gap, actor)
     log.warning(
         "accepted a log gap: %s[%d] offsets %d to %d were gone from the log and never "
@@ -222,21 +222,3 @@ def _view(accepted: AcceptedGap) -> AcceptedGapView:
         accepted_at=accepted.accepted_at,
         actor=accepted.actor,
     )
-
-
-@contextlib.asynccontextmanager
-async def _database(settings: Settings) -> AsyncIterator[asyncpg.Connection]:
-    db = settings.database
-    try:
-        conn = await connect(db.dsn(), db.schema_name)
-    except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
-        raise IntegrationError(f"PostgreSQL unreachable: {exc or type(exc).__name__}") from None
-    try:
-        yield conn
-    except asyncpg.UndefinedTableError:
-        raise IntegrationError(
-            f"schema {db.schema_name} has no accepted_log_gaps or partition_checkpoints "
-            "table: run `tokenquota migrate`"
-        ) from None
-    finally:
-        await conn.close()

@@ -8,12 +8,9 @@ A dead letter stays in its topic for good (nothing consumes it), so "how many" m
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
-import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
@@ -22,8 +19,8 @@ from pydantic import BaseModel
 from .config import Settings
 from .errors import IntegrationError
 from .kafka_probe import partition_highwaters
-from .projections import connect
 from .projections.dead_letters import mark_reviewed, reviewed_offsets, unreviewed
+from .schema_connection import schema_connection
 
 __all__ = ["DeadLetterView", "DeadLetters", "acknowledge", "read_dead_letters"]
 
@@ -82,31 +79,14 @@ async def acknowledge(settings: Settings, actor: str) -> dict[int, int]:
     """Mark every dead letter there is now as reviewed by `actor`; the marks set."""
     kafka = settings.kafka
     highwaters = await partition_highwaters(kafka, kafka.dlq_topic)
-    async with _database(settings) as conn:
+    async with schema_connection(settings, "dlq_reviews") as conn:
         await mark_reviewed(conn, kafka.dlq_topic, highwaters, actor)
     return highwaters
 
 
 async def _reviewed(settings: Settings) -> dict[int, int]:
-    async with _database(settings) as conn:
+    async with schema_connection(settings, "dlq_reviews") as conn:
         return await reviewed_offsets(conn, settings.kafka.dlq_topic)
-
-
-@contextlib.asynccontextmanager
-async def _database(settings: Settings) -> AsyncIterator[asyncpg.Connection]:
-    db = settings.database
-    try:
-        conn = await connect(db.dsn(), db.schema_name)
-    except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
-        raise IntegrationError(f"PostgreSQL unreachable: {exc}") from None
-    try:
-        yield conn
-    except asyncpg.UndefinedTableError:
-        raise IntegrationError(
-            f"schema {db.schema_name} has no dlq_reviews table: run `tokenquota migrate`"
-        ) from None
-    finally:
-        await conn.close()
 
 
 async def _fetch(
