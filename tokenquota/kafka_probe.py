@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
+from aiokafka.structs import ConsumerRecord
 
 from .config import KafkaSettings
 from .errors import IntegrationError
@@ -168,30 +171,18 @@ async def _read_bounds(
         # start ("earliest"), as the worker's does from a committed offset that is gone.
         consumer.seek(tp, 0)
     found: dict[int, LogBounds] = {}
-    pending = tps
-    while pending:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            missing = ", ".join(f"{tp.topic}[{tp.partition}]" for tp in pending)
-            raise IntegrationError(
-                f"Kafka did not report the start and end of partitions {missing} within "
-                f"{timeout:g} s"
-            )
-        try:
-            fetched = await consumer.getmany(*pending, timeout_ms=int(min(left, 0.2) * 1000))
-        except (KafkaError, OSError) as exc:
-            raise IntegrationError(f"Kafka fetch failed: {exc or type(exc).__name__}") from None
-        for tp in pending:
-            end = consumer.highwater(tp)  # set only by a fetch the broker answered
-            if end is None:
-                continue
-            records = fetched.get(tp)
-            if records:
-                found[tp.partition] = LogBounds(first=records[0].offset, end=end)
-            elif await consumer.position(tp) >= end:
-                found[tp.partition] = LogBounds(first=end, end=end)
-        pending = [tp for tp in pending if tp.partition not in found]
-    consumer.pause(*tps)
+
+    async def settle(tp: TopicPartition, records: list[ConsumerRecord[Any, Any]]) -> bool:
+        end = consumer.highwater(tp)  # set only by a fetch the broker answered
+        if end is None:
+            return False
+        if records:
+            found[tp.partition] = LogBounds(first=records[0].offset, end=end)
+        elif await consumer.position(tp) >= end:
+            found[tp.partition] = LogBounds(first=end, end=end)
+        return tp.partition in found
+
+    await _fetch_until(consumer, tps, deadline, timeout, "the start and end", 0.2, settle)
     return found
 
 
@@ -209,26 +200,45 @@ async def _read(
     for tp in tps:
         consumer.seek(tp, known.get(tp, 0))
     ends: dict[str, dict[int, int]] = {topic: {} for topic in topics}
+
+    async def settle(tp: TopicPartition, records: list[ConsumerRecord[Any, Any]]) -> bool:
+        highwater = consumer.highwater(tp)
+        if highwater is None:
+            return False
+        ends[tp.topic][tp.partition] = known[tp] = highwater
+        return True
+
+    await _fetch_until(consumer, tps, deadline, timeout, "the end", 0.002, settle)
+    return ends
+
+
+async def _fetch_until(
+    consumer: AIOKafkaConsumer,
+    tps: list[TopicPartition],
+    deadline: float,
+    timeout: float,
+    what: str,
+    poll: float,
+    settle: Callable[[TopicPartition, list[ConsumerRecord[Any, Any]]], Awaitable[bool]],
+) -> None:
+    """Fetch `tps` (each fetch waiting at most `poll` seconds) until `settle`, given a
+    partition and the records a fetch returned for it, says it is answered; then pause
+    them, as nothing more is fetched until the next question. IntegrationError naming
+    `what` when the deadline passes first."""
     pending = tps
     while pending:
         left = deadline - time.monotonic()
         if left <= 0:
             missing = ", ".join(f"{tp.topic}[{tp.partition}]" for tp in pending)
             raise IntegrationError(
-                f"Kafka did not report the end of partitions {missing} within {timeout:g} s"
+                f"Kafka did not report {what} of partitions {missing} within {timeout:g} s"
             )
         try:
-            await consumer.getmany(*pending, timeout_ms=int(min(left, 0.002) * 1000))
+            fetched = await consumer.getmany(*pending, timeout_ms=int(min(left, poll) * 1000))
         except (KafkaError, OSError) as exc:
             raise IntegrationError(f"Kafka fetch failed: {exc or type(exc).__name__}") from None
-        for tp in pending:
-            highwater = consumer.highwater(tp)
-            if highwater is not None:
-                ends[tp.topic][tp.partition] = known[tp] = highwater
-        pending = [tp for tp in pending if tp.partition not in ends[tp.topic]]
-    # Nothing more to fetch until the next question.
+        pending = [tp for tp in pending if not await settle(tp, fetched.get(tp, []))]
     consumer.pause(*tps)
-    return ends
 
 
 async def _partitions(
