@@ -9,6 +9,8 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import asyncpg
+
 from tokenquota.config import DatabaseSettings, Settings
 from tokenquota.embedded import WorkerProcess, process_env
 from tokenquota.producers.reservations import TokenQuota
@@ -27,6 +29,7 @@ from tokenquota.schemas import (
 )
 
 __all__ = [
+    "BROKEN_CONNECTION",
     "T0",
     "budget",
     "fetch_value",
@@ -43,6 +46,13 @@ __all__ = [
 ]
 
 T0 = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
+#: What asyncpg raises on a pooled connection a PostgreSQL shutdown broke (seen by the
+#: fault campaign): every read must turn each into IntegrationError.
+BROKEN_CONNECTION = (
+    asyncpg.InternalClientError("cannot switch to state 11; another operation (2) is in progress"),
+    asyncpg.InterfaceError("connection is closed"),
+    asyncpg.AdminShutdownError("terminating connection due to administrator command"),
+)
 SOURCE = Source(component="sdk", name="tests")
 
 

@@ -10,11 +10,10 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-import asyncpg
 import pytest
 from pydantic import SecretStr
 
-from tests.support import set_budget, settings_env, used, wait_until
+from tests.support import BROKEN_CONNECTION, set_budget, settings_env, used, wait_until
 from tokenquota.config import (
     DatabaseSettings,
     EmitterSettings,
@@ -119,15 +118,7 @@ async def test_a_start_that_finds_postgres_down_can_be_tried_again(
         await asyncio.to_thread(postgres.stop)
 
 
-@pytest.mark.parametrize(
-    "failure",
-    [
-        asyncpg.InternalClientError(
-            "cannot switch to state 11; another operation (2) is in progress"
-        ),
-        asyncpg.InterfaceError("connection is closed"),
-    ],
-)
+@pytest.mark.parametrize("failure", BROKEN_CONNECTION)
 async def test_a_read_on_a_connection_broken_by_a_restart_is_an_integration_error(
     pipeline_settings: Settings, monkeypatch: pytest.MonkeyPatch, failure: Exception
 ) -> None:

@@ -10,10 +10,9 @@ from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
-import asyncpg
 import pytest
 
-from tests.support import budget, fetch_value, reserved, used, wait_until
+from tests.support import BROKEN_CONNECTION, budget, fetch_value, reserved, used, wait_until
 from tokenquota import AsyncTokenDashboard, TokenDashboard, UnknownSessionError
 from tokenquota.config import Settings
 from tokenquota.errors import IntegrationError
@@ -201,16 +200,7 @@ async def test_both_facades_read_the_budget_tree(pipeline_settings: Settings) ->
         ]
 
 
-@pytest.mark.parametrize(
-    "failure",
-    [
-        asyncpg.InternalClientError(
-            "cannot switch to state 11; another operation (2) is in progress"
-        ),
-        asyncpg.InterfaceError("connection is closed"),
-        asyncpg.AdminShutdownError("terminating connection due to administrator command"),
-    ],
-)
+@pytest.mark.parametrize("failure", BROKEN_CONNECTION)
 async def test_a_read_cut_by_a_postgres_shutdown_is_an_integration_error(
     pipeline_settings: Settings, monkeypatch: pytest.MonkeyPatch, failure: Exception
 ) -> None:
