@@ -88,68 +88,78 @@ class BatchConsumer(faust_aiokafka.Consumer):
         def stopping() -> bool:
             return consumer_stopped() or cast(Service, fetcher).should_stop
 
+        async def one_pass() -> None:
+            await self.sleep(0)
+            if self.should_stop:
+                return
+            try:
+                records, active = await self._wait_next_records(1.0)
+            except asyncio.CancelledError:
+                # The consumer thread cancelled the fetch (a rebalance began): nothing
+                # was read, so it is simply fetched again. faust would let this end
+                # the fetcher too (see _seek_back).
+                if stopping():
+                    raise
+                self._thread_cancelled("fetch")
+                return
+            generation = self.app.consumer_generation_id
+            if records is None or self.should_stop:
+                return
+            if not self.flow_active or self._dropped:
+                # (a fetch was dropped: seek back even if the flow has resumed since,
+                # or the read offsets, already past it, would skip it for good)
+                await self._seek_back(stopping)
+                return
+            fetched: list[Message] = []
+            stamps_ms = 0  # the fetched records' timestamps, summed
+            for tp, tp_records in records.items():
+                if not self.flow_active or self.app.consumer_generation_id != generation:
+                    break  # a rebalance began: what is left is fetched again
+                if active is not None and tp not in active and tp not in self._buffered_partitions:
+                    continue
+                self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
+                whole = tp.topic in batch_topics
+                read = read_offsets[tp]
+                for record in tp_records:
+                    offset = record.offset
+                    if read is not None and offset < read:
+                        continue  # already read: faust drops these too
+                    if read and offset - read > 1 and acks_enabled_for(tp.topic):
+                        await self._add_gap(tp, read + 1, offset)
+                    message = to_message(tp, record)
+                    if whole:
+                        fetched.append(message)
+                        stamps_ms += record.timestamp
+                    else:
+                        await self.wait_first(callback(message), self.suspend_flow.wait())
+                    read = offset
+                read_offsets[tp] = read
+            if commit_every is not None and self._n_acked >= commit_every:
+                self._n_acked = 0
+                await self.commit()
+            if fetched:
+                # Dropped if a rebalance suspends the flow meanwhile, as faust drops
+                # a message then: it was never tracked, and is fetched again (the
+                # next pass seeks back to the committed offsets).
+                putting = self.fetches.put(Fetch(fetched, stamps_ms))
+                waited = await self.wait_first(putting, self.suspend_flow.wait())
+                if putting not in waited.done:
+                    self._dropped = True
+
         try:
             while not (consumer_stopped() or fetcher_stopped()):
-                await self.sleep(0)
-                if self.should_stop:
-                    continue
                 try:
-                    records, active = await self._wait_next_records(1.0)
+                    await one_pass()
                 except asyncio.CancelledError:
-                    # The consumer thread cancelled the fetch (a rebalance began): nothing
-                    # was read, so it is simply fetched again. faust would let this end
-                    # the fetcher too (see _seek_back).
+                    # Anything else the consumer thread cancelled as a rebalance began (a
+                    # commit, most likely): faust would let it end the fetcher, which
+                    # nothing restarts, and the worker would exit. The pass may have moved
+                    # the read offsets past messages it never queued, so the next pass
+                    # seeks back to the committed offsets first.
                     if stopping():
                         raise
-                    self._thread_cancelled("fetch")
-                    continue
-                generation = self.app.consumer_generation_id
-                if records is None or self.should_stop:
-                    continue
-                if not self.flow_active or self._dropped:
-                    # (a fetch was dropped: seek back even if the flow has resumed since,
-                    # or the read offsets, already past it, would skip it for good)
-                    await self._seek_back(stopping)
-                    continue
-                fetched: list[Message] = []
-                stamps_ms = 0  # the fetched records' timestamps, summed
-                for tp, tp_records in records.items():
-                    if not self.flow_active or self.app.consumer_generation_id != generation:
-                        break  # a rebalance began: what is left is fetched again
-                    if (
-                        active is not None
-                        and tp not in active
-                        and tp not in self._buffered_partitions
-                    ):
-                        continue
-                    self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
-                    whole = tp.topic in batch_topics
-                    read = read_offsets[tp]
-                    for record in tp_records:
-                        offset = record.offset
-                        if read is not None and offset < read:
-                            continue  # already read: faust drops these too
-                        if read and offset - read > 1 and acks_enabled_for(tp.topic):
-                            await self._add_gap(tp, read + 1, offset)
-                        message = to_message(tp, record)
-                        if whole:
-                            fetched.append(message)
-                            stamps_ms += record.timestamp
-                        else:
-                            await self.wait_first(callback(message), self.suspend_flow.wait())
-                        read = offset
-                    read_offsets[tp] = read
-                if commit_every is not None and self._n_acked >= commit_every:
-                    self._n_acked = 0
-                    await self.commit()
-                if fetched:
-                    # Dropped if a rebalance suspends the flow meanwhile, as faust drops
-                    # a message then: it was never tracked, and is fetched again (the
-                    # next pass seeks back to the committed offsets).
-                    putting = self.fetches.put(Fetch(fetched, stamps_ms))
-                    waited = await self.wait_first(putting, self.suspend_flow.wait())
-                    if putting not in waited.done:
-                        self._dropped = True
+                    self._thread_cancelled("a pass of the fetcher")
+                    self._dropped = True
         except self.consumer_stopped_errors:
             if self.transport.app.should_stop:
                 return

@@ -86,6 +86,10 @@ async def test_a_fetcher_being_stopped_is_still_stopped() -> None:
         await task
 
 
+#: What a fetch returns: records by partition.
+_Records = dict[object, list[object]]
+
+
 class _Draining(_Consumer):
     """What `_drain_messages` touches up to its fetch: a fetch the consumer thread cancels
     `cancelled` times, after which the fetcher is stopped (the loop ends)."""
@@ -96,7 +100,7 @@ class _Draining(_Consumer):
         self._stopped = asyncio.Event()
         self.fetcher = SimpleNamespace(_stopped=asyncio.Event(), should_stop=False)
         self.callback = self._to_message = self._read_offset = None
-        self._commit_every = None
+        self._commit_every: int | None = None
         self.should_stop = False
         self.app = SimpleNamespace(
             topics=SimpleNamespace(acks_enabled_for=None), batch_topics=frozenset(),
@@ -107,7 +111,7 @@ class _Draining(_Consumer):
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
 
-    async def _wait_next_records(self, timeout: float) -> tuple[None, None]:
+    async def _wait_next_records(self, timeout: float) -> tuple[_Records | None, None]:
         self.fetches_tried += 1
         if self.fetches_tried <= self.cancelled:
             raise asyncio.CancelledError  # the thread's getmany promise was cancelled
@@ -128,3 +132,49 @@ async def test_a_fetch_cancelled_because_the_fetcher_stops_still_stops_it() -> N
     consumer.fetcher.should_stop = True  # mode marks it stopped, then cancels its task
     with pytest.raises(asyncio.CancelledError):
         await BatchConsumer._drain_messages(consumer, consumer.fetcher)  # type: ignore[arg-type]
+
+
+class _Committing(_Draining):
+    """Fetches that return nothing new, and a commit due after each that the consumer
+    thread cancels `cancelled_commits` times (a rebalance began); the third fetch stops."""
+
+    def __init__(self, cancelled_commits: int) -> None:
+        super().__init__(cancelled=0)
+        self.cancelled_commits = cancelled_commits
+        self.commits = 0
+        self._commit_every = 1
+        self._n_acked = 0
+        self.flow_active = True
+
+    _seek_back = BatchConsumer._seek_back
+
+    async def _wait_next_records(self, timeout: float) -> tuple[_Records | None, None]:
+        self.fetches_tried += 1
+        if self.fetches_tried >= 3:
+            self.fetcher._stopped.set()
+            return None, None
+        self._n_acked = 1  # a commit is due after this fetch
+        return {}, None
+
+    async def commit(self) -> None:
+        self.commits += 1
+        if self.commits <= self.cancelled_commits:
+            raise asyncio.CancelledError  # the thread's commit promise was cancelled
+
+
+async def test_any_other_call_the_consumer_thread_cancelled_is_not_fatal_and_seeks_back() -> None:
+    # Each 30-minute campaign found one more call of the fetcher's loop (a seek, a fetch)
+    # whose cancellation by a rebalance ended the fetcher; a commit would be next. The
+    # loop now outlives any of them, and seeks back before reading on.
+    consumer = _Committing(cancelled_commits=1)
+    await BatchConsumer._drain_messages(consumer, consumer.fetcher)  # type: ignore[arg-type]
+    assert consumer.commits == 1  # the cancelled one; the next pass seeks back instead
+    assert (consumer.seeks, consumer._dropped, consumer.fetches_tried) == (1, False, 3)
+
+
+async def test_a_pass_cancelled_because_the_fetcher_stops_still_stops_it() -> None:
+    consumer = _Committing(cancelled_commits=1)
+    consumer.fetcher.should_stop = True
+    with pytest.raises(asyncio.CancelledError):
+        await BatchConsumer._drain_messages(consumer, consumer.fetcher)  # type: ignore[arg-type]
+    assert consumer.commits == 1
