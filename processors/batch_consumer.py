@@ -124,7 +124,14 @@ class BatchConsumer(faust_aiokafka.Consumer):
                     offset = record.offset
                     if read is not None and offset < read:
                         continue  # already read: faust drops these too
-                    if read and offset - read > 1 and acks_enabled_for(tp.topic):
+                    if read and offset - read > 1 and not whole and acks_enabled_for(tp.topic):
+                        # faust counts the offsets skipped as acknowledged, and commits
+                        # past them. Not for a batch topic: its offsets have no gaps, so
+                        # a jump means messages this consumer skipped, and committing past
+                        # them would lose them for good. Left uncommitted, the batch is
+                        # refused (LogGapError: it does not start at its partition's
+                        # checkpoint), and the restarted worker reads them again from the
+                        # committed offset.
                         await self._add_gap(tp, read + 1, offset)
                     message = to_message(tp, record)
                     if whole:

@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Coroutine
 from types import SimpleNamespace
 
 import pytest
+from faust.types import TP
 
 from tokenquota.processors.batch_consumer import BatchConsumer
 
@@ -178,3 +180,72 @@ async def test_a_pass_cancelled_because_the_fetcher_stops_still_stops_it() -> No
     with pytest.raises(asyncio.CancelledError):
         await BatchConsumer._drain_messages(consumer, consumer.fetcher)  # type: ignore[arg-type]
     assert consumer.commits == 1
+
+
+class _Jumping(_Draining):
+    """One fetch of partition 0 of `topic` holding offsets 5 and 9 after offset 4 was
+    read (6 to 8 skipped), then the fetcher stops."""
+
+    def __init__(self, batch_topics: frozenset[str]) -> None:
+        super().__init__(cancelled=0)
+        self.tp = TP("usage", 0)
+        self.flow_active = True
+        self._buffered_partitions: set[TP] = set()
+        self.read_offsets: dict[TP, int] = {self.tp: 4}
+        self._read_offset = self.read_offsets  # type: ignore[assignment]
+        self.gaps: list[tuple[TP, int, int]] = []
+        self.delivered: list[int] = []
+        self.fetches: asyncio.Queue[list[object]] = asyncio.Queue()
+        self.suspend_flow = asyncio.Event()
+        self.app = SimpleNamespace(
+            topics=SimpleNamespace(acks_enabled_for=lambda topic: True),
+            batch_topics=batch_topics, consumer_generation_id=0,
+            monitor=SimpleNamespace(track_tp_end_offset=lambda tp, offset: None),
+        )  # fmt: skip
+        self._to_message = lambda tp, record: record  # type: ignore[assignment]
+
+        async def deliver(record: SimpleNamespace) -> None:
+            self.delivered.append(record.offset)
+
+        self.callback = deliver  # type: ignore[assignment]
+
+    def highwater(self, tp: TP) -> int:
+        return 10
+
+    async def _wait_next_records(self, timeout: float) -> tuple[_Records | None, None]:
+        self.fetches_tried += 1
+        if self.fetches_tried >= 2:
+            self.fetcher._stopped.set()
+            return None, None
+        records = [SimpleNamespace(offset=o, timestamp=1_000) for o in (5, 9)]
+        return {self.tp: records}, None  # type: ignore[dict-item]
+
+    async def _add_gap(self, tp: TP, offset_from: int, offset_to: int) -> None:
+        self.gaps.append((tp, offset_from, offset_to))
+
+    async def wait_first(self, *coros: Coroutine[object, object, object]) -> SimpleNamespace:
+        first, *others = coros
+        for other in others:
+            other.close()
+        await first
+        return SimpleNamespace(done={first})
+
+
+async def test_skipped_offsets_of_a_batch_topic_are_never_counted_as_acknowledged() -> None:
+    # Found by the fifth 30-minute campaign: an acked event never reached the ledger.
+    # faust records a jump in offsets as a gap it counts as acknowledged, so the group's
+    # committed offset moved past a message the worker had skipped; the batch after it
+    # was refused (LogGapError), but the restarted worker started past the message.
+    consumer = _Jumping(batch_topics=frozenset({"usage"}))
+    await BatchConsumer._drain_messages(consumer, consumer.fetcher)  # type: ignore[arg-type]
+    assert consumer.gaps == []
+    fetch = consumer.fetches.get_nowait()
+    assert [m.offset for m in fetch] == [5, 9]  # type: ignore[attr-defined]
+    assert consumer.read_offsets[consumer.tp] == 9
+
+
+async def test_other_topics_keep_fausts_gaps() -> None:
+    consumer = _Jumping(batch_topics=frozenset())
+    await BatchConsumer._drain_messages(consumer, consumer.fetcher)  # type: ignore[arg-type]
+    assert consumer.gaps == [(consumer.tp, 6, 9)]
+    assert consumer.delivered == [5, 9]
