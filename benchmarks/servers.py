@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from tokenquota.config import DatabaseSettings, KafkaSettings, Settings, WorkerSettings
+from tokenquota.config import DatabaseSettings, Settings
 from tokenquota.embedded import EmbeddedBroker, EmbeddedPostgres, WorkerProcess, process_env
 from tokenquota.provision import provision
 
@@ -61,14 +61,22 @@ async def pipeline(
         database_url(Path(folder)) as (dsn, postgres),
     ):
         name = f"bench_{uuid.uuid4().hex[:8]}"
-        settings = Settings(
-            kafka=KafkaSettings(
-                bootstrap_servers=servers, usage_topic=f"{name}.usage",
-                dlq_topic=f"{name}.dlq", partitions=partitions,
-            ),
-            database=DatabaseSettings(url=SecretStr(dsn), schema_name=name),
-            worker=WorkerSettings(group_id=f"{name}.workers"),
-            data_dir=Path(folder) / "data",
+        # The environment's settings (WORKER_FETCH_MAX_WAIT, EMITTER_LINGER_MS, ...) apply
+        # here as in the worker, which inherits the environment: the conditions a
+        # benchmark prints are the ones it ran with.
+        configured = Settings()
+        settings = configured.model_copy(
+            update={
+                "kafka": configured.kafka.model_copy(
+                    update={
+                        "bootstrap_servers": servers, "usage_topic": f"{name}.usage",
+                        "dlq_topic": f"{name}.dlq", "partitions": partitions,
+                    }
+                ),
+                "database": DatabaseSettings(url=SecretStr(dsn), schema_name=name),
+                "worker": configured.worker.model_copy(update={"group_id": f"{name}.workers"}),
+                "data_dir": Path(folder) / "data",
+            }
         )  # fmt: skip
         await provision(settings)
         process = WorkerProcess(Path(folder) / "worker.log") if worker else None
