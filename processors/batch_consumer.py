@@ -95,12 +95,15 @@ class BatchConsumer(faust_aiokafka.Consumer):
             try:
                 records, active = await self._wait_next_records(1.0)
             except asyncio.CancelledError:
-                # The consumer thread cancelled the fetch (a rebalance began): nothing
-                # was read, so it is simply fetched again. faust would let this end
-                # the fetcher too (see _seek_back).
+                # The consumer thread cancelled the fetch (a rebalance began). faust would
+                # let this end the fetcher too (see _seek_back). The thread may have read
+                # records before its answer was cancelled, moving the consumer's position
+                # past them: the next pass seeks back to the committed offsets, or they
+                # would be skipped.
                 if stopping():
                     raise
                 self._thread_cancelled("fetch")
+                self._dropped = True
                 return
             generation = self.app.consumer_generation_id
             if records is None or self.should_stop:

@@ -127,6 +127,10 @@ async def test_a_fetch_the_consumer_thread_cancelled_is_fetched_again_not_fatal(
     consumer = _Draining(cancelled=2)
     await BatchConsumer._drain_messages(consumer, consumer.fetcher)  # type: ignore[arg-type]
     assert consumer.fetches_tried == 3
+    # What the thread may have read before its answer was cancelled is read again: the
+    # next pass with records seeks back to the committed offsets first (the likeliest
+    # way the fifth 30-minute run skipped the message faust then committed past).
+    assert consumer._dropped
 
 
 async def test_a_fetch_cancelled_because_the_fetcher_stops_still_stops_it() -> None:
