@@ -130,8 +130,8 @@ class Projector:
                     schema=self.settings.database.schema_name,
                     skipped=[(d.topic, d.partition, d.offset) for d in bad],
                     on_poison=on_poison,
-                    # A batch must start where its partition's checkpoint is (LogGapError,
-                    # fatal, otherwise): see apply_batch.
+                    # A batch must run on from its partitions' checkpoints without a hole
+                    # (LogGapError, fatal, otherwise): see projections/continuity.py.
                     contiguous=True,
                 )
             except DATABASE_FAILURES as exc:

@@ -1,7 +1,7 @@
 """A partition whose checkpoint is behind the log's start, and moving it there on purpose.
 
-The worker refuses a batch that does not start at its partition's checkpoint
-(LogGapError). When retention or delete-records removed messages before the worker
+The worker refuses a batch that skips offsets after its partition's checkpoint
+(LogGapError, see `continuity`). When retention or delete-records removed messages before the worker
 applied them, the log starts after the checkpoint and no batch ever will: an operator
 looks (`tokenquota checkpoints show`) and accepts the loss (`tokenquota checkpoints
 accept-gap`), which moves the checkpoint to the log's first offset and records that in

@@ -21,6 +21,7 @@ import asyncpg
 from tokenquota.schemas import BudgetSet, DefaultsSet, Event, account_root, ancestors
 
 from .budget_rows import node_of, session_of
+from .continuity import LogGapError, batch_offsets, check_continues
 from .fold import PoisonEventError, fold
 from .pg_arrays import array_literal
 from .state import (
@@ -169,17 +170,37 @@ async def apply_batch_isolating(
             raise
         if len(records) > 1:
             half = len(records) // 2
-            return (await part(records[:half], skipped)).add(await part(records[half:]))
+            before, after = _split_skipped(skipped, records[half:])
+            return (await part(records[:half], before)).add(await part(records[half:], after))
         index = 0
         reason = f"PostgreSQL refused it ({exc.sqlstate}): {exc}"
-    result = await part(records[:index], skipped) if index else BatchResult()
+    before, after = _split_skipped(skipped, records[index:])
+    result = await part(records[:index], before) if index else BatchResult()
     poison = records[index]
     await on_poison(poison, reason)
     result.poisoned += 1
     position = (poison.topic, poison.partition, poison.offset)
     return result.add(
-        await part(records[index + 1 :], [position] if index else [*skipped, position])
+        await part(records[index + 1 :], [*after, position] if index else [*skipped, position])
     )
+
+
+def _split_skipped(
+    skipped: Sequence[tuple[str, int, int]], later: Sequence[LogRecord]
+) -> tuple[list[tuple[str, int, int]], list[tuple[str, int, int]]]:
+    """`skipped` split into the positions before `later` (the records of the batch's
+    later part) and those among or after them, per partition: each part then runs on
+    from the one before without a hole (see `continuity`)."""
+    starts: dict[PartitionKey, int] = {}
+    for r in later:
+        key = (r.topic, r.partition)
+        starts[key] = min(starts.get(key, r.offset), r.offset)
+    before: list[tuple[str, int, int]] = []
+    after: list[tuple[str, int, int]] = []
+    for position in skipped:
+        start = starts.get(position[:2])
+        (after if start is not None and position[2] > start else before).append(position)
+    return before, after
 
 
 async def apply_batch(
@@ -226,25 +247,22 @@ async def _apply(
             projection_lock_key(schema),
         )
         writes: list[Write] = []
-        first: dict[PartitionKey, int] | None = None
+        offsets: dict[PartitionKey, set[int]] | None = None
         if contiguous:
-            first = {}
-            for topic, partition, offset in itertools.chain(
-                ((r.topic, r.partition, r.offset) for r in records), skipped
-            ):
-                key = (topic, partition)
-                first[key] = min(first.get(key, offset), offset)
+            offsets = batch_offsets(
+                itertools.chain(((r.topic, r.partition, r.offset) for r in records), skipped)
+            )
         if records:
-            folded = await _ledger_and_fold(conn, records, direct=direct, starts=first)
+            folded = await _ledger_and_fold(conn, records, direct=direct, offsets=offsets)
             result.applied = folded.applied
             result.duplicates = len(records) - folded.applied
             if folded.applied:
                 writes = folded.writes
                 result.decisions = folded.decisions
                 clocks = folded.clocks
-        elif first is not None:  # dead letters alone: their partitions are checked too
-            await _lock_partitions(conn, sorted(first))
-            _check_follows(await _partition_rows(conn, sorted(first)), first)
+        elif offsets is not None:  # dead letters alone: their partitions are checked too
+            await _lock_partitions(conn, sorted(offsets))
+            _check_continues(await _partition_rows(conn, sorted(offsets)), offsets)
         writes.append(
             _checkpoint([(r.topic, r.partition, r.offset) for r in records], skipped, clocks)
         )
@@ -295,7 +313,7 @@ async def _ledger_and_fold(
     records: Sequence[LogRecord],
     *,
     direct: bool,
-    starts: dict[PartitionKey, int] | None = None,
+    offsets: dict[PartitionKey, set[int]] | None = None,
 ) -> _FoldedBatch:
     """Insert the ledger rows and fold the events that were new to it.
 
@@ -307,7 +325,7 @@ async def _ledger_and_fold(
     for record in records:
         first.setdefault(record.event.event_id, record)
     unique = list(first.values())
-    state = await _load_state(conn, unique, starts)
+    state = await _load_state(conn, unique, offsets)
     rows = [
         (
             r.event.event_id,
@@ -380,10 +398,11 @@ _CREATE_INCOMING = """
 async def _load_state(
     conn: asyncpg.Connection,
     records: Sequence[LogRecord],
-    starts: dict[PartitionKey, int] | None = None,
+    offsets: dict[PartitionKey, set[int]] | None = None,
 ) -> ProjectionState:
     events: list[Event] = [r.event for r in records]
-    partitions = sorted({(r.topic, r.partition) for r in records})
+    # (a partition with only dead letters in the batch is locked and checked too)
+    partitions = sorted({(r.topic, r.partition) for r in records}.union(offsets or ()))
     # A DefaultsSet, and a BudgetSet of a tree node, name no session ("*").
     sessions = sorted(
         {
@@ -404,8 +423,8 @@ async def _load_state(
         conn, partitions, [f"tree {t}" for t in tenants] + [f"session {s}" for s in sessions]
     )
     partition_rows = await _partition_rows(conn, partitions)
-    if starts is not None:  # the batch's first offset in each of its partitions
-        _check_follows(partition_rows, starts)
+    if offsets is not None:  # the batch's offsets (dead letters too) in each partition
+        _check_continues(partition_rows, offsets)
     session_rows = await conn.fetch(
         "SELECT * FROM session_token_budgets WHERE session_id = ANY($1::varchar[])", sessions
     )
@@ -486,32 +505,8 @@ async def _partition_rows(
     )
 
 
-class LogGapError(RuntimeError):
-    """A batch starts after its partition's checkpoint: the messages between were taken
-    from the log and never applied (a fetch a rebalance dropped, a batch a crash lost).
-    Applying it would move the checkpoint past them; the worker stops instead, and
-    fetches again from its committed offset, which never passes an unapplied message.
-
-    Unless the log no longer holds them: retention or delete-records removed them before
-    they were applied, and the worker, reset to the log's start, stops at every restart.
-    The worker cannot tell the two apart; `tokenquota checkpoints show` can, and
-    `tokenquota checkpoints accept-gap` moves the checkpoint to the log's start."""
-
-
-def _check_follows(rows: Sequence[asyncpg.Record], first: dict[PartitionKey, int]) -> None:
-    for row in rows:
-        key = (row["topic"], row["kafka_partition"])
-        applied, offset = row["next_offset"], first.get(key)
-        if applied is not None and offset is not None and offset > applied:
-            raise LogGapError(
-                f"partition {key[0]}[{key[1]}]: offsets {applied} to {offset - 1} were never "
-                "applied, yet a batch from after them arrived; stopping so that they are "
-                "fetched again from the committed offset. If the log no longer holds these "
-                "offsets (retention or delete-records removed them), the worker stops like "
-                "this at every restart: check with `tokenquota checkpoints show`, then run "
-                f"`tokenquota checkpoints accept-gap --partition {key[1]}` (the events at "
-                "those offsets are lost to the projections)"
-            )
+def _check_continues(rows: Sequence[asyncpg.Record], offsets: dict[PartitionKey, set[int]]) -> None:
+    check_continues({(r["topic"], r["kafka_partition"]): r["next_offset"] for r in rows}, offsets)
 
 
 def _partition(row: asyncpg.Record) -> PartitionState:

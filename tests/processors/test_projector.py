@@ -90,6 +90,42 @@ async def test_a_batch_that_does_not_start_at_its_partitions_checkpoint_is_refus
     assert await fetch_value(migrated_database, "SELECT count(*) FROM usage_events") == 9
 
 
+async def test_a_batch_with_a_hole_inside_is_refused_though_it_starts_at_the_checkpoint(
+    migrated_database: DatabaseSettings,
+) -> None:
+    # The sixth 30-minute campaign run lost two acked events this way: one message was
+    # skipped between two fetches that were joined into one batch. The batch started at
+    # its partition's checkpoint, which was all that was checked, and the checkpoint moved
+    # past the message for good.
+    settings = Settings(database=migrated_database)
+    records = log_records([used("hole", 1) for _ in range(6)], topic="t")
+    rest = records[:3] + records[4:]  # offset 3 skipped
+    projector = Projector(settings)
+
+    def letter(partition: int, offset: int) -> DeadLetter:
+        return DeadLetter(None, b"{", "t", partition, offset, "not JSON")
+
+    async def no_poison(record: LogRecord, reason: str) -> None:
+        raise AssertionError(f"nothing here is poison: {reason}")
+
+    try:
+        await projector.apply(records[:1], [letter(1, 0)], no_poison)
+        with pytest.raises(LogGapError, match=r"t\[0\]: offsets 3 to 3 are missing inside"):
+            await projector.apply(rest, [], no_poison)
+        # A partition with only a dead letter in a batch of events is checked as well.
+        with pytest.raises(LogGapError, match=r"t\[1\]: offsets 1 to 1 were never applied"):
+            await projector.apply(records[1:], [letter(1, 2)], no_poison)
+        checkpoints = await fetch_value(
+            migrated_database,
+            "SELECT array_agg(next_offset ORDER BY kafka_partition) FROM partition_checkpoints",
+        )
+        assert checkpoints == [1, 1]  # the refused batches moved nothing
+        await projector.apply(records, [letter(1, 1)], no_poison)
+    finally:
+        await projector.close()
+    assert await fetch_value(migrated_database, "SELECT count(*) FROM usage_events") == 6
+
+
 async def test_a_gap_is_refused_where_only_dead_letters_were_applied_or_arrive(
     migrated_database: DatabaseSettings,
 ) -> None:

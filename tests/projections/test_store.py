@@ -115,6 +115,41 @@ async def test_an_event_postgresql_refuses_is_isolated_and_everything_else_appli
     ) == len(events)
 
 
+async def test_dead_letters_go_with_the_part_they_fall_in_when_a_batch_is_bisected(
+    conn: asyncpg.Connection, migrated_database: DatabaseSettings
+) -> None:
+    # A worker's batch is checked for holes (contiguous=True). Bisected around an event
+    # PostgreSQL refuses, each part must take the dead letters among its own offsets:
+    # given all of them, the first part would jump past the second part's events.
+    events = [used(f"s{i}", 10) for i in range(6)] + [_huge_cost("rich"), _huge_cost("rich")]
+    events += [used(f"s{i}", 1) for i in range(5)]
+    offsets = [o for o in range(len(events) + 3) if o not in (3, 10, 13)]
+    records = [
+        LogRecord(r.event, r.payload, "usage", 0, o, r.timestamp)
+        for r, o in zip(log_records(events), offsets, strict=False)
+    ]
+    letters = [("usage", 0, 3), ("usage", 0, 10), ("usage", 0, 13)]
+    poisoned: list[LogRecord] = []
+
+    async def on_poison(record: LogRecord, reason: str) -> None:
+        poisoned.append(record)
+
+    result = await apply_batch_isolating(
+        conn,
+        records,
+        schema=migrated_database.schema_name,
+        on_poison=on_poison,
+        skipped=letters,
+        contiguous=True,
+    )
+    assert (result.applied, result.poisoned) == (len(events) - 1, 1)
+    assert [r.event.event_id for r in poisoned] == [events[7].event_id]
+    assert (
+        await fetch_value(migrated_database, "SELECT next_offset FROM partition_checkpoints")
+        == len(events) + 3
+    )
+
+
 async def test_an_event_the_fold_refuses_is_split_off_without_bisecting(
     conn: asyncpg.Connection, migrated_database: DatabaseSettings
 ) -> None:
