@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar, cast
 
+import aiokafka
 import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
-from faust.types import Message, ServiceT, TransportT
+from faust.types import TP, Message, ServiceT, TransportT
 from mode import Service
 
-__all__ = ["BatchApp", "BatchConsumer", "Fetch"]
+__all__ = ["BatchApp", "BatchConsumer", "Fetch", "seek_to_committed_or_start"]
 
 #: Fetches waiting for the worker; beyond this the fetcher waits (back-pressure).
 _QUEUED_FETCHES = 4
@@ -48,6 +49,27 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         wait = cast("BatchApp", self.app).fetch_max_wait
         consumer._fetch_max_wait_ms = int(wait * 1000)  # read by consumer.start()
         return consumer
+
+    async def seek_to_committed(self) -> Mapping[TP, int]:
+        committed = await self.call_thread(seek_to_committed_or_start, self._ensure_consumer())
+        return cast("Mapping[TP, int]", committed)
+
+
+async def seek_to_committed_or_start(
+    consumer: aiokafka.AIOKafkaConsumer,
+) -> dict[TP, int | None]:
+    """Seek every assigned partition to its committed offset, or to the log's start when
+    it has none; return the committed offsets (None: none).
+
+    aiokafka's own `seek_to_committed` leaves the position where it is for a partition
+    with no committed offset, or one of 0: after a fetch was dropped, that is past the
+    records it held, and they would be skipped.
+    """
+    committed: dict[TP, int | None] = await consumer.seek_to_committed()
+    uncommitted = [tp for tp, offset in committed.items() if not offset]
+    if uncommitted:
+        await consumer.seek_to_beginning(*uncommitted)
+    return committed
 
 
 class BatchConsumer(faust_aiokafka.Consumer):
@@ -132,9 +154,8 @@ class BatchConsumer(faust_aiokafka.Consumer):
                         # past them. Not for a batch topic: its offsets have no gaps, so
                         # a jump means messages this consumer skipped, and committing past
                         # them would lose them for good. Left uncommitted, the batch is
-                        # refused (LogGapError: it does not start at its partition's
-                        # checkpoint), and the restarted worker reads them again from the
-                        # committed offset.
+                        # refused (LogGapError: it skips offsets of its partition), and the
+                        # restarted worker reads them again from the committed offset.
                         await self._add_gap(tp, read + 1, offset)
                     message = to_message(tp, record)
                     if whole:
