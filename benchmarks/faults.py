@@ -23,6 +23,7 @@ row for row, and no process of the run left behind. The same seed gives the same
 plan and fault schedule (the moments they meet differ from run to run).
 
 Run: .venv/bin/python -m benchmarks.faults --seconds N --seed S [--producers P] [--workers W]
+(FAULTS_WORKER_LOG_LEVEL=INFO: the workers log at INFO instead of WARNING)
 """
 
 from __future__ import annotations
@@ -196,7 +197,8 @@ class _Run:
             **process_env(self.settings),
             "TOKENQUOTA_DATA_DIR": str(self.folder / f"worker-{i}"),
             "WORKER_SESSION_TIMEOUT": "6",
-            "LOG_LEVEL": "WARNING",
+            # INFO shows each fetch or seek a rebalance interrupted (and much of faust's)
+            "LOG_LEVEL": os.environ.get("FAULTS_WORKER_LOG_LEVEL", "WARNING"),
         }
 
     def _start_worker(self, i: int) -> None:
