@@ -28,7 +28,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks.report import machine
+from benchmarks.cpu import children_running
+from benchmarks.report import machine, percentile_ms
 from benchmarks.servers import kafka_servers
 from benchmarks.workload import MIX, usage
 from tokenquota.config import EmitterSettings, KafkaSettings
@@ -39,17 +40,6 @@ __all__ = ["main"]
 
 TICK = 0.01
 TOPIC = "broker-fetch.usage"
-
-
-def _broker() -> psutil.Process | None:
-    """The embedded broker (a child of this process), if this run started one."""
-    for child in psutil.Process().children(recursive=True):
-        try:
-            if "broker" in child.cmdline():
-                return child
-        except psutil.Error:
-            continue
-    return None
 
 
 def _cpu(process: psutil.Process | None) -> float:
@@ -81,16 +71,12 @@ async def _consume(
         await consumer.stop()
 
 
-def _q(ordered: list[float], q: float) -> float:
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000 if ordered else 0.0
-
-
 async def run(args: argparse.Namespace) -> None:
     table = Table(title="the embedded broker alone: CPU and delivery lag as the log grows")
     for column in ("seconds", "events", "broker CPU (cores)", "lag p50 (ms)", "lag p99 (ms)"):
         table.add_column(column, justify="right")
     with kafka_servers() as (servers, description), tempfile.TemporaryDirectory() as folder:
-        broker = _broker()
+        broker = next(iter(children_running("broker")), None)  # if this run started one
         kafka = KafkaSettings(
             bootstrap_servers=servers, usage_topic=TOPIC, dlq_topic=f"{TOPIC}.dlq",
             partitions=args.partitions,
@@ -118,11 +104,12 @@ async def run(args: argparse.Namespace) -> None:
                 now = time.time()
                 if now - window_start >= args.window:
                     cpu = _cpu(broker)
-                    lags = sorted(lag for at, lag in arrivals if window_start <= at < now)
+                    lags = [lag for at, lag in arrivals if window_start <= at < now]
                     table.add_row(
                         f"{now - began:.0f}", f"{len(lags):,}",
                         f"{(cpu - cpu_start) / (now - window_start):.2f}",
-                        f"{_q(lags, 0.5):.1f}", f"{_q(lags, 0.99):.1f}",
+                        f"{percentile_ms(lags, 0.5, empty=0.0):.1f}",
+                        f"{percentile_ms(lags, 0.99, empty=0.0):.1f}",
                     )  # fmt: skip
                     window_start, cpu_start = now, cpu
             await asyncio.gather(*sends)

@@ -10,7 +10,19 @@ from collections.abc import Mapping
 
 import psutil
 
-__all__ = ["CpuMeter"]
+__all__ = ["CpuMeter", "children_running"]
+
+
+def children_running(word: str) -> list[psutil.Process]:
+    """This process's descendants whose command line has `word` as one of its parts."""
+    found = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if word in child.cmdline():
+                found.append(child)
+        except psutil.Error:
+            continue
+    return found
 
 
 class CpuMeter:

@@ -39,12 +39,11 @@ import time
 from dataclasses import dataclass, field
 
 import asyncpg
-import psutil
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks.cpu import CpuMeter
-from benchmarks.report import machine
+from benchmarks.cpu import CpuMeter, children_running
+from benchmarks.report import machine, percentile_ms
 from benchmarks.servers import pipeline
 from benchmarks.timeline import POLL, Read, Timeline, poll_checkpoints, read_events
 from benchmarks.worker_stages import StageTotals, scrape_stages
@@ -90,9 +89,6 @@ class _Load:
 
     async def steady(self, rate: float, seconds: float) -> int:
         """Emit at `rate` events/s for `seconds`; return the events emitted."""
-        return await self._ticks(rate, seconds)
-
-    async def _ticks(self, rate: float, seconds: float) -> int:
         per_tick = rate * TICK
         loop = asyncio.get_running_loop()
         start = loop.time()
@@ -114,26 +110,10 @@ class _Load:
         return self.next - first
 
 
-def _q(ordered: list[float], q: float) -> float:
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000 if ordered else 0.0
-
-
 async def _drain(conn: asyncpg.Connection, settings: Settings, total: int) -> None:
     await wait_applied(
         conn, settings.database.schema_name, settings.kafka.usage_topic, total, 600, "worker"
     )
-
-
-def _roles() -> dict[int, str]:
-    """The worker's PID (a child of this process) for the CPU meter."""
-    roles = {}
-    for child in psutil.Process().children(recursive=True):
-        try:
-            if "worker" in child.cmdline():
-                roles[child.pid] = "worker"
-        except psutil.Error:
-            continue
-    return roles
 
 
 async def _keeps_up(
@@ -189,7 +169,7 @@ async def run(args: argparse.Namespace) -> None:
         assert kafka.bootstrap_servers is not None
         conn = await connect(settings.database.dsn())
         stop = asyncio.Event()
-        meter = CpuMeter(_roles())
+        meter = CpuMeter({child.pid: "worker" for child in children_running("worker")})
         poller: asyncio.Task[None] | None = None
         try:
             async with Emitter(kafka, settings.emitter, settings.data_dir / "spool") as emitter:
@@ -253,15 +233,19 @@ def _print(
             for p, o, at, _ in events
             if phase.started <= at < phase.ended
         )
-        lags = sorted(lag for _, lag in ours)
+        lags = [lag for _, lag in ours]
         third = len(ours) // 3
-        first = sorted(lag for _, lag in ours[:third])
-        last = sorted(lag for _, lag in ours[-third:]) if third else []
-        growth = _q(last, 0.5) - _q(first, 0.5)
+        first = [lag for _, lag in ours[:third]]
+        last = [lag for _, lag in ours[-third:]] if third else []
+
+        def ms(samples: list[float], q: float) -> float:
+            return percentile_ms(samples, q, empty=0.0)
+
+        growth = ms(last, 0.5) - ms(first, 0.5)
         offered = "as fast as it goes" if phase.rate is None else f"{phase.rate:,.0f}"
         table.add_row(
-            phase.name, offered, f"{len(lags):,}", f"{_q(lags, 0.5):.1f}",
-            f"{_q(lags, 0.99):.1f}", f"{_q(lags, 1.0):.1f}", f"{growth:+.1f}",
+            phase.name, offered, f"{len(lags):,}", f"{ms(lags, 0.5):.1f}",
+            f"{ms(lags, 0.99):.1f}", f"{ms(lags, 1.0):.1f}", f"{growth:+.1f}",
             *(f"{phase.cpu.get(role, 0.0):.1f}" for role in roles),
         )  # fmt: skip
         if phase.rate is None:
@@ -269,7 +253,7 @@ def _print(
         fraction = phase.rate / capacity
         target = TARGETS_P99_MS.get(round(fraction, 2))
         if target is not None:
-            met = _q(lags, 0.99) <= target
+            met = ms(lags, 0.99) <= target
             verdicts.append(
                 f"p99 at {fraction:.0%} <= {target:.0f} ms: {'met' if met else 'NOT met'}"
             )

@@ -15,8 +15,11 @@ from rich.table import Table
 __all__ = ["machine", "percentile_ms", "print_throughput"]
 
 
-def percentile_ms(samples: list[float], q: float) -> float:
-    """The `q` quantile of `samples` (seconds), in milliseconds (nearest rank)."""
+def percentile_ms(samples: list[float], q: float, empty: float | None = None) -> float:
+    """The `q` quantile of `samples` (seconds), in milliseconds (nearest rank); `empty`
+    when there are none, if given (otherwise no samples is an error)."""
+    if not samples and empty is not None:
+        return empty
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
