@@ -35,26 +35,23 @@ import json
 import os
 import random
 import signal
-import subprocess
 import sys
 import tempfile
 import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from pydantic import SecretStr
-from rich.console import Console
-from rich.table import Table
 
 from benchmarks.fault_load import Recorder, node_budget, session_budget
 from benchmarks.fault_oracle import Invariant, check
+from benchmarks.fault_processes import ProducerProcess, alive
 from benchmarks.fault_reads import RunReader, read_records
-from benchmarks.report import machine
+from benchmarks.fault_report import Report, print_report
 from tokenquota.config import DatabaseSettings, KafkaSettings, Settings, WorkerSettings
 from tokenquota.embedded import (
     EmbeddedBroker,
@@ -81,32 +78,6 @@ FAULTS = (
 PRODUCER_ROLES = ("sdk", "hooks", "http")
 
 
-@dataclass
-class Report:
-    """What a campaign did and found."""
-
-    seed: int
-    seconds: float
-    invariants: list[Invariant] = field(default_factory=list)
-    faults: Counter[str] = field(default_factory=Counter)
-    events: Counter[str] = field(default_factory=Counter)
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        """True when every invariant held."""
-        return all(i.held for i in self.invariants)
-
-    def first_violation(self) -> str | None:
-        """The first broken invariant and its first cases, or None."""
-        for inv in self.invariants:
-            if not inv.held:
-                cases = "\n  ".join(inv.violations[:5])
-                more = len(inv.violations) - 5
-                return f"{inv.name}:\n  {cases}" + (f"\n  ... and {more} more" if more > 0 else "")
-        return None
-
-
 def plan(seed: int, topic: str) -> dict[str, Any]:
     """The sessions (half in a tree), the nodes with limits and their first budgets
     (tokens, and total USD for about half of them)."""
@@ -131,40 +102,6 @@ def plan(seed: int, topic: str) -> dict[str, Any]:
     }
 
 
-class _Producer:
-    """A fault_load (or fault_api) process: started again after a kill, on the same spool
-    and records."""
-
-    def __init__(
-        self,
-        index: int,
-        env: dict[str, str],
-        args: list[str],
-        log: Path,
-        module: str = "benchmarks.fault_load",
-    ) -> None:
-        self.index, self.env, self.args, self.log, self.module = index, env, args, log, module
-        self.restarts = 0
-        self.process: subprocess.Popen[bytes] | None = None
-        self.pids: list[int] = []
-
-    def start(self) -> None:
-        restart = ["--restart", str(self.restarts)] if self.module.endswith("fault_load") else []
-        with self.log.open("ab") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", self.module, *self.args, *restart],
-                env=self.env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            )  # fmt: skip
-        self.pids.append(self.process.pid)
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.kill()
-        self.process.wait()
-        self.restarts += 1
-        self.start()
-
-
 class _Run:
     def __init__(self, folder: Path, seed: int, seconds: float, producers: int, workers: int):
         self.folder, self.seed, self.seconds = folder, seed, seconds
@@ -174,8 +111,8 @@ class _Run:
         self.postgres = EmbeddedPostgres(folder / "pg", folder / "postgres.log")
         self.worker_count, self.producer_count = workers, producers
         self.workers: list[WorkerProcess] = []
-        self.producers: list[_Producer] = []
-        self.api: _Producer | None = None
+        self.producers: list[ProducerProcess] = []
+        self.api: ProducerProcess | None = None
         self.started_pids: list[int] = []
         name = f"faults_{uuid.uuid4().hex[:8]}"
         self.settings = Settings(
@@ -222,7 +159,9 @@ class _Run:
             env = {**self._client_env("api"), "API_RATE_LIMIT": "100000",
                    "API_RATE_BURST": "100000"}  # fmt: skip
             args = ["--port", str(port), "--records", str(self.folder / "records-api.jsonl")]
-            self.api = _Producer(-1, env, args, self.folder / "api.log", "benchmarks.fault_api")
+            self.api = ProducerProcess(
+                -1, env, args, self.folder / "api.log", "benchmarks.fault_api"
+            )
             self.api.start()
             url = f"http://127.0.0.1:{port}"
         for i, role in enumerate(roles):
@@ -233,7 +172,7 @@ class _Run:
             args = ["--index", str(i), "--seed", str(self.seed), "--until", str(until),
                     "--plan", str(plan_file), "--records", str(records), "--role", role,
                     *(["--api", url] if role == "http" and url else [])]  # fmt: skip
-            producer = _Producer(i, env, args, self.folder / f"producer-{i}.log")
+            producer = ProducerProcess(i, env, args, self.folder / f"producer-{i}.log")
             producer.start()
             self.producers.append(producer)
 
@@ -445,20 +384,9 @@ class _Run:
         pids = self.started_pids + [
             pid for p in [*self.producers, *([self.api] if self.api else [])] for pid in p.pids
         ]
-        left = [pid for pid in pids if pid and _alive(pid)]
+        left = [pid for pid in pids if pid and alive(pid)]
         if left:
             self.report.notes.append(f"processes left behind: {left}")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with contextlib.suppress(OSError):
-        status = Path(f"/proc/{pid}/stat").read_text().split()[2]
-        return status != "Z"
-    return True
 
 
 @contextlib.asynccontextmanager
@@ -482,32 +410,6 @@ async def campaign(
                     Invariant("no process crashed or was left behind", 1, [note])
                 )
         yield report
-
-
-def print_report(report: Report) -> None:
-    """The campaign's table."""
-    table = Table(title=f"fault campaign, seed {report.seed}, {report.seconds:.0f} s of load")
-    table.add_column("what")
-    table.add_column("count", justify="right")
-    for name, count in report.events.items():
-        table.add_row(name, f"{count:,}")
-    for name, count in sorted(report.faults.items()):
-        table.add_row(f"fault: {name}", str(count))
-    for inv in report.invariants:
-        table.add_row(
-            f"invariant: {inv.name}", f"{inv.checked:,} " + ("held" if inv.held else "BROKEN")
-        )
-    console = Console()
-    console.print(table)
-    for note in report.notes:
-        console.print(note)
-    problem = report.first_violation()
-    console.print(
-        "result: every invariant held"
-        if problem is None
-        else f"result: FAILED (seed {report.seed}); first broken invariant: {problem}"
-    )
-    console.print(f"conditions: {machine()}")
 
 
 async def _main(args: argparse.Namespace) -> int:
