@@ -6,9 +6,12 @@ with a reason that names what was found:
 - broker: reachable and the usage topic exists (down otherwise);
 - database: reachable and migrated (down otherwise);
 - worker: some worker process wrote its status within the last WORKER_SILENT seconds
-  (down when none did: nothing would be applied); lag per partition (highwater minus
-  the projections' next offset) above LAG_DEGRADED, or events waiting while the last
-  batch is older than STALE_BATCH seconds, make it degraded;
+  (down when none did: nothing would be applied); down too when a partition's checkpoint
+  is before the log's first offset (retention or delete-records removed messages before
+  they were applied: the worker stops at every restart until the gap is accepted with
+  `tokenquota checkpoints accept-gap`); lag per partition (highwater minus the
+  projections' next offset) above LAG_DEGRADED, or events waiting while the last batch
+  is older than STALE_BATCH seconds, make it degraded;
 - dlq: dead letters that arrived after the last review make it degraded (each needs a
   look: `tokenquota dlq show`, then `tokenquota dlq ack` marks them reviewed);
 - spool: bytes this host's emitters have not had acknowledged by Kafka make it degraded.
@@ -29,10 +32,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .config import Settings, load_settings
 from .errors import IntegrationError
-from .kafka_probe import partition_highwaters
+from .kafka_probe import LogBounds, partition_bounds, partition_highwaters
 from .producers.spool_depth import pending_bytes
 from .projections import schema_drift
 from .projections.dead_letters import reviewed_offsets, unreviewed
+from .projections.log_gaps import gap_of
 
 __all__ = [
     "LAG_DEGRADED",
@@ -91,6 +95,14 @@ async def _highwaters(settings: Settings, topic: str) -> dict[int, int] | Integr
         return exc
 
 
+async def _bounds(settings: Settings, topic: str) -> dict[int, LogBounds] | IntegrationError:
+    # (as cheap as the highwaters alone: a probe of its own starts from offset 0 either way)
+    try:
+        return await partition_bounds(settings.kafka, topic, timeout=_TIMEOUT)
+    except IntegrationError as exc:
+        return exc
+
+
 @dataclass(frozen=True, slots=True)
 class _Database:
     health: ComponentHealth
@@ -144,7 +156,7 @@ async def _database(settings: Settings) -> _Database:
 
 def _worker(
     settings: Settings,
-    highwaters: dict[int, int] | None,
+    bounds: dict[int, LogBounds] | None,
     checkpoints: dict[int, int] | None,
     workers: list[asyncpg.Record],
 ) -> ComponentHealth:
@@ -152,8 +164,8 @@ def _worker(
     if checkpoints is None:
         return ComponentHealth(status="down", reason="unknown: the database cannot be read")
     lag = None
-    if highwaters is not None:
-        lag = {p: max(end - checkpoints.get(p, 0), 0) for p, end in sorted(highwaters.items())}
+    if bounds is not None:
+        lag = {p: max(b.end - checkpoints.get(p, 0), 0) for p, b in sorted(bounds.items())}
     waiting = sum(lag.values()) if lag is not None else None
     alive = [w for w in workers if w["silent_for"] <= WORKER_SILENT]
     last_batch = min((w["batch_age"] for w in workers if w["batch_age"] is not None), default=None)
@@ -164,6 +176,27 @@ def _worker(
         "events_waiting": waiting,
         "last_batch_age_seconds": None if last_batch is None else round(last_batch, 3),
     }
+    topic = settings.kafka.usage_topic
+    gaps = [
+        gap
+        for p, b in sorted((bounds or {}).items())
+        if (gap := gap_of(topic, p, checkpoints.get(p), b.first)) is not None
+    ]
+    if gaps:
+        details["log_gaps"] = [
+            {"partition": g.partition, "from_offset": g.checkpoint, "to_offset": g.first}
+            for g in gaps
+        ]
+        first = gaps[0]
+        return ComponentHealth(
+            status="down",
+            reason=f"partition {first.partition}: {first} left the log before they were "
+            "applied (retention or delete-records), so the worker stops at every restart; "
+            "check with `tokenquota checkpoints show`, then accept the loss with "
+            f"`tokenquota checkpoints accept-gap --partition {first.partition}`"
+            + (f" ({len(gaps)} partitions have such a gap)" if len(gaps) > 1 else ""),
+            details=details,
+        )
     if not alive:
         if waiting:
             return ComponentHealth(
@@ -208,20 +241,20 @@ async def check_integration_health_async(settings: Settings | None = None) -> In
     settings = settings or load_settings()
     kafka = settings.kafka
     usage, dlq, facts = await asyncio.gather(
-        _highwaters(settings, kafka.usage_topic),
+        _bounds(settings, kafka.usage_topic),
         _highwaters(settings, kafka.dlq_topic),
         _database(settings),
     )
     if isinstance(usage, IntegrationError):
         broker = ComponentHealth(status="down", reason=str(usage))
-        highwaters = None
+        bounds = None
     else:
         broker = ComponentHealth(
             status="ok",
             reason=f"reachable, {kafka.usage_topic} has {len(usage)} partitions",
             details={"bootstrap_servers": kafka.bootstrap_servers, "partitions": len(usage)},
         )
-        highwaters = usage
+        bounds = usage
     dead = _dead_letters(kafka.dlq_topic, dlq, facts.reviewed)
     waiting = pending_bytes(settings.spool_dir)
     spool = ComponentHealth(
@@ -233,7 +266,7 @@ async def check_integration_health_async(settings: Settings | None = None) -> In
         ),
         details={"directory": str(settings.spool_dir), "bytes": waiting},
     )
-    worker = _worker(settings, highwaters, facts.checkpoints, facts.workers)
+    worker = _worker(settings, bounds, facts.checkpoints, facts.workers)
     database = facts.health
     return IntegrationHealth(
         status=_worst(broker.status, database.status, worker.status, dead.status, spool.status),
