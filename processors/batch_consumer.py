@@ -25,6 +25,10 @@ __all__ = ["BatchApp", "BatchConsumer", "Fetch", "seek_to_committed_or_start"]
 
 #: Fetches waiting for the worker; beyond this the fetcher waits (back-pressure).
 _QUEUED_FETCHES = 4
+#: Fetches in a row that may find the same hole in a partition before what follows it is
+#: handed over anyway (for the projections' check to refuse); the pause between two.
+_HOLE_TRIES = 100
+_HOLE_PAUSE = 0.01
 
 
 class Fetch(list[Message]):
@@ -54,6 +58,14 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         committed = await self.call_thread(seek_to_committed_or_start, self._ensure_consumer())
         return cast("Mapping[TP, int]", committed)
 
+    async def seek_in_thread(self, tp: TP, offset: int) -> None:
+        """Seek `tp` to `offset` in the consumer's own thread (faust's `seek` calls the
+        aiokafka consumer from the event loop of the app, another thread's)."""
+        await self.call_thread(self._seek_now, tp, offset)
+
+    async def _seek_now(self, tp: TP, offset: int) -> None:
+        self._ensure_consumer().seek(tp, offset)
+
 
 async def seek_to_committed_or_start(
     consumer: aiokafka.AIOKafkaConsumer,
@@ -81,9 +93,26 @@ class BatchConsumer(faust_aiokafka.Consumer):
         #: A fetch was dropped (a rebalance began while it waited): seek back before any
         #: other, whether or not the flow is active again by then.
         self._dropped = False
+        #: The offset of the next message of each batch-topic partition to hand over
+        #: (absent: not known yet, as for a partition with no committed offset).
+        self._expect: dict[TP, int] = {}
+        #: The hole found last (partition, first missing offset) and in how many fetches.
+        self._hole: tuple[TP, int] | None = None
+        self._hole_seen = 0
 
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    async def perform_seek(self) -> None:
+        """Seek every partition to its committed offset (faust's), and expect it next."""
+        await super().perform_seek()
+        batch_topics = cast("BatchApp", self.app).batch_topics
+        self._expect.clear()  # (in place: the fetch loop holds it)
+        self._expect.update(
+            (tp, offset)
+            for tp, offset in self._read_offset.items()
+            if offset is not None and tp.topic in batch_topics
+        )
 
     def track(self, messages: Iterable[Message]) -> None:
         """Mark messages as taken and pending acknowledgement (as a faust stream would)."""
@@ -103,6 +132,7 @@ class BatchConsumer(faust_aiokafka.Consumer):
         consumer_stopped = cast(Service, self)._stopped.is_set
         fetcher_stopped = cast(Service, fetcher)._stopped.is_set
         read_offsets = self._read_offset
+        expected = self._expect
         acks_enabled_for = self.app.topics.acks_enabled_for
         batch_topics = cast("BatchApp", self.app).batch_topics
         commit_every = self._commit_every
@@ -137,6 +167,7 @@ class BatchConsumer(faust_aiokafka.Consumer):
                 return
             fetched: list[Message] = []
             stamps_ms = 0  # the fetched records' timestamps, summed
+            holes: dict[TP, int] = {}
             for tp, tp_records in records.items():
                 if not self.flow_active or self.app.consumer_generation_id != generation:
                     break  # a rebalance began: what is left is fetched again
@@ -145,10 +176,17 @@ class BatchConsumer(faust_aiokafka.Consumer):
                 self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
                 whole = tp.topic in batch_topics
                 read = read_offsets[tp]
+                expect = expected.get(tp) if whole else None
                 for record in tp_records:
                     offset = record.offset
                     if read is not None and offset < read:
                         continue  # already read: faust drops these too
+                    if expect is not None and offset > expect:
+                        # A hole: the embedded broker can answer with a batch appended
+                        # after one it has not stored yet. What follows the hole is
+                        # fetched again from it (see _hole_found).
+                        holes[tp] = expect
+                        break
                     if read and offset - read > 1 and not whole and acks_enabled_for(tp.topic):
                         # faust counts the offsets skipped as acknowledged, and commits
                         # past them. Not for a batch topic: its offsets have no gaps, so
@@ -161,10 +199,13 @@ class BatchConsumer(faust_aiokafka.Consumer):
                     if whole:
                         fetched.append(message)
                         stamps_ms += record.timestamp
+                        expect = max(expect or 0, offset + 1)
                     else:
                         await self.wait_first(callback(message), self.suspend_flow.wait())
                     read = offset
                 read_offsets[tp] = read
+                if expect is not None:
+                    expected[tp] = expect
             if commit_every is not None and self._n_acked >= commit_every:
                 self._n_acked = 0
                 await self.commit()
@@ -176,6 +217,9 @@ class BatchConsumer(faust_aiokafka.Consumer):
                 waited = await self.wait_first(putting, self.suspend_flow.wait())
                 if putting not in waited.done:
                     self._dropped = True
+                    return
+            for tp, offset in holes.items():
+                await self._hole_found(tp, offset)
 
         try:
             while not (consumer_stopped() or fetcher_stopped()):
@@ -214,6 +258,36 @@ class BatchConsumer(faust_aiokafka.Consumer):
             self._thread_cancelled("seek to the committed offsets")
         except Exception as exc:
             self.log.warning("exception performing seek when flow not active %r", exc)
+
+    async def _hole_found(self, tp: TP, offset: int) -> None:
+        """A fetch of `tp` went on past `offset` without it: fetch again from there.
+
+        The embedded Tansu broker counts a batch in the log's end before it stores it, and
+        answers a fetch with the batches it has stored: one appended just after another
+        can be answered first. Handed over, the messages after the hole would be refused by
+        the projections (LogGapError) and the worker restarted. After _HOLE_TRIES fetches
+        in a row found the same hole (the log lost those offsets: retention), what follows
+        it is handed over, and the projections decide.
+        """
+        if self._hole == (tp, offset):
+            self._hole_seen += 1
+        else:
+            self._hole, self._hole_seen = (tp, offset), 1
+            self.log.info(
+                "%s[%d]: the broker answered past offset %d without it; fetching again from it",
+                tp.topic, tp.partition, offset,
+            )  # fmt: skip
+        if self._hole_seen >= _HOLE_TRIES:
+            self.log.warning(
+                "%s[%d]: offset %d still missing after %d fetches; handing over what follows",
+                tp.topic, tp.partition, offset, self._hole_seen,
+            )  # fmt: skip
+            self._expect.pop(tp, None)
+            self._hole, self._hole_seen = None, 0
+        else:
+            await self.sleep(_HOLE_PAUSE)
+        await cast(_ConsumerThread, self._thread).seek_in_thread(tp, offset)
+        self._read_offset[tp] = offset
 
     def _thread_cancelled(self, what: str) -> None:
         """A call the consumer thread cancelled (not this task): noted, and forgotten so
