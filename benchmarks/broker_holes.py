@@ -8,13 +8,16 @@ that simply reads on skips those offsets for good. The worker's consumer fetches
 again (see processors/batch_consumer.py); this probe shows how often a plain consumer
 meets it.
 
-`--producers` producers (one connection each) send small messages to one partition as
-fast as they are acknowledged, while a bare aiokafka consumer (no group) reads on. At the
-end the partition is read again from the start: every offset the live reader skipped is
-there by then. Prints the conditions, the messages, the fetch answers with a hole, the
-offsets the live reader skipped, and those missing from the second read.
+`--producers` producers (one connection each) send rounds of small messages to one
+partition, while a bare aiokafka consumer (no group) reads on; the embedded broker is
+stopped (SIGSTOP) for a moment every few seconds, as the fault campaign does, so that
+produce requests pile up and race when it resumes. At the end the partition is read
+again from the start: every offset the live reader skipped is there by then. Prints the
+conditions, the messages, the fetch answers with a hole, the offsets the live reader
+skipped, and those missing from the second read.
 
 Run: .venv/bin/python -m benchmarks.broker_holes [--seconds S] [--producers P]
+     [--interval S] [--pause-every S] [--pause S]
 Starts an embedded broker unless KAFKA_BOOTSTRAP_SERVERS is set.
 """
 
@@ -23,12 +26,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
+import os
+import signal
 import time
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks.cpu import children_running
 from benchmarks.report import machine
 from benchmarks.servers import kafka_servers
 from tokenquota.config import KafkaSettings
@@ -39,8 +45,10 @@ __all__ = ["main"]
 TOPIC = "broker-holes.usage"
 
 
-async def _produce(servers: str, until: float, linger_ms: int) -> int:
-    producer = AIOKafkaProducer(bootstrap_servers=servers, linger_ms=linger_ms)
+async def _produce(servers: str, until: float, linger_ms: int, every: float) -> int:
+    producer = AIOKafkaProducer(
+        bootstrap_servers=servers, linger_ms=linger_ms, request_timeout_ms=60_000
+    )
     await producer.start()
     sent = 0
     try:
@@ -48,13 +56,31 @@ async def _produce(servers: str, until: float, linger_ms: int) -> int:
             batch = [await producer.send(TOPIC, b"x" * 100, partition=0) for _ in range(3)]
             await asyncio.gather(*batch)
             sent += len(batch)
+            await asyncio.sleep(every)
     finally:
         await producer.stop()
     return sent
 
 
-async def _read_live(servers: str, stop: asyncio.Event) -> tuple[int, int, set[int]]:
-    """Read on as a plain consumer does; (fetch answers, answers with a hole, offsets seen)."""
+async def _pause_broker(until: float, every: float, pause: float) -> int:
+    """SIGSTOP the embedded broker for `pause` s every `every` s (produce requests pile up
+    meanwhile, and race when it resumes, as in the fault campaign); the pauses made."""
+    brokers = children_running("broker")
+    pauses = 0
+    while brokers and time.monotonic() + every < until:
+        await asyncio.sleep(every)
+        os.kill(brokers[0].pid, signal.SIGSTOP)
+        try:
+            await asyncio.sleep(pause)
+        finally:
+            os.kill(brokers[0].pid, signal.SIGCONT)
+        pauses += 1
+    return pauses
+
+
+async def _read_live(servers: str, end: asyncio.Future[int]) -> tuple[int, int, set[int]]:
+    """Read on as a plain consumer does, up to `end` once known; (fetch answers, answers
+    with a hole, offsets seen)."""
     tp = TopicPartition(TOPIC, 0)
     consumer = AIOKafkaConsumer(bootstrap_servers=servers, fetch_max_wait_ms=5)
     await consumer.start()
@@ -62,7 +88,7 @@ async def _read_live(servers: str, stop: asyncio.Event) -> tuple[int, int, set[i
     try:
         consumer.assign([tp])
         consumer.seek(tp, 0)
-        while not stop.is_set():
+        while not (end.done() and last >= end.result() - 1):
             records = (await consumer.getmany(tp, timeout_ms=100)).get(tp, [])
             if not records:
                 continue
@@ -77,7 +103,8 @@ async def _read_live(servers: str, stop: asyncio.Event) -> tuple[int, int, set[i
     return answers, holes, seen
 
 
-async def _read_all(servers: str) -> set[int]:
+async def _read_all(servers: str, end: int) -> set[int]:
+    """Every offset below `end` the partition holds now, read from the start."""
     tp = TopicPartition(TOPIC, 0)
     consumer = AIOKafkaConsumer(bootstrap_servers=servers, fetch_max_wait_ms=5)
     await consumer.start()
@@ -85,11 +112,10 @@ async def _read_all(servers: str) -> set[int]:
     try:
         consumer.assign([tp])
         consumer.seek(tp, 0)
-        while True:
+        while await consumer.position(tp) < end:
             records = (await consumer.getmany(tp, timeout_ms=1_000)).get(tp, [])
-            if not records:
-                return seen
             seen.update(r.offset for r in records)
+        return seen
     finally:
         await consumer.stop()
 
@@ -100,18 +126,22 @@ async def run(args: argparse.Namespace) -> None:
             bootstrap_servers=servers, usage_topic=TOPIC, dlq_topic=f"{TOPIC}.dlq", partitions=1
         )
         await ensure_topics(kafka)
-        stop = asyncio.Event()
-        reader = asyncio.create_task(_read_live(servers, stop))
+        end: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        reader = asyncio.create_task(_read_live(servers, end))
         until = time.monotonic() + args.seconds
+        pausing = asyncio.create_task(_pause_broker(until, args.pause_every, args.pause))
         sent = sum(
             await asyncio.gather(
-                *(_produce(servers, until, args.linger_ms) for _ in range(args.producers))
+                *(
+                    _produce(servers, until, args.linger_ms, args.interval)
+                    for _ in range(args.producers)
+                )
             )
         )
-        await asyncio.sleep(1)  # the reader reaches the end
-        stop.set()
+        pauses = await pausing
+        end.set_result(sent)  # the reader reads on to the end
         answers, holes, live = await reader
-        stored = await _read_all(servers)
+        stored = await _read_all(servers, sent)
     skipped = sorted(set(range(sent)) - live)
     table = Table(title="fetch answers past a batch the broker had not stored yet")
     for column in ("messages", "fetch answers", "with a hole", "skipped live", "missing later"):
@@ -126,8 +156,9 @@ async def run(args: argparse.Namespace) -> None:
         console.print(f"first offsets skipped by the live reader: {skipped[:10]}")
     console.print(
         f"conditions: {args.producers} producers (linger {args.linger_ms} ms, 3 messages of "
-        f"100 bytes per round) to one partition for {args.seconds:g} s; a plain aiokafka "
-        f"consumer with a 5 ms fetch wait; broker: {description}; {machine()}"
+        f"100 bytes per round, {args.interval * 1000:g} ms between rounds) to one partition "
+        f"for {args.seconds:g} s; the broker stopped {pauses} times for {args.pause:g} s; a "
+        f"plain aiokafka consumer with a 5 ms fetch wait; broker: {description}; {machine()}"
     )
 
 
@@ -138,6 +169,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--producers", type=int, default=4)
     parser.add_argument("--linger-ms", type=int, default=0)
+    parser.add_argument("--interval", type=float, default=0.02, help="s between rounds")
+    parser.add_argument("--pause-every", type=float, default=2.0, help="s (embedded broker)")
+    parser.add_argument("--pause", type=float, default=0.5, help="s the broker is stopped")
     asyncio.run(run(parser.parse_args()))
 
 

@@ -194,8 +194,9 @@ class _Jumping(_Draining):
     """One fetch of partition 0 of `topic` holding offsets 5 and 9 after offset 4 was
     read (6 to 8 skipped), then the fetcher stops."""
 
-    def __init__(self, batch_topics: frozenset[str]) -> None:
+    def __init__(self, batch_topics: frozenset[str], offsets: tuple[int, ...] = (5, 9)) -> None:
         super().__init__(cancelled=0)
+        self.offsets = offsets
         self.tp = TP("usage", 0)
         self.flow_active = True
         self._buffered_partitions: set[TP] = set()
@@ -211,6 +212,8 @@ class _Jumping(_Draining):
             monitor=SimpleNamespace(track_tp_end_offset=lambda tp, offset: None),
         )  # fmt: skip
         self._to_message = lambda tp, record: record  # type: ignore[assignment]
+        self.sought: list[tuple[TP, int]] = []
+        self._thread = SimpleNamespace(seek_in_thread=self._seek_in_thread)
 
         async def deliver(record: SimpleNamespace) -> None:
             self.delivered.append(record.offset)
@@ -220,12 +223,17 @@ class _Jumping(_Draining):
     def highwater(self, tp: TP) -> int:
         return 10
 
+    async def _seek_in_thread(self, tp: TP, offset: int) -> None:
+        self.sought.append((tp, offset))
+
+    _hole_found = BatchConsumer._hole_found
+
     async def _wait_next_records(self, timeout: float) -> tuple[_Records | None, None]:
         self.fetches_tried += 1
         if self.fetches_tried >= 2:
             self.fetcher._stopped.set()
             return None, None
-        records = [SimpleNamespace(offset=o, timestamp=1_000) for o in (5, 9)]
+        records = [SimpleNamespace(offset=o, timestamp=1_000) for o in self.offsets]
         return {self.tp: records}, None  # type: ignore[dict-item]
 
     async def _add_gap(self, tp: TP, offset_from: int, offset_to: int) -> None:
@@ -244,12 +252,14 @@ async def test_skipped_offsets_of_a_batch_topic_are_never_counted_as_acknowledge
     # faust records a jump in offsets as a gap it counts as acknowledged, so the group's
     # committed offset moved past a message the worker had skipped; the batch after it
     # was refused (LogGapError), but the restarted worker started past the message.
-    consumer = _Jumping(batch_topics=frozenset({"usage"}))
+    # (A jump where the next offset is not known yet: one where it is, is a hole the
+    # consumer fetches again, below.)
+    consumer = _Jumping(batch_topics=frozenset({"usage"}), offsets=(7, 8))
     await BatchConsumer._drain_messages(consumer, consumer.fetcher)  # type: ignore[arg-type]
     assert consumer.gaps == []
     fetch = consumer.fetches.get_nowait()
-    assert [m.offset for m in fetch] == [5, 9]  # type: ignore[attr-defined]
-    assert consumer.read_offsets[consumer.tp] == 9
+    assert [m.offset for m in fetch] == [7, 8]  # type: ignore[attr-defined]
+    assert consumer.read_offsets[consumer.tp] == 8
 
 
 async def test_other_topics_keep_fausts_gaps() -> None:
@@ -267,12 +277,6 @@ class _Holey(_Jumping):
         super().__init__(batch_topics=frozenset({"usage"}))
         self.answers = answers
         self._expect = {self.tp: 5}
-        self.sought: list[tuple[TP, int]] = []
-        self._thread = SimpleNamespace(seek_in_thread=self._seek_in_thread)
-        self.info: list[str] = []
-
-    async def _seek_in_thread(self, tp: TP, offset: int) -> None:
-        self.sought.append((tp, offset))
 
     async def _wait_next_records(self, timeout: float) -> tuple[_Records | None, None]:
         if not self.answers:
@@ -280,8 +284,6 @@ class _Holey(_Jumping):
             return None, None
         offsets = self.answers.pop(0)
         return {self.tp: [SimpleNamespace(offset=o, timestamp=1_000) for o in offsets]}, None
-
-    _hole_found = BatchConsumer._hole_found
 
     def queued(self) -> list[list[int]]:
         fetches = []
