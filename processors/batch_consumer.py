@@ -17,6 +17,7 @@ from typing import Any, ClassVar, cast
 
 import aiokafka
 import faust
+from aiokafka.errors import IllegalStateError
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, Message, ServiceT, TransportT
 from mode import Service
@@ -54,8 +55,16 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         consumer._fetch_max_wait_ms = int(wait * 1000)  # read by consumer.start()
         return consumer
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        #: Where the last seek to the committed offsets sent the partitions with none:
+        #: the log's start, the offset expected first.
+        self.starts: dict[TP, int] = {}
+
     async def seek_to_committed(self) -> Mapping[TP, int]:
-        committed = await self.call_thread(seek_to_committed_or_start, self._ensure_consumer())
+        committed, self.starts = await self.call_thread(
+            seek_to_committed_or_start, self._ensure_consumer()
+        )
         return cast("Mapping[TP, int]", committed)
 
     async def seek_in_thread(self, tp: TP, offset: int) -> None:
@@ -69,9 +78,9 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 
 async def seek_to_committed_or_start(
     consumer: aiokafka.AIOKafkaConsumer,
-) -> dict[TP, int | None]:
+) -> tuple[dict[TP, int | None], dict[TP, int]]:
     """Seek every assigned partition to its committed offset, or to the log's start when
-    it has none; return the committed offsets (None: none).
+    it has none; return the committed offsets (None: none) and those starts.
 
     aiokafka's own `seek_to_committed` leaves the position where it is for a partition
     with no committed offset, or one of 0: after a fetch was dropped, that is past the
@@ -81,7 +90,7 @@ async def seek_to_committed_or_start(
     uncommitted = [tp for tp, offset in committed.items() if not offset]
     if uncommitted:
         await consumer.seek_to_beginning(*uncommitted)
-    return committed
+    return committed, {tp: await consumer.position(tp) for tp in uncommitted}
 
 
 class BatchConsumer(faust_aiokafka.Consumer):
@@ -96,9 +105,9 @@ class BatchConsumer(faust_aiokafka.Consumer):
         #: The offset of the next message of each batch-topic partition to hand over
         #: (absent: not known yet, as for a partition with no committed offset).
         self._expect: dict[TP, int] = {}
-        #: The hole found last (partition, first missing offset) and in how many fetches.
-        self._hole: tuple[TP, int] | None = None
-        self._hole_seen = 0
+        #: Per partition, the hole its fetches found last (its first missing offset) and
+        #: how many fetches in a row found it.
+        self._holes: dict[TP, tuple[int, int]] = {}
 
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -107,12 +116,14 @@ class BatchConsumer(faust_aiokafka.Consumer):
         """Seek every partition to its committed offset (faust's), and expect it next."""
         await super().perform_seek()
         batch_topics = cast("BatchApp", self.app).batch_topics
+        starts = cast(_ConsumerThread, self._thread).starts
         self._expect.clear()  # (in place: the fetch loop holds it)
-        self._expect.update(
-            (tp, offset)
-            for tp, offset in self._read_offset.items()
-            if offset is not None and tp.topic in batch_topics
-        )
+        for tp, offset in self._read_offset.items():
+            if tp.topic not in batch_topics:
+                continue
+            expect = offset if offset is not None else starts.get(tp)
+            if expect is not None:
+                self._expect[tp] = expect
 
     def track(self, messages: Iterable[Message]) -> None:
         """Mark messages as taken and pending acknowledgement (as a faust stream would)."""
@@ -206,6 +217,8 @@ class BatchConsumer(faust_aiokafka.Consumer):
                 read_offsets[tp] = read
                 if expect is not None:
                     expected[tp] = expect
+                if tp not in holes:
+                    self._holes.pop(tp, None)  # (a hole found before is filled)
             if commit_every is not None and self._n_acked >= commit_every:
                 self._n_acked = 0
                 await self.commit()
@@ -219,7 +232,7 @@ class BatchConsumer(faust_aiokafka.Consumer):
                     self._dropped = True
                     return
             for tp, offset in holes.items():
-                await self._hole_found(tp, offset)
+                await self._hole_found(tp, offset, generation)
 
         try:
             while not (consumer_stopped() or fetcher_stopped()):
@@ -259,7 +272,7 @@ class BatchConsumer(faust_aiokafka.Consumer):
         except Exception as exc:
             self.log.warning("exception performing seek when flow not active %r", exc)
 
-    async def _hole_found(self, tp: TP, offset: int) -> None:
+    async def _hole_found(self, tp: TP, offset: int, generation: int) -> None:
         """A fetch of `tp` went on past `offset` without it: fetch again from there.
 
         The embedded Tansu broker counts a batch in the log's end before it stores it, and
@@ -268,25 +281,42 @@ class BatchConsumer(faust_aiokafka.Consumer):
         the projections (LogGapError) and the worker restarted. After _HOLE_TRIES fetches
         in a row found the same hole (the log lost those offsets: retention), what follows
         it is handed over, and the projections decide.
+
+        A rebalance meanwhile (the flow stopped, a new generation) makes this a dropped
+        fetch instead: the next pass seeks back to the committed offsets.
         """
-        if self._hole == (tp, offset):
-            self._hole_seen += 1
-        else:
-            self._hole, self._hole_seen = (tp, offset), 1
+        last, seen = self._holes.get(tp, (offset, 0))
+        seen = seen + 1 if last == offset else 1
+        self._holes[tp] = (offset, seen)
+        if seen == 1:
             self.log.info(
                 "%s[%d]: the broker answered past offset %d without it; fetching again from it",
                 tp.topic, tp.partition, offset,
             )  # fmt: skip
-        if self._hole_seen >= _HOLE_TRIES:
+        if seen >= _HOLE_TRIES:
             self.log.warning(
                 "%s[%d]: offset %d still missing after %d fetches; handing over what follows",
-                tp.topic, tp.partition, offset, self._hole_seen,
+                tp.topic, tp.partition, offset, seen,
             )  # fmt: skip
             self._expect.pop(tp, None)
-            self._hole, self._hole_seen = None, 0
+            del self._holes[tp]
         else:
             await self.sleep(_HOLE_PAUSE)
-        await cast(_ConsumerThread, self._thread).seek_in_thread(tp, offset)
+
+        def rebalanced() -> bool:
+            return not self.flow_active or self.app.consumer_generation_id != generation
+
+        if rebalanced():
+            self._dropped = True
+            return
+        try:
+            await cast(_ConsumerThread, self._thread).seek_in_thread(tp, offset)
+        except IllegalStateError:  # no longer assigned: a rebalance began
+            self._dropped = True
+            return
+        if rebalanced():
+            self._dropped = True  # the recovery's seek may have come after this one
+            return
         self._read_offset[tp] = offset
 
     def _thread_cancelled(self, what: str) -> None:

@@ -170,11 +170,11 @@ async def apply_batch_isolating(
             raise
         if len(records) > 1:
             half = len(records) // 2
-            before, after = _split_skipped(skipped, records[half:])
+            before, after = _split_skipped(skipped, records[:half], records[half:])
             return (await part(records[:half], before)).add(await part(records[half:], after))
         index = 0
         reason = f"PostgreSQL refused it ({exc.sqlstate}): {exc}"
-    before, after = _split_skipped(skipped, records[index:])
+    before, after = _split_skipped(skipped, records[:index], records[index:])
     result = await part(records[:index], before) if index else BatchResult()
     poison = records[index]
     await on_poison(poison, reason)
@@ -186,20 +186,28 @@ async def apply_batch_isolating(
 
 
 def _split_skipped(
-    skipped: Sequence[tuple[str, int, int]], later: Sequence[LogRecord]
+    skipped: Sequence[tuple[str, int, int]],
+    earlier: Sequence[LogRecord],
+    later: Sequence[LogRecord],
 ) -> tuple[list[tuple[str, int, int]], list[tuple[str, int, int]]]:
-    """`skipped` split into the positions before `later` (the records of the batch's
-    later part) and those among or after them, per partition: each part then runs on
-    from the one before without a hole (see `continuity`)."""
-    starts: dict[PartitionKey, int] = {}
-    for r in later:
+    """`skipped` split between a batch's `earlier` and `later` records, applied in that
+    order: a position goes with the earlier part when one of its records of the same
+    partition comes after it (the earlier part needs it to run on without a hole, see
+    `continuity`), or when the later part has none of that partition; otherwise with
+    the later part. (A batch may hold a partition's offsets twice, a refetch after a
+    seek back: the earlier part's highest offset is what counts.)"""
+    highest: dict[PartitionKey, int] = {}
+    for r in earlier:
         key = (r.topic, r.partition)
-        starts[key] = min(starts.get(key, r.offset), r.offset)
+        highest[key] = max(highest.get(key, r.offset), r.offset)
+    later_keys = {(r.topic, r.partition) for r in later}
     before: list[tuple[str, int, int]] = []
     after: list[tuple[str, int, int]] = []
     for position in skipped:
-        start = starts.get(position[:2])
-        (after if start is not None and position[2] > start else before).append(position)
+        key = (position[0], position[1])
+        top = highest.get(key)
+        needed = top is not None and position[2] < top
+        (before if needed or key not in later_keys else after).append(position)
     return before, after
 
 

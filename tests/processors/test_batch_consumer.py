@@ -10,6 +10,7 @@ from collections.abc import Coroutine
 from types import SimpleNamespace
 
 import pytest
+from aiokafka.errors import IllegalStateError
 from faust.types import TP
 
 from tokenquota.processors import batch_consumer
@@ -111,8 +112,7 @@ class _Draining(_Consumer):
         )  # fmt: skip
         self.consumer_stopped_errors = ()
         self._expect: dict[TP, int] = {}
-        self._hole: tuple[TP, int] | None = None
-        self._hole_seen = 0
+        self._holes: dict[TP, tuple[int, int]] = {}
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
@@ -318,3 +318,59 @@ async def test_a_hole_that_stays_is_handed_over_after_so_many_fetches(
     assert consumer.sought == [(consumer.tp, 5)] * 3
     assert consumer.queued() == [[8, 9]]
     assert consumer._expect == {consumer.tp: 10}
+
+
+class _TwoHoles(_Holey):
+    """Partitions 0 and 1 of the usage topic, each with a hole that stays (offsets 5 and
+    15 expected, 8 and 18 answered), `fetches` times."""
+
+    def __init__(self, fetches: int) -> None:
+        super().__init__([])
+        self.other = TP("usage", 1)
+        self._expect = {self.tp: 5, self.other: 15}
+        self.read_offsets[self.other] = 14
+        self.left = fetches
+
+    async def _wait_next_records(self, timeout: float) -> tuple[_Records | None, None]:
+        if not self.left:
+            self.fetcher._stopped.set()
+            return None, None
+        self.left -= 1
+        return {
+            tp: [SimpleNamespace(offset=o, timestamp=1_000) for o in offsets]
+            for tp, offsets in ((self.tp, (8, 9)), (self.other, (18, 19)))
+        }, None
+
+
+async def test_lasting_holes_in_two_partitions_are_each_handed_over_in_the_end(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Found in review: one counter for all partitions, reset by a hole in another, never
+    # reached the limit when retention had trimmed two partitions; the worker fetched the
+    # same holes for ever.
+    monkeypatch.setattr(batch_consumer, "_HOLE_TRIES", 3)
+    consumer = _TwoHoles(fetches=4)
+    await BatchConsumer._drain_messages(consumer, consumer.fetcher)  # type: ignore[arg-type]
+    assert consumer.sought == [(consumer.tp, 5), (consumer.other, 15)] * 3
+    assert consumer.queued() == [[8, 9, 18, 19]]
+
+
+class _Revoked(_Holey):
+    """A hole, then the partition is no longer assigned when the seek to it is made."""
+
+    async def _seek_in_thread(self, tp: TP, offset: int) -> None:
+        raise IllegalStateError("No current assignment for partition usage-0")
+
+
+async def test_a_hole_found_as_a_rebalance_begins_is_a_dropped_fetch_not_the_fetchers_end() -> None:
+    # Found in review: the seek to the hole raised IllegalStateError once the partition
+    # was revoked, which would have ended the fetcher.
+    consumer = _Revoked([[5, 7]])
+    await BatchConsumer._drain_messages(consumer, consumer.fetcher)  # type: ignore[arg-type]
+    assert consumer.queued() == [[5]]
+    assert consumer._dropped  # the next pass seeks back to the committed offsets
+    stopped = _Holey([[5, 7]])
+    stopped.flow_active = False  # the flow stopped while the fetch was handed over
+    stopped.suspend_flow = asyncio.Event()
+    await BatchConsumer._hole_found(stopped, stopped.tp, 6, 0)  # type: ignore[arg-type]
+    assert (stopped.sought, stopped._dropped) == ([], True)

@@ -55,8 +55,9 @@ async def test_a_partition_without_a_committed_offset_goes_back_to_the_start(
         await consumer.seek_to_committed()  # aiokafka's own: two partitions stay past
         assert [await consumer.position(tp) for tp in tps] == [5, 3, 5]
         await read_all()
-        committed = await seek_to_committed_or_start(consumer)
+        committed, starts = await seek_to_committed_or_start(consumer)
         assert committed == {tps[0]: None, tps[1]: 3, tps[2]: 0}
+        assert starts == {tps[0]: 0, tps[2]: 0}  # what the worker then expects first
         assert [await consumer.position(tp) for tp in tps] == [0, 3, 0]
     finally:
         await consumer.stop()

@@ -150,6 +150,44 @@ async def test_dead_letters_go_with_the_part_they_fall_in_when_a_batch_is_bisect
     )
 
 
+async def test_a_refetched_partition_keeps_its_dead_letters_with_the_part_that_needs_them(
+    conn: asyncpg.Connection, migrated_database: DatabaseSettings
+) -> None:
+    # A batch can hold a partition's offsets twice: fetches queued before a seek back,
+    # then their refetch. Split around poison, the earlier part ends at offset 3 and the
+    # later one starts again at 0; the dead letter at 1 must go with the earlier part.
+    big = used("big", USAGE_TOKENS_MAX, output=USAGE_TOKENS_MAX)
+    overflow = used("big", USAGE_TOKENS_MAX, output=USAGE_TOKENS_MAX)
+    a, b, c = used("a", 3), used("b", 4), used("c", 5)
+    fetch = [(a, 0), (b, 2), (big, 3), (overflow, 4)]
+    records = [
+        LogRecord(e, r.payload, "usage", 0, o, r.timestamp)
+        for (e, o), r in zip(
+            [*fetch, *fetch, (c, 5)],
+            log_records([e for e, _ in [*fetch, *fetch, (c, 5)]]),
+            strict=True,
+        )
+    ]
+    poisoned: list[LogRecord] = []
+
+    async def on_poison(record: LogRecord, reason: str) -> None:
+        poisoned.append(record)
+
+    result = await apply_batch_isolating(
+        conn,
+        records,
+        schema=migrated_database.schema_name,
+        on_poison=on_poison,
+        skipped=[("usage", 0, 1), ("usage", 0, 1)],
+        contiguous=True,
+    )
+    assert result.applied == 4
+    assert {r.event.event_id for r in poisoned} == {overflow.event_id}
+    assert (
+        await fetch_value(migrated_database, "SELECT next_offset FROM partition_checkpoints") == 6
+    )
+
+
 async def test_an_event_the_fold_refuses_is_split_off_without_bisecting(
     conn: asyncpg.Connection, migrated_database: DatabaseSettings
 ) -> None:
