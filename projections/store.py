@@ -303,12 +303,16 @@ def _fold_writes(state: ProjectionState, records: list[LogRecord]) -> _FoldedBat
 
 async def _fold_while(
     statement: Awaitable[_T], state: ProjectionState, records: list[LogRecord]
-) -> tuple[_T, _FoldedBatch]:
-    """Fold `records` while PostgreSQL runs `statement`; return both results."""
+) -> tuple[_T, _FoldedBatch | None]:
+    """Fold `records` while PostgreSQL runs `statement`; return both results (no fold
+    when it refused an event: whether that event is poison depends on whether it is new
+    to the ledger, which the statement tells)."""
     running = asyncio.ensure_future(statement)
     try:
         await asyncio.sleep(0)  # the statement goes out before the fold takes the CPU
-        guess = _fold_writes(state, records)
+        guess: _FoldedBatch | None = _fold_writes(state, records)
+    except PoisonEventError:
+        guess = None
     except BaseException:
         with contextlib.suppress(Exception):
             await running  # the connection must be idle before the transaction rolls back
@@ -356,6 +360,9 @@ async def _ledger_and_fold(
             state,
             unique,
         )
+        if guess is None:  # every event was new (the COPY took them all): fold on a fresh
+            # state (the refused fold changed the one loaded), to refuse the poison again
+            return _fold_writes(await _load_state(conn, unique), unique)
         return guess
     if len(rows) >= _COPY_FROM:
         await conn.execute(_CREATE_INCOMING)
@@ -365,7 +372,7 @@ async def _ledger_and_fold(
         columns = map(array_literal, zip(*rows, strict=True))
         inserting = conn.fetch(_LEDGER_BY_ARRAYS, *columns)
     inserted, guess = await _fold_while(inserting, state, unique)
-    if len(inserted) == len(unique):
+    if len(inserted) == len(unique) and guess is not None:
         return guess
     new_ids = {row["event_id"] for row in inserted}
     # The guess folded into the loaded state: load it again for the new events alone.

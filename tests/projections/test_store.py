@@ -156,6 +156,8 @@ async def test_a_refetched_partition_keeps_its_dead_letters_with_the_part_that_n
     # A batch can hold a partition's offsets twice: fetches queued before a seek back,
     # then their refetch. Split around poison, the earlier part ends at offset 3 and the
     # later one starts again at 0; the dead letter at 1 must go with the earlier part.
+    # (And `big`, already applied when the later part comes, is a redelivery there, not
+    # poison: the fold run beside the ledger insert refused it before it knew.)
     big = used("big", USAGE_TOKENS_MAX, output=USAGE_TOKENS_MAX)
     overflow = used("big", USAGE_TOKENS_MAX, output=USAGE_TOKENS_MAX)
     a, b, c = used("a", 3), used("b", 4), used("c", 5)
