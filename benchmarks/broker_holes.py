@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import os
 import signal
 import time
+from collections.abc import AsyncIterator
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from rich.console import Console
@@ -43,6 +45,7 @@ from tokenquota.topics import ensure_topics
 __all__ = ["main"]
 
 TOPIC = "broker-holes.usage"
+_TP = TopicPartition(TOPIC, 0)
 
 
 async def _produce(servers: str, until: float, linger_ms: int, every: float) -> int:
@@ -78,18 +81,26 @@ async def _pause_broker(until: float, every: float, pause: float) -> int:
     return pauses
 
 
+@contextlib.asynccontextmanager
+async def _reader(servers: str) -> AsyncIterator[AIOKafkaConsumer]:
+    """A plain consumer (no group) of the partition, from its start."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=servers, fetch_max_wait_ms=5)
+    await consumer.start()
+    try:
+        consumer.assign([_TP])
+        consumer.seek(_TP, 0)
+        yield consumer
+    finally:
+        await consumer.stop()
+
+
 async def _read_live(servers: str, end: asyncio.Future[int]) -> tuple[int, int, set[int]]:
     """Read on as a plain consumer does, up to `end` once known; (fetch answers, answers
     with a hole, offsets seen)."""
-    tp = TopicPartition(TOPIC, 0)
-    consumer = AIOKafkaConsumer(bootstrap_servers=servers, fetch_max_wait_ms=5)
-    await consumer.start()
     answers, holes, seen, last = 0, 0, set[int](), -1
-    try:
-        consumer.assign([tp])
-        consumer.seek(tp, 0)
+    async with _reader(servers) as consumer:
         while not (end.done() and last >= end.result() - 1):
-            records = (await consumer.getmany(tp, timeout_ms=100)).get(tp, [])
+            records = (await consumer.getmany(_TP, timeout_ms=100)).get(_TP, [])
             if not records:
                 continue
             answers += 1
@@ -98,26 +109,17 @@ async def _read_live(servers: str, end: asyncio.Future[int]) -> tuple[int, int, 
                 holes += 1
             seen.update(offsets)
             last = offsets[-1]
-    finally:
-        await consumer.stop()
     return answers, holes, seen
 
 
 async def _read_all(servers: str, end: int) -> set[int]:
     """Every offset below `end` the partition holds now, read from the start."""
-    tp = TopicPartition(TOPIC, 0)
-    consumer = AIOKafkaConsumer(bootstrap_servers=servers, fetch_max_wait_ms=5)
-    await consumer.start()
     seen: set[int] = set()
-    try:
-        consumer.assign([tp])
-        consumer.seek(tp, 0)
-        while await consumer.position(tp) < end:
-            records = (await consumer.getmany(tp, timeout_ms=1_000)).get(tp, [])
+    async with _reader(servers) as consumer:
+        while await consumer.position(_TP) < end:
+            records = (await consumer.getmany(_TP, timeout_ms=1_000)).get(_TP, [])
             seen.update(r.offset for r in records)
-        return seen
-    finally:
-        await consumer.stop()
+    return seen
 
 
 async def run(args: argparse.Namespace) -> None:

@@ -70,10 +70,7 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     async def seek_in_thread(self, tp: TP, offset: int) -> None:
         """Seek `tp` to `offset` in the consumer's own thread (faust's `seek` calls the
         aiokafka consumer from the event loop of the app, another thread's)."""
-        await self.call_thread(self._seek_now, tp, offset)
-
-    async def _seek_now(self, tp: TP, offset: int) -> None:
-        self._ensure_consumer().seek(tp, offset)
+        await self.call_thread(self._ensure_consumer().seek, tp, offset)
 
 
 async def seek_to_committed_or_start(

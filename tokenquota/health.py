@@ -23,9 +23,10 @@ within a few seconds even when a server is down.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import asyncpg
 from pydantic import BaseModel, ConfigDict, Field
@@ -49,6 +50,7 @@ __all__ = [
     "check_integration_health_async",
 ]
 
+_T = TypeVar("_T")
 HealthStatus = Literal["ok", "degraded", "down"]
 #: Events waiting in one partition above which the worker is degraded.
 LAG_DEGRADED = 10_000
@@ -88,17 +90,10 @@ def _worst(*states: HealthStatus) -> HealthStatus:
     return max(states, key=_ORDER.index)
 
 
-async def _highwaters(settings: Settings, topic: str) -> dict[int, int] | IntegrationError:
+async def _answer(probe: Awaitable[_T]) -> _T | IntegrationError:
+    """What a broker probe found, or why it could not."""
     try:
-        return await partition_highwaters(settings.kafka, topic, timeout=_TIMEOUT)
-    except IntegrationError as exc:
-        return exc
-
-
-async def _bounds(settings: Settings, topic: str) -> dict[int, LogBounds] | IntegrationError:
-    # (as cheap as the highwaters alone: a probe of its own starts from offset 0 either way)
-    try:
-        return await partition_bounds(settings.kafka, topic, timeout=_TIMEOUT)
+        return await probe
     except IntegrationError as exc:
         return exc
 
@@ -241,8 +236,10 @@ async def check_integration_health_async(settings: Settings | None = None) -> In
     settings = settings or load_settings()
     kafka = settings.kafka
     usage, dlq, facts = await asyncio.gather(
-        _bounds(settings, kafka.usage_topic),
-        _highwaters(settings, kafka.dlq_topic),
+        # (the bounds cost what the highwaters alone do: a probe of its own starts from
+        # offset 0 either way)
+        _answer(partition_bounds(kafka, kafka.usage_topic, timeout=_TIMEOUT)),
+        _answer(partition_highwaters(kafka, kafka.dlq_topic, timeout=_TIMEOUT)),
         _database(settings),
     )
     if isinstance(usage, IntegrationError):

@@ -14,6 +14,7 @@ import pytest
 from tests.support import T0, fetch_value, live_workload, log_records, snapshot, used
 from tokenquota.config import DatabaseSettings
 from tokenquota.projections import (
+    BatchResult,
     LogRecord,
     apply_batch,
     apply_batch_isolating,
@@ -115,6 +116,30 @@ async def test_an_event_postgresql_refuses_is_isolated_and_everything_else_appli
     ) == len(events)
 
 
+async def _apply_as_the_worker(
+    conn: asyncpg.Connection,
+    database: DatabaseSettings,
+    records: list[LogRecord],
+    letters: list[tuple[str, int, int]],
+) -> tuple[BatchResult, list[LogRecord]]:
+    """apply_batch_isolating as the worker calls it (dead letters, offsets checked); the
+    result and the records handed over as poison."""
+    poisoned: list[LogRecord] = []
+
+    async def on_poison(record: LogRecord, reason: str) -> None:
+        poisoned.append(record)
+
+    result = await apply_batch_isolating(
+        conn,
+        records,
+        schema=database.schema_name,
+        on_poison=on_poison,
+        skipped=letters,
+        contiguous=True,
+    )
+    return result, poisoned
+
+
 async def test_dead_letters_go_with_the_part_they_fall_in_when_a_batch_is_bisected(
     conn: asyncpg.Connection, migrated_database: DatabaseSettings
 ) -> None:
@@ -129,19 +154,7 @@ async def test_dead_letters_go_with_the_part_they_fall_in_when_a_batch_is_bisect
         for r, o in zip(log_records(events), offsets, strict=False)
     ]
     letters = [("usage", 0, 3), ("usage", 0, 10), ("usage", 0, 13)]
-    poisoned: list[LogRecord] = []
-
-    async def on_poison(record: LogRecord, reason: str) -> None:
-        poisoned.append(record)
-
-    result = await apply_batch_isolating(
-        conn,
-        records,
-        schema=migrated_database.schema_name,
-        on_poison=on_poison,
-        skipped=letters,
-        contiguous=True,
-    )
+    result, poisoned = await _apply_as_the_worker(conn, migrated_database, records, letters)
     assert (result.applied, result.poisoned) == (len(events) - 1, 1)
     assert [r.event.event_id for r in poisoned] == [events[7].event_id]
     assert (
@@ -170,19 +183,8 @@ async def test_a_refetched_partition_keeps_its_dead_letters_with_the_part_that_n
             strict=True,
         )
     ]
-    poisoned: list[LogRecord] = []
-
-    async def on_poison(record: LogRecord, reason: str) -> None:
-        poisoned.append(record)
-
-    result = await apply_batch_isolating(
-        conn,
-        records,
-        schema=migrated_database.schema_name,
-        on_poison=on_poison,
-        skipped=[("usage", 0, 1), ("usage", 0, 1)],
-        contiguous=True,
-    )
+    letters = [("usage", 0, 1), ("usage", 0, 1)]
+    result, poisoned = await _apply_as_the_worker(conn, migrated_database, records, letters)
     assert result.applied == 4
     assert {r.event.event_id for r in poisoned} == {overflow.event_id}
     assert (
