@@ -22,6 +22,8 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, Message, ServiceT, TransportT
 from mode import Service
 
+from .fetch_pacing import next_fetch_wait
+
 __all__ = ["BatchApp", "BatchConsumer", "Fetch", "seek_to_committed_or_start"]
 
 #: Fetches waiting for the worker; beyond this the fetcher waits (back-pressure).
@@ -67,6 +69,14 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         )
         return cast("Mapping[TP, int]", committed)
 
+    def set_fetch_wait(self, wait_ms: int) -> None:
+        """Let the fetches from now on wait at most `wait_ms` on an empty partition (the
+        fetcher reads it, in this thread, each time it builds a request)."""
+        consumer = self._consumer
+        fetcher = getattr(consumer, "_fetcher", None) if consumer is not None else None
+        if fetcher is not None:
+            fetcher._fetch_max_wait_ms = wait_ms
+
     async def seek_in_thread(self, tp: TP, offset: int) -> None:
         """Seek `tp` to `offset` in the consumer's own thread (faust's `seek` calls the
         aiokafka consumer from the event loop of the app, another thread's)."""
@@ -105,6 +115,8 @@ class BatchConsumer(faust_aiokafka.Consumer):
         #: Per partition, the hole its fetches found last (its first missing offset) and
         #: how many fetches in a row found it.
         self._holes: dict[TP, tuple[int, int]] = {}
+        #: The fetch wait in force, in ms (see fetch_pacing); None: the configured one.
+        self._fetch_wait_ms: int | None = None
 
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -165,6 +177,7 @@ class BatchConsumer(faust_aiokafka.Consumer):
                 self._thread_cancelled("fetch")
                 self._dropped = True
                 return
+            self._pace_fetches(records, batch_topics)
             generation = self.app.consumer_generation_id
             if records is None or self.should_stop:
                 return
@@ -249,6 +262,40 @@ class BatchConsumer(faust_aiokafka.Consumer):
             if self.transport.app.should_stop:
                 return
             raise
+
+    def _pace_fetches(
+        self, records: Mapping[TP, object] | None, batch_topics: frozenset[str]
+    ) -> None:
+        """Set the next fetches' wait by whether a fetch brought batch-topic messages and
+        whether the broker reports more than were handed over (see fetch_pacing)."""
+        configured = int(cast("BatchApp", self.app).fetch_max_wait * 1000)
+        current = self._fetch_wait_ms or configured
+        received = bool(records) and any(tp.topic in batch_topics for tp in records or ())
+        wait = next_fetch_wait(current, configured, behind=self._behind(), received=received)
+        if wait == current:
+            return
+        if current == configured:
+            self.log.info(
+                "fetches bring nothing though the broker has messages past those read; "
+                "waiting up to %d ms per fetch until caught up", wait,
+            )  # fmt: skip
+        elif wait == configured:
+            self.log.info("caught up; fetches wait up to %d ms again", wait)
+        cast(_ConsumerThread, self._thread).set_fetch_wait(wait)
+        self._fetch_wait_ms = wait
+
+    def _behind(self) -> bool:
+        """Whether the broker reported messages past the next one expected in a
+        batch-topic partition (its high watermark, from the last fetch's answer)."""
+        expected = self._expect
+        for tp in self.assignment() & expected.keys():
+            try:
+                end = self.highwater(tp)
+            except AssertionError:  # aiokafka's "Partition is not assigned": a rebalance
+                continue
+            if end is not None and end > expected[tp]:
+                return True
+        return False
 
     async def _seek_back(self, stopping: Callable[[], bool]) -> None:
         # As faust's getmany does when called while the flow is suspended, except for a

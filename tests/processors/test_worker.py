@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
@@ -11,6 +12,7 @@ from decimal import Decimal
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
+from tests.conftest import WorkerStarter
 from tests.support import T0, fetch_value, used, wait_until
 from tokenquota.config import Settings
 from tokenquota.processors import parse_dead_letter_headers
@@ -246,3 +248,40 @@ async def test_an_event_postgresql_refuses_goes_to_the_dlq_and_its_partition_goe
     assert await ledger_rows(pipeline_settings) == 3
     assert await consumed(pipeline_settings) == 4
     assert worker.exit_code() is None
+
+
+async def test_a_worker_far_behind_catches_up_though_fetches_run_out_of_wait(
+    pipeline_settings: Settings, start_worker: WorkerStarter
+) -> None:
+    # The embedded broker lists every batch of a partition within the fetch's wait and
+    # answers nothing for it when the wait runs out first (benchmarks/broker_listing.py:
+    # with 50 ms, from about 50,000 batches on). A 1 ms wait meets that with a few
+    # thousand; the worker must raise its wait while behind, or it never reads them.
+    settings = pipeline_settings
+    kafka = settings.kafka
+    events = workload(12_000)
+    producers = [
+        AIOKafkaProducer(bootstrap_servers=kafka.bootstrap_servers, linger_ms=0) for _ in range(8)
+    ]
+    for producer in producers:
+        await producer.start()
+    try:
+
+        async def one_per_batch(producer: AIOKafkaProducer, share: list[Event]) -> None:
+            for event in share:  # one send at a time: each event a batch of its own
+                key = event.session_id.encode()
+                await producer.send_and_wait(kafka.usage_topic, encode(event), key=key)
+
+        await asyncio.gather(
+            *(one_per_batch(p, events[i :: len(producers)]) for i, p in enumerate(producers))
+        )
+    finally:
+        for producer in producers:
+            await producer.stop()
+    worker = start_worker(env={"WORKER_FETCH_MAX_WAIT": "0.001"})
+
+    async def all_applied() -> bool:
+        return await total_used(settings) == 3 * len(events)
+
+    await wait_until(all_applied, 90, "every event applied", [worker])
+    assert "waiting up to" in worker.log_path.read_text()  # it did raise its wait
