@@ -30,7 +30,7 @@ from rich.table import Table
 
 from benchmarks.analytics_workload import MIX, budgets, events, session_ids
 from benchmarks.report import percentile_ms
-from benchmarks.servers import pipeline
+from benchmarks.servers import default_partitions, pipeline
 from tokenquota.config import Settings
 from tokenquota.dashboard import AsyncTokenDashboard
 from tokenquota.producers import Emitter
@@ -241,7 +241,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--sessions", type=int, default=10_000)
-    parser.add_argument("--partitions", type=int, default=12)
+    parser.add_argument(
+        "--partitions", type=int, default=default_partitions(), help="default: as `tokenquota dev`"
+    )
     parser.add_argument("--samples", type=int, default=500)
     parser.add_argument("--slow-samples", type=int, default=20)
     asyncio.run(run(parser.parse_args()))

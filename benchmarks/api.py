@@ -44,7 +44,7 @@ from rich.table import Table
 from benchmarks.cpu import CpuMeter
 from benchmarks.http_client import HttpConnection
 from benchmarks.report import percentile_ms
-from benchmarks.servers import pipeline, settings_env
+from benchmarks.servers import default_partitions, pipeline, settings_env
 from benchmarks.workload import wait_applied
 from tokenquota.config import ReservationSettings, Settings
 from tokenquota.embedded import ApiProcess, WorkerProcess, free_port
@@ -387,7 +387,9 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=1_000)
     parser.add_argument("--callers", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=10)
-    parser.add_argument("--partitions", type=int, default=12)
+    parser.add_argument(
+        "--partitions", type=int, default=default_partitions(), help="default: as `tokenquota dev`"
+    )
     parser.add_argument(
         "--think", type=float, default=0.5, help="mean pause of the paced callers (seconds)"
     )

@@ -44,7 +44,7 @@ from rich.table import Table
 
 from benchmarks.cpu import CpuMeter, children_running
 from benchmarks.report import machine, percentile_ms
-from benchmarks.servers import pipeline
+from benchmarks.servers import default_partitions, pipeline
 from benchmarks.timeline import POLL, Read, Timeline, poll_checkpoints, read_events
 from benchmarks.worker_stages import StageTotals, scrape_stages
 from benchmarks.workload import MIX, applied, budgets, usage, wait_applied
@@ -319,7 +319,9 @@ def main() -> None:
     parser.add_argument("--start", type=int, default=2_000, help="the ramp's first rate")
     parser.add_argument("--step-seconds", type=float, default=8, help="each step of the ramp")
     parser.add_argument("--sessions", type=int, default=1_000)
-    parser.add_argument("--partitions", type=int, default=12)
+    parser.add_argument(
+        "--partitions", type=int, default=default_partitions(), help="default: as `tokenquota dev`"
+    )
     asyncio.run(run(parser.parse_args()))
 
 

@@ -60,7 +60,7 @@ from benchmarks.analytics import load
 from benchmarks.analytics_workload import MIX, session_ids
 from benchmarks.chromium import chromium, chromium_version
 from benchmarks.report import percentile_ms
-from benchmarks.servers import pipeline, settings_env
+from benchmarks.servers import default_partitions, pipeline, settings_env
 from tokenquota.config import Settings
 from tokenquota.embedded import ApiProcess, WorkerProcess, free_port
 
@@ -401,7 +401,9 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--loads", type=int, default=30)
     parser.add_argument("--samples", type=int, default=50)
-    parser.add_argument("--partitions", type=int, default=12)
+    parser.add_argument(
+        "--partitions", type=int, default=default_partitions(), help="default: as `tokenquota dev`"
+    )
     asyncio.run(run(parser.parse_args()))
 
 

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from benchmarks.baseline import prepare
 from benchmarks.cpu import CpuMeter
 from benchmarks.report import machine, print_throughput
-from benchmarks.servers import pipeline, settings_env
+from benchmarks.servers import default_partitions, pipeline, settings_env
 from benchmarks.workload import (
     MIX,
     TENANTS,
@@ -354,7 +354,9 @@ def main() -> None:
     )
     parser.add_argument("--events", type=int, default=300_000)
     parser.add_argument("--sessions", type=int, default=1_000)
-    parser.add_argument("--partitions", type=int, default=12)
+    parser.add_argument(
+        "--partitions", type=int, default=default_partitions(), help="default: as `tokenquota dev`"
+    )
     parser.add_argument(
         "--tree",
         action="store_true",

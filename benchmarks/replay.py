@@ -19,7 +19,7 @@ import time
 
 from benchmarks.baseline import copy_consume, prepare
 from benchmarks.report import print_throughput
-from benchmarks.servers import pipeline
+from benchmarks.servers import default_partitions, pipeline
 from benchmarks.workload import MIX, budgets, usage
 from tokenquota.producers import Emitter
 from tokenquota.projections.replay import BATCH_SIZE, replay_into
@@ -71,7 +71,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--sessions", type=int, default=1_000)
-    parser.add_argument("--partitions", type=int, default=12)
+    parser.add_argument(
+        "--partitions", type=int, default=default_partitions(), help="default: as `tokenquota dev`"
+    )
     parser.add_argument("--batch", type=int, default=BATCH_SIZE)
     asyncio.run(run(parser.parse_args()))
 

@@ -12,7 +12,8 @@ BudgetSets, some with USD limits), each reservation priced, so the worker checks
 against the session and every node above it; the tree's p99 must stay <= 150 ms at 100
 callers (issue 16).
 
-Run: .venv/bin/python -m benchmarks.reservations [--callers N] [--rounds R] [--tree [--tenants T]]
+Run: .venv/bin/python -m benchmarks.reservations [--callers N] [--rounds R] [--partitions P]
+     [--tree [--tenants T]]
 Starts an embedded broker, PostgreSQL and `tokenquota worker` unless
 KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL are set (a worker is started in any case).
 """
@@ -30,7 +31,7 @@ from rich.console import Console
 from rich.table import Table
 
 from benchmarks.report import machine, percentile_ms
-from benchmarks.servers import pipeline
+from benchmarks.servers import default_partitions, pipeline
 from benchmarks.timeline import Timeline, poll_checkpoints, read_events, wait_committed
 from benchmarks.worker_stages import scrape_stages
 from benchmarks.workload import MODEL, TEAMS, TENANTS, account_of, tree_budgets
@@ -84,7 +85,8 @@ async def _reserve_rounds(
 
 async def run(args: argparse.Namespace) -> None:
     port = free_port()
-    async with pipeline(worker_env={"WORKER_METRICS_PORT": str(port)}) as (base, servers):
+    env = {"WORKER_METRICS_PORT": str(port)}
+    async with pipeline(partitions=args.partitions, worker_env=env) as (base, servers):
         settings = base.model_copy(
             update={"reservations": ReservationSettings(decision_timeout=60)}
         )
@@ -192,7 +194,8 @@ async def run(args: argparse.Namespace) -> None:
         f"conditions: {args.callers} concurrent callers in one process, one session each, "
         f"{args.rounds} reservations of 10 tokens per caller (each released after), "
         f"{len(reserves) / elapsed:,.0f} reservations/s overall; a client pool of 10 "
-        f"connections; worker batch_within {settings.worker.batch_within} s; {servers}; "
+        f"connections; worker batch_within {settings.worker.batch_within} s; "
+        f"{args.partitions} partitions; {servers}; "
         f"median read alone {statistics.median(one_read) * 1000:.2f} ms; "
     )
     if args.tree:
@@ -224,6 +227,9 @@ def main() -> None:
     parser.add_argument("--callers", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--reads", type=int, default=500)
+    parser.add_argument(
+        "--partitions", type=int, default=default_partitions(), help="default: as `tokenquota dev`"
+    )
     parser.add_argument(
         "--tree",
         action="store_true",

@@ -11,11 +11,26 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from tokenquota.config import DatabaseSettings, Settings
-from tokenquota.embedded import EmbeddedBroker, EmbeddedPostgres, WorkerProcess, process_env
+from tokenquota.config import DatabaseSettings, Settings, load_settings
+from tokenquota.embedded import (
+    EMBEDDED_PARTITIONS,
+    EmbeddedBroker,
+    EmbeddedPostgres,
+    WorkerProcess,
+    process_env,
+)
 from tokenquota.provision import provision
 
-__all__ = ["kafka_servers", "pipeline", "settings_env"]
+__all__ = ["default_partitions", "kafka_servers", "pipeline", "settings_env"]
+
+
+def default_partitions() -> int:
+    """The usage topic's partitions as `tokenquota dev` creates them: kafka.partitions
+    when configured or with a configured broker, else EMBEDDED_PARTITIONS."""
+    kafka = load_settings().kafka
+    if "partitions" in kafka.model_fields_set or kafka.bootstrap_servers is not None:
+        return kafka.partitions
+    return EMBEDDED_PARTITIONS
 
 
 @contextlib.contextmanager
@@ -51,10 +66,14 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 @contextlib.asynccontextmanager
 async def pipeline(
-    partitions: int = 12, worker: bool = True, worker_env: dict[str, str] | None = None
+    partitions: int | None = None,
+    worker: bool = True,
+    worker_env: dict[str, str] | None = None,
 ) -> AsyncIterator[tuple[Settings, str]]:
     """Settings for a fresh topic and schema on (embedded) servers, with a worker running
-    (`worker_env`: more environment variables for it)."""
+    (`worker_env`: more environment variables for it); `partitions` by default as
+    `tokenquota dev` has them (`default_partitions`)."""
+    partitions = default_partitions() if partitions is None else partitions
     with (
         tempfile.TemporaryDirectory(prefix="tq-bench-") as folder,
         kafka_servers() as (servers, broker),

@@ -158,6 +158,7 @@ def dev(
     ) -> None:
         out.print("[bold green]tokenquota dev stack is up[/]")
         out.print(f"  KAFKA_BOOTSTRAP_SERVERS={effective.kafka.bootstrap_servers}")
+        out.print(f"  KAFKA_PARTITIONS={effective.kafka.partitions}")
         out.print(f"  DATABASE_URL={effective.database.dsn()}")
         _print_report(effective, report)
         out.print(f"  worker   pid {worker.pid}, log {worker.log_path}")

@@ -2,10 +2,11 @@
 
 The dev stack listens on free ports. So that `tokenquota budget show alice` works in a
 second terminal after `make run` without exporting anything, `dev` writes
-`<data dir>/dev-stack.json` (its PID and the servers' addresses) when it is up and
-removes it when it stops; a command finding neither KAFKA_BOOTSTRAP_SERVERS nor
-DATABASE_URL configured uses the file's servers while that PID is alive. Configured
-servers always win.
+`<data dir>/dev-stack.json` (its PID, the servers' addresses and the usage topic's
+partitions) when it is up and removes it when it stops; a command finding neither
+KAFKA_BOOTSTRAP_SERVERS nor DATABASE_URL configured uses the file's servers while that
+PID is alive, and the file's partitions with its broker unless KAFKA_PARTITIONS is set.
+Configured servers always win.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ def write_stack_file(effective: Settings, pid: int | None = None) -> Path:
     record = {
         "pid": pid if pid is not None else os.getpid(),
         "kafka_bootstrap_servers": effective.kafka.bootstrap_servers,
+        "kafka_partitions": effective.kafka.partitions,
         "database_url": effective.database.dsn(),
         "database_schema": effective.database.schema_name,
     }
@@ -77,7 +79,12 @@ def with_dev_stack(settings: Settings) -> Settings:
     kafka, database = settings.kafka, settings.database
     servers = record.get("kafka_bootstrap_servers")
     if kafka.bootstrap_servers is None and isinstance(servers, str) and servers:
-        kafka = kafka.model_copy(update={"bootstrap_servers": servers})
+        update_kafka: dict[str, object] = {"bootstrap_servers": servers}
+        partitions = record.get("kafka_partitions")
+        wanted = type(partitions) is int and partitions > 0
+        if wanted and "partitions" not in kafka.model_fields_set:
+            update_kafka["partitions"] = partitions
+        kafka = kafka.model_copy(update=update_kafka)
     url = record.get("database_url")
     if not database.is_configured and isinstance(url, str) and url:
         update: dict[str, object] = {"url": SecretStr(url)}

@@ -12,6 +12,7 @@ from pydantic import SecretStr
 
 from .config import Settings
 from .embedded import (
+    EMBEDDED_PARTITIONS,
     ApiProcess,
     DemoProcess,
     EmbeddedBroker,
@@ -50,7 +51,10 @@ class DevStack:
             if kafka.bootstrap_servers is None:
                 broker = EmbeddedBroker(log_path=data_dir / "logs" / "broker.log")
                 self._started.append(broker)
-                kafka = kafka.model_copy(update={"bootstrap_servers": broker.start()})
+                update: dict[str, object] = {"bootstrap_servers": broker.start()}
+                if "partitions" not in kafka.model_fields_set:
+                    update["partitions"] = EMBEDDED_PARTITIONS
+                kafka = kafka.model_copy(update=update)
             if not database.is_configured:
                 postgres = EmbeddedPostgres(
                     data_dir=data_dir / "postgres", log_path=data_dir / "logs" / "postgres.log"
@@ -131,6 +135,7 @@ def _servers_env(effective: Settings, env: dict[str, str]) -> dict[str, str]:
     return {
         **env,
         "KAFKA_BOOTSTRAP_SERVERS": effective.kafka.bootstrap_servers or "",
+        "KAFKA_PARTITIONS": str(effective.kafka.partitions),
         "DATABASE_URL": effective.database.dsn(),
         "DATABASE_SCHEMA": effective.database.schema_name,
     }

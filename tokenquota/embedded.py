@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from .config import Settings
 
 __all__ = [
+    "EMBEDDED_PARTITIONS",
     "ApiProcess",
     "DemoProcess",
     "EmbeddedBroker",
@@ -168,6 +169,15 @@ class _ChildProcess:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+#: The usage topic's partitions on the embedded broker unless KAFKA_PARTITIONS says
+#: otherwise. Tansu's memory storage lists every batch a partition holds on each fetch of
+#: it, and stops listing when the fetch's wait runs out; the emitter sends a batch per
+#: partition per round, so one partition stores and lists a twelfth of the batches that
+#: twelve do at the same rate (benchmarks/RESULTS.md, issue 18). A dev stack runs one
+#: worker, which gains nothing from more.
+EMBEDDED_PARTITIONS = 1
 
 
 class EmbeddedBroker(_ChildProcess):

@@ -22,7 +22,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from tests.support import wait_until
 from tokenquota.config import DatabaseSettings, env_var_names
-from tokenquota.embedded import free_port
+from tokenquota.embedded import EMBEDDED_PARTITIONS, free_port
 from tokenquota.projections import connect
 
 pytestmark = pytest.mark.integration
@@ -265,7 +265,7 @@ async def test_dev_runs_the_embedded_stack_and_stops_everything_it_started(
         bootstrap = dev.value("KAFKA_BOOTSTRAP_SERVERS")
         assert bootstrap.startswith("127.0.0.1:")
         assert await _partitions(bootstrap, ["tokenquota.usage", "tokenquota.usage.dlq"]) == {
-            "tokenquota.usage": 12,
+            "tokenquota.usage": EMBEDDED_PARTITIONS,  # not the 12 of a configured Kafka
             "tokenquota.usage.dlq": 1,
         }
         database_url = dev.value("DATABASE_URL")
@@ -363,6 +363,9 @@ async def test_dev_runs_the_worker_so_an_emitted_event_reaches_the_budget_table(
 ) -> None:
     dev = await _start_dev(_environment(TOKENQUOTA_DATA_DIR=str(tmp_path / "dev")))
     try:
+        # one partition on the embedded broker unless KAFKA_PARTITIONS is set (EMBEDDED_PARTITIONS)
+        assert dev.value("KAFKA_PARTITIONS") == "1"
+        assert any("tokenquota.usage: created, 1 partitions" in line for line in dev.output)
         env = _environment(
             KAFKA_BOOTSTRAP_SERVERS=dev.value("KAFKA_BOOTSTRAP_SERVERS"),
             TOKENQUOTA_DATA_DIR=str(tmp_path / "client"),
@@ -405,8 +408,10 @@ async def test_dev_keeps_its_database_across_restarts(tmp_path: Path) -> None:
     assert ours == [["-m", "tokenquota", "worker"]]  # --no-api: no API process
     assert not any(line.strip().startswith("api ") for line in second.output)
     assert any("migrations applied: none pending" in line for line in second.output)
-    # the broker is memory-only: its topics are created anew on every start
+    # the broker is memory-only: its topics are created anew on every start, with the
+    # partitions KAFKA_PARTITIONS sets
     assert any("tokenquota.usage: created, 4 partitions" in line for line in second.output)
+    assert second.value("KAFKA_PARTITIONS") == "4"
 
 
 def _is_this_interpreter(executable: str) -> bool:

@@ -107,3 +107,19 @@ async def test_the_log_decides_with_the_defaults_init_wrote_whatever_else_is_con
         settings, "replay", TOKEN_LIMITS_DAILY_LIMIT="50", TOKEN_LIMITS_TIMEZONE="Asia/Tokyo"
     )
     assert await snapshot(settings.database) == before
+
+    # A row of a partition the topic does not have (a dev data directory made with more
+    # partitions) is no log's: init neither counts it as differing nor writes to it.
+    stale = await fetch_value(
+        settings.database,
+        """INSERT INTO partition_defaults (topic, kafka_partition, event_id, daily_limit,
+               monthly_limit, hard_limit, warning_threshold, critical_threshold, timezone,
+               max_clock_skew_ms, set_at)
+           SELECT topic, $1, gen_random_uuid(), 5, monthly_limit, hard_limit,
+               warning_threshold, critical_threshold, timezone, max_clock_skew_ms, set_at
+             FROM partition_defaults WHERE kafka_partition = 0
+           RETURNING kafka_partition""",
+        partitions + 5,
+    )
+    assert stale == partitions + 5
+    assert "in the log: unchanged" in tokenquota(settings, "init", TOKEN_LIMITS_DAILY_LIMIT="1000")
