@@ -3,9 +3,9 @@
 The fetch wait exists for an empty partition: the broker holds a fetch that finds nothing
 for at most that long. A fetch that finds messages is answered at once, by Apache Kafka
 whatever the wait. The embedded Tansu broker instead lists every batch a partition holds
-within the wait, and answers nothing for it when the wait runs out first; past some
-tens of thousands of batches (about 50,000 for a 50 ms wait, benchmarks/broker_listing.py)
-every fetch comes back empty, and a worker with messages to read would never read them.
+within the wait, and answers nothing for it when the wait runs out first; past 50,000 to
+100,000 batches in a partition (with a 50 ms wait, benchmarks/broker_listing.py) every
+fetch comes back empty, and a worker with messages to read would never read them.
 So while the broker reports messages past those handed over and a fetch brought none,
 the wait doubles (up to `BEHIND_WAIT_MAX_MS`); once caught up it is the configured one
 again, so that a message arriving at an empty partition is not held longer.
