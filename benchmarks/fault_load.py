@@ -71,6 +71,8 @@ ROLES: dict[str, tuple[tuple[str, int], ...]] = {
     "hooks": (*MIX, ("mcp", 30), ("task", 20), ("memory", 10)),
     "http": (*MIX, ("ingest", 25), ("http_reserve", 40)),
 }
+#: How long a caller whose reservation was refused waits before its next operation (s).
+REFUSED_PAUSE = 0.2
 #: What a reserved token is priced at (USD), and the share of reservations priced.
 PRICE = Decimal("0.00002")
 PRICED = 0.5
@@ -160,6 +162,11 @@ class _Caller:
                 outcome = op
             except (TokenQuotaExceededError, _RefusedError):
                 outcome = f"{op}: refused"
+                # As a refused client backs off. Without it a caller refused by the
+                # client's pre-check (nothing emitted, no decision awaited) went again at
+                # once, so once budgets were spent the load became a flood of usage that
+                # kept them spent, and long runs decided almost no reservations.
+                await asyncio.sleep(REFUSED_PAUSE)
             except _ToolFailedError:
                 outcome = f"{op}: failed on purpose"
             except (
