@@ -13,10 +13,10 @@ from pydantic import SecretStr
 
 from tokenquota.config import DatabaseSettings, Settings, load_settings
 from tokenquota.embedded import (
-    EMBEDDED_PARTITIONS,
     EmbeddedBroker,
     EmbeddedPostgres,
     WorkerProcess,
+    embedded_partitions,
     process_env,
 )
 from tokenquota.provision import provision
@@ -28,9 +28,7 @@ def default_partitions() -> int:
     """The usage topic's partitions as `tokenquota dev` creates them: kafka.partitions
     when configured or with a configured broker, else EMBEDDED_PARTITIONS."""
     kafka = load_settings().kafka
-    if "partitions" in kafka.model_fields_set or kafka.bootstrap_servers is not None:
-        return kafka.partitions
-    return EMBEDDED_PARTITIONS
+    return kafka.partitions if kafka.bootstrap_servers is not None else embedded_partitions(kafka)
 
 
 @contextlib.contextmanager

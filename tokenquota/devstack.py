@@ -12,12 +12,12 @@ from pydantic import SecretStr
 
 from .config import Settings
 from .embedded import (
-    EMBEDDED_PARTITIONS,
     ApiProcess,
     DemoProcess,
     EmbeddedBroker,
     EmbeddedPostgres,
     WorkerProcess,
+    embedded_partitions,
     port_in_use,
     port_taken,
 )
@@ -51,10 +51,12 @@ class DevStack:
             if kafka.bootstrap_servers is None:
                 broker = EmbeddedBroker(log_path=data_dir / "logs" / "broker.log")
                 self._started.append(broker)
-                update: dict[str, object] = {"bootstrap_servers": broker.start()}
-                if "partitions" not in kafka.model_fields_set:
-                    update["partitions"] = EMBEDDED_PARTITIONS
-                kafka = kafka.model_copy(update=update)
+                kafka = kafka.model_copy(
+                    update={
+                        "bootstrap_servers": broker.start(),
+                        "partitions": embedded_partitions(kafka),
+                    }
+                )
             if not database.is_configured:
                 postgres = EmbeddedPostgres(
                     data_dir=data_dir / "postgres", log_path=data_dir / "logs" / "postgres.log"

@@ -27,7 +27,7 @@ from typing import IO, TYPE_CHECKING, Self
 from .errors import DevStackError
 
 if TYPE_CHECKING:
-    from .config import Settings
+    from .config import KafkaSettings, Settings
 
 __all__ = [
     "EMBEDDED_PARTITIONS",
@@ -37,6 +37,7 @@ __all__ = [
     "EmbeddedPostgres",
     "WorkerProcess",
     "api_url",
+    "embedded_partitions",
     "free_port",
     "port_in_use",
     "port_taken",
@@ -178,6 +179,12 @@ class _ChildProcess:
 #: twelve do at the same rate (benchmarks/RESULTS.md, issue 18). A dev stack runs one
 #: worker, which gains nothing from more.
 EMBEDDED_PARTITIONS = 1
+
+
+def embedded_partitions(kafka: KafkaSettings) -> int:
+    """The usage topic's partitions on the embedded broker: kafka.partitions when it is
+    configured, else EMBEDDED_PARTITIONS."""
+    return kafka.partitions if "partitions" in kafka.model_fields_set else EMBEDDED_PARTITIONS
 
 
 class EmbeddedBroker(_ChildProcess):
