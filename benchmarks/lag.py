@@ -25,8 +25,13 @@ each stage: waiting in the emitter (occurred_at to the record's timestamp, stamp
 its batch is built) and the worker's stages (its /metrics, see
 `tokenquota.processors.metrics.STAGES`); their sum against the mean lag.
 
+With --capacity N, the ramp is skipped and N is taken as the capacity: two settings (a
+fetch wait, a linger) are then compared at the same rates, which a measured capacity
+(noisy from one run to the next on a shared machine) does not give. The targets are for
+a measured capacity.
+
 Run: .venv/bin/python -m benchmarks.lag [--seconds S] [--start R] [--step-seconds S]
-     [--sessions N] [--partitions P]
+     [--sessions N] [--partitions P] [--capacity N] [--fresh-wal]
 Starts an embedded broker, PostgreSQL and a worker unless KAFKA_BOOTSTRAP_SERVERS /
 DATABASE_URL are set (a worker is started in any case).
 """
@@ -163,7 +168,10 @@ async def run(args: argparse.Namespace) -> None:
     phases: list[Phase] = []
     port = free_port()
     env = {"WORKER_METRICS_PORT": str(port)}
-    async with pipeline(partitions=args.partitions, worker_env=env) as (settings, servers):
+    async with pipeline(partitions=args.partitions, worker_env=env, fresh_wal=args.fresh_wal) as (
+        settings,
+        servers,
+    ):
         kafka, topic = settings.kafka, settings.kafka.usage_topic
         schema = settings.database.schema_name
         assert kafka.bootstrap_servers is not None
@@ -179,14 +187,17 @@ async def run(args: argparse.Namespace) -> None:
                 total = await applied(conn, schema, topic)
                 poller = asyncio.create_task(poll_checkpoints(settings, timeline, stop))
                 load = _Load(emitter, args.sessions)
-                ramp = Phase("capacity ramp (steps of 25 %, then two halvings)", None)
-                phases.append(ramp)
-                before = meter.snapshot()
-                ramp.started = time.time()
-                capacity, total = await _capacity(args, conn, settings, load, timeline, total)
-                ramp.ended = time.time()
-                ramp.emitted = load.next
-                ramp.cpu = meter.used(before, meter.snapshot())
+                if args.capacity is not None:
+                    capacity = float(args.capacity)
+                else:
+                    ramp = Phase("capacity ramp (steps of 25 %, then two halvings)", None)
+                    phases.append(ramp)
+                    before = meter.snapshot()
+                    ramp.started = time.time()
+                    capacity, total = await _capacity(args, conn, settings, load, timeline, total)
+                    ramp.ended = time.time()
+                    ramp.emitted = load.next
+                    ramp.cpu = meter.used(before, meter.snapshot())
                 for fraction in FRACTIONS:
                     phase = Phase(f"{fraction:.0%} of capacity", capacity * fraction)
                     phases.append(phase)
@@ -266,15 +277,22 @@ def _print(
     console.print(table)
     console.print(_breakdown(phases, timeline, events))
     console.print(
-        f"capacity: {capacity:,.0f} events/s, the highest steady rate that left at most "
+        f"capacity: {capacity:,.0f} events/s, given (--capacity), not measured: the targets "
+        "are for a measured capacity"
+        if args.capacity is not None
+        else f"capacity: {capacity:,.0f} events/s, the highest steady rate that left at most "
         f"half a second of events uncommitted after {args.step_seconds:.0f} s"
     )
     for verdict in verdicts:
         console.print(f"target: {verdict}")
     options = settings.worker
+    ramp = (
+        "no capacity ramp"
+        if args.capacity is not None
+        else f"capacity ramp from {args.start:,} events/s in steps of {args.step_seconds:.0f} s"
+    )
     console.print(
-        f"conditions: capacity ramp from {args.start:,} events/s in steps of "
-        f"{args.step_seconds:.0f} s; "
+        f"conditions: {ramp}; "
         f"each rate {args.seconds:.0f} s, {TICK * 1000:.0f} ms ticks of rate/100 events "
         f"({MIX}); {args.sessions:,} sessions; {args.partitions} partitions; emitter linger "
         f"{settings.emitter.linger_ms} ms; worker batches of what has arrived (up to "
@@ -311,6 +329,13 @@ def _breakdown(phases: list[Phase], timeline: Timeline, events: list[Read]) -> T
     return table
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of events/s, got {text}")
+    return value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -321,6 +346,16 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=1_000)
     parser.add_argument(
         "--partitions", type=int, default=default_partitions(), help="default: as `tokenquota dev`"
+    )
+    parser.add_argument(
+        "--fresh-wal",
+        action="store_true",
+        help="an embedded PostgreSQL without WAL files made ahead (benchmarks.servers)",
+    )
+    parser.add_argument(
+        "--capacity",
+        type=_positive,
+        help="skip the ramp and take this as the capacity (events/s), to compare settings",
     )
     asyncio.run(run(parser.parse_args()))
 

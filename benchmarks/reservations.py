@@ -13,7 +13,7 @@ against the session and every node above it; the tree's p99 must stay <= 150 ms 
 callers (issue 16).
 
 Run: .venv/bin/python -m benchmarks.reservations [--callers N] [--rounds R] [--partitions P]
-     [--tree [--tenants T]]
+     [--tree [--tenants T]] [--fresh-wal]
 Starts an embedded broker, PostgreSQL and `tokenquota worker` unless
 KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL are set (a worker is started in any case).
 """
@@ -86,7 +86,10 @@ async def _reserve_rounds(
 async def run(args: argparse.Namespace) -> None:
     port = free_port()
     env = {"WORKER_METRICS_PORT": str(port)}
-    async with pipeline(partitions=args.partitions, worker_env=env) as (base, servers):
+    async with pipeline(partitions=args.partitions, worker_env=env, fresh_wal=args.fresh_wal) as (
+        base,
+        servers,
+    ):
         settings = base.model_copy(
             update={"reservations": ReservationSettings(decision_timeout=60)}
         )
@@ -223,6 +226,11 @@ async def run(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--fresh-wal",
+        action="store_true",
+        help="an embedded PostgreSQL without WAL files made ahead (benchmarks.servers)",
     )
     parser.add_argument("--callers", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=10)
