@@ -18,6 +18,7 @@ from typing import Any, ClassVar, cast
 import aiokafka
 import faust
 from aiokafka.errors import IllegalStateError
+from faust.transport.consumer import Fetcher
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, Message, ServiceT, TransportT
 from mode import Service
@@ -372,8 +373,35 @@ class BatchConsumer(faust_aiokafka.Consumer):
         self.log.info("%s interrupted by a rebalance; again", what)
 
 
+class _Fetcher(Fetcher):
+    """faust's fetcher service, except when it is stopped during a rebalance.
+
+    faust's own takes a CancelledError that ends its loop while the app is rebalancing
+    for a rebalance to restart from, and wakes its supervisor to restart it; this
+    worker's fetcher has none, and the AttributeError exited the worker with 1 (the
+    thirteenth 30-minute campaign run: its closing SIGTERM met a rebalance). Every call
+    in the loop that a rebalance cancels is survived in `BatchConsumer._drain_messages`,
+    so the cancellation that ends it is the fetcher's own stop: it ends quietly then.
+    Any other crashes the worker (which its supervisor restarts) rather than leave it
+    running without a fetcher.
+    """
+
+    @Service.task
+    async def _fetcher(self) -> None:
+        try:
+            await cast(BatchConsumer, self.app.consumer)._drain_messages(self)
+        except asyncio.CancelledError as exc:
+            if self.should_stop:
+                self.log.info("fetcher stopped%s", " during a rebalance" * self.app.rebalancing)
+            else:
+                await self.crash(exc)
+        finally:
+            self.set_shutdown()
+
+
 class _Transport(faust_aiokafka.Transport):
     Consumer: ClassVar[type[BatchConsumer]] = BatchConsumer
+    Fetcher: ClassVar[type[ServiceT]] = _Fetcher
 
 
 class BatchApp(faust.App):

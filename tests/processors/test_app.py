@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tokenquota.config import KafkaSettings, Settings, WorkerSettings
-from tokenquota.processors import create_app
+from tokenquota.processors import batch_consumer, create_app
 from tokenquota.processors.batch_consumer import BatchApp
 
 
@@ -23,3 +23,5 @@ def test_the_app_keeps_its_data_under_data_dir_and_batches_the_usage_topic(
     assert Path(app.conf.datadir).is_dir()  # faust itself would only make the last level
     assert app.batch_topics == frozenset({"usage.events"})
     assert app.fetch_max_wait == 0.02
+    # the fetcher that ends quietly when stopped during a rebalance, not faust's own
+    assert type(app._fetcher) is batch_consumer._Fetcher

@@ -11,6 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 from aiokafka.errors import IllegalStateError
+from faust.transport.consumer import Fetcher
 from faust.types import TP
 
 from tokenquota.processors import batch_consumer
@@ -426,3 +427,36 @@ def test_an_empty_fetch_of_a_caught_up_consumer_keeps_the_configured_wait() -> N
     pacing = _Pacing({usage: 500}, {usage: 500})
     pacing.pace({})
     assert pacing.waits == []
+
+
+class _CancelledDrain:
+    """A consumer whose fetch loop ends cancelled, as when the fetcher's task is."""
+
+    async def _drain_messages(self, fetcher: object) -> None:
+        raise asyncio.CancelledError
+
+
+def _fetcher(kind: type[Fetcher]) -> Fetcher:
+    app = SimpleNamespace(consumer=_CancelledDrain(), rebalancing=True)
+    return kind(app)  # type: ignore[arg-type]
+
+
+async def test_a_fetcher_stopped_during_a_rebalance_ends_without_a_supervisor() -> None:
+    # Found by the thirteenth 30-minute campaign run: the closing SIGTERM met a rebalance;
+    # faust's fetcher took the cancellation for a rebalance to restart from and woke a
+    # supervisor it does not have, and the worker exited with 1.
+    faust_own = _fetcher(Fetcher)
+    faust_own._stopped.set()  # mode marks the service stopped, then cancels its tasks
+    with pytest.raises(AttributeError):  # faust's: 'NoneType' has no attribute 'wakeup'
+        await Fetcher._fetcher(faust_own)
+    ours = _fetcher(batch_consumer._Fetcher)
+    ours._stopped.set()
+    await batch_consumer._Fetcher._fetcher(ours)
+    assert ours.supervisor is None and not ours.crashed
+    assert ours._shutdown.is_set()
+
+
+async def test_a_fetcher_cancelled_but_not_stopped_crashes_rather_than_stop_fetching() -> None:
+    ours = _fetcher(batch_consumer._Fetcher)
+    await batch_consumer._Fetcher._fetcher(ours)
+    assert ours.crashed  # (no supervisor: the worker's root is crashed, and it exits)
