@@ -220,7 +220,7 @@ class WorkerSettings(_Section):
         description="How long a batch that is not full waits once for more events (seconds)",
     )
     fetch_max_wait: Seconds = Field(
-        default=0.02, description="How long a fetch may wait on an empty partition"
+        default=0.05, description="How long a fetch may wait on an empty partition"
     )
     session_timeout: Seconds = 10
     commit_interval: Seconds = 1
