@@ -2,10 +2,10 @@
 
 An embedded PostgreSQL is new for each run, and a new cluster has no WAL segment files to
 reuse: it makes each one as its WAL reaches it, writing 16 MB of zeros and syncing them.
-Measured here (issue 18, RESULTS.md), every such file held up the commit that reached it
-by 40 to 70 ms, every 4 to 5 s at 3,600 events/s: that, not the pipeline, was the tail
-of the lag and reservation latencies. A server that has been running reuses the files of
-WAL it no longer needs instead. So `pipeline` first makes `WAL_RECYCLED_MB` of segment
+Measured here (issue 18, RESULTS.md), such a file held up the commit that reached it by
+40 to 70 ms, every 4 to 5 s at 3,600 events/s, and was most of the tail of the lag and
+reservation latencies. A server that has been running reuses the files of WAL it no
+longer needs instead. So `pipeline` first makes `WAL_RECYCLED_MB` of segment
 files on an embedded server and has a checkpoint keep them for reuse (`recycle_wal`),
 unless asked for a fresh one (`fresh_wal`); a configured server is left as it is.
 """
