@@ -87,18 +87,26 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 async def seek_to_committed_or_start(
     consumer: aiokafka.AIOKafkaConsumer,
 ) -> tuple[dict[TP, int | None], dict[TP, int]]:
-    """Seek every assigned partition to its committed offset, or to the log's start when
-    it has none; return the committed offsets (None: none) and those starts.
+    """Seek every assigned partition to its committed offset, or to offset 0 when it has
+    none; return the committed offsets (None: none) and those starts (0).
 
     aiokafka's own `seek_to_committed` leaves the position where it is for a partition
     with no committed offset, or one of 0: after a fetch was dropped, that is past the
     records it held, and they would be skipped.
+
+    Offset 0 rather than `seek_to_beginning`: the embedded Tansu broker answers
+    ListOffsets(earliest) with the batch it stored first in time, which is not offset 0
+    when two producers' first batches were stored out of order, and the worker skipped
+    the offsets before it for good (a worker's first start, seen in CI). Where retention
+    shortened the log, a fetch from 0 is answered out of range and auto_offset_reset
+    ("earliest") moves to the log's start; the worker, expecting 0, fetches again from
+    the hole and hands over what follows after `_HOLE_TRIES` tries (see `_hole_found`).
     """
     committed: dict[TP, int | None] = await consumer.seek_to_committed()
     uncommitted = [tp for tp, offset in committed.items() if not offset]
-    if uncommitted:
-        await consumer.seek_to_beginning(*uncommitted)
-    return committed, {tp: await consumer.position(tp) for tp in uncommitted}
+    for tp in uncommitted:
+        consumer.seek(tp, 0)
+    return committed, dict.fromkeys(uncommitted, 0)
 
 
 class BatchConsumer(faust_aiokafka.Consumer):

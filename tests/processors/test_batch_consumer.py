@@ -460,3 +460,38 @@ async def test_a_fetcher_cancelled_but_not_stopped_crashes_rather_than_stop_fetc
     ours = _fetcher(batch_consumer._Fetcher)
     await batch_consumer._Fetcher._fetcher(ours)
     assert ours.crashed  # (no supervisor: the worker's root is crashed, and it exits)
+
+
+class _Seeking:
+    """An aiokafka consumer whose broker answers ListOffsets(earliest) with offset 1 (the
+    embedded Tansu broker can: it names the batch stored first in time)."""
+
+    def __init__(self, committed: dict[TP, int | None]) -> None:
+        self.committed = committed
+        self.positions: dict[TP, int] = {}
+
+    async def seek_to_committed(self) -> dict[TP, int | None]:
+        for tp, offset in self.committed.items():
+            if offset:
+                self.positions[tp] = offset
+        return self.committed
+
+    async def seek_to_beginning(self, *tps: TP) -> None:
+        self.positions.update(dict.fromkeys(tps, 1))  # what the broker called earliest
+
+    def seek(self, tp: TP, offset: int) -> None:
+        self.positions[tp] = offset
+
+    async def position(self, tp: TP) -> int:
+        return self.positions[tp]
+
+
+async def test_a_partition_without_a_committed_offset_starts_at_offset_0_not_the_earliest() -> None:
+    # Found by CI: a worker's first start skipped offset 0 of a partition for good, as the
+    # broker's earliest offset was 1 (two producers' first batches stored out of order).
+    tps = [TP("usage", p) for p in range(3)]
+    consumer = _Seeking({tps[0]: None, tps[1]: 3, tps[2]: 0})
+    committed, starts = await batch_consumer.seek_to_committed_or_start(consumer)
+    assert committed == {tps[0]: None, tps[1]: 3, tps[2]: 0}
+    assert starts == {tps[0]: 0, tps[2]: 0}  # what the worker then expects first
+    assert consumer.positions == {tps[0]: 0, tps[1]: 3, tps[2]: 0}
