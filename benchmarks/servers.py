@@ -66,18 +66,6 @@ def kafka_servers() -> Iterator[tuple[str, str]]:
             yield broker.start(), "embedded Tansu broker (memory storage)"
 
 
-@contextlib.contextmanager
-def database_url(folder: Path) -> Iterator[tuple[str, str]]:
-    """(DSN, description): DATABASE_URL, or an embedded PostgreSQL 18."""
-    configured = os.environ.get("DATABASE_URL")
-    if configured:
-        yield configured, "configured PostgreSQL"
-        return
-    server = EmbeddedPostgres(folder / "postgres", folder / "postgres.log")
-    with server:
-        yield server.start(), "embedded PostgreSQL 18"
-
-
 def settings_env(settings: Settings) -> dict[str, str]:
     """Environment variables for a benchmark's `tokenquota worker`."""
     worker_data = str(settings.data_dir / "worker")
@@ -111,6 +99,27 @@ async def recycle_wal(dsn: str, megabytes: int = WAL_RECYCLED_MB) -> None:
 
 
 @contextlib.asynccontextmanager
+async def database_url(folder: Path, *, fresh_wal: bool = False) -> AsyncIterator[tuple[str, str]]:
+    """(DSN, description): DATABASE_URL, or an embedded PostgreSQL 18 with its WAL files
+    made ahead for reuse (`recycle_wal`) unless `fresh_wal`."""
+    configured = os.environ.get("DATABASE_URL")
+    if configured:
+        yield configured, "configured PostgreSQL"
+        return
+    server = EmbeddedPostgres(folder / "postgres", folder / "postgres.log")
+    with server:
+        dsn = server.start()
+        if fresh_wal:
+            yield dsn, "embedded PostgreSQL 18 (a new cluster: WAL files made as reached)"
+            return
+        await recycle_wal(dsn)
+        yield (
+            dsn,
+            f"embedded PostgreSQL 18 ({WAL_RECYCLED_MB:,} MB of WAL files made ahead for reuse)",
+        )
+
+
+@contextlib.asynccontextmanager
 async def pipeline(
     partitions: int | None = None,
     worker: bool = True,
@@ -123,17 +132,12 @@ async def pipeline(
     `tokenquota dev` has them (`default_partitions`). An embedded PostgreSQL gets its WAL
     files made ahead for reuse (`recycle_wal`) unless `fresh_wal`."""
     partitions = default_partitions() if partitions is None else partitions
-    with (
-        tempfile.TemporaryDirectory(prefix="tq-bench-") as folder,
-        kafka_servers() as (servers, broker),
-        database_url(Path(folder)) as (dsn, postgres),
-    ):
-        if not os.environ.get("DATABASE_URL"):
-            if fresh_wal:
-                postgres += " (a new cluster: WAL files made as reached)"
-            else:
-                await recycle_wal(dsn)
-                postgres += f" ({WAL_RECYCLED_MB:,} MB of WAL files made ahead for reuse)"
+    async with contextlib.AsyncExitStack() as stack:
+        folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="tq-bench-"))
+        servers, broker = stack.enter_context(kafka_servers())
+        dsn, postgres = await stack.enter_async_context(
+            database_url(Path(folder), fresh_wal=fresh_wal)
+        )
         name = f"bench_{uuid.uuid4().hex[:8]}"
         # The environment's settings (WORKER_FETCH_MAX_WAIT, EMITTER_LINGER_MS, ...) apply
         # here as in the worker, which inherits the environment: the conditions a
