@@ -11,7 +11,16 @@ as fast the same rate is twice the load, and lag near capacity grows without bou
    once more at the same rate: one stall, an autovacuum or a checkpoint, would otherwise
    end the ramp at a fraction of the capacity; a run measured 2,375 events/s so); the
    backlog is drained, and two more steps halve the interval between the last rate that
-   kept up and the first that did not. The capacity is the highest rate that kept up.
+   kept up and the first that did not. That rate is only where the holds start: an
+   8-second step keeps up by letting the worker's batches grow, and leaves the
+   checkpoint and autovacuum its events bring for later (a run measured 12,666 events/s
+   so, and half of it then kept the worker's transactions at 135 ms). So the rate is
+   then held for `--hold-seconds`, drained, and held again 15 % lower, until a hold
+   keeps up and the age of its oldest uncommitted event does not grow over it (the
+   median of the hold's last third at most GROWTH_MS over its first third's, sampled
+   every 50 ms: `benchmarks.sustained`), at most HOLD_TRIES times. **The capacity is
+   the first rate held so**: the sustainable rate, in the state (log length, table
+   sizes) the steady rates then meet.
    (Offering the same events in bigger calls measured about twice as much here: fewer,
    larger producer batches are cheaper for the broker and the worker, and that is not
    the load being measured.)
@@ -28,13 +37,13 @@ each stage: waiting in the emitter (occurred_at to the record's timestamp, stamp
 its batch is built) and the worker's stages (its /metrics, see
 `tokenquota.processors.metrics.STAGES`); their sum against the mean lag.
 
-With --capacity N, the ramp is skipped and N is taken as the capacity: two settings (a
-fetch wait, a linger) are then compared at the same rates, which a measured capacity
-(noisy from one run to the next on a shared machine) does not give. The targets are for
-a measured capacity.
+With --capacity N, the ramp and the holds are skipped and N is taken as the capacity:
+two settings (a fetch wait, a linger) are then compared at the same rates, which a
+measured capacity (noisy from one run to the next on a shared machine) does not give.
+The targets are for a measured capacity.
 
 Run: .venv/bin/python -m benchmarks.lag [--seconds S] [--start R] [--step-seconds S]
-     [--sessions N] [--partitions P] [--capacity N] [--fresh-wal]
+     [--hold-seconds S] [--sessions N] [--partitions P] [--capacity N] [--fresh-wal]
 Starts an embedded broker, PostgreSQL and a worker unless KAFKA_BOOTSTRAP_SERVERS /
 DATABASE_URL are set (a worker is started in any case).
 """
@@ -53,6 +62,7 @@ from rich.table import Table
 from benchmarks.cpu import CpuMeter, children_running
 from benchmarks.report import machine, percentile_ms
 from benchmarks.servers import default_partitions, pipeline
+from benchmarks.sustained import EmitMarks, backlog_ages, growth_ms
 from benchmarks.timeline import POLL, Read, Timeline, poll_checkpoints, read_events
 from benchmarks.worker_stages import StageTotals, scrape_stages
 from benchmarks.workload import MIX, applied, budgets, usage, wait_applied
@@ -71,6 +81,9 @@ FRACTIONS = (0.25, 0.5, 0.75)
 TARGETS_P99_MS = {0.5: 150.0, 0.75: 400.0}
 #: Lag "grows over the phase" when its last third's p50 exceeds its first third's by more.
 GROWTH_MS = 50.0
+#: Holds of the capacity search: at most this many, each this much below the last.
+HOLD_TRIES = 5
+HOLD_STEP_DOWN = 0.85
 
 
 @dataclass
@@ -87,13 +100,31 @@ class Phase:
     stages: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Hold:
+    """One hold of the capacity search: its rate, whether it kept up at its end, and the
+    growth of its backlog's age (ms)."""
+
+    rate: float
+    kept_up: bool
+    growth: float
+
+    @property
+    def sustained(self) -> bool:
+        """Kept up, and the backlog's age did not grow."""
+        return self.kept_up and self.growth <= GROWTH_MS
+
+
 class _Load:
     """The mix, emitted in ticks; every event a new index of it."""
 
-    def __init__(self, emitter: Emitter, sessions: int) -> None:
+    def __init__(self, emitter: Emitter, sessions: int, base: int) -> None:
         self.emitter, self.sessions = emitter, sessions
+        #: Events committed before the load's first (the warm-up's).
+        self.base = base
         self.next = 0
         self.late = 0.0
+        self.marks = EmitMarks()
 
     async def steady(self, rate: float, seconds: float) -> int:
         """Emit at `rate` events/s for `seconds`; return the events emitted."""
@@ -109,6 +140,7 @@ class _Load:
             self.late = max(self.late, loop.time() - due)
             count = int((tick + 1) * per_tick) - int(tick * per_tick)
             chunk = list(usage(count, self.sessions, self.next))
+            self.marks.add(self.next, self.next + count, time.time())
             self.next += count
             task = asyncio.create_task(self.emitter.emit_many(chunk))
             sends.add(task)
@@ -169,6 +201,44 @@ async def _capacity(
     return good, total
 
 
+async def _hold(
+    load: _Load, timeline: Timeline, rate: float, seconds: float, committed_before: int
+) -> tuple[Hold, int]:
+    """Emit at `rate` for `seconds` after `committed_before` events in all: the hold, and
+    the events emitted."""
+    started = time.time()
+    emitted = await load.steady(rate, seconds)
+    ended = time.time()
+    await asyncio.sleep(2 * POLL)
+    backlog = committed_before + emitted - timeline.committed_by(time.time())
+    ages = backlog_ages(load.marks, timeline.committed_by, load.base, started, ended)
+    return Hold(rate, backlog <= rate * 0.5, growth_ms(ages)), emitted
+
+
+async def _sustained(
+    args: argparse.Namespace,
+    conn: asyncpg.Connection,
+    settings: Settings,
+    load: _Load,
+    timeline: Timeline,
+    total: int,
+    peak: float,
+) -> tuple[list[Hold], int]:
+    """The holds from `peak` down until one is sustained (the last), and the events
+    applied so far (all of them)."""
+    holds: list[Hold] = []
+    rate = peak
+    for _ in range(HOLD_TRIES):
+        hold, emitted = await _hold(load, timeline, rate, args.hold_seconds, total)
+        total += emitted
+        await _drain(conn, settings, total)
+        holds.append(hold)
+        if hold.sustained:
+            break
+        rate *= HOLD_STEP_DOWN
+    return holds, total
+
+
 async def run(args: argparse.Namespace) -> None:
     timeline = Timeline()
     phases: list[Phase] = []
@@ -185,6 +255,8 @@ async def run(args: argparse.Namespace) -> None:
         stop = asyncio.Event()
         meter = CpuMeter({child.pid: "worker" for child in children_running("worker")})
         poller: asyncio.Task[None] | None = None
+        peak: float | None = None
+        holds: list[Hold] = []
         try:
             async with Emitter(kafka, settings.emitter, settings.data_dir / "spool") as emitter:
                 warm = budgets(args.sessions)
@@ -192,15 +264,19 @@ async def run(args: argparse.Namespace) -> None:
                 await wait_applied(conn, schema, topic, len(warm), 120, "worker warm-up")
                 total = await applied(conn, schema, topic)
                 poller = asyncio.create_task(poll_checkpoints(settings, timeline, stop))
-                load = _Load(emitter, args.sessions)
+                load = _Load(emitter, args.sessions, total)
                 if args.capacity is not None:
                     capacity = float(args.capacity)
                 else:
-                    ramp = Phase("capacity ramp (steps of 25 %, then two halvings)", None)
+                    ramp = Phase("capacity (ramp, then holds)", None)
                     phases.append(ramp)
                     before = meter.snapshot()
                     ramp.started = time.time()
-                    capacity, total = await _capacity(args, conn, settings, load, timeline, total)
+                    peak, total = await _capacity(args, conn, settings, load, timeline, total)
+                    holds, total = await _sustained(
+                        args, conn, settings, load, timeline, total, peak
+                    )
+                    capacity = holds[-1].rate
                     ramp.ended = time.time()
                     ramp.emitted = load.next
                     ramp.cpu = meter.used(before, meter.snapshot())
@@ -224,6 +300,8 @@ async def run(args: argparse.Namespace) -> None:
                 await poller
         events = await read_events(kafka.bootstrap_servers, topic, args.partitions)
     _print(args, settings, servers, phases, timeline, events, capacity, load.late)
+    if peak is not None:
+        _print_holds(args, peak, holds)
 
 
 def _print(
@@ -286,8 +364,10 @@ def _print(
         f"capacity: {capacity:,.0f} events/s, given (--capacity), not measured: the targets "
         "are for a measured capacity"
         if args.capacity is not None
-        else f"capacity: {capacity:,.0f} events/s, the highest steady rate that left at most "
-        f"half a second of events uncommitted after {args.step_seconds:.0f} s"
+        else f"capacity: {capacity:,.0f} events/s, the first rate held for "
+        f"{args.hold_seconds:.0f} s that left at most half a second of events uncommitted "
+        f"and whose oldest uncommitted event's age grew by at most {GROWTH_MS:.0f} ms "
+        "(the holds below)"
     )
     for verdict in verdicts:
         console.print(f"target: {verdict}")
@@ -296,7 +376,8 @@ def _print(
         "no capacity ramp"
         if args.capacity is not None
         else f"capacity ramp from {args.start:,} events/s in steps of {args.step_seconds:.0f} s "
-        "(a step that fell behind tried twice)"
+        f"(a step that fell behind tried twice), then holds of {args.hold_seconds:.0f} s from "
+        f"its result down in steps of {1 - HOLD_STEP_DOWN:.0%}"
     )
     console.print(
         f"conditions: {ramp}; "
@@ -308,6 +389,26 @@ def _print(
         f"steady emitting loop ran at most {late * 1000:.0f} ms late; CPU s: user + system "
         f"per process over the phase and its drain; {servers}; {machine()}"
     )
+
+
+def _print_holds(args: argparse.Namespace, peak: float, holds: list[Hold]) -> None:
+    table = Table(
+        title=f"capacity: holds of {args.hold_seconds:.0f} s from the ramp's {peak:,.0f}/s"
+    )
+    for column in ("rate/s", "of the ramp's", "kept up", "age growth (ms)", "sustained"):
+        table.add_column(column, justify="right")
+    for hold in holds:
+        table.add_row(
+            f"{hold.rate:,.0f}", f"{hold.rate / peak:.0%}", "yes" if hold.kept_up else "no",
+            f"{hold.growth:+.1f}", "yes" if hold.sustained else "no",
+        )  # fmt: skip
+    console = Console(width=200)
+    console.print(table)
+    if not holds[-1].sustained:
+        console.print(
+            f"no hold was sustained in {HOLD_TRIES} tries: the capacity taken is the last "
+            "rate tried, which the pipeline did not sustain either"
+        )
 
 
 def _breakdown(phases: list[Phase], timeline: Timeline, events: list[Read]) -> Table:
@@ -350,6 +451,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30, help="each steady rate")
     parser.add_argument("--start", type=int, default=2_000, help="the ramp's first rate")
     parser.add_argument("--step-seconds", type=float, default=8, help="each step of the ramp")
+    parser.add_argument(
+        "--hold-seconds", type=float, default=30, help="each hold of the capacity search"
+    )
     parser.add_argument("--sessions", type=int, default=1_000)
     parser.add_argument(
         "--partitions", type=int, default=default_partitions(), help="default: as `tokenquota dev`"
