@@ -99,7 +99,10 @@ async def copy_consume(
     await consumer.start()
     try:
         partitions = consumer.partitions_for_topic(topic) or set()
-        consumer.assign([TopicPartition(topic, p) for p in sorted(partitions)])
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        for tp in tps:  # (not "earliest": the embedded broker's can be past offset 0)
+            consumer.seek(tp, 0)
         if ready:
             print("ready", flush=True)
         done = 0

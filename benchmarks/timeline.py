@@ -100,6 +100,8 @@ async def read_events(servers: str, topic: str, partitions: int) -> list[Read]:
     try:
         tps = [TopicPartition(topic, p) for p in range(partitions)]
         consumer.assign(tps)
+        for tp in tps:  # (not "earliest": the embedded broker's can be past offset 0)
+            consumer.seek(tp, 0)
         events: list[Read] = []
         read = dict.fromkeys(range(partitions), 0)
         ends: dict[int, int] = {}
