@@ -10,6 +10,7 @@ from decimal import Decimal
 from typing import Any
 
 import asyncpg
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from tokenquota.config import DatabaseSettings, Settings
 from tokenquota.embedded import WorkerProcess, process_env
@@ -32,6 +33,7 @@ __all__ = [
     "BROKEN_CONNECTION",
     "T0",
     "budget",
+    "consumer_from_start",
     "fetch_value",
     "live_workload",
     "log_records",
@@ -243,6 +245,23 @@ async def wait_until(
         if loop.time() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         await asyncio.sleep(0.05)
+
+
+async def consumer_from_start(
+    servers: str | None, topics: Sequence[tuple[str, int]]
+) -> AIOKafkaConsumer:
+    """A started consumer of every partition of `topics` ((name, partitions) each), each
+    at offset 0: not at the broker's "earliest", which on the embedded broker can name a
+    batch past offset 0 (when two producers' first batches were stored out of order)."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=servers, enable_auto_commit=False, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    partitions = [TopicPartition(name, p) for name, count in topics for p in range(count)]
+    consumer.assign(partitions)
+    for tp in partitions:
+        consumer.seek(tp, 0)
+    return consumer
 
 
 async def fetch_value(database: DatabaseSettings, sql: str, *args: Any) -> Any:

@@ -7,8 +7,9 @@ from datetime import UTC, datetime, timedelta
 from uuid import uuid4
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 
+from tests.support import consumer_from_start
 from tokenquota.config import DatabaseSettings, KafkaSettings
 from tokenquota.projections import connect
 from tokenquota.schemas import Event, Source, TokenReserved, TokenUsed, decode, encode
@@ -66,13 +67,10 @@ async def test_events_round_trip_through_the_real_broker_in_per_session_order(
     finally:
         await producer.stop()
 
-    consumer = AIOKafkaConsumer(
-        kafka_settings.usage_topic,
-        bootstrap_servers=kafka_settings.bootstrap_servers,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
+    consumer = await consumer_from_start(
+        kafka_settings.bootstrap_servers,
+        [(kafka_settings.usage_topic, kafka_settings.partitions)],
     )
-    await consumer.start()
     received: list[tuple[int, Event]] = []
 
     async def read_all() -> None:

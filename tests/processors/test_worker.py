@@ -13,7 +13,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
 from tests.conftest import WorkerStarter
-from tests.support import T0, fetch_value, used, wait_until
+from tests.support import T0, consumer_from_start, fetch_value, used, wait_until
 from tokenquota.config import Settings
 from tokenquota.processors import parse_dead_letter_headers
 from tokenquota.producers import Emitter
@@ -53,10 +53,9 @@ async def consumed(settings: Settings) -> int:
 async def dead_letters(settings: Settings, count: int) -> list[ConsumerRecord[bytes, bytes]]:
     """The first `count` messages of the DLQ topic."""
     kafka = settings.kafka
-    consumer = AIOKafkaConsumer(
-        kafka.dlq_topic, bootstrap_servers=kafka.bootstrap_servers, auto_offset_reset="earliest"
+    consumer = await consumer_from_start(
+        kafka.bootstrap_servers, [(kafka.dlq_topic, kafka.dlq_partitions)]
     )
-    await consumer.start()
     try:
         letters: list[ConsumerRecord[bytes, bytes]] = []
         while len(letters) < count:

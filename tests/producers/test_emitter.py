@@ -6,9 +6,8 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaConsumer
 
-from tests.support import T0, fetch_value, settings_env, used, wait_until
+from tests.support import T0, consumer_from_start, fetch_value, settings_env, used, wait_until
 from tokenquota.config import DatabaseSettings, EmitterSettings, KafkaSettings, Settings
 from tokenquota.embedded import EmbeddedBroker, WorkerProcess
 from tokenquota.errors import IntegrationError
@@ -20,10 +19,9 @@ pytestmark = pytest.mark.integration
 
 
 async def read_topic(kafka: KafkaSettings, count: int) -> list[bytes]:
-    consumer = AIOKafkaConsumer(
-        kafka.usage_topic, bootstrap_servers=kafka.bootstrap_servers, auto_offset_reset="earliest"
+    consumer = await consumer_from_start(
+        kafka.bootstrap_servers, [(kafka.usage_topic, kafka.partitions)]
     )
-    await consumer.start()
     try:
         values: list[bytes] = []
         while len(values) < count:

@@ -11,14 +11,13 @@ from typing import Any
 import anthropic
 import openai
 import pytest
-from aiokafka import AIOKafkaConsumer
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters
 from mcp.server.mcpserver import Context, MCPServer
 from pydantic import SecretStr
 
 from tests.producers.integrations.mcp_support import session_meta, text_of
-from tests.support import fetch_value, set_budget, settings_env, wait_until
+from tests.support import consumer_from_start, fetch_value, set_budget, settings_env, wait_until
 from tokenquota.config import ReservationSettings, Settings
 from tokenquota.llm_stub import running_fake_llm
 from tokenquota.privacy import stored_session_id
@@ -85,14 +84,10 @@ async def every_table_text(settings: Settings) -> str:
 async def every_topic_message(settings: Settings) -> bytes:
     """Every message of the usage and dead-letter topics: keys, values and headers."""
     kafka = settings.kafka
-    consumer = AIOKafkaConsumer(
-        kafka.usage_topic,
-        kafka.dlq_topic,
-        bootstrap_servers=kafka.bootstrap_servers,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
+    consumer = await consumer_from_start(
+        kafka.bootstrap_servers,
+        [(kafka.usage_topic, kafka.partitions), (kafka.dlq_topic, kafka.dlq_partitions)],
     )
-    await consumer.start()
     try:
         chunks: list[bytes] = []
         while batch := await consumer.getmany(timeout_ms=2_000):
