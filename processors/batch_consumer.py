@@ -25,7 +25,13 @@ from mode import Service
 
 from .fetch_pacing import next_fetch_wait
 
-__all__ = ["BatchApp", "BatchConsumer", "Fetch", "seek_to_committed_or_start"]
+__all__ = [
+    "STOP_COMMIT_TIMEOUT",
+    "BatchApp",
+    "BatchConsumer",
+    "Fetch",
+    "seek_to_committed_or_start",
+]
 
 #: Fetches waiting for the worker; beyond this the fetcher waits (back-pressure).
 _QUEUED_FETCHES = 4
@@ -33,6 +39,9 @@ _QUEUED_FETCHES = 4
 #: handed over anyway (for the projections' check to refuse); the pause between two.
 _HOLE_TRIES = 100
 _HOLE_PAUSE = 0.01
+#: How long a stopping worker waits for its batches' acknowledgements and the last commit
+#: of its offsets (seconds) before it goes on stopping without them.
+STOP_COMMIT_TIMEOUT = 5.0
 
 
 class Fetch(list[Message]):
@@ -77,6 +86,19 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         fetcher = getattr(consumer, "_fetcher", None) if consumer is not None else None
         if fetcher is not None:
             fetcher._fetch_max_wait_ms = wait_ms
+
+    async def on_thread_stop(self) -> None:
+        """faust's, except for the cancellation aiokafka's consumer re-raises as it stops
+        with a fetch backing off (the broker unreachable): its fetcher cancels the fetch
+        and awaits it. Raised here, it ended the consumer thread before its shutdown was
+        signalled, and the stopping worker waited for that for good."""
+        try:
+            await super().on_thread_stop()
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # this thread's own stop was cancelled
+            self.log.info("consumer stopped with a fetch still backing off (broker unreachable)")
 
     async def seek_in_thread(self, tp: TP, offset: int) -> None:
         """Seek `tp` to `offset` in the consumer's own thread (faust's `seek` calls the
@@ -126,6 +148,10 @@ class BatchConsumer(faust_aiokafka.Consumer):
         self._holes: dict[TP, tuple[int, int]] = {}
         #: The fetch wait in force, in ms (see fetch_pacing); None: the configured one.
         self._fetch_wait_ms: int | None = None
+        #: When a stopping worker stops waiting for its last commit (loop time; None: not
+        #: stopping yet), and whether it did.
+        self._stop_deadline: float | None = None
+        self._stop_abandoned = False
 
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -371,6 +397,41 @@ class BatchConsumer(faust_aiokafka.Consumer):
             self._dropped = True  # the recovery's seek may have come after this one
             return
         self._read_offset[tp] = offset
+
+    async def wait_empty(self) -> None:
+        """faust's wait for the batches in flight and the commit after them; while the
+        worker stops, at most STOP_COMMIT_TIMEOUT seconds in all (faust calls it twice
+        then). A rebalance waits as faust does.
+
+        With the broker unreachable, aiokafka's commit waits for a group coordinator for
+        as long as it takes, and a stopping worker never exited (SIGTERM after the
+        broker was killed: still running a minute later). Stopping without that commit
+        loses nothing: the next worker reads again from the last offsets committed, and
+        the projections count what they already applied once (the ledger's event ids).
+        """
+        if not (self.app.should_stop or self.should_stop):
+            await super().wait_empty()  # partitions revoked: hand them over complete
+            return
+        loop = asyncio.get_running_loop()
+        if self._stop_deadline is None:
+            self._stop_deadline = loop.time() + STOP_COMMIT_TIMEOUT
+        left = self._stop_deadline - loop.time()
+        waiting = asyncio.ensure_future(super().wait_empty()) if left > 0 else None
+        if waiting is not None:
+            # (asyncio.wait, not wait_for: faust's commit swallows the cancellation)
+            await asyncio.wait({waiting}, timeout=left)
+            if waiting.done():
+                waiting.result()
+                return
+            waiting.cancel()
+        if not self._stop_abandoned:
+            self._stop_abandoned = True
+            self.log.warning(
+                "stopping without committing the offsets: no commit within %.0f s (is the "
+                "broker reachable?); the next worker reads again from the last committed "
+                "offsets, and what was applied already counts once",
+                STOP_COMMIT_TIMEOUT,
+            )
 
     def _thread_cancelled(self, what: str) -> None:
         """A call the consumer thread cancelled (not this task): noted, and forgotten so
