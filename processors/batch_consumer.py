@@ -42,6 +42,9 @@ _HOLE_PAUSE = 0.01
 #: How long a stopping worker waits for its batches' acknowledgements and the last commit
 #: of its offsets (seconds) before it goes on stopping without them.
 STOP_COMMIT_TIMEOUT = 5.0
+#: The least faust's second wait of a stop gets (it commits what was acknowledged since
+#: the first), even when the first used up STOP_COMMIT_TIMEOUT.
+_STOP_COMMIT_LAST = 1.0
 
 
 class Fetch(list[Message]):
@@ -401,7 +404,8 @@ class BatchConsumer(faust_aiokafka.Consumer):
     async def wait_empty(self) -> None:
         """faust's wait for the batches in flight and the commit after them; while the
         worker stops, at most STOP_COMMIT_TIMEOUT seconds in all (faust calls it twice
-        then). A rebalance waits as faust does.
+        then; the second gets at least _STOP_COMMIT_LAST). A rebalance waits as faust
+        does.
 
         With the broker unreachable, aiokafka's commit waits for a group coordinator for
         as long as it takes, and a stopping worker never exited (SIGTERM after the
@@ -415,20 +419,20 @@ class BatchConsumer(faust_aiokafka.Consumer):
         loop = asyncio.get_running_loop()
         if self._stop_deadline is None:
             self._stop_deadline = loop.time() + STOP_COMMIT_TIMEOUT
-        left = self._stop_deadline - loop.time()
-        waiting = asyncio.ensure_future(super().wait_empty()) if left > 0 else None
-        if waiting is not None:
-            # (asyncio.wait, not wait_for: faust's commit swallows the cancellation)
-            await asyncio.wait({waiting}, timeout=left)
-            if waiting.done():
-                waiting.result()
-                return
-            waiting.cancel()
+        left = max(self._stop_deadline - loop.time(), _STOP_COMMIT_LAST)
+        waiting = asyncio.ensure_future(super().wait_empty())
+        # (asyncio.wait, not wait_for: faust's commit swallows a cancellation and goes on)
+        await asyncio.wait({waiting}, timeout=left)
+        if waiting.done():
+            waiting.result()
+            return
+        waiting.cancel()  # (should faust swallow this too, the task ends with the loop)
         if not self._stop_abandoned:
             self._stop_abandoned = True
             self.log.warning(
-                "stopping without committing the offsets: no commit within %.0f s (is the "
-                "broker reachable?); the next worker reads again from the last committed "
+                "stopping without committing the offsets: the batches in flight and the "
+                "commit after them did not end within %.0f s (is the broker or the database "
+                "unreachable?); the next worker reads again from the last committed "
                 "offsets, and what was applied already counts once",
                 STOP_COMMIT_TIMEOUT,
             )
