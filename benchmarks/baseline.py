@@ -20,6 +20,7 @@ from typing import Any
 import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from tokenquota.kafka_probe import seek_to_start
 from tokenquota.projections import apply_migrations, connect
 from tokenquota.projections.state import log_time
 
@@ -101,8 +102,7 @@ async def copy_consume(
         partitions = consumer.partitions_for_topic(topic) or set()
         tps = [TopicPartition(topic, p) for p in sorted(partitions)]
         consumer.assign(tps)
-        for tp in tps:  # (not "earliest": the embedded broker's can be past offset 0)
-            consumer.seek(tp, 0)
+        seek_to_start(consumer, tps)
         if ready:
             print("ready", flush=True)
         done = 0

@@ -13,7 +13,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from benchmarks.fault_oracle import LedgerRow, Recorded, RunOutput
 from tokenquota.config import Settings
-from tokenquota.kafka_probe import partition_highwaters
+from tokenquota.kafka_probe import partition_highwaters, seek_to_start
 from tokenquota.projections import PROJECTION_TABLES, connect
 
 __all__ = ["RunReader", "read_records"]
@@ -90,8 +90,7 @@ class RunReader:
             if not tps:
                 return values
             consumer.assign(tps)
-            for tp in tps:  # not seek_to_beginning: the embedded broker's earliest can be
-                consumer.seek(tp, 0)  # past offset 0 (see seek_to_committed_or_start)
+            seek_to_start(consumer, tps)
             left = {tp: ends[tp.partition] for tp in tps}
             deadline = time.monotonic() + 60
             while left and time.monotonic() < deadline:

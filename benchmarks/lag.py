@@ -158,13 +158,15 @@ async def _drain(conn: asyncpg.Connection, settings: Settings, total: int) -> No
 
 async def _keeps_up(
     load: _Load, timeline: Timeline, rate: float, seconds: float, committed_before: int
-) -> tuple[bool, int]:
+) -> tuple[bool, int, float]:
     """Emit at `rate` for `seconds` after `committed_before` events in all: whether at
-    its end at most half a second of events is left uncommitted, and the events emitted."""
+    its end at most half a second of events is left uncommitted, the events emitted, and
+    when the emitting ended."""
     emitted = await load.steady(rate, seconds)
+    ended = time.time()
     await asyncio.sleep(2 * POLL)
     backlog = committed_before + emitted - timeline.committed_by(time.time())
-    return backlog <= rate * 0.5, emitted
+    return backlog <= rate * 0.5, emitted, ended
 
 
 async def _capacity(
@@ -180,7 +182,7 @@ async def _capacity(
     rate = float(args.start)
     retried = False
     while bad is None:
-        kept, emitted = await _keeps_up(load, timeline, rate, args.step_seconds, total)
+        kept, emitted, _ = await _keeps_up(load, timeline, rate, args.step_seconds, total)
         total += emitted
         if not kept:
             await _drain(conn, settings, total)
@@ -191,7 +193,7 @@ async def _capacity(
             good, rate, retried = rate, rate * 1.25, False
     for _ in range(2):
         rate = (good + bad) / 2 if good else bad / 2
-        kept, emitted = await _keeps_up(load, timeline, rate, args.step_seconds, total)
+        kept, emitted, _ = await _keeps_up(load, timeline, rate, args.step_seconds, total)
         total += emitted
         await _drain(conn, settings, total)
         if kept:
@@ -207,12 +209,9 @@ async def _hold(
     """Emit at `rate` for `seconds` after `committed_before` events in all: the hold, and
     the events emitted."""
     started = time.time()
-    emitted = await load.steady(rate, seconds)
-    ended = time.time()
-    await asyncio.sleep(2 * POLL)
-    backlog = committed_before + emitted - timeline.committed_by(time.time())
+    kept, emitted, ended = await _keeps_up(load, timeline, rate, seconds, committed_before)
     ages = backlog_ages(load.marks, timeline.committed_by, load.base, started, ended)
-    return Hold(rate, backlog <= rate * 0.5, growth_ms(ages)), emitted
+    return Hold(rate, kept, growth_ms(ages)), emitted
 
 
 async def _sustained(

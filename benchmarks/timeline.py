@@ -17,7 +17,7 @@ from datetime import datetime
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from tokenquota.config import Settings
-from tokenquota.kafka_probe import partition_highwaters
+from tokenquota.kafka_probe import partition_highwaters, seek_to_start
 from tokenquota.projections import connect, quote_schema
 
 __all__ = ["POLL", "Read", "Timeline", "poll_checkpoints", "read_events", "wait_committed"]
@@ -100,8 +100,7 @@ async def read_events(servers: str, topic: str, partitions: int) -> list[Read]:
     try:
         tps = [TopicPartition(topic, p) for p in range(partitions)]
         consumer.assign(tps)
-        for tp in tps:  # (not "earliest": the embedded broker's can be past offset 0)
-            consumer.seek(tp, 0)
+        seek_to_start(consumer, tps)
         events: list[Read] = []
         read = dict.fromkeys(range(partitions), 0)
         ends: dict[int, int] = {}

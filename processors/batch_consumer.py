@@ -23,6 +23,8 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, Message, ServiceT, TransportT
 from mode import Service
 
+from tokenquota.kafka_probe import seek_to_start
+
 from .fetch_pacing import next_fetch_wait
 
 __all__ = [
@@ -119,18 +121,14 @@ async def seek_to_committed_or_start(
     with no committed offset, or one of 0: after a fetch was dropped, that is past the
     records it held, and they would be skipped.
 
-    Offset 0 rather than `seek_to_beginning`: the embedded Tansu broker answers
-    ListOffsets(earliest) with the batch it stored first in time, which is not offset 0
-    when two producers' first batches were stored out of order, and the worker skipped
-    the offsets before it for good (a worker's first start, seen in CI). Where retention
-    shortened the log, a fetch from 0 is answered out of range and auto_offset_reset
-    ("earliest") moves to the log's start; the worker, expecting 0, fetches again from
+    Offset 0 rather than `seek_to_beginning` (see `seek_to_start`): the worker's first
+    start skipped the offsets before the embedded broker's "earliest" for good (seen in
+    CI). Where retention shortened the log, the worker, expecting 0, fetches again from
     the hole and hands over what follows after `_HOLE_TRIES` tries (see `_hole_found`).
     """
     committed: dict[TP, int | None] = await consumer.seek_to_committed()
     uncommitted = [tp for tp, offset in committed.items() if not offset]
-    for tp in uncommitted:
-        consumer.seek(tp, 0)
+    seek_to_start(consumer, uncommitted)
     return committed, dict.fromkeys(uncommitted, 0)
 
 

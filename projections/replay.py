@@ -20,6 +20,7 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from tokenquota.gc_settings import bulk_gc
+from tokenquota.kafka_probe import seek_to_start
 from tokenquota.schemas import EventDecodeError, decode
 
 from .database import connect, quote_schema
@@ -114,7 +115,7 @@ async def _replay(
             if not force:
                 _check_log_covers(applied, report.end_offsets)
                 await _check_log_is_the_ledgers(conn, consumer, schema, topic, ends)
-            _seek_to_start(consumer, tps)
+            seek_to_start(consumer, tps)
             total = sum(ends.values())
             await _read(
                 consumer,
@@ -139,20 +140,12 @@ async def _replay(
         await conn.close()
 
 
-def _seek_to_start(consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> None:
-    """Seek to offset 0, not by ListOffsets(earliest): the embedded broker answers that with
-    the batch it stored first in time, not always offset 0. Where retention shortened the
-    log, the fetch from 0 is out of range and auto_offset_reset moves to its start."""
-    for tp in tps:
-        consumer.seek(tp, 0)
-
-
 async def _end_offsets(
     consumer: AIOKafkaConsumer, tps: list[TopicPartition]
 ) -> dict[TopicPartition, int]:
     # Some Kafka-protocol brokers answer ListOffsets wrongly; the fetch highwater is right.
     # Reading the first batch learns it (those records are read again afterwards).
-    _seek_to_start(consumer, tps)
+    seek_to_start(consumer, tps)
     ends: dict[TopicPartition, int] = {}
     for _ in range(50):
         await consumer.getmany(*[tp for tp in tps if tp not in ends], timeout_ms=200)

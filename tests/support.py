@@ -14,6 +14,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from tokenquota.config import DatabaseSettings, Settings
 from tokenquota.embedded import WorkerProcess, process_env
+from tokenquota.kafka_probe import seek_to_start
 from tokenquota.producers.reservations import TokenQuota
 from tokenquota.projections import PROJECTION_TABLES, LogRecord, connect
 from tokenquota.schemas import (
@@ -251,16 +252,14 @@ async def consumer_from_start(
     servers: str | None, topics: Sequence[tuple[str, int]]
 ) -> AIOKafkaConsumer:
     """A started consumer of every partition of `topics` ((name, partitions) each), each
-    at offset 0: not at the broker's "earliest", which on the embedded broker can name a
-    batch past offset 0 (when two producers' first batches were stored out of order)."""
+    at offset 0 (`seek_to_start`)."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=servers, enable_auto_commit=False, auto_offset_reset="earliest"
     )
     await consumer.start()
     partitions = [TopicPartition(name, p) for name, count in topics for p in range(count)]
     consumer.assign(partitions)
-    for tp in partitions:
-        consumer.seek(tp, 0)
+    seek_to_start(consumer, partitions)
     return consumer
 
 

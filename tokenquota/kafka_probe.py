@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +24,13 @@ from aiokafka.structs import ConsumerRecord
 from .config import KafkaSettings
 from .errors import IntegrationError
 
-__all__ = ["HighwaterProbe", "LogBounds", "partition_bounds", "partition_highwaters"]
+__all__ = [
+    "HighwaterProbe",
+    "LogBounds",
+    "partition_bounds",
+    "partition_highwaters",
+    "seek_to_start",
+]
 
 #: A fetch returns at least one batch whatever this says; small keeps the probe cheap.
 _PROBE_FETCH_BYTES = 1024
@@ -128,6 +134,19 @@ class HighwaterProbe:
         return consumer
 
 
+def seek_to_start(consumer: AIOKafkaConsumer, partitions: Iterable[TopicPartition]) -> None:
+    """Seek each of `partitions` (assigned to `consumer`) to offset 0.
+
+    Not `seek_to_beginning`: that asks ListOffsets(earliest), and the embedded Tansu
+    broker answers with the batch it stored first in time, which is not offset 0 when two
+    producers' first batches were stored out of order. Where retention shortened the log,
+    the fetch from 0 is answered out of range and a consumer whose auto_offset_reset is
+    "earliest" moves to the log's start.
+    """
+    for tp in partitions:
+        consumer.seek(tp, 0)
+
+
 async def partition_highwaters(
     kafka: KafkaSettings, topic: str, *, timeout: float = 5
 ) -> dict[int, int]:
@@ -166,10 +185,9 @@ async def _read_bounds(
     partitions = (await _partitions(consumer, (topic,), deadline))[topic]
     tps = [TopicPartition(topic, p) for p in sorted(partitions)]
     consumer.assign(tps)
-    for tp in tps:
-        # Out of range when retention deleted it: the consumer then resets to the log's
-        # start ("earliest"), as the worker's does from a committed offset that is gone.
-        consumer.seek(tp, 0)
+    # Out of range when retention deleted it: the consumer then resets to the log's start
+    # ("earliest"), as the worker's does from a committed offset that is gone.
+    seek_to_start(consumer, tps)
     found: dict[int, LogBounds] = {}
 
     async def settle(tp: TopicPartition, records: list[ConsumerRecord[Any, Any]]) -> bool:

@@ -15,7 +15,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from tests.support import reserved, used, wait_until
 from tokenquota.config import EmitterSettings, KafkaSettings
 from tokenquota.embedded import EmbeddedBroker
-from tokenquota.kafka_probe import partition_highwaters
+from tokenquota.kafka_probe import partition_highwaters, seek_to_start
 from tokenquota.producers import Emitter
 from tokenquota.producers.spool import Spool, SpooledMessage
 from tokenquota.schemas import Event, decode, encode
@@ -33,8 +33,7 @@ async def read_all(kafka: KafkaSettings) -> list[Event]:
     try:
         partitions = [TopicPartition(kafka.usage_topic, p) for p in range(kafka.partitions)]
         consumer.assign(partitions)
-        for tp in partitions:  # (not seek_to_beginning: the embedded broker's "earliest"
-            consumer.seek(tp, 0)  # can name a batch past offset 0)
+        seek_to_start(consumer, partitions)
         # (the fetch highwater: the embedded broker answers end_offsets() wrongly)
         highwaters = await partition_highwaters(kafka, kafka.usage_topic)
         ends = {tp: highwaters[tp.partition] for tp in partitions}
