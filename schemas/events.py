@@ -134,7 +134,7 @@ def check_timezone(value: str) -> str:
     """`value` if it names an IANA time zone; ValueError otherwise."""
     try:
         ZoneInfo(value)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # (OSError: a name too long for a file)
         raise ValueError(f"unknown IANA time zone {value!r} (try 'UTC')") from None
     return value
 

@@ -24,6 +24,7 @@ from tokenquota.schemas import (
     Source,
     TokenReserved,
     TokenUsed,
+    check_timezone,
     decode,
     encode,
     new_event_id,
@@ -347,6 +348,12 @@ def test_a_defaults_set_names_a_real_zone_and_ordered_limits() -> None:
         DefaultsSet(**common, daily_limit=1, monthly_limit=2, hard_limit=3, timezone="Mars/Olympus")
     with pytest.raises(ValidationError, match="daily_limit <= monthly_limit"):
         DefaultsSet(**common, daily_limit=5, monthly_limit=2, hard_limit=3, timezone="UTC")
+
+
+def test_a_zone_name_too_long_for_a_file_is_an_unknown_zone() -> None:
+    # Found by test_config_fuzz: ZoneInfo raised OSError (file name too long) for it.
+    with pytest.raises(ValueError, match="unknown IANA time zone '9999"):
+        check_timezone("9" * 5_000)
 
 
 # --- what a Python caller types -------------------------------------------------------
