@@ -59,7 +59,7 @@ from .state import (
 
 _ZERO = Decimal(0)
 
-__all__ = ["FoldConfig", "PoisonEventError", "fold", "new_node", "new_session"]
+__all__ = ["FoldConfig", "Folding", "PoisonEventError", "fold", "new_node", "new_session"]
 
 
 class PoisonEventError(Exception):
@@ -137,11 +137,20 @@ def fold(state: ProjectionState, records: Sequence[LogRecord], *, owned: bool = 
 
     Raises PoisonEventError for an event that can never be applied.
     """
-    return _Folder(state, owned).run(records)
+    folding = Folding(state, owned=owned)
+    folding.add(records)
+    return folding.done()
 
 
-class _Folder:
-    def __init__(self, state: ProjectionState, owned: bool = False) -> None:
+class Folding:
+    """`fold`, fed its records a slice at a time: `add(a)`, `add(b)`, then `done()` gives
+    what `fold(state, a + b)` does. A caller can let other work run between slices (the
+    worker sends a statement's rows meanwhile); nothing outside is touched until `done`.
+
+    Raises PoisonEventError (from `add`) for an event that can never be applied.
+    """
+
+    def __init__(self, state: ProjectionState, *, owned: bool = False) -> None:
         if not owned:
             state = ProjectionState(
                 sessions={k: copy.copy(v) for k, v in state.sessions.items()},
@@ -169,16 +178,18 @@ class _Folder:
         #: The system_usage_minutely row of the record being applied.
         self.minute = MinuteDelta()
         self.config = BUILTIN_DEFAULTS
-
-    def run(self, records: Iterable[LogRecord]) -> Folded:
-        # By exact type: isinstance on pydantic models goes through ABCMeta, and this
-        # loop runs for every event.
-        handlers: dict[type, Any] = {
+        # By exact type: isinstance on pydantic models goes through ABCMeta, and `add`
+        # looks a handler up for every event.
+        self._handlers: dict[type, Any] = {
             TokenUsed: self._used,
             TokenReserved: self._reserved,
             ApiCost: self._api_cost,
             BudgetSet: self._budget_set,
         }
+
+    def add(self, records: Iterable[LogRecord]) -> None:
+        """Fold `records`, the next in log order."""
+        handlers = self._handlers
         for record in records:
             event = record.event
             key = (record.topic, record.partition)
@@ -209,6 +220,9 @@ class _Folder:
                 self.chain = self._chain(account, clock, config, self.today)
                 self._expire_tree(account_root(account), clock)
             handlers[type(event)](session, event, moment)
+
+    def done(self) -> Folded:
+        """The state and rows of everything added."""
         rollups.spread_accounts(self.out)
         return self.out
 

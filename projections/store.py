@@ -22,11 +22,12 @@ from tokenquota.schemas import BudgetSet, DefaultsSet, Event, account_root, ance
 
 from .budget_rows import node_of, session_of
 from .continuity import LogGapError, batch_offsets, check_continues
-from .fold import PoisonEventError, fold
+from .fold import Folding, PoisonEventError, fold
 from .pg_arrays import array_literal
 from .state import (
     Decision,
     FoldConfig,
+    Folded,
     Limits,
     LogRecord,
     PartitionKey,
@@ -295,10 +296,18 @@ class _FoldedBatch:
 
 
 def _fold_writes(state: ProjectionState, records: list[LogRecord]) -> _FoldedBatch:
-    folded = fold(state, records, owned=True)  # loaded for this fold alone
+    return _batch_of(fold(state, records, owned=True), len(records))  # loaded for it alone
+
+
+def _batch_of(folded: Folded, applied: int) -> _FoldedBatch:
     partitions = folded.state.partitions
     clocks = {key: clock for key in folded.changed_partitions if (clock := partitions[key].clock)}
-    return _FoldedBatch(len(records), folded.decisions, fold_writes(folded), clocks)
+    return _FoldedBatch(applied, folded.decisions, fold_writes(folded), clocks)
+
+
+#: Events folded between two turns of the event loop while a statement runs (see
+#: `_fold_while`): a few milliseconds of fold.
+_FOLD_SLICE = 500
 
 
 async def _fold_while(
@@ -306,11 +315,21 @@ async def _fold_while(
 ) -> tuple[_T, _FoldedBatch | None]:
     """Fold `records` while PostgreSQL runs `statement`; return both results (no fold
     when it refused an event: whether that event is poison depends on whether it is new
-    to the ledger, which the statement tells)."""
+    to the ledger, which the statement tells).
+
+    The fold gives the event loop a turn every `_FOLD_SLICE` events: a COPY's rows are
+    sent as the loop lets it, and folded in one piece, a large batch's rows went out
+    only after its fold, with PostgreSQL idle meanwhile.
+    """
     running = asyncio.ensure_future(statement)
     try:
         await asyncio.sleep(0)  # the statement goes out before the fold takes the CPU
-        guess: _FoldedBatch | None = _fold_writes(state, records)
+        folding = Folding(state, owned=True)  # loaded for this fold alone
+        for start in range(0, len(records), _FOLD_SLICE):
+            folding.add(records[start : start + _FOLD_SLICE])
+            if not running.done():
+                await asyncio.sleep(0)
+        guess: _FoldedBatch | None = _batch_of(folding.done(), len(records))
     except PoisonEventError:
         guess = None
     except BaseException:

@@ -20,6 +20,7 @@ from tokenquota.projections import (
     LogRecord,
     fold,
 )
+from tokenquota.projections.fold import Folding
 from tokenquota.projections.state import Folded, UsageDelta
 from tokenquota.schemas import (
     ApiCost,
@@ -161,6 +162,27 @@ def test_skewed_producers_never_take_a_session_past_a_limit_on_the_log_clock(
         if record.event.occurred_at - clock > timedelta(minutes=5):
             expected.append(record.event.event_id)
     assert whole.clock_skewed == expected
+
+
+@settings(max_examples=100, deadline=None)
+@given(steps=_steps, skews=_skews, size=st.integers(1, 8))
+def test_a_fold_fed_in_slices_is_the_fold_of_the_whole(
+    steps: list[_Step], skews: list[timedelta], size: int
+) -> None:
+    # The worker feeds a batch to `Folding` a slice at a time (the loop runs between);
+    # what the fold keeps for the batch (the alert headroom, the chains) carries across.
+    records = _skewed_log(steps, skews)
+    whole = fold(BASE, records)
+    folding = Folding(BASE)
+    for start in range(0, len(records), size):
+        folding.add(records[start : start + size])
+    sliced = folding.done()
+    assert sliced.state == whole.state
+    assert sliced.decisions == whole.decisions
+    assert sliced.logs == whole.logs
+    assert sliced.alerts == whole.alerts
+    for name in _ROLLUPS:
+        assert getattr(sliced, name) == getattr(whole, name)
 
 
 _ROLLUPS = ("daily", "monthly", "hourly", "api_daily", "model_daily", "reservations_daily",
