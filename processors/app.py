@@ -71,6 +71,8 @@ class Projector:
         """Decode faust messages; invalid ones become dead letters with their reason."""
         records: list[LogRecord] = []
         bad: list[DeadLetter] = []
+        # Records produced together share their timestamp: make its datetime once.
+        last_ms, stamped = -1, log_time(0)
         for message in messages:
             if (message.topic, message.partition) not in self._seen:
                 self._seen.add((message.topic, message.partition))
@@ -98,16 +100,11 @@ class Projector:
                     )
                 )
                 continue
+            ms = round(message.timestamp * 1000)  # faust gives milliseconds as float seconds
+            if ms != last_ms:
+                last_ms, stamped = ms, log_time(ms)
             records.append(
-                LogRecord(
-                    event,
-                    value,
-                    message.topic,
-                    message.partition,
-                    message.offset,
-                    # faust gives the record's milliseconds as float seconds
-                    log_time(round(message.timestamp * 1000)),
-                )
+                LogRecord(event, value, message.topic, message.partition, message.offset, stamped)
             )
         return records, bad
 

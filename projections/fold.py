@@ -174,6 +174,9 @@ class Folding:
         #: alert level (so most usage skips the threshold check); dropped when its
         #: windows roll over or its limits change.
         self.quiet: dict[str, int] = {}
+        #: The same per session (the whole batch's: a session's windows roll over and its
+        #: limits change only in this fold, which drops the entry then).
+        self.session_quiet: dict[str, int] = {}
         self.calendar = rollups.Calendar()
         #: The system_usage_minutely row of the record being applied.
         self.minute = MinuteDelta()
@@ -270,6 +273,7 @@ class Folding:
             )
         today = self.today = local_day(clock, config.zone)
         if today > session.current_day:
+            self.session_quiet.pop(session_id, None)
             session.current_day = today
             session.tokens_used_today = 0
             session.usd_used_today = _ZERO
@@ -376,6 +380,7 @@ class Folding:
     def _budget_set(self, session: SessionBudget, event: BudgetSet, moment: Moment) -> None:
         # The integration_logs view shows the event itself; no notice of its own.
         previous, previous_usd = session.limits, session.usd
+        self.session_quiet.pop(session.session_id, None)
         session.limits = Limits(
             daily_limit=event.daily_limit,
             monthly_limit=event.monthly_limit,
@@ -517,7 +522,12 @@ class Folding:
             self._task(session.session_id, event.task_id, moment.at, used=total)
         if event.reservation_id is not None:
             self._settle(session, event, total, moment.at)
-        threshold_alerts(self.out, session, event, moment)
+        left = self.session_quiet.get(session.session_id)
+        if left is not None and total < left:
+            self.session_quiet[session.session_id] = left - total
+        else:
+            threshold_alerts(self.out, session, event, moment)
+            self.session_quiet[session.session_id] = tokens_to_alert(session)
         for node in self.chain:
             if node.limits is None:
                 continue

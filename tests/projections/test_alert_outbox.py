@@ -76,6 +76,34 @@ def test_each_threshold_crossed_is_one_outbox_row_with_a_derived_id() -> None:
     assert alert_id(crossing.event_id, "daily_warning_threshold") == folded.alerts[0].alert_id
 
 
+def test_many_small_usages_in_one_batch_alert_at_the_event_that_crosses_each_level() -> None:
+    # The fold skips the threshold check while a session is far from its next level
+    # (its headroom, kept per batch): the check must still catch the exact event, also
+    # after a budget that lowers the level and on the next day, as one event per batch does.
+    events: list[Event] = [used("s", 30, T0 + i * SECOND) for i in range(40)]
+    events.append(budget("s", T0 + 41 * SECOND, daily=3000, warning="0.5", critical="0.6"))
+    events += [used("s", 30, T0 + (42 + i) * SECOND) for i in range(20)]
+    events += [used("s", 100, T0 + timedelta(days=1) + i * SECOND) for i in range(20)]
+    whole = run(events)
+    state = BASE
+    alerts: list[AlertRow] = []
+    for offset, event in enumerate(events, start=1):
+        one = run([event], state, first_offset=offset)
+        state, alerts = one.state, alerts + one.alerts
+    assert whole.alerts == alerts
+    assert whole.state == state
+    index = {e.event_id: i for i, e in enumerate(events)}
+    assert [(index[a.event_id], a.action) for a in whole.alerts] == [
+        (26, "daily_warning_threshold"),  # 27 x 30 = 810 >= 800 of 1000
+        (31, "daily_critical_threshold"),  # 960 >= 950
+        # The budget of 3000 (1500 warns, 1800 is critical) lowers the level to none.
+        (50, "daily_warning_threshold"),  # 1200 + 10 x 30 = 1500
+        (60, "daily_critical_threshold"),  # 1800
+        (75, "daily_warning_threshold"),  # the next day: 15 x 100 = 1500
+        (78, "daily_critical_threshold"),  # 1800
+    ]
+
+
 def test_a_thousand_refusals_after_the_limit_alert_once_and_the_next_day_again() -> None:
     events: list[Event] = [used("s", 900)]
     events += [reserved("s", 200, T0 + i * SECOND) for i in range(1, 1001)]
