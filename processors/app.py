@@ -289,8 +289,7 @@ def create_app(settings: Settings) -> faust.App:
                     DEAD_LETTERS.labels("poison").inc()
 
                 await projector.apply(batch.records, batch.bad, poison)
-                for message in batch.messages:  # only now, after the transaction has committed
-                    consumer.ack(message)
+                consumer.ack_all(batch.messages)  # only now, after the transaction has committed
                 count = len(batch.messages)
                 stages = {
                     **batch.stages,

@@ -6,13 +6,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import defaultdict
 from collections.abc import Coroutine
 from types import SimpleNamespace
+from weakref import WeakSet
 
 import pytest
 from aiokafka.errors import IllegalStateError
-from faust.transport.consumer import Fetcher
-from faust.types import TP
+from faust.transport.consumer import Consumer, Fetcher
+from faust.types import TP, ConsumerMessage, Message
 
 from tokenquota.processors import batch_consumer
 from tokenquota.processors.batch_consumer import BatchConsumer
@@ -495,3 +497,57 @@ async def test_a_partition_without_a_committed_offset_starts_at_offset_0_not_the
     assert committed == {tps[0]: None, tps[1]: 3, tps[2]: 0}
     assert starts == {tps[0]: 0, tps[2]: 0}  # what the worker then expects first
     assert consumer.positions == {tps[0]: 0, tps[1]: 3, tps[2]: 0}
+
+
+class _Acking:
+    """faust's acknowledgement books, as `ack` and `ack_all` keep them."""
+
+    def __init__(self) -> None:
+        self._committed_offset: defaultdict[TP, int | None] = defaultdict(lambda: None)
+        self._committed_offset[TP("usage", 1)] = 20  # committed past the stale batch's
+        self._acked: defaultdict[TP, list[int]] = defaultdict(list)
+        self._acked_index: defaultdict[TP, set[int]] = defaultdict(set)
+        self._n_acked = 0
+        self._unacked_messages: WeakSet[Message] = WeakSet()
+        self._waiting_for_ack: asyncio.Future[None] | None = None
+        self.app = SimpleNamespace(
+            topics=SimpleNamespace(acks_enabled_for=lambda topic: topic != "other")
+        )
+
+    def books(self) -> tuple[object, ...]:
+        return (dict(self._acked), dict(self._acked_index), self._n_acked,
+                len(self._unacked_messages))  # fmt: skip
+
+
+def _messages() -> list[Message]:
+    """Two fetches of partition 0 (one offset fetched twice, one already acked), a stale
+    one of partition 1 below its committed offset, and one of a topic without acks."""
+    at = [("usage", 0, o) for o in (3, 4, 5, 5, 6)] + [("usage", 1, 18), ("usage", 1, 21)]
+    messages: list[Message] = [
+        ConsumerMessage(topic, p, o, 1.0, 0, [], b"k", b"v", None, 1, 1, TP(topic, p))
+        for topic, p, o in [*at, ("other", 0, 9)]
+    ]
+    messages[4].acked = True
+    return messages
+
+
+async def test_ack_all_keeps_fausts_books_as_acking_each_message_does() -> None:
+    each, batch = _Acking(), _Acking()
+    for consumer in (each, batch):
+        consumer._waiting_for_ack = asyncio.get_running_loop().create_future()
+    faust_messages, ours = _messages(), _messages()
+    for message in faust_messages:  # tracked one by one, as a faust stream does
+        message.tracked = True
+        each._unacked_messages.add(message)
+    for fetch in (ours[:3], ours[3:]):
+        BatchConsumer.track(batch, fetch)  # type: ignore[arg-type]
+    assert len(batch._unacked_messages) == 2  # one per fetch in flight
+    for message in faust_messages:
+        Consumer.ack(each, message)  # type: ignore[arg-type]
+    BatchConsumer.ack_all(batch, ours)  # type: ignore[arg-type]
+    assert [m.acked for m in ours] == [m.acked for m in faust_messages]
+    assert batch.books()[:3] == each.books()[:3]
+    assert batch._acked[TP("usage", 0)] == [3, 4, 5]  # 6 was acked before; 5 counted once
+    assert batch._acked[TP("usage", 1)] == [21]  # 18 is below the committed offset
+    assert batch.books()[3] == 0  # nothing left in flight
+    assert batch._waiting_for_ack is not None and batch._waiting_for_ack.done()
