@@ -6,11 +6,12 @@ process. For each, the consumer is started and warmed with the sessions' BudgetS
 then the events are emitted and the clock runs until the last one is applied.
 
 With --consume-only, instead: the topic is loaded first (every event acked), then the bare
-baseline and the worker each read all of it, in their own process, one after the other:
-the clock runs from the moment the warm-up's BudgetSets are applied (the consumer is up
-and reading) until the last event is applied. Without the emitter and the broker's
-appends competing for the machine, this says how lean the worker is; the target is 0.8
-of the baseline (issue 18).
+baseline and the worker each read all of it, in their own process, one after the other
+(the worker first in every second round; each after a CHECKPOINT, so that neither pays
+for the other's writes): the clock runs from the moment the warm-up's BudgetSets are
+applied (the consumer is up and reading) until the last event is applied. Without the
+emitter and the broker's appends competing for the machine, this says how lean the
+worker is; the target is 0.8 of the baseline (issue 18).
 
 With --tree, instead: the worker on the session-only mix beside the worker on the same
 mix with every session under a three-level budget tree over --tenants tenants
@@ -284,38 +285,62 @@ async def _read_through(settings: Settings, schema: str, warm: int, total: int, 
 
 
 async def _consume_round(
-    settings: Settings, name: str, warm: list[Event], timed: list[Event]
+    settings: Settings, name: str, warm: list[Event], timed: list[Event], *, worker_first: bool
 ) -> tuple[float, float, dict[str, float]]:
-    """Load a fresh topic, then the baseline and the worker each read it: their seconds,
-    and the CPU seconds the worker spent."""
+    """Load a fresh topic, then the baseline and the worker each read it (in that order,
+    or the worker first): their seconds, and the CPU seconds the worker spent. Each
+    reader starts after a checkpoint, so that neither pays for what the other wrote."""
     case = _case(settings, name)
     await provision(case)
     held = await _load(case, warm)
     total = await _load(case, timed)
     kafka, dsn = case.kafka, case.database.dsn()
-    assert kafka.bootstrap_servers is not None
+    servers = kafka.bootstrap_servers
+    assert servers is not None
     copy_schema = f"{case.database.schema_name}_copy"
     await prepare(dsn, copy_schema)
-    child = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "benchmarks.baseline", kafka.bootstrap_servers,
-        kafka.usage_topic, dsn, copy_schema, str(total), stdout=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+
+    async def baseline() -> float:
+        await _checkpoint(dsn)
+        child = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "benchmarks.baseline", servers,
+            kafka.usage_topic, dsn, copy_schema, str(total), stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            seconds = await _read_through(case, copy_schema, held, total, "baseline")
+            await asyncio.wait_for(child.wait(), 60)
+            return seconds
+        finally:
+            if child.returncode is None:
+                child.kill()
+                await child.wait()
+
+    async def worker() -> tuple[float, dict[str, float]]:
+        await _checkpoint(dsn)
+        process = WorkerProcess(settings.data_dir.parent / f"worker-{name}.log")
+        meter = CpuMeter({process.start(settings_env(case)): "worker"})
+        before = meter.snapshot()
+        try:
+            seconds = await _read_through(case, case.database.schema_name, held, total, "worker")
+            return seconds, CpuMeter.used(before, meter.snapshot())
+        finally:
+            process.stop()
+
+    if worker_first:
+        ours, cpu = await worker()
+        theirs = await baseline()
+    else:
+        theirs = await baseline()
+        ours, cpu = await worker()
+    return ours, theirs, cpu
+
+
+async def _checkpoint(dsn: str) -> None:
+    conn = await connect(dsn)
     try:
-        baseline = await _read_through(case, copy_schema, held, total, "baseline")
-        await asyncio.wait_for(child.wait(), 60)
+        await conn.execute("CHECKPOINT")
     finally:
-        if child.returncode is None:
-            child.kill()
-            await child.wait()
-    worker = WorkerProcess(settings.data_dir.parent / f"worker-{name}.log")
-    meter = CpuMeter({worker.start(settings_env(case)): "worker"})
-    before = meter.snapshot()
-    try:
-        ours = await _read_through(case, case.database.schema_name, held, total, "worker")
-        cpu = CpuMeter.used(before, meter.snapshot())
-    finally:
-        worker.stop()
-    return ours, baseline, cpu
+        await conn.close()
 
 
 async def run_consume_only(args: argparse.Namespace) -> None:
@@ -325,7 +350,11 @@ async def run_consume_only(args: argparse.Namespace) -> None:
     rounds: list[tuple[float, float, dict[str, float]]] = []
     async with pipeline(partitions=args.partitions, worker=False) as (settings, servers):
         for r in range(args.rounds):
-            rounds.append(await _consume_round(settings, f"loaded{r + 1}", warm, timed))
+            rounds.append(
+                await _consume_round(
+                    settings, f"loaded{r + 1}", warm, timed, worker_first=r % 2 == 1
+                )
+            )
         options = settings.worker
     ours = sum(r[0] for r in rounds)
     baseline = sum(r[1] for r in rounds)
@@ -339,7 +368,8 @@ async def run_consume_only(args: argparse.Namespace) -> None:
         ("bare aiokafka + COPY", baseline),
         f"{args.events:,} events over {args.sessions:,} sessions ({MIX}) loaded first, "
         f"after {len(warm):,} BudgetSets; {args.rounds} round(s), each on a fresh topic read "
-        f"by the baseline, then the worker (ratio per round {per_round}); the clock runs from "
+        f"by the baseline, then the worker (the worker first in even rounds; each after a "
+        f"CHECKPOINT; ratio per round {per_round}); the clock runs from "
         f"the BudgetSets applied until the last event is; worker CPU {cpu:.1f} s per round; "
         f"{args.partitions} partitions; worker batches of up to {options.batch_size:,} within "
         f"{options.batch_within} s, fetch wait {options.fetch_max_wait} s; baseline batches "
