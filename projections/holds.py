@@ -113,10 +113,11 @@ class Holds:
         """End the holds of the session's reservations past their time at `clock`: (those
         whose USD hold ended, the accepted ones whose tokens did; their status is the
         caller's to change)."""
-        dollars = [r for r in self._dollars.get(session_id, {}).values() if clock > r.expires_at]
+        held_usd, held_tokens = self._dollars.get(session_id), self._tokens.get(session_id)
+        dollars = [r for r in held_usd.values() if clock > r.expires_at] if held_usd else []
         for record in dollars:
             self.end_usd(record)
-        tokens = [r for r in self._tokens.get(session_id, {}).values() if clock > r.expires_at]
+        tokens = [r for r in held_tokens.values() if clock > r.expires_at] if held_tokens else []
         for record in tokens:
             self.end_tokens(record)
         return dollars, tokens

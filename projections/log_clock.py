@@ -11,8 +11,8 @@ clock (and the fold flags it).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from typing import NamedTuple
 
 from tokenquota.schemas import Event
 
@@ -24,9 +24,10 @@ __all__ = ["Moment", "advance", "moment_of"]
 _NO_SHIFT = timedelta(0)
 
 
-@dataclass(frozen=True, slots=True)
-class Moment:
-    """When one event counts: the log clock at its record, and the time it is dated at."""
+class Moment(NamedTuple):
+    """When one event counts: the log clock at its record, and the time it is dated at.
+
+    (A named tuple: the fold makes one per event.)"""
 
     clock: datetime
     #: occurred_at, or the log clock when occurred_at ran too far ahead of it.

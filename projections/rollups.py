@@ -57,13 +57,17 @@ class Calendar:
     events that come (nearly) in time order: the last answers are kept, so most events
     cost a comparison or two instead of building a datetime."""
 
-    __slots__ = ("_day", "_hour_end", "_hour_start", "_minute", "_minute_end", "_month")
+    __slots__ = (
+        "_day", "_hour_end", "_hour_start", "_minute", "_minute_end", "_month", "_sessions",
+    )  # fmt: skip
 
     def __init__(self) -> None:
         self._day: date | None = None
         self._month = _NEVER.date()
         self._hour_start = self._hour_end = self._minute_end = _NEVER
         self._minute = MinuteDelta()
+        #: Per session, its last day and hour and their daily, monthly and hourly rows.
+        self._sessions: dict[str, tuple[date, datetime, UsageDelta, UsageDelta, UsageDelta]] = {}
 
     def month(self, day: date) -> date:
         """The first day of the month holding `day`."""
@@ -77,6 +81,20 @@ class Calendar:
             self._hour_start = hour_of(at)
             self._hour_end = self._hour_start + _HOUR
         return self._hour_start
+
+    def session_rows(
+        self, out: Folded, session_id: str, moment: Moment
+    ) -> tuple[UsageDelta, UsageDelta, UsageDelta]:
+        """The session's daily, monthly and hourly rows of an event dated `moment.at`."""
+        day, hour = moment.day, self.hour(moment.at)
+        last = self._sessions.get(session_id)
+        if last is not None and last[0] == day and last[1] == hour:
+            return last[2], last[3], last[4]
+        daily = out.daily[session_id, day]
+        monthly = out.monthly[session_id, self.month(day)]
+        hourly = out.hourly[session_id, hour]
+        self._sessions[session_id] = (day, hour, daily, monthly, hourly)
+        return daily, monthly, hourly
 
     def minute(self, out: Folded, log_time: datetime) -> MinuteDelta:
         """The system_usage_minutely row of the minute holding `log_time` (a record's UTC
@@ -117,13 +135,9 @@ def add_usage(
     its account's day (spread to every node of the account by `spread_accounts`)."""
     day = moment.day
     tokens_in, tokens_out = event.input_tokens, event.output_tokens
-    deltas: list[UsageDelta | AccountDelta] = [
-        out.daily[session_id, day],
-        out.monthly[session_id, calendar.month(day)],
-        out.hourly[session_id, calendar.hour(moment.at)],
-    ]
+    deltas: tuple[UsageDelta | AccountDelta, ...] = calendar.session_rows(out, session_id, moment)
     if account is not None:
-        deltas.append(out.leaf_daily[account, day])
+        deltas = (*deltas, out.leaf_daily[account, day])
     for delta in deltas:
         delta.input_tokens += tokens_in
         delta.output_tokens += tokens_out
@@ -131,8 +145,8 @@ def add_usage(
         delta.usage_events += 1
     model = out.model_daily[day, event.source.component, event.model]
     model.usage_events += 1
-    model.input_tokens += event.input_tokens
-    model.output_tokens += event.output_tokens
+    model.input_tokens += tokens_in
+    model.output_tokens += tokens_out
 
 
 def add_cost(
@@ -147,9 +161,8 @@ def add_cost(
     the call in its API's day."""
     day = moment.day
     cost: Decimal = event.cost_usd
-    out.daily[session_id, day].cost_usd += cost
-    out.monthly[session_id, calendar.month(day)].cost_usd += cost
-    out.hourly[session_id, calendar.hour(moment.at)].cost_usd += cost
+    for row in calendar.session_rows(out, session_id, moment):
+        row.cost_usd += cost
     if account is not None:
         out.leaf_daily[account, day].cost_usd += cost
     api = out.api_daily[day, event.api, event.model]
