@@ -158,7 +158,14 @@ class Projector:
     async def _connection(self) -> asyncpg.Connection:
         if self._conn is None or self._conn.is_closed():
             db = self.settings.database
-            self._conn = await connect(db.dsn(), db.schema_name)
+            conn = await connect(db.dsn(), db.schema_name)
+            # The batch's statements are prepared once and run with new arrays each time;
+            # planned anew each time (PostgreSQL's choice for them), the write of all the
+            # projections took 1.5-2 ms more per batch, its transaction 9 % longer
+            # (strict reservations, 100 callers). Their plans are key look-ups and
+            # upserts whatever the arrays hold.
+            await conn.execute("SET plan_cache_mode = force_generic_plan")
+            self._conn = conn
         return self._conn
 
     async def _drop_connection(self) -> None:
