@@ -523,7 +523,10 @@ class Folding:
         if event.reservation_id is not None:
             self._settle(session, event, total, moment.at)
         left = self.session_quiet.get(session.session_id)
-        if left is not None and total < left:
+        if left is None:  # its first usage in the batch (a small batch holds one per session)
+            threshold_alerts(self.out, session, event, moment)
+            self.session_quiet[session.session_id] = 0  # the next works its headroom out
+        elif total < left:
             self.session_quiet[session.session_id] = left - total
         else:
             threshold_alerts(self.out, session, event, moment)
