@@ -181,18 +181,18 @@ class Folding:
         #: The system_usage_minutely row of the record being applied.
         self.minute = MinuteDelta()
         self.config = BUILTIN_DEFAULTS
-        # By exact type: isinstance on pydantic models goes through ABCMeta, and `add`
-        # looks a handler up for every event.
-        self._handlers: dict[type, Any] = {
+
+    def add(self, records: Iterable[LogRecord]) -> None:
+        """Fold `records`, the next in log order."""
+        # By exact type: isinstance on pydantic models goes through ABCMeta, and this
+        # loop runs for every event. (Not kept on self: its bound methods would make the
+        # fold a reference cycle, whose batch then waits for the cyclic collector.)
+        handlers: dict[type, Any] = {
             TokenUsed: self._used,
             TokenReserved: self._reserved,
             ApiCost: self._api_cost,
             BudgetSet: self._budget_set,
         }
-
-    def add(self, records: Iterable[LogRecord]) -> None:
-        """Fold `records`, the next in log order."""
-        handlers = self._handlers
         for record in records:
             event = record.event
             key = (record.topic, record.partition)

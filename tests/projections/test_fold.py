@@ -3,13 +3,14 @@ in test_fold_property.py)."""
 
 from __future__ import annotations
 
+import gc
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 import pytest
 
-from tests.projections.fold_support import LIMITS, defaults, run, status
+from tests.projections.fold_support import LIMITS, api_cost, defaults, run, status
 from tests.support import SOURCE, T0, budget, log_records, reserved, used
 from tokenquota.projections import (
     BUILTIN_DEFAULTS,
@@ -22,6 +23,30 @@ from tokenquota.schemas import (
     USAGE_TOKENS_MAX,
     Event,
 )
+
+
+def test_a_fold_leaves_no_reference_cycle_behind() -> None:
+    # The worker collects cycles rarely (gc_settings.bulk_gc); a fold that made one kept
+    # each batch's state and rows alive until a collection, and the long collections
+    # showed as a latency tail (p99 at 25 % of capacity 83-173 ms instead of about 75).
+    hold = reserved("s", 100, T0 + timedelta(seconds=1))
+    settle = used("s", 90, T0 + timedelta(seconds=2), rid=hold.reservation_id)
+    events: list[Event] = [
+        budget("s"), used("s", 10), hold, settle, api_cost("s", 5, T0 + timedelta(seconds=3)),
+        used("u", 7, account="acme/team/u"),
+        reserved("u", 20, T0 + timedelta(seconds=4), account="acme/team/u"),
+    ]  # fmt: skip
+    gc.collect()
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        folded = run(events)
+        assert folded.decisions  # it did fold
+        del folded
+        assert gc.collect() == 0
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def test_sessions_without_a_budget_get_the_defaults_in_force_in_their_partition() -> None:
