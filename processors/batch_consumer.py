@@ -13,9 +13,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, ClassVar, cast
+from typing import ClassVar, cast
 
-import aiokafka
 import faust
 from aiokafka.errors import IllegalStateError
 from faust.transport.consumer import Fetcher
@@ -25,8 +24,7 @@ from faust.types.tuples import ack_lock
 from mode import Service
 from mode.utils.futures import notify
 
-from tokenquota.kafka_probe import seek_to_start
-
+from .consumer_thread import ConsumerThread
 from .fetch_pacing import next_fetch_wait
 
 __all__ = [
@@ -34,7 +32,6 @@ __all__ = [
     "BatchApp",
     "BatchConsumer",
     "Fetch",
-    "seek_to_committed_or_start",
 ]
 
 #: Fetches waiting for the worker; beyond this the fetcher waits (back-pressure).
@@ -64,76 +61,6 @@ class Fetch(list[Message]):
         self.since_stamped = len(self) * self.handed_at - stamps_ms / 1000
 
 
-class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
-    def _create_worker_consumer(self, transport: Any) -> Any:
-        consumer = super()._create_worker_consumer(transport)
-        # faust hard-codes 1.5 s and has no setting for it; a broker that holds an empty
-        # fetch for the whole wait (the embedded Tansu broker does) would delay every
-        # event arriving meanwhile by that much.
-        wait = cast("BatchApp", self.app).fetch_max_wait
-        consumer._fetch_max_wait_ms = int(wait * 1000)  # read by consumer.start()
-        return consumer
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        #: Where the last seek to the committed offsets sent the partitions with none:
-        #: the log's start, the offset expected first.
-        self.starts: dict[TP, int] = {}
-
-    async def seek_to_committed(self) -> Mapping[TP, int]:
-        committed, self.starts = await self.call_thread(
-            seek_to_committed_or_start, self._ensure_consumer()
-        )
-        return cast("Mapping[TP, int]", committed)
-
-    def set_fetch_wait(self, wait_ms: int) -> None:
-        """Let the fetches from now on wait at most `wait_ms` on an empty partition (the
-        fetcher reads it, in this thread, each time it builds a request)."""
-        consumer = self._consumer
-        fetcher = getattr(consumer, "_fetcher", None) if consumer is not None else None
-        if fetcher is not None:
-            fetcher._fetch_max_wait_ms = wait_ms
-
-    async def on_thread_stop(self) -> None:
-        """faust's, except for the cancellation aiokafka's consumer re-raises as it stops
-        with a fetch backing off (the broker unreachable): its fetcher cancels the fetch
-        and awaits it. Raised here, it ended the consumer thread before its shutdown was
-        signalled, and the stopping worker waited for that for good."""
-        try:
-            await super().on_thread_stop()
-        except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                raise  # this thread's own stop was cancelled
-            self.log.info("consumer stopped with a fetch still backing off (broker unreachable)")
-
-    async def seek_in_thread(self, tp: TP, offset: int) -> None:
-        """Seek `tp` to `offset` in the consumer's own thread (faust's `seek` calls the
-        aiokafka consumer from the event loop of the app, another thread's)."""
-        await self.call_thread(self._ensure_consumer().seek, tp, offset)
-
-
-async def seek_to_committed_or_start(
-    consumer: aiokafka.AIOKafkaConsumer,
-) -> tuple[dict[TP, int | None], dict[TP, int]]:
-    """Seek every assigned partition to its committed offset, or to offset 0 when it has
-    none; return the committed offsets (None: none) and those starts (0).
-
-    aiokafka's own `seek_to_committed` leaves the position where it is for a partition
-    with no committed offset, or one of 0: after a fetch was dropped, that is past the
-    records it held, and they would be skipped.
-
-    Offset 0 rather than `seek_to_beginning` (see `seek_to_start`): the worker's first
-    start skipped the offsets before the embedded broker's "earliest" for good (seen in
-    CI). Where retention shortened the log, the worker, expecting 0, fetches again from
-    the hole and hands over what follows after `_HOLE_TRIES` tries (see `_hole_found`).
-    """
-    committed: dict[TP, int | None] = await consumer.seek_to_committed()
-    uncommitted = [tp for tp, offset in committed.items() if not offset]
-    seek_to_start(consumer, uncommitted)
-    return committed, dict.fromkeys(uncommitted, 0)
-
-
 class BatchConsumer(faust_aiokafka.Consumer):
     """The aiokafka consumer of faust, delivering whole fetches of the app's `batch_topics`."""
 
@@ -157,13 +84,13 @@ class BatchConsumer(faust_aiokafka.Consumer):
         self._stop_abandoned = False
 
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
-        return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+        return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
     async def perform_seek(self) -> None:
         """Seek every partition to its committed offset (faust's), and expect it next."""
         await super().perform_seek()
         batch_topics = cast("BatchApp", self.app).batch_topics
-        starts = cast(_ConsumerThread, self._thread).starts
+        starts = cast(ConsumerThread, self._thread).starts
         self._expect.clear()  # (in place: the fetch loop holds it)
         for tp, offset in self._read_offset.items():
             if tp.topic not in batch_topics:
@@ -184,8 +111,6 @@ class BatchConsumer(faust_aiokafka.Consumer):
     def ack_all(self, messages: Sequence[Message]) -> None:
         """faust's `ack` of each of `messages`, in order, with its bookkeeping taken once
         per batch: one lock, one look-up per partition, one wake-up of a wait for acks."""
-        if not messages:
-            return
         enabled = self.app.topics.acks_enabled_for
         pending = self._unacked_messages
         partitions: dict[TP, tuple[int | None, set[int], list[int]] | None] = {}
@@ -356,7 +281,7 @@ class BatchConsumer(faust_aiokafka.Consumer):
             )  # fmt: skip
         elif wait == configured:
             self.log.info("caught up; fetches wait up to %d ms again", wait)
-        cast(_ConsumerThread, self._thread).set_fetch_wait(wait)
+        cast(ConsumerThread, self._thread).set_fetch_wait(wait)
         self._fetch_wait_ms = wait
 
     def _behind(self) -> bool:
@@ -429,7 +354,7 @@ class BatchConsumer(faust_aiokafka.Consumer):
             self._dropped = True
             return
         try:
-            await cast(_ConsumerThread, self._thread).seek_in_thread(tp, offset)
+            await cast(ConsumerThread, self._thread).seek_in_thread(tp, offset)
         except IllegalStateError:  # no longer assigned: a rebalance began
             self._dropped = True
             return

@@ -174,8 +174,8 @@ class Folding:
         #: alert level (so most usage skips the threshold check); dropped when its
         #: windows roll over or its limits change.
         self.quiet: dict[str, int] = {}
-        #: The same per session (the whole batch's: a session's windows roll over and its
-        #: limits change only in this fold, which drops the entry then).
+        #: The same per session, dropped when its day rolls over or a BudgetSet changes
+        #: its limits (0: its first usage in the batch, the headroom not worked out yet).
         self.session_quiet: dict[str, int] = {}
         self.calendar = rollups.Calendar()
         #: The system_usage_minutely row of the record being applied.

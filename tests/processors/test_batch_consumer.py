@@ -18,6 +18,7 @@ from faust.types import TP, ConsumerMessage, Message
 
 from tokenquota.processors import batch_consumer
 from tokenquota.processors.batch_consumer import BatchConsumer
+from tokenquota.processors.consumer_thread import seek_to_committed_or_start
 
 
 def _running() -> bool:
@@ -493,7 +494,7 @@ async def test_a_partition_without_a_committed_offset_starts_at_offset_0_not_the
     # broker's earliest offset was 1 (two producers' first batches stored out of order).
     tps = [TP("usage", p) for p in range(3)]
     consumer = _Seeking({tps[0]: None, tps[1]: 3, tps[2]: 0})
-    committed, starts = await batch_consumer.seek_to_committed_or_start(consumer)
+    committed, starts = await seek_to_committed_or_start(consumer)
     assert committed == {tps[0]: None, tps[1]: 3, tps[2]: 0}
     assert starts == {tps[0]: 0, tps[2]: 0}  # what the worker then expects first
     assert consumer.positions == {tps[0]: 0, tps[1]: 3, tps[2]: 0}

@@ -9,7 +9,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 
 from tokenquota.config import KafkaSettings
-from tokenquota.processors.batch_consumer import seek_to_committed_or_start
+from tokenquota.processors.consumer_thread import seek_to_committed_or_start
 
 pytestmark = pytest.mark.integration
 
