@@ -108,12 +108,10 @@ def decode(data: bytes | bytearray | str) -> Event:
     try:
         event = EVENT_ADAPTER.validate_json(data)
     except ValidationError as exc:
-        error = EventDecodeError.from_validation_error(exc)
-        if any(e["type"] == "json_invalid" for e in exc.errors(include_url=False)):
-            raise error from None
-        # The value kept of a repeated key may be what is invalid: say it was repeated.
-        repeated = _repeated_keys(data)
-        raise (EventDecodeError((*repeated, *error.errors)) if repeated else error) from None
+        # Made by a function, not held here: a local of this frame holding the error
+        # would make it a reference cycle (error -> traceback -> this frame -> error),
+        # which the worker, collecting rarely (gc_settings), would keep for long.
+        raise _invalid(exc, data) from None
     given = event.__pydantic_fields_set__
     if not given.issuperset(WIRE_REQUIRED):
         raise EventDecodeError(
@@ -134,6 +132,16 @@ def decode(data: bytes | bytearray | str) -> Event:
         if repeated:
             raise EventDecodeError(tuple(repeated))
     return event
+
+
+def _invalid(exc: ValidationError, data: bytes | bytearray | str) -> EventDecodeError:
+    """The error for `data`, which pydantic refused with `exc`."""
+    error = EventDecodeError.from_validation_error(exc)
+    if any(e["type"] == "json_invalid" for e in exc.errors(include_url=False)):
+        return error
+    # The value kept of a repeated key may be what is invalid: say it was repeated.
+    repeated = _repeated_keys(data)
+    return EventDecodeError((*repeated, *error.errors)) if repeated else error
 
 
 def repeated_keys(value: Any, prefix: str = "") -> list[tuple[str, int]]:
