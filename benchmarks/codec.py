@@ -17,7 +17,7 @@ from uuid import uuid4
 from rich.console import Console
 from rich.table import Table
 
-from tokenquota.gc_settings import bulk_gc
+from tokenquota.gc_settings import BATCH_THRESHOLDS, bulk_gc
 from tokenquota.schemas import Event, Source, TokenReserved, TokenUsed, decode, encode, utc_now
 
 
@@ -78,7 +78,7 @@ def main() -> None:
          _best_rate(args.events, args.rounds, lambda: [decode(w) for w in wire]),
          _best_rate(args.events, args.rounds, lambda: [json.loads(w) for w in wire])),
     ]  # fmt: skip
-    with bulk_gc():  # as the worker and replay decode
+    with bulk_gc(BATCH_THRESHOLDS):  # as the worker and replay decode
         rows.append(
             ("decode + validate, bulk_gc",
              _best_rate(args.events, args.rounds, lambda: [decode(w) for w in wire]),

@@ -22,7 +22,7 @@ from rich.table import Table
 
 from benchmarks.report import machine
 from benchmarks.workload import MIX, budgets, usage
-from tokenquota.gc_settings import BULK_THRESHOLDS
+from tokenquota.gc_settings import BATCH_THRESHOLDS
 from tokenquota.projections import LogRecord, ProjectionState, fold
 from tokenquota.projections.state import log_time
 from tokenquota.projections.writes import fold_writes
@@ -66,7 +66,7 @@ def main() -> None:
     # As the worker runs (tokenquota.gc_settings.bulk_gc): what exists is frozen.
     gc.collect()
     gc.freeze()
-    gc.set_threshold(*BULK_THRESHOLDS)
+    gc.set_threshold(*BATCH_THRESHOLDS)
     every = records()
     # Every session seen, with some usage and holds, before the timed batches.
     head = len(warm) + SESSIONS * 10

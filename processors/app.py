@@ -24,7 +24,7 @@ from mode import CrashingSupervisor
 from mode.types.signals import BaseSignalT
 
 from tokenquota.config import Settings
-from tokenquota.gc_settings import bulk_gc
+from tokenquota.gc_settings import BATCH_THRESHOLDS, bulk_gc
 from tokenquota.projections import (
     DATABASE_FAILURES,
     LogRecord,
@@ -307,7 +307,8 @@ def create_app(settings: Settings) -> faust.App:
                 observe_lag(worker.group_id, lags_after(batch.messages, consumer.highwater))
 
         try:
-            with bulk_gc():  # the app is up by now: freeze all of it out of collection
+            # The app is up by now: all of it is frozen out of collection.
+            with bulk_gc(BATCH_THRESHOLDS):
                 async with asyncio.TaskGroup() as tasks:
                     tasks.create_task(take())
                     tasks.create_task(apply())

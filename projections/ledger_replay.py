@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import asyncpg
 
-from tokenquota.gc_settings import bulk_gc
+from tokenquota.gc_settings import BATCH_THRESHOLDS, bulk_gc
 from tokenquota.schemas import EventDecodeError, decode
 
 from .database import connect, quote_schema
@@ -62,7 +62,7 @@ async def replay_from_ledger(
     before_swap: BeforeSwap | None = None,
 ) -> ReplayReport:
     """Rebuild `schema`'s projections from its ledger and swap them in; return what was read."""
-    with bulk_gc():
+    with bulk_gc(BATCH_THRESHOLDS):
         return await _replay(dsn, schema, batch_size, on_progress, before_swap)
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from tokenquota.gc_settings import bulk_gc
+from tokenquota.gc_settings import BATCH_THRESHOLDS, bulk_gc
 from tokenquota.kafka_probe import seek_to_start
 from tokenquota.schemas import EventDecodeError, decode
 
@@ -72,7 +72,7 @@ async def replay_into(
     `force` rebuilds from what the topic holds even when it does not hold everything the
     projections were built from. `before_swap` is awaited between the read and the swap.
     """
-    with bulk_gc():
+    with bulk_gc(BATCH_THRESHOLDS):
         return await _replay(
             bootstrap_servers, topic, dsn, schema, batch_size, force, on_progress, before_swap
         )
