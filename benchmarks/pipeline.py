@@ -11,7 +11,10 @@ baseline and the worker each read all of it, in their own process, one after the
 for the other's writes): the clock runs from the moment the warm-up's BudgetSets are
 applied (the consumer is up and reading) until the last event is applied. Without the
 emitter and the broker's appends competing for the machine, this says how lean the
-worker is; the target is 0.8 of the baseline (issue 18).
+worker is; the target is 0.8 of the baseline (issue 18). Each reader's CPU per event over
+that time, and PostgreSQL's, are printed too: on a shared machine whose speed varies
+from minute to minute they vary less than the rates (single rounds of one commit gave
+ratios from 0.62 to 0.81).
 
 With --tree, instead: the worker on the session-only mix beside the worker on the same
 mix with every session under a three-level budget tree over --tenants tenants
@@ -272,24 +275,45 @@ async def _load(settings: Settings, events: list[Event]) -> int:
     return sum((await partition_highwaters(settings.kafka, settings.kafka.usage_topic)).values())
 
 
-async def _read_through(settings: Settings, schema: str, warm: int, total: int, what: str) -> float:
+async def _read_through(
+    settings: Settings,
+    schema: str,
+    warm: int,
+    total: int,
+    what: str,
+    meter: CpuMeter | None = None,
+) -> tuple[float, dict[str, float]]:
     """Seconds from `warm` messages applied in `schema` (the consumer is reading) until all
-    `total` are."""
+    `total` are, and the CPU seconds per role of `meter` meanwhile."""
     conn = await connect(settings.database.dsn())
     try:
         topic = settings.kafka.usage_topic
         start = await wait_applied(conn, schema, topic, warm, 300, f"{what} warm-up")
-        return await wait_applied(conn, schema, topic, total, 900, what) - start
+        before = meter.snapshot() if meter is not None else {}
+        end = await wait_applied(conn, schema, topic, total, 900, what)
+        cpu = CpuMeter.used(before, meter.snapshot()) if meter is not None else {}
+        return end - start, cpu
     finally:
         await conn.close()
 
 
+@dataclass(frozen=True, slots=True)
+class _Round:
+    """One consume-only round: each reader's seconds, and the CPU seconds per role while
+    it read (the reader itself and PostgreSQL)."""
+
+    ours: float
+    theirs: float
+    our_cpu: dict[str, float]
+    their_cpu: dict[str, float]
+
+
 async def _consume_round(
     settings: Settings, name: str, warm: list[Event], timed: list[Event], *, worker_first: bool
-) -> tuple[float, float, dict[str, float]]:
+) -> _Round:
     """Load a fresh topic, then the baseline and the worker each read it (in that order,
-    or the worker first): their seconds, and the CPU seconds the worker spent. Each
-    reader starts after a checkpoint, so that neither pays for what the other wrote."""
+    or the worker first): their seconds, and the CPU they and PostgreSQL spent meanwhile.
+    Each reader starts after a checkpoint, so that neither pays for what the other wrote."""
     case = _case(settings, name)
     await provision(case)
     held = await _load(case, warm)
@@ -300,16 +324,17 @@ async def _consume_round(
     copy_schema = f"{case.database.schema_name}_copy"
     await prepare(dsn, copy_schema)
 
-    async def baseline() -> float:
+    async def baseline() -> tuple[float, dict[str, float]]:
         await _checkpoint(dsn)
         child = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "benchmarks.baseline", servers,
             kafka.usage_topic, dsn, copy_schema, str(total), stdout=asyncio.subprocess.PIPE,
         )  # fmt: skip
         try:
-            seconds = await _read_through(case, copy_schema, held, total, "baseline")
+            meter = CpuMeter({child.pid: "reader"})
+            read = await _read_through(case, copy_schema, held, total, "baseline", meter)
             await asyncio.wait_for(child.wait(), 60)
-            return seconds
+            return read
         finally:
             if child.returncode is None:
                 child.kill()
@@ -318,21 +343,18 @@ async def _consume_round(
     async def worker() -> tuple[float, dict[str, float]]:
         await _checkpoint(dsn)
         process = WorkerProcess(settings.data_dir.parent / f"worker-{name}.log")
-        meter = CpuMeter({process.start(settings_env(case)): "worker"})
-        before = meter.snapshot()
+        meter = CpuMeter({process.start(settings_env(case)): "reader"})
         try:
-            seconds = await _read_through(case, case.database.schema_name, held, total, "worker")
-            return seconds, CpuMeter.used(before, meter.snapshot())
+            schema = case.database.schema_name
+            return await _read_through(case, schema, held, total, "worker", meter)
         finally:
             process.stop()
 
     if worker_first:
-        ours, cpu = await worker()
-        theirs = await baseline()
+        (ours, our_cpu), (theirs, their_cpu) = await worker(), await baseline()
     else:
-        theirs = await baseline()
-        ours, cpu = await worker()
-    return ours, theirs, cpu
+        (theirs, their_cpu), (ours, our_cpu) = await baseline(), await worker()
+    return _Round(ours, theirs, our_cpu, their_cpu)
 
 
 async def _checkpoint(dsn: str) -> None:
@@ -347,7 +369,7 @@ async def run_consume_only(args: argparse.Namespace) -> None:
     """The worker and the bare baseline reading the same loaded topic, `args.rounds` times."""
     warm = budgets(args.sessions)
     timed = list(usage(args.events, args.sessions))
-    rounds: list[tuple[float, float, dict[str, float]]] = []
+    rounds: list[_Round] = []
     async with pipeline(partitions=args.partitions, worker=False) as (settings, servers):
         for r in range(args.rounds):
             rounds.append(
@@ -356,10 +378,16 @@ async def run_consume_only(args: argparse.Namespace) -> None:
                 )
             )
         options = settings.worker
-    ours = sum(r[0] for r in rounds)
-    baseline = sum(r[1] for r in rounds)
-    per_round = ", ".join(f"{b / o:.2f}" for o, b, _ in rounds)
-    cpu = sum(c.get("worker", 0.0) for _, _, c in rounds) / len(rounds)
+    ours = sum(r.ours for r in rounds)
+    baseline = sum(r.theirs for r in rounds)
+    per_round = ", ".join(f"{r.theirs / r.ours:.2f}" for r in rounds)
+
+    def per_event(role: str, ours: bool) -> float:
+        """Mean CPU microseconds per event of `role` while a reader read."""
+        used = sum((r.our_cpu if ours else r.their_cpu).get(role, 0.0) for r in rounds)
+        events: int = args.events * len(rounds)
+        return used / events * 1e6
+
     print_throughput(
         "consume-only: events/s reading a loaded topic into PostgreSQL",
         "consumer",
@@ -370,7 +398,11 @@ async def run_consume_only(args: argparse.Namespace) -> None:
         f"after {len(warm):,} BudgetSets; {args.rounds} round(s), each on a fresh topic read "
         f"by the baseline, then the worker (the worker first in even rounds; each after a "
         f"CHECKPOINT; ratio per round {per_round}); the clock runs from "
-        f"the BudgetSets applied until the last event is; worker CPU {cpu:.1f} s per round; "
+        f"the BudgetSets applied until the last event is; CPU per event meanwhile (less "
+        f"noisy than the rates on a shared machine): the worker {per_event('reader', True):.1f}"
+        f" us and PostgreSQL {per_event('PostgreSQL', True):.1f} us, the baseline "
+        f"{per_event('reader', False):.1f} us and PostgreSQL {per_event('PostgreSQL', False):.1f}"
+        f" us; "
         f"{args.partitions} partitions; worker batches of up to {options.batch_size:,} within "
         f"{options.batch_within} s, fetch wait {options.fetch_max_wait} s; baseline batches "
         f"of up to 5,000, fetch wait 0.05 s; {servers}; {machine()}",
