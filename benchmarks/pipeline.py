@@ -11,10 +11,10 @@ baseline and the worker each read all of it, in their own process, one after the
 for the other's writes): the clock runs from the moment the warm-up's BudgetSets are
 applied (the consumer is up and reading) until the last event is applied. Without the
 emitter and the broker's appends competing for the machine, this says how lean the
-worker is; the target is 0.8 of the baseline (issue 18). Each reader's CPU per event over
-that time, and PostgreSQL's, are printed too: on a shared machine whose speed varies
-from minute to minute they vary less than the rates (single rounds of one commit gave
-ratios from 0.62 to 0.81).
+worker is; the target is 0.8 of the baseline (issue 18). The worker's CPU per event over
+that time, PostgreSQL's meanwhile, and the share of the read its process was busy are
+printed too: how far overlapping its work with PostgreSQL's could take it. (Not the
+baseline's: it exits as soon as it has read everything, and its CPU with it.)
 
 With --tree, instead: the worker on the session-only mix beside the worker on the same
 mix with every session under a three-level budget tree over --tenants tenants
@@ -300,19 +300,19 @@ async def _read_through(
 @dataclass(frozen=True, slots=True)
 class _Round:
     """One consume-only round: each reader's seconds, and the CPU seconds per role while
-    it read (the reader itself and PostgreSQL)."""
+    the worker read (the worker itself and PostgreSQL)."""
 
     ours: float
     theirs: float
     our_cpu: dict[str, float]
-    their_cpu: dict[str, float]
 
 
 async def _consume_round(
     settings: Settings, name: str, warm: list[Event], timed: list[Event], *, worker_first: bool
 ) -> _Round:
     """Load a fresh topic, then the baseline and the worker each read it (in that order,
-    or the worker first): their seconds, and the CPU they and PostgreSQL spent meanwhile.
+    or the worker first): their seconds, and the CPU the worker and PostgreSQL spent while
+    the worker read.
     Each reader starts after a checkpoint, so that neither pays for what the other wrote."""
     case = _case(settings, name)
     await provision(case)
@@ -324,17 +324,16 @@ async def _consume_round(
     copy_schema = f"{case.database.schema_name}_copy"
     await prepare(dsn, copy_schema)
 
-    async def baseline() -> tuple[float, dict[str, float]]:
+    async def baseline() -> float:
         await _checkpoint(dsn)
         child = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "benchmarks.baseline", servers,
             kafka.usage_topic, dsn, copy_schema, str(total), stdout=asyncio.subprocess.PIPE,
         )  # fmt: skip
         try:
-            meter = CpuMeter({child.pid: "reader"})
-            read = await _read_through(case, copy_schema, held, total, "baseline", meter)
+            seconds, _ = await _read_through(case, copy_schema, held, total, "baseline")
             await asyncio.wait_for(child.wait(), 60)
-            return read
+            return seconds
         finally:
             if child.returncode is None:
                 child.kill()
@@ -343,7 +342,7 @@ async def _consume_round(
     async def worker() -> tuple[float, dict[str, float]]:
         await _checkpoint(dsn)
         process = WorkerProcess(settings.data_dir.parent / f"worker-{name}.log")
-        meter = CpuMeter({process.start(settings_env(case)): "reader"})
+        meter = CpuMeter({process.start(settings_env(case)): "worker"})
         try:
             schema = case.database.schema_name
             return await _read_through(case, schema, held, total, "worker", meter)
@@ -351,10 +350,10 @@ async def _consume_round(
             process.stop()
 
     if worker_first:
-        (ours, our_cpu), (theirs, their_cpu) = await worker(), await baseline()
+        (ours, our_cpu), theirs = await worker(), await baseline()
     else:
-        (theirs, their_cpu), (ours, our_cpu) = await baseline(), await worker()
-    return _Round(ours, theirs, our_cpu, their_cpu)
+        theirs, (ours, our_cpu) = await baseline(), await worker()
+    return _Round(ours, theirs, our_cpu)
 
 
 async def _checkpoint(dsn: str) -> None:
@@ -382,11 +381,13 @@ async def run_consume_only(args: argparse.Namespace) -> None:
     baseline = sum(r.theirs for r in rounds)
     per_round = ", ".join(f"{r.theirs / r.ours:.2f}" for r in rounds)
 
-    def per_event(role: str, ours: bool) -> float:
-        """Mean CPU microseconds per event of `role` while a reader read."""
-        used = sum((r.our_cpu if ours else r.their_cpu).get(role, 0.0) for r in rounds)
+    def per_event(role: str) -> float:
+        """Mean CPU microseconds per event of `role` while the worker read."""
+        used = sum(r.our_cpu.get(role, 0.0) for r in rounds)
         events: int = args.events * len(rounds)
         return used / events * 1e6
+
+    busy = sum(r.our_cpu.get("worker", 0.0) for r in rounds) / ours
 
     print_throughput(
         "consume-only: events/s reading a loaded topic into PostgreSQL",
@@ -398,11 +399,9 @@ async def run_consume_only(args: argparse.Namespace) -> None:
         f"after {len(warm):,} BudgetSets; {args.rounds} round(s), each on a fresh topic read "
         f"by the baseline, then the worker (the worker first in even rounds; each after a "
         f"CHECKPOINT; ratio per round {per_round}); the clock runs from "
-        f"the BudgetSets applied until the last event is; CPU per event meanwhile (less "
-        f"noisy than the rates on a shared machine): the worker {per_event('reader', True):.1f}"
-        f" us and PostgreSQL {per_event('PostgreSQL', True):.1f} us, the baseline "
-        f"{per_event('reader', False):.1f} us and PostgreSQL {per_event('PostgreSQL', False):.1f}"
-        f" us; "
+        f"the BudgetSets applied until the last event is; while the worker read, CPU per "
+        f"event: the worker {per_event('worker'):.1f} us (its process busy {busy:.0%} of the "
+        f"read), PostgreSQL {per_event('PostgreSQL'):.1f} us; "
         f"{args.partitions} partitions; worker batches of up to {options.batch_size:,} within "
         f"{options.batch_within} s, fetch wait {options.fetch_max_wait} s; baseline batches "
         f"of up to 5,000, fetch wait 0.05 s; {servers}; {machine()}",
