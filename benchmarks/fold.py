@@ -13,7 +13,6 @@ Run: .venv/bin/python -m benchmarks.fold [--batch N] [--batches B] [--rounds R]
 from __future__ import annotations
 
 import argparse
-import gc
 import time
 from collections.abc import Callable
 
@@ -22,7 +21,7 @@ from rich.table import Table
 
 from benchmarks.report import machine
 from benchmarks.workload import MIX, budgets, usage
-from tokenquota.gc_settings import BATCH_THRESHOLDS
+from tokenquota.gc_settings import BATCH_THRESHOLDS, bulk_gc
 from tokenquota.projections import LogRecord, ProjectionState, fold
 from tokenquota.projections.state import log_time
 from tokenquota.projections.writes import fold_writes
@@ -43,18 +42,10 @@ def _timed(work: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--batch", type=int, default=15_000)
-    parser.add_argument("--batches", type=int, default=4, help="batches folded per round")
-    parser.add_argument("--rounds", type=int, default=10)
-    args = parser.parse_args()
-
-    warm = budgets(SESSIONS)
+def _steps(args: argparse.Namespace, warm: int, payloads: list[bytes]) -> list[tuple[str, float]]:
+    """Seconds per step over all the timed batches, best of the rounds; the first `warm`
+    payloads and ten events per session after them make the state folded on."""
     count = args.batch * args.batches
-    payloads = [encode(e) for e in [*warm, *usage(count + SESSIONS * 10, SESSIONS)]]
     start_ms = int(time.time() * 1000)
 
     def records() -> list[LogRecord]:
@@ -63,13 +54,9 @@ def main() -> None:
             for offset, p in enumerate(payloads)
         ]
 
-    # As the worker runs (tokenquota.gc_settings.bulk_gc): what exists is frozen.
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*BATCH_THRESHOLDS)
     every = records()
     # Every session seen, with some usage and holds, before the timed batches.
-    head = len(warm) + SESSIONS * 10
+    head = warm + SESSIONS * 10
     state = fold(ProjectionState(), every[:head]).state
     batches = [every[head + i * args.batch : head + (i + 1) * args.batch]
                for i in range(args.batches)]  # fmt: skip
@@ -93,11 +80,27 @@ def main() -> None:
         for out in folded:
             fold_writes(out)
 
-    steps = [
+    return [
         ("decode into a LogRecord", _best(args.rounds, decode_all)),
         ("fold", min(fold_all() for _ in range(args.rounds))),
         ("rows for the tables (fold_writes)", _best(args.rounds, rows_all)),
     ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--batch", type=int, default=15_000)
+    parser.add_argument("--batches", type=int, default=4, help="batches folded per round")
+    parser.add_argument("--rounds", type=int, default=10)
+    args = parser.parse_args()
+
+    warm = budgets(SESSIONS)
+    count = args.batch * args.batches
+    payloads = [encode(e) for e in [*warm, *usage(count + SESSIONS * 10, SESSIONS)]]
+    with bulk_gc(BATCH_THRESHOLDS):  # as the worker runs: what exists now is frozen
+        steps = _steps(args, len(warm), payloads)
     table = Table(title="worker steps per event, in process (best of rounds)")
     table.add_column("step")
     table.add_column("us/event", justify="right")

@@ -312,8 +312,8 @@ async def _consume_round(
 ) -> _Round:
     """Load a fresh topic, then the baseline and the worker each read it (in that order,
     or the worker first): their seconds, and the CPU the worker and PostgreSQL spent while
-    the worker read.
-    Each reader starts after a checkpoint, so that neither pays for what the other wrote."""
+    the worker read. Each reader starts after a checkpoint, so that neither pays for what
+    the other wrote."""
     case = _case(settings, name)
     await provision(case)
     held = await _load(case, warm)

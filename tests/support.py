@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -35,6 +36,7 @@ __all__ = [
     "T0",
     "budget",
     "consumer_from_start",
+    "cyclic_garbage",
     "fetch_value",
     "live_workload",
     "log_records",
@@ -57,6 +59,20 @@ BROKEN_CONNECTION = (
     asyncpg.AdminShutdownError("terminating connection due to administrator command"),
 )
 SOURCE = Source(component="sdk", name="tests")
+
+
+def cyclic_garbage(work: Callable[[], object]) -> int:
+    """How many objects `work` left in reference cycles: it runs with the collector off,
+    and what a collection then finds was garbage only the collector could free."""
+    gc.collect()
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        work()
+        return gc.collect()
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def budget(

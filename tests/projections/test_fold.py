@@ -3,7 +3,6 @@ in test_fold_property.py)."""
 
 from __future__ import annotations
 
-import gc
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
@@ -11,7 +10,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from tests.projections.fold_support import LIMITS, api_cost, defaults, run, status
-from tests.support import SOURCE, T0, budget, log_records, reserved, used
+from tests.support import SOURCE, T0, budget, cyclic_garbage, log_records, reserved, used
 from tokenquota.projections import (
     BUILTIN_DEFAULTS,
     Limits,
@@ -36,17 +35,11 @@ def test_a_fold_leaves_no_reference_cycle_behind() -> None:
         used("u", 7, account="acme/team/u"),
         reserved("u", 20, T0 + timedelta(seconds=4), account="acme/team/u"),
     ]  # fmt: skip
-    gc.collect()
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        folded = run(events)
-        assert folded.decisions  # it did fold
-        del folded
-        assert gc.collect() == 0
-    finally:
-        if enabled:
-            gc.enable()
+
+    def fold_them() -> None:
+        assert run(events).decisions  # it did fold
+
+    assert cyclic_garbage(fold_them) == 0
 
 
 def test_sessions_without_a_budget_get_the_defaults_in_force_in_their_partition() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import json
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
@@ -14,6 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from tests.support import cyclic_garbage
 from tokenquota.schemas import (
     BIGINT_MAX,
     USAGE_TOKENS_MAX,
@@ -296,17 +296,13 @@ def test_refusing_an_event_leaves_no_reference_cycle_behind(data: bytes) -> None
     # The worker collects cycles rarely (gc_settings.BATCH_THRESHOLDS): each refused
     # message left 18 objects in cycles (the error, its traceback, decode's frame), and
     # its memory grew by 1,161 bytes per poison message (benchmarks.bad_input_memory).
-    gc.collect()
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
+
+    def refuse() -> None:
         for _ in range(3):
             with pytest.raises(EventDecodeError):
                 decode(data)
-        assert gc.collect() == 0
-    finally:
-        if enabled:
-            gc.enable()
+
+    assert cyclic_garbage(refuse) == 0
 
 
 def test_money_as_a_json_number_is_rejected() -> None:
